@@ -1,0 +1,117 @@
+//! Build backends: the command that builds and pushes the image on the runner.
+//!
+//! For now this is the pure part: turning a [`BuildRequest`] into the exact `buildctl` argument
+//! list, which `plan` prints and `build` runs. Secrets appear here only as ids and file paths;
+//! their values never enter an argument list.
+
+pub mod buildctl;
+
+use serde::Serialize;
+
+/// Where things live on a runner (the same for every provider).
+pub const REMOTE_WORKDIR: &str = "/var/lib/buildkit-launcher";
+pub const REMOTE_CONTEXT: &str = "/var/lib/buildkit-launcher/context";
+pub const REMOTE_SECRETS: &str = "/var/lib/buildkit-launcher/secrets";
+pub const REMOTE_METADATA: &str = "/var/lib/buildkit-launcher/metadata.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Buildctl,
+    Buildah,
+}
+
+/// Registry cache export mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    /// Export every layer, including intermediate stages (best hit rate).
+    Max,
+    /// Export only the final image's layers.
+    Min,
+    /// No registry cache at all.
+    Off,
+}
+
+/// A build secret: the value comes from an environment variable of the launcher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecretRef {
+    pub id: String,
+    pub env: String,
+}
+
+impl std::str::FromStr for SecretRef {
+    type Err = String;
+    /// `id=X,env=VAR` (the order of the two does not matter).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (mut id, mut env) = (None, None);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("id", v)) if !v.is_empty() => id = Some(v.to_owned()),
+                Some(("env", v)) if !v.is_empty() => env = Some(v.to_owned()),
+                _ => return Err(format!("\"{part}\" is not id=NAME or env=VARIABLE")),
+            }
+        }
+        let (Some(id), Some(env)) = (id, env) else {
+            return Err("expected id=NAME,env=VARIABLE".to_owned());
+        };
+        if !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(format!(
+                "secret id \"{id}\" may only use letters, digits, '_', '-' and '.'"
+            ));
+        }
+        Ok(SecretRef { id, env })
+    }
+}
+
+/// `KEY=VALUE` for `--build-arg`.
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("\"{s}\" is not KEY=VALUE")),
+    }
+}
+
+/// What to build and where to push it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BuildRequest {
+    pub backend: Backend,
+    /// Dockerfile path relative to the context root.
+    pub dockerfile: String,
+    pub target: Option<String>,
+    pub build_args: Vec<(String, String)>,
+    pub secrets: Vec<SecretRef>,
+    /// `linux/amd64` or `linux/arm64`.
+    pub platform: String,
+    /// `host[:port]`; without it the image is built but not pushed.
+    pub registry: Option<String>,
+    /// Repository path in the registry (`org/app`).
+    pub image_repo: String,
+    pub tags: Vec<String>,
+    pub insecure_registry: bool,
+    pub cache: CacheMode,
+}
+
+impl BuildRequest {
+    /// Every image reference the build produces.
+    pub fn images(&self) -> Vec<String> {
+        let base = match &self.registry {
+            Some(registry) => format!("{registry}/{}", self.image_repo),
+            None => self.image_repo.clone(),
+        };
+        self.tags.iter().map(|t| format!("{base}:{t}")).collect()
+    }
+
+    /// `<registry>/cache/<repo>`, when a registry cache applies.
+    pub fn cache_ref(&self) -> Option<String> {
+        match (&self.registry, self.cache) {
+            (Some(registry), CacheMode::Max | CacheMode::Min) => {
+                Some(format!("{registry}/cache/{}", self.image_repo))
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Arguments shared by `plan` and `build`: the plan is computed from the same values the build
+//! executes.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::backend::{Backend, BuildRequest, CacheMode, SecretRef, parse_key_value};
+use crate::config::Arch;
+use crate::exit::Error;
+use crate::history::{HistoryKey, StoreSpec};
+use crate::plan::PlanRequest;
+
+#[derive(Debug, Clone, Args)]
+pub struct BuildArgs {
+    /// Build context directory; .build-spec.ncl and language markers are read from its root.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub context: PathBuf,
+
+    /// Dockerfile path, relative to the context.
+    #[arg(long, value_name = "FILE", default_value = "Dockerfile")]
+    pub dockerfile: String,
+
+    /// Build stage to stop at (also part of the history key).
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+
+    /// Where recent peak memory is read from and written to: file:PATH, registry or none.
+    /// Default at a terminal: file: under your state directory.
+    #[arg(long, value_name = "STORE", value_parser = parse_store)]
+    pub history: Option<StoreSpec>,
+
+    /// Runner architecture. Default: the spec file's `arch`, else the config's default_arch.
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
+
+    /// Project name for the history key when CI_REPO is not set (default: the context
+    /// directory's name).
+    #[arg(long, value_name = "NAME")]
+    pub project: Option<String>,
+
+    /// Registry to push to and cache in, HOST[:PORT] without scheme.
+    #[arg(long, value_name = "HOST[:PORT]", value_parser = parse_registry)]
+    pub registry: Option<String>,
+
+    /// Repository path in the registry (default: the history key's repo, lowercased).
+    #[arg(long, value_name = "PATH", value_parser = parse_repo)]
+    pub repo: Option<String>,
+
+    /// Image tag; repeat for several (default: latest).
+    #[arg(long = "tag", value_name = "TAG", value_parser = parse_tag)]
+    pub tags: Vec<String>,
+
+    /// Build argument KEY=VALUE; repeat for several.
+    #[arg(long = "build-arg", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub build_args: Vec<(String, String)>,
+
+    /// Build secret from an environment variable: id=NAME,env=VARIABLE. The value never
+    /// appears in an argument list, log or report.
+    #[arg(long = "secret", value_name = "id=NAME,env=VAR")]
+    pub secrets: Vec<SecretRef>,
+
+    /// The registry speaks plain HTTP or has a certificate that does not verify.
+    #[arg(long)]
+    pub insecure_registry: bool,
+
+    /// Registry cache under <registry>/cache/<repo>.
+    #[arg(long, value_enum, default_value = "max")]
+    pub cache: CacheMode,
+
+    /// Build tool on the runner.
+    #[arg(long, value_enum, default_value = "buildctl")]
+    pub backend: Backend,
+}
+
+fn parse_store(s: &str) -> Result<StoreSpec, String> {
+    s.parse().map_err(|e: crate::history::HistoryError| e.to_string())
+}
+
+fn parse_registry(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && !s.contains("://")
+        && !s.contains('/')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("\"{s}\" is not HOST[:PORT] (no scheme, no path)"))
+    }
+}
+
+fn parse_repo(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.split('/').all(|part| {
+            !part.is_empty()
+                && part.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+                })
+        });
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "\"{s}\" is not a repository path (lowercase letters, digits, '.', '_', '-', separated by '/')"
+        ))
+    }
+}
+
+fn parse_tag(s: &str) -> Result<String, String> {
+    let mut chars = s.chars();
+    let ok = s.len() <= 128
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "\"{s}\" is not a tag (up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-')"
+        ))
+    }
+}
+
+/// Lowercase and replace what a repository path cannot hold.
+fn repo_slug(name: &str) -> String {
+    let slug: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let slug = slug.trim_matches(|c| matches!(c, '/' | '-' | '.' | '_'));
+    if slug.is_empty() {
+        "build".to_owned()
+    } else {
+        slug.to_owned()
+    }
+}
+
+impl BuildArgs {
+    /// Resolve defaults that depend on the environment (CI_REPO) and the context.
+    pub fn request(&self) -> Result<PlanRequest, Error> {
+        let context = std::path::absolute(&self.context).map_err(|e| {
+            Error::Usage(format!(
+                "--context {}: cannot resolve: {e}",
+                self.context.display()
+            ))
+        })?;
+        let context_name = context
+            .canonicalize()
+            .unwrap_or_else(|_| context.clone())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        let repo = std::env::var("CI_REPO")
+            .ok()
+            .filter(|r| !r.is_empty())
+            .or_else(|| self.project.clone())
+            .or(context_name)
+            .unwrap_or_else(|| "build".to_owned());
+        let key = HistoryKey {
+            repo: repo.clone(),
+            dockerfile: self.dockerfile.clone(),
+            target: self.target.clone(),
+        };
+        let tags = if self.tags.is_empty() {
+            vec!["latest".to_owned()]
+        } else {
+            self.tags.clone()
+        };
+        Ok(PlanRequest {
+            context,
+            key,
+            arch: self.arch,
+            build: BuildRequest {
+                backend: self.backend,
+                dockerfile: self.dockerfile.clone(),
+                target: self.target.clone(),
+                build_args: self.build_args.clone(),
+                secrets: self.secrets.clone(),
+                platform: String::new(), // set by the plan from the chosen arch
+                registry: self.registry.clone(),
+                image_repo: self.repo.clone().unwrap_or_else(|| repo_slug(&repo)),
+                tags,
+                insecure_registry: self.insecure_registry,
+                cache: self.cache,
+            },
+        })
+    }
+
+    pub fn store(&self) -> StoreSpec {
+        self.history
+            .clone()
+            .unwrap_or_else(StoreSpec::terminal_default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_tag_and_repo_validation() {
+        assert!(parse_registry("127.0.0.1:5000").is_ok());
+        assert!(parse_registry("https://zot").is_err());
+        assert!(parse_registry("zot/x").is_err());
+        assert!(parse_tag("v1.2.3").is_ok());
+        assert!(parse_tag("-x").is_err());
+        assert!(parse_tag("a:b").is_err());
+        assert!(parse_repo("org/app").is_ok());
+        assert!(parse_repo("Org/App").is_err());
+        assert!(parse_repo("org//app").is_err());
+    }
+
+    #[test]
+    fn slugs_are_valid_repository_paths() {
+        assert_eq!(repo_slug("Org/My App"), "org/my-app");
+        assert_eq!(repo_slug("///"), "build");
+        assert!(parse_repo(&repo_slug("Héllo/World!")).is_ok());
+    }
+}

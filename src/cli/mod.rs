@@ -1,0 +1,81 @@
+//! The command line: one module per subcommand, each owning its arguments and its `run`.
+
+mod args;
+mod plan;
+mod simulate;
+mod spec;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::exit::{Error, Exit};
+
+pub use args::BuildArgs;
+
+const ABOUT: &str = "Container builds on throwaway, right-sized cloud servers.";
+
+const LONG_ABOUT: &str = "\
+Container builds on throwaway, right-sized cloud servers.
+
+Each build gets its own server, sized from the repository's .build-spec.ncl, else from the peak \
+memory of its recent builds (p95 × 1.2), else from a per-language default. `plan` shows that \
+decision and the commands it leads to without touching any cloud.";
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 success · 1 the build failed · 2 usage, settings, config or spec error · \
+3 out of memory on the last allowed tier · 4 infrastructure failure · 5 cancelled · \
+6 a runner could not be confirmed destroyed.
+
+Examples:
+  buildkit-launcher plan --context examples/hello
+  buildkit-launcher plan --context . --json
+  buildkit-launcher spec check .build-spec.ncl
+  buildkit-launcher simulate --trace history.jsonl --margin 1.3";
+
+#[derive(Debug, Parser)]
+#[command(name = "buildkit-launcher", version, about = ABOUT, long_about = LONG_ABOUT,
+          after_help = AFTER_HELP, arg_required_else_help = true)]
+pub struct Cli {
+    /// Launcher configuration (Nickel) overriding any part of the built-in defaults
+    /// (schemas/launcher.ncl): tier ladders, prices, language defaults, sizing policy.
+    #[arg(long, global = true, value_name = "FILE.ncl", env = "BUILDKIT_LAUNCHER_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what a build would do — size and why, server type, retry type, cost, commands —
+    /// without touching any cloud.
+    Plan(plan::PlanArgs),
+    /// Replay a history file through the sizing rule and compare its cost with the oracle
+    /// and a fixed-size baseline.
+    Simulate(simulate::SimulateArgs),
+    /// Work with .build-spec.ncl files.
+    #[command(subcommand)]
+    Spec(spec::SpecCommand),
+}
+
+/// Run the parsed command; the caller maps the error to its exit code.
+pub fn run(cli: Cli) -> Result<Exit, Error> {
+    let config = Config::load(cli.config.as_deref())?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let exit = match cli.command {
+        Command::Plan(args) => plan::run(args, &config, &mut out),
+        Command::Simulate(args) => simulate::run(args, &config, &mut out),
+        Command::Spec(cmd) => spec::run(cmd, &config, &mut out),
+    }?;
+    out.flush().map_err(Error::Output)?;
+    Ok(exit)
+}
+
+/// Warnings go to stderr, one line each, and never stop the command.
+pub fn warn(message: &str) {
+    eprintln!("warning: {message}");
+}

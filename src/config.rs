@@ -1,0 +1,338 @@
+//! The launcher configuration: tier ladders, language defaults, sizing policy, spec settings.
+//!
+//! The contract and every default live in `schemas/launcher.ncl`, embedded in the binary. A
+//! user's `--config FILE.ncl` is checked against that same contract (Nickel fills in what the
+//! file leaves out); relations Nickel cannot state locally (ladders ordered by memory, unique
+//! names, defaults that name a tier of their ladder) are checked here with the setting named.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ncl::{self, Contract, NclError};
+
+pub const LAUNCHER_CONTRACT: Contract = Contract {
+    name: "schemas/launcher.ncl",
+    source: include_str!("../schemas/launcher.ncl"),
+};
+
+/// How long the launcher's own config may take to evaluate.
+const CONFIG_EVAL_LIMIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One server type of a ladder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gb: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_eur_per_hour: Option<f64>,
+}
+
+impl Tier {
+    /// Memory a build can use: the tier's memory less what the runner itself keeps.
+    pub fn usable_mib(&self, reserved_mib: u64) -> u64 {
+        self.memory_mib.saturating_sub(reserved_mib)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ladders {
+    pub amd64: Vec<Tier>,
+    pub arm64: Vec<Tier>,
+}
+
+/// Default tier name per detected language.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanguageDefaults {
+    pub rust: String,
+    pub java: String,
+    pub go: String,
+    pub node: String,
+    pub python: String,
+    pub generic: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerArch<T> {
+    pub amd64: T,
+    pub arm64: T,
+}
+
+impl<T> PerArch<T> {
+    pub fn get(&self, arch: Arch) -> &T {
+        match arch {
+            Arch::Amd64 => &self.amd64,
+            Arch::Arm64 => &self.arm64,
+        }
+    }
+}
+
+/// The history rule's parameters (SIZING.md): required = percentile(peaks) × margin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SizingPolicy {
+    pub percentile: f64,
+    pub margin: f64,
+    pub window: usize,
+    pub min_samples: usize,
+    pub reserved_mib: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecSettings {
+    pub file: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub tiers: Ladders,
+    pub language_defaults: PerArch<LanguageDefaults>,
+    pub sizing: SizingPolicy,
+    pub spec: SpecSettings,
+    pub default_arch: Arch,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Nickel(#[from] NclError),
+    #[error("{origin}: {setting}: {message}")]
+    Invalid {
+        origin: String,
+        setting: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Load the embedded defaults, overridden by `file` when given.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let root = match file {
+            // An operator's config may import its siblings; it is trusted, but stays in its folder.
+            Some(file) => file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_owned),
+            None => PathBuf::from("."),
+        };
+        if let Some(file) = file
+            && !file.is_file()
+        {
+            return Err(ConfigError::Nickel(NclError::Read {
+                path: file.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            }));
+        }
+        let config: Config = ncl::evaluate(file, &root, LAUNCHER_CONTRACT, CONFIG_EVAL_LIMIT)?;
+        let origin = file.map_or_else(
+            || LAUNCHER_CONTRACT.name.to_owned(),
+            |f| f.display().to_string(),
+        );
+        config.validate(&origin)?;
+        Ok(config)
+    }
+
+    /// The embedded defaults alone.
+    pub fn defaults() -> Config {
+        Config::load(None).expect("the embedded schemas/launcher.ncl evaluates and validates")
+    }
+
+    pub fn ladder(&self, arch: Arch) -> &[Tier] {
+        match arch {
+            Arch::Amd64 => &self.tiers.amd64,
+            Arch::Arm64 => &self.tiers.arm64,
+        }
+    }
+
+    pub fn spec_timeout(&self) -> Duration {
+        Duration::from_millis(self.spec.timeout_ms)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |setting: String, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            setting,
+            message,
+        };
+        for arch in [Arch::Amd64, Arch::Arm64] {
+            let ladder = self.ladder(arch);
+            for (i, pair) in ladder.windows(2).enumerate() {
+                if pair[1].memory_mib <= pair[0].memory_mib {
+                    return Err(invalid(
+                        format!("tiers.{arch}[{}]", i + 1),
+                        format!(
+                            "\"{}\" ({} MiB) must have more memory than \"{}\" ({} MiB) before it; list tiers smallest first",
+                            pair[1].name, pair[1].memory_mib, pair[0].name, pair[0].memory_mib
+                        ),
+                    ));
+                }
+            }
+            for (i, tier) in ladder.iter().enumerate() {
+                if ladder[..i].iter().any(|t| t.name == tier.name) {
+                    return Err(invalid(
+                        format!("tiers.{arch}[{i}]"),
+                        format!("\"{}\" appears twice in the ladder", tier.name),
+                    ));
+                }
+            }
+            let defaults = self.language_defaults.get(arch);
+            for (lang, name) in defaults.iter() {
+                if !ladder.iter().any(|t| t.name == name) {
+                    return Err(invalid(
+                        format!("language_defaults.{arch}.{lang}"),
+                        format!(
+                            "\"{name}\" is not a tier of the {arch} ladder ({})",
+                            tier_names(ladder)
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.sizing.min_samples > self.sizing.window {
+            return Err(invalid(
+                "sizing.min_samples".into(),
+                format!(
+                    "{} is larger than sizing.window ({}), so history could never be used",
+                    self.sizing.min_samples, self.sizing.window
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LanguageDefaults {
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("rust", self.rust.as_str()),
+            ("java", self.java.as_str()),
+            ("go", self.go.as_str()),
+            ("node", self.node.as_str()),
+            ("python", self.python.as_str()),
+            ("generic", self.generic.as_str()),
+        ]
+        .into_iter()
+    }
+}
+
+/// `cx23, cx33, cx43` — for error messages that list what is allowed.
+pub fn tier_names(ladder: &[Tier]) -> String {
+    ladder
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_match_sizing_md() {
+        let c = Config::defaults();
+        let names: Vec<_> = c.tiers.amd64.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["cx23", "cx33", "cx43", "cx53"]);
+        let mem: Vec<_> = c.tiers.arm64.iter().map(|t| t.memory_mib).collect();
+        assert_eq!(mem, [4096, 8192, 16384, 32768]);
+        let prices: Vec<_> = c
+            .tiers
+            .amd64
+            .iter()
+            .map(|t| t.price_eur_per_hour.unwrap())
+            .collect();
+        assert_eq!(prices, [0.0080, 0.0128, 0.0240, 0.0464]);
+        assert_eq!(c.sizing.percentile, 95.0);
+        assert_eq!(c.sizing.margin, 1.2);
+        assert_eq!(c.sizing.window, 30);
+        assert_eq!(c.sizing.min_samples, 5);
+        assert_eq!(c.sizing.reserved_mib, 512);
+        assert_eq!(c.language_defaults.amd64.rust, "cx43");
+        assert_eq!(c.language_defaults.amd64.python, "cx23");
+        assert_eq!(c.language_defaults.arm64.rust, "cax31");
+        assert_eq!(c.default_arch, Arch::Amd64);
+        assert_eq!(c.spec.file, ".build-spec.ncl");
+    }
+
+    fn load_str(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("launcher.ncl");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path))
+    }
+
+    #[test]
+    fn a_file_overrides_one_part_and_keeps_the_rest() {
+        let c = load_str("{ sizing.margin = 1.5, language_defaults.amd64.python = \"cx33\" }")
+            .unwrap();
+        assert_eq!(c.sizing.margin, 1.5);
+        assert_eq!(c.sizing.window, 30);
+        assert_eq!(c.language_defaults.amd64.python, "cx33");
+        assert_eq!(c.language_defaults.amd64.rust, "cx43");
+        assert_eq!(c.tiers.amd64.len(), 4);
+    }
+
+    #[test]
+    fn unordered_ladder_is_refused_with_the_setting_named() {
+        let err = load_str(
+            r#"{ tiers.amd64 = [
+                { name = "cx33", vcpus = 4, memory_mib = 8192, disk_gb = 80 },
+                { name = "cx23", vcpus = 2, memory_mib = 4096, disk_gb = 40 } ],
+                language_defaults.amd64 = { rust = "cx33", java = "cx33", go = "cx33", node = "cx33", python = "cx33", generic = "cx33" } }"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tiers.amd64[1]"), "{err}");
+        assert!(err.contains("smallest first"), "{err}");
+    }
+
+    #[test]
+    fn a_default_outside_the_ladder_is_refused() {
+        let err = load_str("{ language_defaults.amd64.go = \"cx99\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("language_defaults.amd64.go"), "{err}");
+        assert!(err.contains("cx23, cx33, cx43, cx53"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_fail_with_a_location() {
+        let err = load_str("{\n  sizing.marginn = 1.5 }").unwrap_err().to_string();
+        assert!(err.contains("launcher.ncl:2:"), "{err}");
+        assert!(err.contains("marginn"), "{err}");
+        let err = load_str("{ sizing.margin = 9 }").unwrap_err().to_string();
+        assert!(err.contains("between 1 and 4"), "{err}");
+    }
+}

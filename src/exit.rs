@@ -1,0 +1,69 @@
+//! Exit codes (the contract scripts rely on; each has one line in the README) and the one
+//! mapping from an error to its code.
+
+use crate::config::ConfigError;
+use crate::history::HistoryError;
+use crate::plan::PlanError;
+use crate::sizing::{SizingError, SpecError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Success = 0,
+    /// The build itself failed (Dockerfile or RUN error).
+    BuildFailed = 1,
+    /// Usage, settings, config or spec error.
+    Usage = 2,
+    /// Out of memory on the last allowed tier.
+    OutOfMemory = 3,
+    /// Cloud API, SSH, registry, runner lost.
+    Infrastructure = 4,
+    /// SIGINT or SIGTERM.
+    Cancelled = 5,
+    /// A runner could not be confirmed destroyed (it is labelled; `reap` will find it).
+    NotDestroyed = 6,
+}
+
+/// Any error that ends a command, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Sizing(#[from] SizingError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    /// A setting that is wrong in a way argument parsing could not see.
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot write to standard output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+impl Error {
+    pub fn exit(&self) -> Exit {
+        match self {
+            Error::History(HistoryError::Io { .. }) => Exit::Infrastructure,
+            Error::Plan(PlanError::History(HistoryError::Io { .. })) => Exit::Infrastructure,
+            Error::Output(_) => Exit::Infrastructure,
+            Error::Config(_)
+            | Error::Spec(_)
+            | Error::Sizing(_)
+            | Error::Plan(_)
+            | Error::History(_)
+            | Error::Usage(_) => Exit::Usage,
+        }
+    }
+
+    /// The message as one line, whatever the sources contained.
+    pub fn one_line(&self) -> String {
+        self.to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}

@@ -1,0 +1,244 @@
+//! The plan: every decision a build makes before it touches a cloud, as one printable value.
+//!
+//! [`gather`] reads what sizing needs (spec file, history, language markers); [`Plan::new`] is
+//! pure and builds the value that `plan` prints and `build` executes, so the dry run and the
+//! real run cannot drift apart.
+
+mod render;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::backend::{BuildRequest, REMOTE_CONTEXT, buildctl};
+use crate::config::{Arch, Config, Tier};
+use crate::history::{HistoryKey, HistoryStore, Sample};
+use crate::sizing::rules::{billed_hours, nearest_rank};
+use crate::sizing::{self, Language, LoadedSpec, Sizing, SizingError, SizingInput, Source};
+
+pub use render::render_human;
+
+/// What the user asked for, after argument parsing.
+#[derive(Debug, Clone)]
+pub struct PlanRequest {
+    pub context: PathBuf,
+    pub key: HistoryKey,
+    pub arch: Option<Arch>,
+    pub build: BuildRequest,
+}
+
+/// What sizing reads from disk and history, gathered once.
+pub struct Facts {
+    pub spec: Option<LoadedSpec>,
+    pub language: Language,
+    pub language_marker: Option<&'static str>,
+    pub history: Vec<Sample>,
+    pub history_store: String,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{}: the build context does not exist or is not a directory", .0.display())]
+    MissingContext(PathBuf),
+    #[error("{}: no Dockerfile there (set --dockerfile to a file inside the context)", .0.display())]
+    MissingDockerfile(PathBuf),
+    #[error("--dockerfile {0}: must be a relative path inside the context")]
+    DockerfileOutside(String),
+    #[error(transparent)]
+    Spec(#[from] sizing::SpecError),
+    #[error(transparent)]
+    Sizing(#[from] SizingError),
+    #[error(transparent)]
+    History(#[from] crate::history::HistoryError),
+}
+
+/// Read the spec file, detect the language, and load the key's recent history.
+pub fn gather(
+    req: &PlanRequest,
+    config: &Config,
+    store: &dyn HistoryStore,
+) -> Result<Facts, PlanError> {
+    if !req.context.is_dir() {
+        return Err(PlanError::MissingContext(req.context.clone()));
+    }
+    let dockerfile = Path::new(&req.build.dockerfile);
+    if dockerfile.is_absolute()
+        || dockerfile
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(PlanError::DockerfileOutside(req.build.dockerfile.clone()));
+    }
+    if !req.context.join(dockerfile).is_file() {
+        return Err(PlanError::MissingDockerfile(req.context.join(dockerfile)));
+    }
+    let spec_path = req.context.join(&config.spec.file);
+    let spec = if spec_path.exists() {
+        let root = sizing::spec::repository_root(&req.context);
+        Some(LoadedSpec::load(&spec_path, &root, config.spec_timeout())?)
+    } else {
+        None
+    };
+    let (language, language_marker) = Language::detect(&req.context);
+    let recent = store.recent(&req.key, config.sizing.window)?;
+    Ok(Facts {
+        spec,
+        language,
+        language_marker,
+        history: recent.samples,
+        history_store: store.describe(),
+        warnings: recent.warnings,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub tier: String,
+    pub retry_tier: Option<String>,
+    pub source: Source,
+    pub required_memory_mib: Option<u64>,
+    pub samples: usize,
+    pub reason: String,
+    pub arch: Arch,
+    /// First attempt, per started hour; `None` when the tier has no known price.
+    pub estimated_cost_eur: Option<f64>,
+    pub cost_basis: String,
+    pub server: Tier,
+    pub retry_server: Option<Tier>,
+    pub percentile_mib: Option<u64>,
+    pub language: Language,
+    pub timeout_minutes: Option<u64>,
+    pub history: HistoryInfo,
+    pub spec_file: Option<PathBuf>,
+    pub context: PathBuf,
+    pub dockerfile: String,
+    pub images: Vec<String>,
+    pub cache_ref: Option<String>,
+    pub commands: Vec<String>,
+    #[serde(skip)]
+    pub build: BuildRequest,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryInfo {
+    pub store: String,
+    pub key: HistoryKey,
+    /// Hours the cost estimate assumes (from recent durations, else one).
+    pub billed_hours: f64,
+}
+
+impl Plan {
+    /// Decide. Pure: everything read from outside is in `facts`.
+    pub fn new(req: &PlanRequest, config: &Config, facts: &Facts) -> Result<Plan, PlanError> {
+        let sizing = sizing::decide(&SizingInput {
+            config,
+            arch_flag: req.arch,
+            spec: facts.spec.as_ref(),
+            language: facts.language,
+            language_marker: facts.language_marker,
+            key: &req.key,
+            history: &facts.history,
+        })?;
+        let durations: Vec<u64> = facts
+            .history
+            .iter()
+            .map(|s| s.duration_s.max(0.0).ceil() as u64)
+            .collect();
+        let expected_s = nearest_rank(&durations, config.sizing.percentile).unwrap_or(0) as f64;
+        let hours = billed_hours(expected_s);
+        let (estimated_cost_eur, cost_basis) = cost(&sizing, hours);
+        let mut build = req.build.clone();
+        build.platform = format!("linux/{}", sizing.arch);
+        let commands = vec![
+            format!(
+                "rsync --archive --delete {}/ root@<runner>:{REMOTE_CONTEXT}/   # honours .dockerignore",
+                req.context.display()
+            ),
+            shell_join("buildctl", &buildctl::args(&build)),
+        ];
+        Ok(Plan {
+            tier: sizing.tier.name.clone(),
+            retry_tier: sizing.retry_tier.as_ref().map(|t| t.name.clone()),
+            source: sizing.source,
+            required_memory_mib: sizing.required_memory_mib,
+            samples: sizing.samples,
+            reason: sizing.reason.clone(),
+            arch: sizing.arch,
+            estimated_cost_eur,
+            cost_basis,
+            server: sizing.tier.clone(),
+            retry_server: sizing.retry_tier.clone(),
+            percentile_mib: sizing.percentile_mib,
+            language: sizing.language,
+            timeout_minutes: sizing.timeout_minutes,
+            history: HistoryInfo {
+                store: facts.history_store.clone(),
+                key: req.key.clone(),
+                billed_hours: hours,
+            },
+            spec_file: facts.spec.as_ref().map(|s| s.path.clone()),
+            context: req.context.clone(),
+            dockerfile: build.dockerfile.clone(),
+            images: build.images(),
+            cache_ref: build.cache_ref(),
+            commands,
+            build,
+        })
+    }
+}
+
+fn cost(sizing: &Sizing, hours: f64) -> (Option<f64>, String) {
+    match sizing.tier.price_eur_per_hour {
+        Some(price) => (
+            Some(hours * price),
+            format!(
+                "{hours} started hour(s) × {price} EUR/h, the reference price in the launcher config"
+            ),
+        ),
+        None => (
+            None,
+            format!(
+                "unknown: the launcher config has no price for {} (tiers.{}[].price_eur_per_hour)",
+                sizing.tier.name, sizing.arch
+            ),
+        ),
+    }
+}
+
+/// A command line a person can paste: words with shell metacharacters are single-quoted.
+fn shell_join(program: &str, args: &[String]) -> String {
+    let mut line = program.to_owned();
+    for arg in args {
+        line.push(' ');
+        let plain = arg.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | ',' | '@')
+        });
+        if plain {
+            line.push_str(arg);
+        } else {
+            line.push('\'');
+            line.push_str(&arg.replace('\'', r"'\''"));
+            line.push('\'');
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_join_quotes_only_what_needs_it() {
+        let args = vec![
+            "--output".to_owned(),
+            "type=image,\"name=a,b\"".to_owned(),
+            "it's".to_owned(),
+        ];
+        assert_eq!(
+            shell_join("buildctl", &args),
+            r#"buildctl --output 'type=image,"name=a,b"' 'it'\''s'"#
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! The human form of a plan: the decision first, then its numbers, then the commands.
+
+use std::fmt::Write;
+
+use super::Plan;
+use crate::config::Tier;
+use crate::sizing::spec::describe_tier;
+
+pub fn render_human(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Plan for {} on {}: {}",
+        plan.history.key, plan.arch, plan.tier
+    );
+    let _ = writeln!(out);
+    row(&mut out, "server", &server(&plan.server));
+    row(
+        &mut out,
+        "sized by",
+        &format!("{} — {}", source_name(plan), plan.reason),
+    );
+    let retry = match &plan.retry_server {
+        Some(t) => format!(
+            "{}, once, if the build runs out of memory on {}",
+            server(t),
+            plan.tier
+        ),
+        None => format!(
+            "none: {} is the largest {} tier, so running out of memory is final",
+            plan.tier, plan.arch
+        ),
+    };
+    row(&mut out, "retry", &retry);
+    let cost = match plan.estimated_cost_eur {
+        Some(eur) => format!("about {eur:.4} EUR ({})", plan.cost_basis),
+        None => plan.cost_basis.clone(),
+    };
+    row(&mut out, "cost", &cost);
+    if let Some(minutes) = plan.timeout_minutes {
+        row(&mut out, "timeout", &format!("{minutes} minutes (from the spec file)"));
+    }
+    row(
+        &mut out,
+        "history",
+        &format!(
+            "{} ({} successful builds of this key)",
+            plan.history.store, plan.samples
+        ),
+    );
+    let push = match &plan.build.registry {
+        Some(_) => "pushed",
+        None => "not pushed: no --registry given",
+    };
+    row(
+        &mut out,
+        "images",
+        &format!("{} ({push})", plan.images.join(", ")),
+    );
+    if let Some(cache) = &plan.cache_ref {
+        row(&mut out, "cache", cache);
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Commands on the runner:");
+    for command in &plan.commands {
+        let _ = writeln!(out, "  {}", wrap_flags(command));
+    }
+    out
+}
+
+fn row(out: &mut String, label: &str, value: &str) {
+    let _ = writeln!(out, "  {label:<9} {value}");
+}
+
+fn server(t: &Tier) -> String {
+    format!("{} ({})", t.name, describe_tier(t))
+}
+
+fn source_name(plan: &Plan) -> &'static str {
+    match plan.source {
+        crate::sizing::Source::Spec => "spec file",
+        crate::sizing::Source::History => "history",
+        crate::sizing::Source::Default => "language default",
+    }
+}
+
+/// Break a long command before each `--flag`, shell-continued, so it reads as a list.
+fn wrap_flags(command: &str) -> String {
+    if command.len() <= 100 {
+        return command.to_owned();
+    }
+    let mut out = String::new();
+    for (i, word) in command.split(' ').enumerate() {
+        if i > 0 {
+            if word.starts_with("--") {
+                out.push_str(" \\\n      ");
+            } else {
+                out.push(' ');
+            }
+        }
+        out.push_str(word);
+    }
+    out
+}
