@@ -15,6 +15,7 @@ use crate::ncl::{self, Contract, NclError};
 pub const LAUNCHER_CONTRACT: Contract = Contract {
     name: "schemas/launcher.ncl",
     source: include_str!("../schemas/launcher.ncl"),
+    fields_hint: "see schemas/launcher.ncl for the settings and their defaults",
 };
 
 /// How long the launcher's own config may take to evaluate.
@@ -147,13 +148,18 @@ impl Config {
                 .map_or_else(|| PathBuf::from("."), Path::to_owned),
             None => PathBuf::from("."),
         };
-        if let Some(file) = file
-            && !file.is_file()
-        {
-            return Err(ConfigError::Nickel(NclError::Read {
-                path: file.to_owned(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            }));
+        if let Some(file) = file {
+            let problem = match std::fs::metadata(file) {
+                Err(_) => Some("no such file"),
+                Ok(m) if m.is_dir() => Some("is a directory"),
+                Ok(_) => None,
+            };
+            if let Some(problem) = problem {
+                return Err(ConfigError::Nickel(NclError::Read {
+                    path: file.to_owned(),
+                    source: std::io::Error::other(problem),
+                }));
+            }
         }
         let config: Config = ncl::evaluate(file, &root, LAUNCHER_CONTRACT, CONFIG_EVAL_LIMIT)?;
         let origin = file.map_or_else(
@@ -295,8 +301,8 @@ mod tests {
 
     #[test]
     fn a_file_overrides_one_part_and_keeps_the_rest() {
-        let c = load_str("{ sizing.margin = 1.5, language_defaults.amd64.python = \"cx33\" }")
-            .unwrap();
+        let c =
+            load_str("{ sizing.margin = 1.5, language_defaults.amd64.python = \"cx33\" }").unwrap();
         assert_eq!(c.sizing.margin, 1.5);
         assert_eq!(c.sizing.window, 30);
         assert_eq!(c.language_defaults.amd64.python, "cx33");
@@ -329,7 +335,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_bad_values_fail_with_a_location() {
-        let err = load_str("{\n  sizing.marginn = 1.5 }").unwrap_err().to_string();
+        let err = load_str("{\n  sizing.marginn = 1.5 }")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("launcher.ncl:2:"), "{err}");
         assert!(err.contains("marginn"), "{err}");
         let err = load_str("{ sizing.margin = 9 }").unwrap_err().to_string();

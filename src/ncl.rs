@@ -20,11 +20,11 @@ use nickel_lang_core::error::{Diagnostic, IntoDiagnostics, LabelStyle};
 use nickel_lang_core::eval::cache::CacheImpl;
 use nickel_lang_core::files::{FileId, Files};
 use nickel_lang_core::program::{Program, ProgramBuilder};
+use nickel_lang_parser::ErrorTolerantParser;
 use nickel_lang_parser::ast::{Ast, AstAlloc, Import, Node};
 use nickel_lang_parser::grammar::TermParser;
 use nickel_lang_parser::lexer::Lexer;
 use nickel_lang_parser::traverse::{TraverseAlloc, TraverseControl};
-use nickel_lang_parser::ErrorTolerantParser;
 use serde::de::DeserializeOwned;
 
 /// Nickel evaluation recurses deeply on nested data; give it a stack it cannot reasonably exhaust.
@@ -35,6 +35,8 @@ const EVAL_STACK_BYTES: usize = 256 * 1024 * 1024;
 pub struct Contract {
     pub name: &'static str,
     pub source: &'static str,
+    /// Appended to an "extra field" error: what the fields may be.
+    pub fields_hint: &'static str,
 }
 
 /// What a failed evaluation looked like. Every variant renders as one line.
@@ -129,9 +131,18 @@ fn run_program<T: DeserializeOwned>(
         .add_source_string(source, format!("<{}>", contract.name))
         .build()
         .map_err(|e| NclError::Nickel(format!("<{}>: {e}", contract.name)))?;
-    let value = program
-        .eval_full_for_export()
-        .map_err(|error| NclError::Nickel(one_line(&mut program.files(), error)))?;
+    let value = program.eval_full_for_export().map_err(|error| {
+        let mut line = one_line(&mut program.files(), error);
+        if line.contains("extra field") {
+            line.push_str(if line.ends_with(['?', '.']) {
+                " "
+            } else {
+                "; "
+            });
+            line.push_str(contract.fields_hint);
+        }
+        NclError::Nickel(line)
+    })?;
     T::deserialize(value).map_err(|e| NclError::Shape {
         path: main.map_or_else(|| PathBuf::from(contract.name), Path::to_owned),
         message: e.to_string(),
@@ -181,7 +192,14 @@ fn flatten(files: &Files, diag: &Diagnostic<FileId>) -> String {
         line.push_str(&format!(":{row}:{col}"));
         line.push_str(": ");
     }
-    line.push_str(diag.message.trim());
+    // Nickel puts a contract's own message on the lines after its headline.
+    let message: Vec<&str> = diag
+        .message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    line.push_str(&message.join(": "));
     // Contract failures carry the useful text (our validators' messages) in labels and notes.
     let mut details: Vec<String> = Vec::new();
     if let Some(label) = label {

@@ -188,10 +188,14 @@ mod tests {
     fn run(builds: &[Sample]) -> SimReport {
         let config = Config::defaults();
         let ladder = config.tiers.amd64.clone();
-        let prices = ladder.iter().map(|t| t.price_eur_per_hour.unwrap()).collect();
+        let prices = ladder
+            .iter()
+            .map(|t| t.price_eur_per_hour.unwrap())
+            .collect();
         let defaults = config.language_defaults.amd64.clone();
         let l2 = ladder.clone();
-        let default_for = move |lang: Language| index_of(&l2, lang.default_tier(&defaults)).unwrap();
+        let default_for =
+            move |lang: Language| index_of(&l2, lang.default_tier(&defaults)).unwrap();
         simulate(
             builds,
             &SimParams {
@@ -230,7 +234,10 @@ mod tests {
     fn unbuildable_builds_are_counted_and_left_out_of_every_cost() {
         let r = run(&[sample("a", "rust", 40_000, 100.0)]);
         assert_eq!(r.unbuildable, 1);
-        assert_eq!((r.policy_cost, r.oracle_cost, r.fixed_cost), (0.0, 0.0, 0.0));
+        assert_eq!(
+            (r.policy_cost, r.oracle_cost, r.fixed_cost),
+            (0.0, 0.0, 0.0)
+        );
     }
 
     #[test]

@@ -11,9 +11,10 @@ pub fn args(req: &BuildRequest) -> Vec<String> {
         Some(dir) => format!("{REMOTE_CONTEXT}/{}", dir.display()),
         None => REMOTE_CONTEXT.to_owned(),
     };
-    let filename = dockerfile
-        .file_name()
-        .map_or_else(|| req.dockerfile.clone(), |f| f.to_string_lossy().into_owned());
+    let filename = dockerfile.file_name().map_or_else(
+        || req.dockerfile.clone(),
+        |f| f.to_string_lossy().into_owned(),
+    );
 
     let mut a: Vec<String> = vec![
         "build".into(),
@@ -53,7 +54,11 @@ pub fn args(req: &BuildRequest) -> Vec<String> {
     }
     a.extend(["--output".into(), output]);
     if let Some(cache) = req.cache_ref() {
-        let mode = if req.cache == CacheMode::Max { "max" } else { "min" };
+        let mode = if req.cache == CacheMode::Max {
+            "max"
+        } else {
+            "min"
+        };
         let insecure = if req.insecure_registry {
             ",registry.insecure=true"
         } else {
@@ -109,13 +114,16 @@ mod tests {
         assert!(a.contains(
             "--output type=image,\"name=zot.example:5000/org/app:1.2,zot.example:5000/org/app:latest\",push=true"
         ));
-        assert!(a.contains(
-            "--export-cache type=registry,ref=zot.example:5000/cache/org/app,mode=max"
-        ));
+        assert!(
+            a.contains("--export-cache type=registry,ref=zot.example:5000/cache/org/app,mode=max")
+        );
         assert!(a.contains("--import-cache type=registry,ref=zot.example:5000/cache/org/app"));
         assert!(a.contains("--secret id=npmrc,src=/var/lib/buildkit-launcher/secrets/npmrc"));
         assert!(a.ends_with("--metadata-file /var/lib/buildkit-launcher/metadata.json"));
-        assert!(!a.contains("NPM_TOKEN"), "only the id and a file path appear");
+        assert!(
+            !a.contains("NPM_TOKEN"),
+            "only the id and a file path appear"
+        );
     }
 
     #[test]

@@ -74,7 +74,8 @@ pub struct BuildArgs {
 }
 
 fn parse_store(s: &str) -> Result<StoreSpec, String> {
-    s.parse().map_err(|e: crate::history::HistoryError| e.to_string())
+    s.parse()
+        .map_err(|e: crate::history::HistoryError| e.to_string())
 }
 
 fn parse_registry(s: &str) -> Result<String, String> {
@@ -136,11 +137,15 @@ fn repo_slug(name: &str) -> String {
             }
         })
         .collect();
-    let slug = slug.trim_matches(|c| matches!(c, '/' | '-' | '.' | '_'));
-    if slug.is_empty() {
+    let parts: Vec<&str> = slug
+        .split('/')
+        .map(|p| p.trim_matches(|c| matches!(c, '-' | '.' | '_')))
+        .filter(|p| !p.is_empty())
+        .collect();
+    if parts.is_empty() {
         "build".to_owned()
     } else {
-        slug.to_owned()
+        parts.join("/")
     }
 }
 
@@ -222,6 +227,7 @@ mod tests {
     fn slugs_are_valid_repository_paths() {
         assert_eq!(repo_slug("Org/My App"), "org/my-app");
         assert_eq!(repo_slug("///"), "build");
+        assert_eq!(repo_slug("a//-b-/"), "a/b");
         assert!(parse_repo(&repo_slug("Héllo/World!")).is_ok());
     }
 }

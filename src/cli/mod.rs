@@ -41,7 +41,12 @@ Examples:
 pub struct Cli {
     /// Launcher configuration (Nickel) overriding any part of the built-in defaults
     /// (schemas/launcher.ncl): tier ladders, prices, language defaults, sizing policy.
-    #[arg(long, global = true, value_name = "FILE.ncl", env = "BUILDKIT_LAUNCHER_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE.ncl",
+        env = "BUILDKIT_LAUNCHER_CONFIG"
+    )]
     pub config: Option<PathBuf>,
 
     #[command(subcommand)]

@@ -9,9 +9,9 @@ use super::warn;
 use crate::config::{Arch, Config};
 use crate::exit::{Error, Exit};
 use crate::history::file::read_samples;
+use crate::simulate::{SimParams, render, simulate};
 use crate::sizing::rules::index_of;
 use crate::sizing::{Language, fmt_num};
-use crate::simulate::{SimParams, render, simulate};
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
@@ -48,11 +48,21 @@ pub struct SimulateArgs {
 pub fn run(args: SimulateArgs, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
     let mut policy = config.sizing.clone();
     if let Some(p) = args.percentile {
-        check(p > 0.0 && p <= 100.0, "--percentile", p, "a number in (0, 100]")?;
+        check(
+            p > 0.0 && p <= 100.0,
+            "--percentile",
+            p,
+            "a number in (0, 100]",
+        )?;
         policy.percentile = p;
     }
     if let Some(m) = args.margin {
-        check(m >= 1.0 && m <= 4.0, "--margin", m, "a number between 1 and 4")?;
+        check(
+            (1.0..=4.0).contains(&m),
+            "--margin",
+            m,
+            "a number between 1 and 4",
+        )?;
         policy.margin = m;
     }
     if let Some(n) = args.min_samples {

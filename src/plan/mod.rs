@@ -193,7 +193,8 @@ fn cost(sizing: &Sizing, hours: f64) -> (Option<f64>, String) {
         Some(price) => (
             Some(hours * price),
             format!(
-                "{hours} started hour(s) × {price} EUR/h, the reference price in the launcher config"
+                "{hours} started hour{} × {price} EUR/h, the reference price in the launcher config",
+                if hours == 1.0 { "" } else { "s" }
             ),
         ),
         None => (

@@ -17,8 +17,8 @@ pub fn render_human(plan: &Plan) -> String {
     row(&mut out, "server", &server(&plan.server));
     row(
         &mut out,
-        "sized by",
-        &format!("{} — {}", source_name(plan), plan.reason),
+        "why",
+        &format!("{} ({})", plan.reason, source_name(plan)),
     );
     let retry = match &plan.retry_server {
         Some(t) => format!(
@@ -38,7 +38,11 @@ pub fn render_human(plan: &Plan) -> String {
     };
     row(&mut out, "cost", &cost);
     if let Some(minutes) = plan.timeout_minutes {
-        row(&mut out, "timeout", &format!("{minutes} minutes (from the spec file)"));
+        row(
+            &mut out,
+            "timeout",
+            &format!("{minutes} minutes (from the spec file)"),
+        );
     }
     row(
         &mut out,
@@ -78,15 +82,15 @@ fn server(t: &Tier) -> String {
 
 fn source_name(plan: &Plan) -> &'static str {
     match plan.source {
-        crate::sizing::Source::Spec => "spec file",
-        crate::sizing::Source::History => "history",
-        crate::sizing::Source::Default => "language default",
+        crate::sizing::Source::Spec => "source: spec",
+        crate::sizing::Source::History => "source: history",
+        crate::sizing::Source::Default => "source: default",
     }
 }
 
-/// Break a long command before each `--flag`, shell-continued, so it reads as a list.
+/// Break a long build command before each `--flag`, shell-continued, so it reads as a list.
 fn wrap_flags(command: &str) -> String {
-    if command.len() <= 100 {
+    if command.len() <= 100 || !command.starts_with("buildctl ") {
         return command.to_owned();
     }
     let mut out = String::new();

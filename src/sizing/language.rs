@@ -34,7 +34,9 @@ impl Language {
         MARKERS
             .iter()
             .find(|(file, _)| context.join(file).is_file())
-            .map_or((Language::Generic, None), |(file, lang)| (*lang, Some(*file)))
+            .map_or((Language::Generic, None), |(file, lang)| {
+                (*lang, Some(*file))
+            })
     }
 
     /// A trace's `lang` field; anything unknown counts as generic.

@@ -261,7 +261,13 @@ mod tests {
 
     #[test]
     fn spec_beats_history_beats_default() {
-        let s = decide_with(Some("{ memory_gb = 16 }"), None, &[1000; 10], Language::Rust).unwrap();
+        let s = decide_with(
+            Some("{ memory_gb = 16 }"),
+            None,
+            &[1000; 10],
+            Language::Rust,
+        )
+        .unwrap();
         assert_eq!((s.source, s.tier.name.as_str()), (Source::Spec, "cx43"));
         assert_eq!(s.required_memory_mib, Some(16384));
         let s = decide_with(None, None, &[1000; 10], Language::Rust).unwrap();
@@ -295,7 +301,11 @@ mod tests {
         let s = decide_with(None, None, &[40_000; 5], Language::Generic).unwrap();
         assert_eq!(s.tier.name, "cx53");
         assert_eq!(s.retry_tier, None);
-        assert!(s.reason.contains("more than any amd64 tier offers"), "{}", s.reason);
+        assert!(
+            s.reason.contains("more than any amd64 tier offers"),
+            "{}",
+            s.reason
+        );
     }
 
     #[test]
@@ -320,11 +330,23 @@ mod tests {
     fn spec_arch_picks_the_ladder_and_a_conflicting_flag_is_an_error() {
         let s = decide_with(Some("{ arch = \"arm64\" }"), None, &[], Language::Rust).unwrap();
         assert_eq!((s.source, s.tier.name.as_str()), (Source::Default, "cax31"));
-        assert!(s.reason.starts_with("the spec file sets no size"), "{}", s.reason);
-        let err = decide_with(Some("{ arch = \"arm64\" }"), Some(Arch::Amd64), &[], Language::Rust)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("the spec asks for arm64 but --arch says amd64"), "{err}");
+        assert!(
+            s.reason.starts_with("the spec file sets no size"),
+            "{}",
+            s.reason
+        );
+        let err = decide_with(
+            Some("{ arch = \"arm64\" }"),
+            Some(Arch::Amd64),
+            &[],
+            Language::Rust,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("the spec asks for arm64 but --arch says amd64"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::ncl::{self, Contract, NclError};
 pub const BUILD_SPEC_CONTRACT: Contract = Contract {
     name: "schemas/build_spec.ncl",
     source: include_str!("../../schemas/build_spec.ncl"),
+    fields_hint: "a spec may set memory_gb, cpus, tier, arch, disk_gb and timeout_minutes",
 };
 
 /// The evaluated spec. Every field is optional; the contract guarantees at least one is set and
@@ -109,7 +110,8 @@ impl LoadedSpec {
         let need_mib = spec.memory_mib().unwrap_or(0);
         let need_cpus = spec.cpus.unwrap_or(0);
         let need_disk = spec.disk_gb.unwrap_or(0);
-        let fits = |t: &Tier| t.memory_mib >= need_mib && t.vcpus >= need_cpus && t.disk_gb >= need_disk;
+        let fits =
+            |t: &Tier| t.memory_mib >= need_mib && t.vcpus >= need_cpus && t.disk_gb >= need_disk;
         match ladder.iter().position(fits) {
             Some(i) => Ok(Some(i)),
             None => {
@@ -169,7 +171,7 @@ pub fn describe_tier(t: &Tier) -> String {
 }
 
 fn fmt_gb(mib: u64) -> String {
-    if mib % 1024 == 0 {
+    if mib.is_multiple_of(1024) {
         (mib / 1024).to_string()
     } else {
         format!("{:.1}", mib as f64 / 1024.0)
@@ -179,7 +181,9 @@ fn fmt_gb(mib: u64) -> String {
 /// The repository a context belongs to: the nearest ancestor holding `.git`, else the context.
 /// Spec imports are confined to it.
 pub fn repository_root(context: &Path) -> PathBuf {
-    let context = context.canonicalize().unwrap_or_else(|_| context.to_owned());
+    let context = context
+        .canonicalize()
+        .unwrap_or_else(|_| context.to_owned());
     context
         .ancestors()
         .find(|dir| dir.join(".git").exists())
@@ -202,19 +206,28 @@ mod tests {
     fn choose(text: &str) -> Result<Option<String>, SpecError> {
         let ladder = Config::defaults().tiers.amd64;
         let s = spec(text)?;
-        Ok(s.choose(Arch::Amd64, &ladder)?.map(|i| ladder[i].name.clone()))
+        Ok(s.choose(Arch::Amd64, &ladder)?
+            .map(|i| ladder[i].name.clone()))
     }
 
     #[test]
     fn tier_wins_outright() {
-        assert_eq!(choose("{ tier = \"cx53\", memory_gb = 1 }").unwrap().unwrap(), "cx53");
+        assert_eq!(
+            choose("{ tier = \"cx53\", memory_gb = 1 }")
+                .unwrap()
+                .unwrap(),
+            "cx53"
+        );
     }
 
     #[test]
     fn smallest_tier_satisfying_memory_cpus_and_disk() {
         assert_eq!(choose("{ memory_gb = 8 }").unwrap().unwrap(), "cx33");
         assert_eq!(choose("{ memory_gb = 8.5 }").unwrap().unwrap(), "cx43");
-        assert_eq!(choose("{ memory_gb = 2, cpus = 8 }").unwrap().unwrap(), "cx43");
+        assert_eq!(
+            choose("{ memory_gb = 2, cpus = 8 }").unwrap().unwrap(),
+            "cx43"
+        );
         assert_eq!(choose("{ disk_gb = 100 }").unwrap().unwrap(), "cx43");
         assert_eq!(choose("{ cpus = 2 }").unwrap().unwrap(), "cx23");
     }
@@ -235,7 +248,10 @@ mod tests {
     #[test]
     fn an_unknown_tier_lists_the_valid_ones() {
         let err = choose("{ tier = \"cx42\" }").unwrap_err().to_string();
-        assert!(err.contains("\"cx42\" is not a server type of the amd64 ladder"), "{err}");
+        assert!(
+            err.contains("\"cx42\" is not a server type of the amd64 ladder"),
+            "{err}"
+        );
         assert!(err.contains("cx23, cx33, cx43, cx53"), "{err}");
     }
 
@@ -265,6 +281,9 @@ mod tests {
         std::fs::create_dir(dir.path().join(".git")).unwrap();
         assert_eq!(repository_root(&sub), dir.path().canonicalize().unwrap());
         let lone = tempfile::tempdir().unwrap();
-        assert_eq!(repository_root(lone.path()), lone.path().canonicalize().unwrap());
+        assert_eq!(
+            repository_root(lone.path()),
+            lone.path().canonicalize().unwrap()
+        );
     }
 }

@@ -1,0 +1,181 @@
+//! Black-box tests of `plan` and `spec check` on the built binary.
+
+mod support;
+
+use support::{Context, Launcher, repo_dir};
+
+fn history_line(repo: &str, peak: u64, outcome: &str) -> String {
+    format!(
+        r#"{{"ts":"2026-11-01T00:00:00Z","repo":"{repo}","dockerfile":"Dockerfile","lang":"node","peak_memory_mib":{peak},"duration_s":4000,"outcome":"{outcome}"}}"#
+    )
+}
+
+#[test]
+fn plan_of_the_example_explains_the_spec() {
+    let example = repo_dir().join("examples/hello");
+    let out = Launcher::new()
+        .args(["plan", "--context"])
+        .args([&example])
+        .args([
+            "--history",
+            "none",
+            "--registry",
+            "localhost:5000",
+            "--tag",
+            "v1",
+            "--tag",
+            "latest",
+        ])
+        .run()
+        .redact(&[(&example, "[EXAMPLE]")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stderr, "");
+    insta::assert_snapshot!("plan_example_human", out.stdout);
+}
+
+#[test]
+fn plan_by_history_json_has_the_design_fields() {
+    let ctx = Context::new().file("package.json", "{}");
+    let history = ctx.path().join("history.jsonl");
+    let mut lines: Vec<String> = (0..19)
+        .map(|i| history_line("org/app", 3000 + i, "ok"))
+        .collect();
+    lines.push(history_line("org/app", 6000, "ok"));
+    lines.push(history_line("org/app", 30000, "oom")); // not a success: ignored
+    lines.push(history_line("org/other", 30000, "ok")); // another key: ignored
+    std::fs::write(&history, lines.join("\n") + "\n").unwrap();
+    let out = Launcher::new()
+        .args(["plan", "--json", "--project", "org/app", "--context"])
+        .args([ctx.path()])
+        .history_file(&history)
+        .run()
+        .redact(&[(ctx.path(), "[CTX]")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    // 20 samples 3000..=3018 and 6000: p95 = 19th smallest = 3018; × 1.2 = 3621.6 > 3584 → cx33
+    assert_eq!(plan["tier"], "cx33");
+    assert_eq!(plan["retry_tier"], "cx43");
+    assert_eq!(plan["source"], "history");
+    assert_eq!(plan["required_memory_mib"], 3622);
+    assert_eq!(plan["samples"], 20);
+    assert_eq!(plan["arch"], "amd64");
+    // durations 4000 s → 2 started hours × 0.0128
+    assert!((plan["estimated_cost_eur"].as_f64().unwrap() - 0.0256).abs() < 1e-12);
+    assert!(
+        plan["reason"]
+            .as_str()
+            .unwrap()
+            .contains("p95 of the last 20 successful builds")
+    );
+    insta::assert_snapshot!("plan_history_json", out.stdout);
+}
+
+#[test]
+fn plan_by_language_default_and_ci_repo_names_the_key() {
+    let ctx = Context::new().file("Cargo.toml", "[package]\n");
+    let out = Launcher::new()
+        .args(["plan", "--history", "none", "--context"])
+        .args([ctx.path()])
+        .env("CI_REPO", "acme/engine")
+        .run()
+        .redact(&[(ctx.path(), "[CTX]")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!("plan_default_human", out.stdout);
+}
+
+#[test]
+fn plan_on_arm64_uses_the_arm64_ladder() {
+    let ctx = Context::new().file("Cargo.toml", "");
+    let out = Launcher::new()
+        .args([
+            "plan",
+            "--json",
+            "--arch",
+            "arm64",
+            "--history",
+            "none",
+            "--context",
+        ])
+        .args([ctx.path()])
+        .run();
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(plan["tier"], "cax31");
+    assert_eq!(plan["retry_tier"], "cax41");
+    // The default config has no arm64 prices: the cost says so instead of guessing.
+    assert!(plan["estimated_cost_eur"].is_null());
+    assert!(plan["cost_basis"].as_str().unwrap().starts_with("unknown"));
+}
+
+#[test]
+fn the_default_history_store_lives_in_the_state_directory() {
+    let ctx = Context::new();
+    let out = Launcher::new()
+        .args(["plan", "--json", "--context"])
+        .args([ctx.path()])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let store = plan["history"]["store"].as_str().unwrap();
+    assert!(
+        store.starts_with("file:") && store.ends_with("/state/buildkit-launcher/history.jsonl"),
+        "{store}"
+    );
+}
+
+#[test]
+fn a_corrupt_history_line_is_a_warning_naming_file_and_line() {
+    let ctx = Context::new();
+    let history = ctx.path().join("h.jsonl");
+    std::fs::write(
+        &history,
+        format!("{}\nnot json\n", history_line("x", 1, "ok")),
+    )
+    .unwrap();
+    let out = Launcher::new()
+        .args(["plan", "--project", "x", "--context"])
+        .args([ctx.path()])
+        .history_file(&history)
+        .run()
+        .redact(&[(ctx.path(), "[CTX]")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!("history_corrupt_line_warning", out.stderr);
+}
+
+#[test]
+fn a_config_file_changes_the_decision() {
+    let ctx = Context::new().file("requirements.txt", "");
+    let config = ctx.path().join("launcher.ncl");
+    std::fs::write(&config, "{ language_defaults.amd64.python = \"cx43\" }").unwrap();
+    let out = Launcher::new()
+        .args(["plan", "--json", "--history", "none", "--config"])
+        .args([&config])
+        .args(["--context"])
+        .args([ctx.path()])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(plan["tier"], "cx43");
+    assert_eq!(plan["language"], "python");
+}
+
+#[test]
+fn spec_check_reports_the_selection() {
+    let example = repo_dir().join("examples/hello/.build-spec.ncl");
+    let out = Launcher::new()
+        .args(["spec", "check"])
+        .args([&example])
+        .run()
+        .redact(&[(&repo_dir(), "[REPO]")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!("spec_check_example", out.stdout);
+}
+
+#[test]
+fn help_teaches_the_commands_and_exit_codes() {
+    let out = Launcher::new().args(["--help"]).run();
+    assert_eq!(out.code, 0);
+    insta::assert_snapshot!("help", out.stdout);
+    let out = Launcher::new().args(["plan", "--help"]).run();
+    assert_eq!(out.code, 0);
+    insta::assert_snapshot!("plan_help", out.stdout);
+}
