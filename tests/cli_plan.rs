@@ -159,6 +159,28 @@ fn a_config_file_changes_the_decision() {
 }
 
 #[test]
+fn the_example_config_of_the_readme_is_valid() {
+    let out = Launcher::new()
+        .args([
+            "plan",
+            "--json",
+            "--history",
+            "none",
+            "--arch",
+            "arm64",
+            "--config",
+        ])
+        .args([repo_dir().join("examples/launcher.ncl")])
+        .args(["--context"])
+        .args([repo_dir().join("examples/hello")])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(plan["tier"], "cax11");
+    assert!((plan["estimated_cost_eur"].as_f64().unwrap() - 0.0066).abs() < 1e-12);
+}
+
+#[test]
 fn spec_check_reports_the_selection() {
     let example = repo_dir().join("examples/hello/.build-spec.ncl");
     let out = Launcher::new()
