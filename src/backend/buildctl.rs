@@ -2,14 +2,26 @@
 
 use std::path::Path;
 
-use super::{BuildRequest, CacheMode, REMOTE_CONTEXT, REMOTE_METADATA, REMOTE_SECRETS};
+use super::{BuildRequest, CacheMode, RemotePaths};
+use crate::transport::session::shell_quote;
 
-/// Arguments after `buildctl`, for a context synced to [`REMOTE_CONTEXT`].
-pub fn args(req: &BuildRequest) -> Vec<String> {
+/// The remote command: `buildctl` with [`args`], every word quoted for the shell.
+pub fn script(req: &BuildRequest, paths: &RemotePaths) -> String {
+    let mut line = "buildctl".to_owned();
+    for arg in args(req, paths) {
+        line.push(' ');
+        line.push_str(&shell_quote(&arg));
+    }
+    line
+}
+
+/// Arguments after `buildctl`, for a context synced to `paths.context()`.
+pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
+    let context = paths.context();
     let dockerfile = Path::new(&req.dockerfile);
     let dockerfile_dir = match dockerfile.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(dir) => format!("{REMOTE_CONTEXT}/{}", dir.display()),
-        None => REMOTE_CONTEXT.to_owned(),
+        Some(dir) => format!("{context}/{}", dir.display()),
+        None => context.clone(),
     };
     let filename = dockerfile.file_name().map_or_else(
         || req.dockerfile.clone(),
@@ -21,7 +33,7 @@ pub fn args(req: &BuildRequest) -> Vec<String> {
         "--frontend".into(),
         "dockerfile.v0".into(),
         "--local".into(),
-        format!("context={REMOTE_CONTEXT}"),
+        format!("context={context}"),
         "--local".into(),
         format!("dockerfile={dockerfile_dir}"),
         "--opt".into(),
@@ -38,7 +50,7 @@ pub fn args(req: &BuildRequest) -> Vec<String> {
     for secret in &req.secrets {
         a.extend([
             "--secret".into(),
-            format!("id={},src={REMOTE_SECRETS}/{}", secret.id, secret.id),
+            format!("id={},src={}", secret.id, paths.secret(&secret.id)),
         ]);
     }
     // buildctl parses --output as CSV: several names need one quoted field.
@@ -75,7 +87,7 @@ pub fn args(req: &BuildRequest) -> Vec<String> {
         "--progress".into(),
         "plain".into(),
         "--metadata-file".into(),
-        REMOTE_METADATA.into(),
+        paths.metadata(),
     ]);
     a
 }
@@ -83,7 +95,11 @@ pub fn args(req: &BuildRequest) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Backend, SecretRef};
+    use crate::backend::{Backend, REMOTE_WORKDIR, SecretRef};
+
+    fn paths() -> RemotePaths {
+        RemotePaths::new(REMOTE_WORKDIR)
+    }
 
     fn request() -> BuildRequest {
         BuildRequest {
@@ -106,7 +122,7 @@ mod tests {
 
     #[test]
     fn full_invocation() {
-        let a = args(&request()).join(" ");
+        let a = args(&request(), &paths()).join(" ");
         assert!(a.contains("--local dockerfile=/var/lib/buildkit-launcher/context/docker"));
         assert!(a.contains("--opt filename=Dockerfile.prod"));
         assert!(a.contains("--opt target=runtime"));
@@ -131,7 +147,7 @@ mod tests {
         let mut r = request();
         r.cache = CacheMode::Off;
         r.insecure_registry = true;
-        let a = args(&r).join(" ");
+        let a = args(&r, &paths()).join(" ");
         assert!(!a.contains("cache"));
         assert!(a.contains("push=true,registry.insecure=true"));
     }

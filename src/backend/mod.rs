@@ -4,15 +4,46 @@
 //! list, which `plan` prints and `build` runs. Secrets appear here only as ids and file paths;
 //! their values never enter an argument list.
 
+pub mod buildah;
 pub mod buildctl;
+pub mod classify;
 
 use serde::Serialize;
 
-/// Where things live on a runner (the same for every provider).
+/// The work directory on a production runner (the golden image's); local sandbox runners each
+/// have their own. Everything a build puts on a runner lives under it.
 pub const REMOTE_WORKDIR: &str = "/var/lib/buildkit-launcher";
-pub const REMOTE_CONTEXT: &str = "/var/lib/buildkit-launcher/context";
-pub const REMOTE_SECRETS: &str = "/var/lib/buildkit-launcher/secrets";
-pub const REMOTE_METADATA: &str = "/var/lib/buildkit-launcher/metadata.json";
+
+/// Paths under a runner's work directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemotePaths {
+    pub workdir: String,
+}
+
+impl RemotePaths {
+    pub fn new(workdir: &str) -> RemotePaths {
+        RemotePaths {
+            workdir: workdir.trim_end_matches('/').to_owned(),
+        }
+    }
+    pub fn context(&self) -> String {
+        format!("{}/context", self.workdir)
+    }
+    pub fn secret(&self, id: &str) -> String {
+        format!("{}/secrets/{id}", self.workdir)
+    }
+    pub fn metadata(&self) -> String {
+        format!("{}/metadata.json", self.workdir)
+    }
+}
+
+/// The shell script that builds and pushes on the runner, for the request's backend.
+pub fn script(req: &BuildRequest, paths: &RemotePaths) -> String {
+    match req.backend {
+        Backend::Buildctl => buildctl::script(req, paths),
+        Backend::Buildah => buildah::script(req, paths),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

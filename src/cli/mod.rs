@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand, each owning its arguments and its `run`.
 
 mod args;
+mod build;
 mod plan;
 mod simulate;
 mod spec;
@@ -31,6 +32,7 @@ Exit codes: 0 success · 1 the build failed · 2 usage, settings, config or spec
 
 Examples:
   buildkit-launcher plan --context examples/hello
+  sudo buildkit-launcher build --provider local --registry 127.0.0.1:5000 --insecure-registry
   buildkit-launcher plan --context . --json
   buildkit-launcher spec check .build-spec.ncl
   buildkit-launcher simulate --trace history.jsonl --margin 1.3";
@@ -58,6 +60,9 @@ pub enum Command {
     /// Show what a build would do — size and why, server type, retry type, cost, commands —
     /// without touching any cloud.
     Plan(plan::PlanArgs),
+    /// Build and push an image on a throwaway runner sized by the plan, retry once on the
+    /// next size if it runs out of memory, and always destroy the runner.
+    Build(build::BuildCommandArgs),
     /// Replay a history file through the sizing rule and compare its cost with the oracle
     /// and a fixed-size baseline.
     Simulate(simulate::SimulateArgs),
@@ -73,6 +78,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
     let mut out = stdout.lock();
     let exit = match cli.command {
         Command::Plan(args) => plan::run(args, &config, &mut out),
+        Command::Build(args) => build::run(args, &config, &mut out),
         Command::Simulate(args) => simulate::run(args, &config, &mut out),
         Command::Spec(cmd) => spec::run(cmd, &config, &mut out),
     }?;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::backend::{BuildRequest, REMOTE_CONTEXT, buildctl};
+use crate::backend::{self, BuildRequest, REMOTE_WORKDIR, RemotePaths};
 use crate::config::{Arch, Config, Tier};
 use crate::history::{HistoryKey, HistoryStore, Sample};
 use crate::sizing::rules::{billed_hours, nearest_rank};
@@ -150,12 +150,14 @@ impl Plan {
         let (estimated_cost_eur, cost_basis) = cost(&sizing, hours);
         let mut build = req.build.clone();
         build.platform = format!("linux/{}", sizing.arch);
+        let paths = RemotePaths::new(REMOTE_WORKDIR);
         let commands = vec![
             format!(
-                "rsync --archive --delete {}/ root@<runner>:{REMOTE_CONTEXT}/   # honours .dockerignore",
-                req.context.display()
+                "rsync --archive {}/ root@<runner>:{}/   # honours .dockerignore",
+                req.context.display(),
+                paths.context()
             ),
-            shell_join("buildctl", &buildctl::args(&build)),
+            backend::script(&build, &paths),
         ];
         Ok(Plan {
             tier: sizing.tier.name.clone(),
@@ -204,42 +206,5 @@ fn cost(sizing: &Sizing, hours: f64) -> (Option<f64>, String) {
                 sizing.tier.name, sizing.arch
             ),
         ),
-    }
-}
-
-/// A command line a person can paste: words with shell metacharacters are single-quoted.
-fn shell_join(program: &str, args: &[String]) -> String {
-    let mut line = program.to_owned();
-    for arg in args {
-        line.push(' ');
-        let plain = arg.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | ',' | '@')
-        });
-        if plain {
-            line.push_str(arg);
-        } else {
-            line.push('\'');
-            line.push_str(&arg.replace('\'', r"'\''"));
-            line.push('\'');
-        }
-    }
-    line
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shell_join_quotes_only_what_needs_it() {
-        let args = vec![
-            "--output".to_owned(),
-            "type=image,\"name=a,b\"".to_owned(),
-            "it's".to_owned(),
-        ];
-        assert_eq!(
-            shell_join("buildctl", &args),
-            r#"buildctl --output 'type=image,"name=a,b"' 'it'\''s'"#
-        );
     }
 }

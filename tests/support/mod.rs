@@ -1,6 +1,9 @@
 //! Test support: a builder that runs the built binary in a clean environment.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod registry;
+pub mod runner;
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,101 @@
+//! The `buildah` backend: the same build as buildctl's, daemonless (`bud --layers`, registry
+//! cache to and from `<registry>/cache/<repo>`, a push per tag, the digest in the same metadata
+//! file buildctl writes). It is what the local provider uses where BuildKit is absent.
+
+use super::{BuildRequest, CacheMode, RemotePaths};
+use crate::transport::session::shell_quote;
+
+pub fn script(req: &BuildRequest, paths: &RemotePaths) -> String {
+    let q = |s: &str| shell_quote(s);
+    let context = paths.context();
+    let tls = if req.insecure_registry {
+        " --tls-verify=false"
+    } else {
+        ""
+    };
+    let mut bud = format!(
+        "buildah bud --layers --isolation chroot --authfile \"$auth\"{tls} -f {} --platform {}",
+        q(&format!("{context}/{}", req.dockerfile)),
+        q(&req.platform)
+    );
+    if let Some(target) = &req.target {
+        bud.push_str(&format!(" --target {}", q(target)));
+    }
+    for (k, v) in &req.build_args {
+        bud.push_str(&format!(" --build-arg {}", q(&format!("{k}={v}"))));
+    }
+    for secret in &req.secrets {
+        let spec = format!("id={},src={}", secret.id, paths.secret(&secret.id));
+        bud.push_str(&format!(" --secret {}", q(&spec)));
+    }
+    if let (Some(cache), true) = (req.cache_ref(), req.cache != CacheMode::Off) {
+        bud.push_str(&format!(" --cache-to {0} --cache-from {0}", q(&cache)));
+    }
+    for image in req.images() {
+        bud.push_str(&format!(" -t {}", q(&image)));
+    }
+    bud.push_str(&format!(" {}", q(&context)));
+
+    let digest = format!("{}/digest", paths.workdir);
+    let mut lines = vec![
+        // Registry credentials, when the launcher installed them, are in the Docker config.
+        "auth=\"$HOME/.docker/config.json\"; [ -f \"$auth\" ] || { auth=\"$HOME/.bkl-no-auth.json\"; echo '{}' > \"$auth\"; }".to_owned(),
+        format!("{bud} || exit $?"),
+    ];
+    if req.registry.is_some() {
+        for image in req.images() {
+            lines.push(format!(
+                "buildah push --authfile \"$auth\"{tls} --digestfile {} {} {} || exit $?",
+                q(&digest),
+                q(&image),
+                q(&format!("docker://{image}"))
+            ));
+        }
+        lines.push(format!(
+            "printf '{{\"containerimage.digest\": \"%s\"}}\\n' \"$(cat {})\" > {}",
+            q(&digest),
+            q(&paths.metadata())
+        ));
+    }
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Backend, SecretRef};
+
+    #[test]
+    fn script_builds_pushes_every_tag_and_records_the_digest() {
+        let req = BuildRequest {
+            backend: Backend::Buildah,
+            dockerfile: "Dockerfile".into(),
+            target: None,
+            build_args: vec![("A".into(), "b c".into())],
+            secrets: vec![SecretRef {
+                id: "npm".into(),
+                env: "NPM_TOKEN".into(),
+            }],
+            platform: "linux/amd64".into(),
+            registry: Some("127.0.0.1:5000".into()),
+            image_repo: "org/app".into(),
+            tags: vec!["1".into(), "latest".into()],
+            insecure_registry: true,
+            cache: CacheMode::Max,
+        };
+        let s = script(&req, &RemotePaths::new("/w"));
+        assert!(s.contains("buildah bud --layers --isolation chroot"), "{s}");
+        assert!(s.contains("--build-arg 'A=b c'"), "{s}");
+        assert!(s.contains("--secret id=npm,src=/w/secrets/npm"), "{s}");
+        assert!(
+            s.contains(
+                "--cache-to 127.0.0.1:5000/cache/org/app --cache-from 127.0.0.1:5000/cache/org/app"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("docker://127.0.0.1:5000/org/app:1"), "{s}");
+        assert!(s.contains("docker://127.0.0.1:5000/org/app:latest"), "{s}");
+        assert!(s.contains("/w/metadata.json"), "{s}");
+        assert!(!s.contains("NPM_TOKEN"), "{s}");
+    }
+}

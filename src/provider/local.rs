@@ -1,0 +1,508 @@
+//! The local provider: a sandboxed, throwaway runner on this machine.
+//!
+//! Each runner gets its own loopback address `127.0.0.N`, its own sshd (configured from the
+//! cloud-init user data the launcher generated, exactly as a Hetzner server would read it), its
+//! own memory cgroup (the tier's memory ÷ `memory_scale`, so out-of-memory can be exercised for
+//! real on a small machine), its own work directory, home and build-tool storage. Destroy kills
+//! every process in the cgroup, removes the cgroup and the directory, and checks that they are
+//! gone. Runners of concurrent builds never share an address, a directory or a cgroup.
+//!
+//! Layout of `<base>/<id>/`: `sshd_config`, host key, `authorized_keys`, `labels.json`,
+//! `user-data`, `bin/` (on the runner's PATH: `bkl-runner-stats`), `home/`, `work/`, `tmp/`,
+//! `storage/` (buildah's graph and run roots, `storage.conf`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::cloud_init::UserData;
+use super::{LeaseInfo, Provider, ProviderError, Runner, RunnerSpec};
+
+pub const DEFAULT_BASE: &str = "/var/tmp/buildkit-launcher/local";
+const CGROUP_PARENT: &str = "/sys/fs/cgroup/memory/buildkit-launcher";
+const SSHD: &str = "/usr/sbin/sshd";
+/// Loopback address claims, shared by every local provider on the machine whatever its base
+/// directory: one file per address, holding the directory of the runner that owns it.
+const ADDRESS_CLAIMS: &str = "/var/tmp/buildkit-launcher/addresses";
+
+pub struct LocalProvider {
+    base: PathBuf,
+    cgroup_parent: PathBuf,
+    memory_scale: u64,
+    /// Directories put first on the runner's PATH (the tests' `buildctl` double lives in one).
+    extra_path: Vec<PathBuf>,
+    sshd: Mutex<HashMap<String, Child>>,
+}
+
+impl LocalProvider {
+    pub fn new(base: PathBuf, memory_scale: u64, extra_path: Vec<PathBuf>) -> LocalProvider {
+        LocalProvider {
+            base,
+            cgroup_parent: PathBuf::from(CGROUP_PARENT),
+            memory_scale: memory_scale.max(1),
+            extra_path,
+            sshd: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.base.join(id)
+    }
+
+    fn cgroup(&self, id: &str) -> PathBuf {
+        self.cgroup_parent.join(id)
+    }
+
+    fn claims(&self) -> PathBuf {
+        PathBuf::from(ADDRESS_CLAIMS)
+    }
+
+    /// Fail early, and plainly, when this machine cannot host sandbox runners.
+    pub fn check_host() -> Result<(), ProviderError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(ProviderError::NeedsRoot(
+                "the local provider needs root: it starts an sshd per runner and creates memory cgroups; run it with sudo".into(),
+            ));
+        }
+        if !Path::new(SSHD).exists() {
+            return Err(ProviderError::NeedsRoot(format!(
+                "the local provider needs {SSHD} (apt-get install openssh-server)"
+            )));
+        }
+        if !Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+            return Err(ProviderError::NeedsRoot(
+                "the local provider needs the cgroup v1 memory controller at /sys/fs/cgroup/memory"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn setup(&self, id: &str, spec: &RunnerSpec) -> Result<(), ProviderError> {
+        let fail = |action: &'static str| {
+            let id = id.to_owned();
+            move |e: std::io::Error| ProviderError::Runner {
+                id,
+                action,
+                detail: e.to_string(),
+            }
+        };
+        let dir = self.dir(id);
+        let user_data = UserData::parse(&spec.user_data).map_err(|e| ProviderError::Runner {
+            id: id.to_owned(),
+            action: "read its user data",
+            detail: e.to_string(),
+        })?;
+        for sub in ["bin", "home", "work", "tmp", "storage/graph", "storage/run"] {
+            fs::create_dir_all(dir.join(sub)).map_err(fail("create its directories"))?;
+        }
+        fs::write(dir.join("user-data"), &spec.user_data).map_err(fail("store its user data"))?;
+        let labels = serde_json::to_string(&spec.labels).expect("labels serialize");
+        fs::write(dir.join("labels.json"), labels).map_err(fail("store its labels"))?;
+
+        // What cloud-init does with the user data: host key and authorized keys.
+        write_private(
+            &dir.join("ssh_host_ed25519_key"),
+            user_data.ssh_keys.ed25519_private.as_bytes(),
+        )
+        .map_err(fail("install its host key"))?;
+        fs::write(
+            dir.join("ssh_host_ed25519_key.pub"),
+            format!("{}\n", user_data.ssh_keys.ed25519_public),
+        )
+        .map_err(fail("install its host key"))?;
+        fs::write(
+            dir.join("authorized_keys"),
+            user_data.ssh_authorized_keys.join("\n") + "\n",
+        )
+        .map_err(fail("install its authorized keys"))?;
+
+        let (host, port) = self.claim_address(id)?;
+        fs::write(dir.join("address"), format!("{host}:{port}"))
+            .map_err(fail("record its address"))?;
+
+        let cgroup = self.cgroup(id);
+        self.create_cgroup(id, &cgroup, spec.tier.memory_mib)?;
+        fs::write(dir.join("storage/storage.conf"), storage_conf(&dir))
+            .map_err(fail("write its storage config"))?;
+        write_executable(
+            &dir.join("bin/bkl-runner-stats"),
+            &runner_stats_script(&cgroup),
+        )
+        .map_err(fail("install bkl-runner-stats"))?;
+        fs::write(dir.join("sshd_config"), self.sshd_config(&dir, &host, port))
+            .map_err(fail("write its sshd config"))?;
+        fs::create_dir_all("/run/sshd").map_err(fail("create /run/sshd"))?;
+
+        let log = fs::File::create(dir.join("sshd.log")).map_err(fail("open its sshd log"))?;
+        let child = Command::new(SSHD)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(dir.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(fail("open its sshd log"))?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C at the terminal reaches the launcher, which
+            // destroys the runner, instead of killing the runner's sshd behind its back.
+            .process_group(0)
+            .spawn()
+            .map_err(fail("start its sshd"))?;
+        let pid = child.id();
+        self.sshd
+            .lock()
+            .expect("sshd table lock")
+            .insert(id.to_owned(), child);
+        // sshd forks a process per connection; none has arrived yet, so all of them inherit.
+        fs::write(cgroup.join("cgroup.procs"), pid.to_string())
+            .map_err(fail("put its sshd in its memory cgroup"))?;
+        fs::write(dir.join("sshd.pid.launcher"), pid.to_string())
+            .map_err(fail("record its sshd"))?;
+        Ok(())
+    }
+
+    fn create_cgroup(&self, id: &str, cgroup: &Path, tier_mib: u64) -> Result<(), ProviderError> {
+        let fail = |action: &'static str| {
+            let id = id.to_owned();
+            move |e: std::io::Error| ProviderError::Runner {
+                id,
+                action,
+                detail: e.to_string(),
+            }
+        };
+        fs::create_dir_all(cgroup).map_err(fail("create its memory cgroup"))?;
+        let bytes = tier_mib * 1024 * 1024 / self.memory_scale;
+        // v1 wants the memory limit before the memory+swap limit, which must not be lower.
+        fs::write(cgroup.join("memory.limit_in_bytes"), bytes.to_string())
+            .map_err(fail("set its memory limit"))?;
+        let memsw = cgroup.join("memory.memsw.limit_in_bytes");
+        if memsw.exists() {
+            fs::write(memsw, bytes.to_string()).map_err(fail("set its memory+swap limit"))?;
+        }
+        Ok(())
+    }
+
+    fn sshd_config(&self, dir: &Path, host: &str, port: u16) -> String {
+        let mut path: Vec<String> = vec![dir.join("bin").display().to_string()];
+        path.extend(self.extra_path.iter().map(|p| p.display().to_string()));
+        path.extend(
+            [
+                "/usr/local/sbin",
+                "/usr/local/bin",
+                "/usr/sbin",
+                "/usr/bin",
+                "/sbin",
+                "/bin",
+            ]
+            .map(String::from),
+        );
+        let d = dir.display();
+        format!(
+            "# sshd of buildkit-launcher local runner {d}\n\
+             ListenAddress {host}:{port}\n\
+             HostKey {d}/ssh_host_ed25519_key\n\
+             PidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\n\
+             PermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             UsePAM no\n\
+             StrictModes no\n\
+             PrintMotd no\n\
+             MaxSessions 64\n\
+             MaxStartups 64\n\
+             SetEnv PATH={} HOME={d}/home TMPDIR={d}/tmp CONTAINERS_STORAGE_CONF={d}/storage/storage.conf BUILDAH_ISOLATION=chroot BKL_RUNNER_WORKDIR={d}/work\n",
+            path.join(":")
+        )
+    }
+
+    /// A loopback address no other runner holds, and a port on it: 22 when free there.
+    fn claim_address(&self, id: &str) -> Result<(String, u16), ProviderError> {
+        let claims = self.claims();
+        fs::create_dir_all(&claims).map_err(|e| ProviderError::Setup {
+            action: "create the address claims directory",
+            detail: e.to_string(),
+        })?;
+        for n in 2..=254u8 {
+            let ip = Ipv4Addr::new(127, 0, 0, n);
+            let claim = claims.join(ip.to_string());
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&claim)
+            {
+                Ok(mut f) => {
+                    let _ = f.write_all(self.dir(id).as_os_str().as_encoded_bytes());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    // A claim whose runner directory is gone is stale (a killed launcher);
+                    // an empty one is being written right now.
+                    let holder = fs::read_to_string(&claim).unwrap_or_default();
+                    if !holder.is_empty() && !Path::new(holder.trim()).exists() {
+                        let _ = fs::remove_file(&claim);
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    return Err(ProviderError::Setup {
+                        action: "claim a loopback address",
+                        detail: e.to_string(),
+                    });
+                }
+            }
+            // Port 22 where nothing listens (a system sshd on 0.0.0.0:22 takes it everywhere).
+            if TcpListener::bind((ip, 22)).is_ok() {
+                return Ok((ip.to_string(), 22));
+            }
+            if let Ok(listener) = TcpListener::bind((ip, 0))
+                && let Ok(addr) = listener.local_addr()
+            {
+                return Ok((ip.to_string(), addr.port()));
+            }
+            let _ = fs::remove_file(&claim);
+        }
+        Err(ProviderError::Setup {
+            action: "claim a loopback address",
+            detail: "all of 127.0.0.2–127.0.0.254 are held by other runners".into(),
+        })
+    }
+
+    fn release_address(&self, id: &str) {
+        let Ok(entries) = fs::read_dir(self.claims()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if fs::read_to_string(entry.path()).is_ok_and(|h| Path::new(h.trim()) == self.dir(id)) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    fn read_address(&self, id: &str) -> Option<(String, u16)> {
+        let text = fs::read_to_string(self.dir(id).join("address")).ok()?;
+        let (host, port) = text.trim().rsplit_once(':')?;
+        Some((host.to_owned(), port.parse().ok()?))
+    }
+
+    /// Kill every process of the runner, remove its cgroup, mounts and directory, and confirm.
+    ///
+    /// Synchronous (it takes well under a second) so that `Drop` guards can call it too.
+    pub fn teardown(&self, id: &str) -> Result<(), ProviderError> {
+        let err = |action: &'static str, detail: String| ProviderError::Runner {
+            id: id.to_owned(),
+            action,
+            detail,
+        };
+        let cgroup = self.cgroup(id);
+        let dir = self.dir(id);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The sshd was spawned by this process: kill and reap it (no zombie left behind).
+        let child = self.sshd.lock().expect("sshd table lock").remove(id);
+        if let Some(mut child) = child {
+            let _ = child.kill();
+            let _ = child.wait();
+        } else if let Some(pid) = fs::read_to_string(dir.join("sshd.pid.launcher"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if cgroup.exists() {
+            loop {
+                let procs = fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+                let pids: Vec<i32> = procs
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect();
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                if Instant::now() > deadline {
+                    return Err(err(
+                        "stop its processes",
+                        format!("processes still in {} after 10 s", cgroup.display()),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            while let Err(e) = fs::remove_dir(&cgroup) {
+                if !cgroup.exists() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(err("remove its memory cgroup", e.to_string()));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        unmount_below(&dir);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| err("remove its directory", e.to_string()))?;
+        }
+        self.release_address(id);
+        if cgroup.exists() || dir.exists() {
+            return Err(err(
+                "confirm it is gone",
+                "its cgroup or directory is still there".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn create(&self, spec: &RunnerSpec) -> Result<String, ProviderError> {
+        Self::check_host()?;
+        let id = format!("local-{}", spec.lease.id);
+        fs::create_dir_all(&self.base).map_err(|e| ProviderError::Setup {
+            action: "create the local runners directory",
+            detail: format!("{}: {e}", self.base.display()),
+        })?;
+        fs::create_dir(self.dir(&id)).map_err(|e| ProviderError::Runner {
+            id: id.clone(),
+            action: "create its directory",
+            detail: e.to_string(),
+        })?;
+        let _ = fs::set_permissions(self.dir(&id), fs::Permissions::from_mode(0o700));
+        if let Err(e) = self.setup(&id, spec) {
+            // The caller never saw this id: clean up here.
+            let _ = self.teardown(&id);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    async fn wait_ready(&self, id: &str) -> Result<Runner, ProviderError> {
+        let (host, port) = self.read_address(id).ok_or_else(|| ProviderError::Runner {
+            id: id.to_owned(),
+            action: "find its address",
+            detail: "the runner was not created".into(),
+        })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect((host.as_str(), port)).is_ok() {
+                break;
+            }
+            let exited = self
+                .sshd
+                .lock()
+                .expect("sshd table lock")
+                .get_mut(id)
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                let log = fs::read_to_string(self.dir(id).join("sshd.log")).unwrap_or_default();
+                let last = log.lines().last().unwrap_or("no output").to_owned();
+                return Err(ProviderError::Runner {
+                    id: id.to_owned(),
+                    action: "start its sshd",
+                    detail: format!("sshd is not listening on {host}:{port}: {last}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let dir = self.dir(id);
+        Ok(Runner {
+            id: id.to_owned(),
+            host,
+            port,
+            workdir: dir.join("work").display().to_string(),
+            home: dir.join("home").display().to_string(),
+        })
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), ProviderError> {
+        self.teardown(id)
+    }
+
+    async fn list_leases(&self) -> Result<Vec<LeaseInfo>, ProviderError> {
+        let mut leases = Vec::new();
+        let Ok(entries) = fs::read_dir(&self.base) else {
+            return Ok(leases);
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("local-") {
+                continue;
+            }
+            let labels: BTreeMap<String, String> =
+                fs::read_to_string(entry.path().join("labels.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .unwrap_or_default();
+            leases.push(LeaseInfo { id: name, labels });
+        }
+        leases.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(leases)
+    }
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents)
+}
+
+fn write_executable(path: &Path, contents: &str) -> std::io::Result<()> {
+    fs::write(path, contents)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+}
+
+fn storage_conf(dir: &Path) -> String {
+    format!(
+        "[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/storage/graph\"\nrunroot = \"{0}/storage/run\"\n",
+        dir.display()
+    )
+}
+
+/// The runner's `bkl-runner-stats`, bound to its cgroup v1 directory (ARCHITECTURE.md).
+fn runner_stats_script(cgroup: &Path) -> String {
+    format!(
+        "#!/bin/sh\n\
+         # bkl-runner-stats of a local sandbox runner: peak memory and OOM kills of its memory cgroup.\n\
+         cg='{}'\n\
+         peak=$(cat \"$cg/memory.max_usage_in_bytes\")\n\
+         oom=$(sed -n 's/^oom_kill //p' \"$cg/memory.oom_control\")\n\
+         printf '{{\"peak_memory_mib\": %d, \"oom_kills\": %d}}\\n' $((peak / 1048576)) \"${{oom:-0}}\"\n",
+        cgroup.display()
+    )
+}
+
+/// Detach anything mounted under `dir` (a killed build tool can leave bind mounts behind).
+fn unmount_below(dir: &Path) {
+    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    // Deepest first.
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for point in points {
+        let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
+    }
+}

@@ -1,0 +1,218 @@
+//! Where runners come from: `trait Provider` and its implementations.
+//!
+//! Spawning is two steps, [`Provider::create`] and [`Provider::wait_ready`], so that the caller
+//! can register a runner for destruction the moment an id exists, before the (possibly long)
+//! boot. [`Provider::destroy`] returns only once the runner is confirmed gone.
+
+pub mod cloud_init;
+pub mod keys;
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::config::{Arch, Tier};
+
+pub const LABEL_MANAGED_BY: &str = "managed-by";
+pub const MANAGED_BY: &str = "buildkit-launcher";
+pub const LABEL_LEASE: &str = "buildkit-launcher/lease";
+pub const LABEL_EXPIRES: &str = "buildkit-launcher/expires";
+pub const LABEL_REPO: &str = "buildkit-launcher/repo";
+pub const LABEL_TIER: &str = "buildkit-launcher/tier";
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct RunnerSpec {
+    /// DNS-safe name, at most 63 characters.
+    pub name: String,
+    pub lease: Lease,
+    pub tier: Tier,
+    pub arch: Arch,
+    /// cloud-init user data (holds the per-build keys: never log it).
+    pub user_data: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A runner that is up: where to reach it and which host key it must present.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Runner {
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+    /// Directory on the runner for the context, secrets and metadata.
+    pub workdir: String,
+    /// Home directory of the login user (registry credentials go to `~/.docker`).
+    pub home: String,
+}
+
+/// A runner's lease: the reaper deletes runners whose lease has expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    pub id: String,
+    /// Unix seconds.
+    pub expires: u64,
+}
+
+impl Lease {
+    /// A fresh lease id (8 hex digits) valid for `seconds` from now.
+    pub fn new(seconds: u64) -> Lease {
+        let id = format!("{:08x}", rand::random::<u32>());
+        Lease {
+            id,
+            expires: unix_now() + seconds,
+        }
+    }
+}
+
+/// What `list_leases` reports per runner.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LeaseInfo {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl LeaseInfo {
+    pub fn expires(&self) -> Option<u64> {
+        self.labels.get(LABEL_EXPIRES)?.parse().ok()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("{0}")]
+    NeedsRoot(String),
+    #[error("runner {id}: cannot {action}: {detail}")]
+    Runner {
+        id: String,
+        action: &'static str,
+        detail: String,
+    },
+    #[error("cannot {action}: {detail}")]
+    Setup {
+        action: &'static str,
+        detail: String,
+    },
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// `local` or `hcloud`, for reports.
+    fn name(&self) -> &'static str;
+    /// Start creating a runner; returns its id as soon as one exists.
+    async fn create(&self, spec: &RunnerSpec) -> Result<String, ProviderError>;
+    /// Wait until the runner is booted and its sshd is started.
+    async fn wait_ready(&self, id: &str) -> Result<Runner, ProviderError>;
+    /// Delete the runner and confirm it is gone. Idempotent: an unknown id is already gone.
+    async fn destroy(&self, id: &str) -> Result<(), ProviderError>;
+    /// Every runner this provider manages, with its labels.
+    async fn list_leases(&self) -> Result<Vec<LeaseInfo>, ProviderError>;
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `bkl-<repo-slug>-<pipeline>-<lease>`, DNS-safe and at most 63 characters.
+pub fn runner_name(repo: &str, pipeline: &str, lease: &str) -> String {
+    let slug: String = repo
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let slug = slug
+        .split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    let pipeline: String = pipeline
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(10)
+        .collect();
+    let fixed = 4 + pipeline.len() + 1 + lease.len() + 1; // "bkl-" … "-" … "-"
+    let room = 63usize.saturating_sub(fixed);
+    let slug = slug[..slug.len().min(room)].trim_end_matches('-');
+    let slug = if slug.is_empty() { "build" } else { slug };
+    let pipeline = if pipeline.is_empty() {
+        "0".to_owned()
+    } else {
+        pipeline
+    };
+    format!("bkl-{slug}-{pipeline}-{lease}")
+}
+
+/// The labels every runner carries (ARCHITECTURE.md, "Runner identity and labels").
+pub fn labels(lease: &Lease, repo_slug: &str, tier: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (LABEL_LEASE.to_owned(), lease.id.clone()),
+        (LABEL_EXPIRES.to_owned(), lease.expires.to_string()),
+        (LABEL_REPO.to_owned(), label_value(repo_slug)),
+        (LABEL_TIER.to_owned(), label_value(tier)),
+    ])
+}
+
+/// Hetzner label values: at most 63 characters of `[a-z0-9A-Z._-]`, alphanumeric at both ends.
+fn label_value(s: &str) -> String {
+    let v: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(63)
+        .collect();
+    v.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_names_are_dns_safe_and_short() {
+        assert_eq!(
+            runner_name("Org/My_App", "42", "deadbeef"),
+            "bkl-org-my-app-42-deadbeef"
+        );
+        let long = runner_name(&"x".repeat(200), "1234567890123", "deadbeef");
+        assert!(long.len() <= 63, "{long}");
+        assert!(long.ends_with("-1234567890-deadbeef"), "{long}");
+        assert_eq!(runner_name("///", "", "deadbeef"), "bkl-build-0-deadbeef");
+        let name = runner_name("a--b", "7", "00000001");
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        assert!(!name.contains("--"), "{name}");
+    }
+
+    #[test]
+    fn labels_follow_the_design() {
+        let lease = Lease {
+            id: "deadbeef".into(),
+            expires: 1_800_000_000,
+        };
+        let l = labels(&lease, "org/app", "cx33");
+        assert_eq!(l["managed-by"], "buildkit-launcher");
+        assert_eq!(l["buildkit-launcher/lease"], "deadbeef");
+        assert_eq!(l["buildkit-launcher/expires"], "1800000000");
+        assert_eq!(l["buildkit-launcher/repo"], "org_app");
+        assert_eq!(l["buildkit-launcher/tier"], "cx33");
+    }
+
+    #[test]
+    fn leases_are_random_and_expire_in_the_future() {
+        let a = Lease::new(600);
+        let b = Lease::new(600);
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.id.len(), 8);
+        assert!(a.expires >= unix_now() + 599);
+    }
+}

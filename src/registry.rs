@@ -1,0 +1,117 @@
+//! The OCI registry, seen from the launcher: after a push, every tag must resolve to the digest
+//! the build reported. Uses `oci-client` (HEAD on the manifest, `Docker-Content-Digest`).
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use zeroize::Zeroizing;
+
+/// Registry credentials. The password never appears in Debug output, a log or an error.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// `~/.docker/config.json` for `registry`, as buildctl and buildah read it.
+    pub fn docker_config(&self, registry: &str) -> Zeroizing<String> {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            self.username,
+            self.password.as_str()
+        ));
+        Zeroizing::new(serde_json::json!({ "auths": { registry: { "auth": token } } }).to_string())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{image}: not a valid image reference: {detail}")]
+    BadReference { image: String, detail: String },
+    #[error("{image}: cannot read its manifest from the registry: {detail}")]
+    Unreachable { image: String, detail: String },
+    #[error("{image}: resolves to {found}, not to {expected} that the build reported")]
+    Mismatch {
+        image: String,
+        expected: String,
+        found: String,
+    },
+}
+
+/// Check that every image resolves to `digest`.
+pub async fn verify_digests(
+    images: &[String],
+    digest: &str,
+    registry: &str,
+    insecure: bool,
+    credentials: Option<&Credentials>,
+) -> Result<(), RegistryError> {
+    let protocol = if insecure {
+        ClientProtocol::HttpsExcept(vec![registry.to_owned()])
+    } else {
+        ClientProtocol::Https
+    };
+    let client = Client::new(ClientConfig {
+        protocol,
+        ..ClientConfig::default()
+    });
+    let auth = match credentials {
+        Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.to_string()),
+        None => RegistryAuth::Anonymous,
+    };
+    for image in images {
+        let reference: Reference =
+            image
+                .parse()
+                .map_err(|e: oci_client::ParseError| RegistryError::BadReference {
+                    image: image.clone(),
+                    detail: e.to_string(),
+                })?;
+        let found = client
+            .fetch_manifest_digest(&reference, &auth)
+            .await
+            .map_err(|e| RegistryError::Unreachable {
+                image: image.clone(),
+                detail: e
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            })?;
+        if found != digest {
+            return Err(RegistryError::Mismatch {
+                image: image.clone(),
+                expected: digest.to_owned(),
+                found,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_config_has_basic_auth_and_debug_hides_the_password() {
+        let c = Credentials {
+            username: "ci".into(),
+            password: Zeroizing::new("fake-pass".into()),
+        };
+        let cfg = c.docker_config("127.0.0.1:5000");
+        let v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+        assert_eq!(v["auths"]["127.0.0.1:5000"]["auth"], "Y2k6ZmFrZS1wYXNz");
+        assert!(!format!("{c:?}").contains("fake-pass"));
+    }
+}

@@ -1,0 +1,197 @@
+//! One attempt on one tier: runner up, context over, build, stats. Destroying is the caller's.
+
+use std::time::{Duration, Instant};
+
+use crate::backend::classify::{Verdict, classify};
+use crate::backend::{self, Backend, RemotePaths};
+use crate::config::Tier;
+use crate::provider::cloud_init::UserData;
+use crate::provider::keys::BuildKeys;
+use crate::provider::{Lease, RunnerSpec, labels, runner_name};
+use crate::transport::dockerignore::context_entries;
+use crate::transport::session::{Connection, RemoteExit};
+
+use super::live::LiveRunners;
+use super::report::AttemptReport;
+use super::{Executor, lease_seconds};
+
+pub struct Done {
+    pub verdict: Verdict,
+    pub digest: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error(transparent)]
+    Provider(#[from] crate::provider::ProviderError),
+    #[error(transparent)]
+    Transport(#[from] crate::transport::session::TransportError),
+    #[error(transparent)]
+    Keys(#[from] crate::provider::keys::KeyError),
+    #[error(transparent)]
+    Context(#[from] crate::transport::dockerignore::DockerignoreError),
+}
+
+pub async fn run(
+    ex: &Executor<'_>,
+    tier: &Tier,
+    live: &LiveRunners,
+    record: &mut AttemptReport,
+) -> Result<Done, AttemptError> {
+    let plan = ex.plan;
+    let phase = Instant::now();
+    let lease = Lease::new(lease_seconds(plan));
+    let keys = BuildKeys::generate(&lease.id)?;
+    let spec = RunnerSpec {
+        name: runner_name(&plan.history.key.repo, &ex.pipeline, &lease.id),
+        labels: labels(&lease, &plan.build.image_repo, &tier.name),
+        lease,
+        tier: tier.clone(),
+        arch: plan.arch,
+        user_data: UserData::for_build(&keys).render(),
+    };
+    let id = ex.provider.create(&spec).await?;
+    live.register(&id);
+    record.runner = Some(id.clone());
+    (ex.log)(&format!(
+        "runner {id} ({}) created; waiting for it",
+        spec.name
+    ));
+    let runner = ex.provider.wait_ready(&id).await?;
+    record.seconds.spawn = phase.elapsed().as_secs_f64();
+
+    let phase = Instant::now();
+    let mut progress = |line: String| (ex.log)(&line);
+    let conn = Connection::connect(
+        &runner,
+        &keys.client.private_openssh,
+        &keys.host.public_openssh,
+        ex.connect,
+        &mut progress,
+    )
+    .await?;
+    record.seconds.ssh = phase.elapsed().as_secs_f64();
+    (ex.log)(&format!(
+        "connected to {} (host key verified)",
+        conn.address()
+    ));
+
+    // Close the connection on every path out of here; the runner is destroyed anyway.
+    let result = build_over(ex, &conn, &runner.workdir, &runner.home, record).await;
+    conn.close().await;
+    result
+}
+
+async fn build_over(
+    ex: &Executor<'_>,
+    conn: &Connection,
+    workdir: &str,
+    home: &str,
+    record: &mut AttemptReport,
+) -> Result<Done, AttemptError> {
+    let plan = ex.plan;
+    let paths = RemotePaths::new(workdir);
+    let phase = Instant::now();
+    // Credentials and secrets travel over stdin into 0600 files: never in an argument list.
+    if let (Some(credentials), Some(registry)) = (&ex.credentials, &plan.build.registry) {
+        let config = credentials.docker_config(registry);
+        conn.put_private_file(&format!("{home}/.docker/config.json"), config.as_bytes())
+            .await?;
+    }
+    for (id, value) in &ex.secrets {
+        conn.put_private_file(&paths.secret(id), value.as_bytes())
+            .await?;
+    }
+    let entries = context_entries(&plan.context, &plan.build.dockerfile)?;
+    let stats = conn.sync(&plan.context, &entries, &paths.context()).await?;
+    record.seconds.sync = phase.elapsed().as_secs_f64();
+    (ex.log)(&format!(
+        "context sent: {} entries, {} bytes",
+        stats.entries, stats.bytes
+    ));
+
+    let mut request = plan.build.clone();
+    if request.backend == Backend::Buildctl && !has_buildctl(conn).await {
+        (ex.log)("buildctl is not on the runner; building with buildah");
+        request.backend = Backend::Buildah;
+    }
+    let script = backend::script(&request, &paths);
+    let phase = Instant::now();
+    let build = conn.run(&script, None, ex.output);
+    let (exit, tail) = match plan.timeout_minutes {
+        Some(minutes) => match tokio::time::timeout(Duration::from_secs(minutes * 60), build).await
+        {
+            Ok(result) => result?,
+            Err(_) => {
+                record.seconds.build = phase.elapsed().as_secs_f64();
+                return Ok(Done {
+                    verdict: Verdict::Failed {
+                        reason: format!("the build ran longer than its {minutes}-minute timeout"),
+                    },
+                    digest: None,
+                });
+            }
+        },
+        None => build.await?,
+    };
+    record.seconds.build = phase.elapsed().as_secs_f64();
+
+    let (peak, oom_kills) = if matches!(exit, RemoteExit::Lost(_)) {
+        (None, None)
+    } else {
+        runner_stats(conn).await
+    };
+    record.peak_memory_mib = peak;
+    let verdict = classify(&exit, &tail, oom_kills);
+    let digest = match (&verdict, &plan.build.registry) {
+        (Verdict::Ok, Some(_)) => read_digest(conn, &paths).await,
+        _ => None,
+    };
+    Ok(Done { verdict, digest })
+}
+
+async fn has_buildctl(conn: &Connection) -> bool {
+    conn.run_checked("look for buildctl", "command -v buildctl", None)
+        .await
+        .is_ok()
+}
+
+/// `bkl-runner-stats`: peak memory and OOM kills since the runner started.
+async fn runner_stats(conn: &Connection) -> (Option<u64>, Option<u64>) {
+    let Ok(text) = conn
+        .run_checked(
+            "read the runner's memory statistics",
+            "bkl-runner-stats",
+            None,
+        )
+        .await
+    else {
+        return (None, None);
+    };
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text.trim()) else {
+        return (None, None);
+    };
+    (
+        value["peak_memory_mib"].as_u64(),
+        value["oom_kills"].as_u64(),
+    )
+}
+
+async fn read_digest(conn: &Connection, paths: &RemotePaths) -> Option<String> {
+    let text = conn
+        .run_checked(
+            "read the build's metadata file",
+            &format!(
+                "cat {}",
+                crate::transport::session::shell_quote(&paths.metadata())
+            ),
+            None,
+        )
+        .await
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
+    value["containerimage.digest"]
+        .as_str()
+        .filter(|d| d.starts_with("sha256:"))
+        .map(str::to_owned)
+}

@@ -1,0 +1,180 @@
+//! The run report (ARCHITECTURE.md: `build --report FILE`, `--json`) and the human summary.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::backend::classify::Verdict;
+use crate::exit::Exit;
+use crate::plan::Plan;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    Success,
+    BuildFailed,
+    OutOfMemory,
+    Infrastructure,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    Ok,
+    Oom,
+    Failed,
+    Lost,
+    Cancelled,
+}
+
+impl From<&Verdict> for AttemptOutcome {
+    fn from(v: &Verdict) -> Self {
+        match v {
+            Verdict::Ok => AttemptOutcome::Ok,
+            Verdict::Oom { .. } => AttemptOutcome::Oom,
+            Verdict::Failed { .. } => AttemptOutcome::Failed,
+            Verdict::Lost { .. } => AttemptOutcome::Lost,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Seconds {
+    pub spawn: f64,
+    pub ssh: f64,
+    pub sync: f64,
+    pub build: f64,
+    pub destroy: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptReport {
+    pub tier: String,
+    pub outcome: AttemptOutcome,
+    pub runner: Option<String>,
+    pub destroyed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destroy_error: Option<String>,
+    pub peak_memory_mib: Option<u64>,
+    pub seconds: Seconds,
+}
+
+impl AttemptReport {
+    pub fn new(tier: &str) -> AttemptReport {
+        AttemptReport {
+            tier: tier.to_owned(),
+            outcome: AttemptOutcome::Lost,
+            runner: None,
+            destroyed: false,
+            destroy_error: None,
+            peak_memory_mib: None,
+            seconds: Seconds::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub outcome: RunOutcome,
+    pub exit_code: u8,
+    pub digest: Option<String>,
+    pub images: Vec<String>,
+    pub provider: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub plan: Plan,
+    pub attempts: Vec<AttemptReport>,
+    #[serde(skip)]
+    pub exit: Exit,
+}
+
+impl RunReport {
+    pub fn new(
+        plan: &Plan,
+        exit: Exit,
+        digest: Option<String>,
+        attempts: Vec<AttemptReport>,
+        error: Option<String>,
+        provider: &str,
+    ) -> RunReport {
+        let outcome = match exit {
+            Exit::Success => RunOutcome::Success,
+            Exit::BuildFailed => RunOutcome::BuildFailed,
+            Exit::OutOfMemory => RunOutcome::OutOfMemory,
+            Exit::Cancelled => RunOutcome::Cancelled,
+            Exit::Infrastructure | Exit::NotDestroyed | Exit::Usage => RunOutcome::Infrastructure,
+        };
+        let images = if exit == Exit::Success {
+            plan.images.clone()
+        } else {
+            Vec::new()
+        };
+        RunReport {
+            outcome,
+            exit_code: exit as u8,
+            digest,
+            images,
+            provider: provider.to_owned(),
+            error,
+            plan: plan.clone(),
+            attempts,
+            exit,
+        }
+    }
+
+    /// The human summary: the result in a sentence, then one row per attempt.
+    pub fn render_human(&self) -> String {
+        let mut out = String::new();
+        let _ = match (&self.outcome, &self.error) {
+            (RunOutcome::Success, _) => writeln!(
+                out,
+                "build succeeded: {}{}",
+                self.images.join(", "),
+                self.digest
+                    .as_ref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            ),
+            (_, Some(error)) => writeln!(out, "build {}: {error}", outcome_word(self.outcome)),
+            (_, None) => writeln!(out, "build {}", outcome_word(self.outcome)),
+        };
+        let _ = writeln!(
+            out,
+            "\n  #  tier    outcome    peak MiB   spawn     ssh    sync    build  destroy  runner"
+        );
+        for (i, a) in self.attempts.iter().enumerate() {
+            let s = &a.seconds;
+            let runner = match (&a.runner, a.destroyed) {
+                (Some(r), true) => format!("{r} (destroyed)"),
+                (Some(r), false) => format!("{r} (NOT destroyed)"),
+                (None, _) => "-".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<2} {:<7} {:<10} {:>8} {:>6.1}s {:>6.1}s {:>6.1}s {:>7.1}s {:>7.1}s  {runner}",
+                i + 1,
+                a.tier,
+                format!("{:?}", a.outcome).to_lowercase(),
+                a.peak_memory_mib
+                    .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                s.spawn,
+                s.ssh,
+                s.sync,
+                s.build,
+                s.destroy,
+            );
+        }
+        out
+    }
+}
+
+fn outcome_word(o: RunOutcome) -> &'static str {
+    match o {
+        RunOutcome::Success => "succeeded",
+        RunOutcome::BuildFailed => "failed",
+        RunOutcome::OutOfMemory => "ran out of memory",
+        RunOutcome::Infrastructure => "stopped by an infrastructure failure",
+        RunOutcome::Cancelled => "cancelled",
+    }
+}

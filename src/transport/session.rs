@@ -1,0 +1,477 @@
+//! One SSH master connection per runner (openssh native mux), and everything done over it.
+//!
+//! The connection trusts exactly the host key the launcher generated for this build
+//! (`StrictHostKeyChecking yes` against a private known_hosts file; no agent, no user config).
+//! Remote commands stream their output live and come back with a faithful status: a process
+//! killed by the OOM killer is 137, and a lost connection is told apart from a failed command.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openssh::{KnownHosts, Session, SessionBuilder};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+
+use crate::provider::Runner;
+
+/// How a remote command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteExit {
+    /// It exited with this status (a child killed by SIGKILL comes back as 137).
+    Code(i32),
+    /// The remote process was killed by a signal while the connection stayed up.
+    Killed,
+    /// The connection to the runner was lost.
+    Lost(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot prepare the SSH connection: {0}")]
+    Local(String),
+    #[error(
+        "runner {host}:{port} presented a host key other than the one generated for this build; refusing to connect"
+    )]
+    HostKeyMismatch { host: String, port: u16 },
+    #[error(
+        "cannot reach runner {host}:{port} over SSH after {attempts} attempts in {seconds} s: {last}"
+    )]
+    Unreachable {
+        host: String,
+        port: u16,
+        attempts: u32,
+        seconds: u64,
+        last: String,
+    },
+    #[error("{purpose}: {detail}")]
+    Command { purpose: String, detail: String },
+}
+
+/// Bounds for connecting while a runner boots.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectPolicy {
+    pub attempts: u32,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for ConnectPolicy {
+    fn default() -> Self {
+        ConnectPolicy {
+            attempts: 40,
+            first_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct Connection {
+    session: Option<Session>,
+    /// Keys, known_hosts, ssh config and the control socket; removed on drop.
+    dir: tempfile::TempDir,
+    host: String,
+    port: u16,
+}
+
+impl Connection {
+    /// Connect to `runner`, which must present `host_key` (OpenSSH public key line).
+    pub async fn connect(
+        runner: &Runner,
+        client_private_key: &str,
+        host_key: &str,
+        policy: ConnectPolicy,
+        progress: &mut (dyn FnMut(String) + Send),
+    ) -> Result<Connection, TransportError> {
+        // Control sockets must fit in 108 bytes: keep the directory short, under /tmp.
+        let dir = tempfile::Builder::new()
+            .prefix("bkl-ssh-")
+            .tempdir_in("/tmp")
+            .map_err(|e| TransportError::Local(e.to_string()))?;
+        let key_path = dir.path().join("id");
+        let mut key = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_path)
+            .map_err(|e| TransportError::Local(e.to_string()))?;
+        key.write_all(client_private_key.as_bytes())
+            .map_err(|e| TransportError::Local(e.to_string()))?;
+        let host_pattern = if runner.port == 22 {
+            runner.host.clone()
+        } else {
+            format!("[{}]:{}", runner.host, runner.port)
+        };
+        let known_hosts = dir.path().join("known_hosts");
+        std::fs::write(&known_hosts, format!("{host_pattern} {host_key}\n"))
+            .map_err(|e| TransportError::Local(e.to_string()))?;
+        let config = dir.path().join("config");
+        std::fs::write(&config, ssh_config(dir.path()))
+            .map_err(|e| TransportError::Local(e.to_string()))?;
+
+        let mut builder = SessionBuilder::default();
+        builder
+            .user("root".into())
+            .port(runner.port)
+            .config_file(&config)
+            .keyfile(&key_path)
+            .known_hosts_check(KnownHosts::Strict)
+            .user_known_hosts_file(&known_hosts)
+            .control_directory(dir.path())
+            .connect_timeout(Duration::from_secs(5))
+            .server_alive_interval(Duration::from_secs(5));
+
+        let started = Instant::now();
+        let mut delay = policy.first_delay;
+        let mut last = String::new();
+        for attempt in 1..=policy.attempts {
+            match builder.connect_mux(&runner.host).await {
+                Ok(session) => {
+                    return Ok(Connection {
+                        session: Some(session),
+                        dir,
+                        host: runner.host.clone(),
+                        port: runner.port,
+                    });
+                }
+                Err(e) => {
+                    last = one_line(&e);
+                    if last.contains("Host key verification failed")
+                        || last.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+                    {
+                        return Err(TransportError::HostKeyMismatch {
+                            host: runner.host.clone(),
+                            port: runner.port,
+                        });
+                    }
+                }
+            }
+            if attempt % 5 == 0 {
+                progress(format!(
+                    "waiting for SSH on {}:{} ({attempt}/{} attempts, {:.0} s): {last}",
+                    runner.host,
+                    runner.port,
+                    policy.attempts,
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            if attempt < policy.attempts {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(policy.max_delay);
+            }
+        }
+        Err(TransportError::Unreachable {
+            host: runner.host.clone(),
+            port: runner.port,
+            attempts: policy.attempts,
+            seconds: started.elapsed().as_secs(),
+            last,
+        })
+    }
+
+    fn session(&self) -> &Session {
+        self.session
+            .as_ref()
+            .expect("session is open until close()")
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.session().control_socket().to_owned()
+    }
+
+    /// Run `script` with bash on the runner, streaming each output line to `sink`.
+    ///
+    /// Returns how it ended and the last lines of its output (for failure classification).
+    pub async fn run(
+        &self,
+        script: &str,
+        stdin: Option<&[u8]>,
+        sink: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(RemoteExit, Vec<String>), TransportError> {
+        // bash stays the parent (the trailing `exit` prevents exec), so a child killed by a
+        // signal is reported as 128+N instead of the remote process itself vanishing.
+        let wrapped = format!("{script}\nrc=$?; exit $rc");
+        let mut cmd = self.session().command("bash");
+        cmd.arg("-c")
+            .arg(&wrapped)
+            .stdin(if stdin.is_some() {
+                openssh::Stdio::piped()
+            } else {
+                openssh::Stdio::null()
+            })
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::piped());
+        let mut child = cmd.spawn().await.map_err(|e| TransportError::Command {
+            purpose: "start a command on the runner".into(),
+            detail: one_line(&e),
+        })?;
+        if let (Some(data), Some(mut input)) = (stdin, child.stdin().take()) {
+            input
+                .write_all(data)
+                .await
+                .map_err(|e| TransportError::Command {
+                    purpose: "send data to the runner".into(),
+                    detail: e.to_string(),
+                })?;
+            input.shutdown().await.ok();
+            drop(input);
+        }
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        let out = child.stdout().take();
+        let err = child.stderr().take();
+        tokio::join!(pump(out, &tail, sink), pump(err, &tail, sink));
+        let status = child.wait().await;
+        let exit = match status {
+            Ok(status) => match status.code() {
+                Some(code) => RemoteExit::Code(code),
+                None => RemoteExit::Killed,
+            },
+            Err(openssh::Error::RemoteProcessTerminated) => match self.session().check().await {
+                Ok(()) => RemoteExit::Killed,
+                Err(e) => RemoteExit::Lost(one_line(&e)),
+            },
+            Err(e) => match self.session().check().await {
+                // openssh maps a remote exit 127 to an error of its own.
+                Ok(()) if one_line(&e).contains("not found") => RemoteExit::Code(127),
+                Ok(()) => RemoteExit::Lost(one_line(&e)),
+                Err(check) => RemoteExit::Lost(one_line(&check)),
+            },
+        };
+        let tail = tail.lock().expect("tail lock").drain(..).collect();
+        Ok((exit, tail))
+    }
+
+    /// Run a short command that must succeed; its output is returned, not streamed.
+    pub async fn run_checked(
+        &self,
+        purpose: &str,
+        script: &str,
+        stdin: Option<&[u8]>,
+    ) -> Result<String, TransportError> {
+        let collected = Mutex::new(Vec::new());
+        let sink = |line: &str| collected.lock().expect("lock").push(line.to_owned());
+        let (exit, _) = self.run(script, stdin, &sink).await?;
+        let output = collected.into_inner().expect("lock").join("\n");
+        match exit {
+            RemoteExit::Code(0) => Ok(output),
+            other => Err(TransportError::Command {
+                purpose: purpose.to_owned(),
+                detail: format!(
+                    "{}: {}",
+                    describe(&other),
+                    output.lines().last().unwrap_or("no output")
+                ),
+            }),
+        }
+    }
+
+    /// Write `contents` to `path` on the runner, mode 0600, through stdin (never an argument).
+    pub async fn put_private_file(
+        &self,
+        path: &str,
+        contents: &[u8],
+    ) -> Result<(), TransportError> {
+        let dir = Path::new(path)
+            .parent()
+            .map_or_else(|| ".".to_owned(), |d| d.display().to_string());
+        let script = format!(
+            "umask 077 && mkdir -p {} && cat > {}",
+            shell_quote(&dir),
+            shell_quote(path)
+        );
+        self.run_checked(
+            &format!("write {path} on the runner"),
+            &script,
+            Some(contents),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Copy `entries` (relative to `context`) to `remote_dir` with rsync over this connection.
+    pub async fn sync(
+        &self,
+        context: &Path,
+        entries: &[PathBuf],
+        remote_dir: &str,
+    ) -> Result<SyncStats, TransportError> {
+        self.run_checked(
+            "create the context directory on the runner",
+            &format!("mkdir -p {}", shell_quote(remote_dir)),
+            None,
+        )
+        .await?;
+        let ssh = format!(
+            "ssh -F {} -S {} -o ControlMaster=no",
+            self.dir.path().join("config").display(),
+            self.control_socket().display()
+        );
+        let mut list = Vec::new();
+        for entry in entries {
+            list.extend_from_slice(entry.as_os_str().as_encoded_bytes());
+            list.push(0);
+        }
+        let mut child = tokio::process::Command::new("rsync")
+            .arg("--archive")
+            .arg("--from0")
+            .arg("--files-from=-")
+            .arg("--numeric-ids")
+            .arg("--stats")
+            .arg("-e")
+            .arg(&ssh)
+            .arg(format!("{}/", context.display()))
+            .arg(format!("root@{}:{}/", self.host, remote_dir))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| TransportError::Command {
+                purpose: "start rsync to send the build context".into(),
+                detail: e.to_string(),
+            })?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let writer = async move {
+            let _ = stdin.write_all(&list).await;
+            let _ = stdin.shutdown().await;
+        };
+        let (_, output) = tokio::join!(writer, child.wait_with_output());
+        let output = output.map_err(|e| TransportError::Command {
+            purpose: "send the build context with rsync".into(),
+            detail: e.to_string(),
+        })?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(TransportError::Command {
+                purpose: "send the build context with rsync".into(),
+                detail: format!(
+                    "{}: {}",
+                    output.status,
+                    stderr
+                        .lines()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("no output")
+                ),
+            });
+        }
+        Ok(SyncStats::parse(
+            &String::from_utf8_lossy(&output.stdout),
+            entries.len(),
+        ))
+    }
+
+    /// Close the master connection (ControlPersist would otherwise keep it forever).
+    pub async fn close(mut self) {
+        if let Some(session) = self.session.take() {
+            let _ = session.close().await;
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// What a context sync moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct SyncStats {
+    pub entries: usize,
+    pub bytes: u64,
+}
+
+impl SyncStats {
+    fn parse(stats: &str, entries: usize) -> SyncStats {
+        let bytes = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("Total file size: "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(|n| n.replace(',', ""))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        SyncStats { entries, bytes }
+    }
+}
+
+const TAIL_LINES: usize = 200;
+
+async fn pump(
+    stream: Option<impl AsyncRead + Unpin>,
+    tail: &Mutex<VecDeque<String>>,
+    sink: &(dyn Fn(&str) + Send + Sync),
+) {
+    let Some(stream) = stream else { return };
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        sink(&line);
+        let mut tail = tail.lock().expect("tail lock");
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+}
+
+pub fn describe(exit: &RemoteExit) -> String {
+    match exit {
+        RemoteExit::Code(code) => format!("exit status {code}"),
+        RemoteExit::Killed => "killed by a signal".into(),
+        RemoteExit::Lost(why) => format!("connection lost ({why})"),
+    }
+}
+
+fn ssh_config(dir: &Path) -> String {
+    format!(
+        "Host *\n  IdentitiesOnly yes\n  IdentityAgent none\n  IdentityFile {0}/id\n  UserKnownHostsFile {0}/known_hosts\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  CheckHostIP no\n  BatchMode yes\n  PasswordAuthentication no\n  KbdInteractiveAuthentication no\n  LogLevel ERROR\n  ServerAliveInterval 5\n  ServerAliveCountMax 3\n",
+        dir.display()
+    )
+}
+
+/// The error and its sources on one line: openssh puts ssh's own stderr in the source chain.
+fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts
+        .join(": ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Single-quote for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | ':' | '=' | '@' | ',')
+        })
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/a/b"), "/a/b");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn rsync_stats_parse() {
+        let s = SyncStats::parse("Number of files: 3\nTotal file size: 1,234,567 bytes\n", 3);
+        assert_eq!(s.bytes, 1_234_567);
+    }
+}
