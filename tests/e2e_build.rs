@@ -1,0 +1,426 @@
+//! `build --provider local` end to end: the built binary, a real registry, real sshd, rsync,
+//! memory cgroups and buildah (the `buildctl` double under tests/tools for that backend).
+//! Every test checks that no runner directory, cgroup or sshd is left behind.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::registry::{Registry, require_root_and_tools};
+use support::{BIN, Context, Launcher, repo_dir};
+
+const TOOLS: &[&str] = &[
+    "sshd",
+    "ssh",
+    "rsync",
+    "buildah",
+    "docker-registry",
+    "busybox",
+];
+
+/// A registry with the base image, a private runner directory, and a context.
+struct Fixture {
+    registry: Registry,
+    runners: tempfile::TempDir,
+    ctx: Context,
+    report: PathBuf,
+}
+
+impl Fixture {
+    /// `None` (skip) where root or a tool is missing, except under CI=true where it panics.
+    fn new(dockerfile_body: &str) -> Option<Fixture> {
+        if !require_root_and_tools(TOOLS) {
+            return None;
+        }
+        let registry = Registry::start().with_base_image();
+        let dockerfile = format!("FROM {}\n{dockerfile_body}\n", registry.base_image());
+        let ctx = Context::new().file("Dockerfile", &dockerfile);
+        let runners = tempfile::Builder::new()
+            .prefix("bkl-e2e-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let report = ctx.path().join("report.json");
+        Some(Fixture {
+            registry,
+            runners,
+            ctx,
+            report,
+        })
+    }
+
+    fn args(&self, backend: &str) -> Vec<String> {
+        let mut args = vec![
+            "build".to_owned(),
+            "--provider".into(),
+            "local".into(),
+            "--local-dir".into(),
+            self.runners.path().display().to_string(),
+            "--history".into(),
+            format!("file:{}", self.ctx.path().join("history.jsonl").display()),
+            "--backend".into(),
+            backend.into(),
+            "--context".into(),
+            self.ctx.path().display().to_string(),
+            "--project".into(),
+            "e2e/app".into(),
+            "--registry".into(),
+            self.registry.addr.clone(),
+            "--insecure-registry".into(),
+            "--report".into(),
+            self.report.display().to_string(),
+        ];
+        if backend == "buildctl" {
+            args.push("--local-tools".into());
+            args.push(repo_dir().join("tests/tools").display().to_string());
+        }
+        args
+    }
+
+    fn build(&self, backend: &str, extra: &[&str]) -> support::Outcome {
+        Launcher::new().args(self.args(backend)).args(extra).run()
+    }
+
+    fn report(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(&self.report).expect("the report was written");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// No runner directory, cgroup or sshd of this fixture is left.
+    fn assert_nothing_left(&self) {
+        let base = self.runners.path();
+        let dirs: Vec<_> = std::fs::read_dir(base)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("local-"))
+            .collect();
+        assert!(dirs.is_empty(), "runner directories left: {dirs:?}");
+        for attempt in self.report()["attempts"].as_array().unwrap() {
+            let id = attempt["runner"].as_str().unwrap();
+            let cgroup = Path::new("/sys/fs/cgroup/memory/buildkit-launcher").join(id);
+            assert!(!cgroup.exists(), "cgroup {} left", cgroup.display());
+            assert_eq!(attempt["destroyed"], true, "{attempt}");
+        }
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        let ps = String::from_utf8_lossy(&ps.stdout);
+        let base = base.display().to_string();
+        assert!(
+            !ps.lines().any(|l| l.contains("sshd") && l.contains(&base)),
+            "an sshd of this test is still running"
+        );
+    }
+}
+
+fn outcomes(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["tier"].as_str().unwrap().to_owned(),
+                a["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn assert_success(f: &Fixture, out: &support::Outcome) {
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    let report = f.report();
+    assert_eq!(report["outcome"], "success");
+    let digest = report["digest"].as_str().unwrap();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    // Independently of the launcher's own check: both tags resolve to the reported digest.
+    for tag in ["v1", "latest"] {
+        assert_eq!(
+            f.registry.manifest_digest("e2e/app", tag).as_deref(),
+            Some(digest),
+            "tag {tag}"
+        );
+    }
+    assert!(out.stdout.starts_with("build succeeded:"), "{}", out.stdout);
+    f.assert_nothing_left();
+}
+
+#[test]
+fn success_with_buildah() {
+    let Some(f) = Fixture::new("RUN echo built > /built.txt") else {
+        return;
+    };
+    let out = f.build("buildah", &["--tag", "v1", "--tag", "latest"]);
+    assert_success(&f, &out);
+    let report = f.report();
+    assert_eq!(outcomes(&report).len(), 1);
+    assert!(report["attempts"][0]["peak_memory_mib"].as_u64().unwrap() > 0);
+    // The history gained an ok sample with the measured peak.
+    let history = std::fs::read_to_string(f.ctx.path().join("history.jsonl")).unwrap();
+    let sample: serde_json::Value = serde_json::from_str(history.lines().last().unwrap()).unwrap();
+    assert_eq!(sample["outcome"], "ok");
+    assert_eq!(sample["repo"], "e2e/app");
+}
+
+#[test]
+fn success_with_buildctl() {
+    let Some(f) = Fixture::new("RUN echo built > /built.txt") else {
+        return;
+    };
+    let out = f.build("buildctl", &["--tag", "v1", "--tag", "latest"]);
+    assert_success(&f, &out);
+    assert!(
+        out.stderr.contains("#1 "),
+        "buildctl-style progress: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn out_of_memory_retries_once_on_the_next_tier_with_more_memory() {
+    // cx23 ÷ 16 = 256 MiB: a 350 MiB buffer is OOM-killed; cx33 ÷ 16 = 512 MiB: it fits.
+    let Some(f) = Fixture::new("RUN dd if=/dev/zero of=/dev/null bs=350M count=1") else {
+        return;
+    };
+    std::fs::write(f.ctx.path().join(".build-spec.ncl"), "{ tier = \"cx23\" }").unwrap();
+    let out = f.build("buildah", &["--tag", "v1", "--tag", "latest"]);
+    assert_success(&f, &out);
+    let report = f.report();
+    assert_eq!(
+        outcomes(&report),
+        [("cx23".into(), "oom".into()), ("cx33".into(), "ok".into())]
+    );
+    let peak = report["attempts"][1]["peak_memory_mib"].as_u64().unwrap();
+    assert!(
+        peak > 256,
+        "the retry really had more than cx23's 256 MiB: peak {peak}"
+    );
+    assert!(
+        out.stderr.contains("retrying once on cx33"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn out_of_memory_twice_is_exit_3() {
+    let Some(f) = Fixture::new("RUN dd if=/dev/zero of=/dev/null bs=600M count=1") else {
+        return;
+    };
+    std::fs::write(f.ctx.path().join(".build-spec.ncl"), "{ tier = \"cx23\" }").unwrap();
+    let out = f.build("buildctl", &[]);
+    assert_eq!(out.code, 3, "stderr:\n{}", out.stderr);
+    let report = f.report();
+    assert_eq!(report["outcome"], "out_of_memory");
+    assert_eq!(
+        outcomes(&report),
+        [("cx23".into(), "oom".into()), ("cx33".into(), "oom".into())]
+    );
+    f.assert_nothing_left();
+}
+
+#[test]
+fn a_failing_run_step_is_exit_1_without_retry() {
+    let Some(f) = Fixture::new("RUN echo about to fail && exit 3") else {
+        return;
+    };
+    let out = f.build("buildctl", &[]);
+    assert_eq!(out.code, 1, "stderr:\n{}", out.stderr);
+    let report = f.report();
+    assert_eq!(report["outcome"], "build_failed");
+    assert_eq!(outcomes(&report), [("cx33".into(), "failed".into())]);
+    assert!(
+        report["error"].as_str().unwrap().contains("exit code: 3"),
+        "{}",
+        report["error"]
+    );
+    f.assert_nothing_left();
+}
+
+/// Start the build in the background and return once its RUN step is running.
+fn start_until_running(
+    f: &Fixture,
+    extra: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(f.args("buildah"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the build reached its RUN step");
+        if line.contains("STEP 2/2: RUN") {
+            std::thread::sleep(Duration::from_millis(500));
+            return (child, rx);
+        }
+    }
+}
+
+#[test]
+fn sigterm_during_the_build_is_exit_5_and_the_runner_is_gone_within_5_s() {
+    let Some(f) = Fixture::new("RUN sleep 60") else {
+        return;
+    };
+    let (mut child, _lines) = start_until_running(&f, &[]);
+    let sent = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let elapsed = sent.elapsed();
+    assert_eq!(status.code(), Some(5));
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    let report = f.report();
+    assert_eq!(report["outcome"], "cancelled");
+    assert_eq!(report["attempts"][0]["outcome"], "cancelled");
+    f.assert_nothing_left();
+}
+
+#[test]
+fn the_runners_sshd_killed_mid_build_is_exit_4() {
+    let Some(f) = Fixture::new("RUN sleep 30") else {
+        return;
+    };
+    let (mut child, _lines) = start_until_running(&f, &[]);
+    let id = std::fs::read_dir(f.runners.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("local-"))
+        .expect("a runner exists");
+    let procs = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/buildkit-launcher/{id}/cgroup.procs"
+    ))
+    .unwrap();
+    for pid in procs.lines() {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "sshd" {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(4));
+    let report = f.report();
+    assert_eq!(report["outcome"], "infrastructure");
+    assert_eq!(report["attempts"][0]["outcome"], "lost");
+    f.assert_nothing_left();
+}
+
+#[test]
+fn a_secret_never_shows_in_logs_report_or_process_lists() {
+    const VALUE: &str = "fake-s3cr3t-e2e-7f3a9c";
+    // The Dockerfile proves the secret arrived by its hash, so the value itself is nowhere but
+    // in the launcher's environment.
+    let mut sha = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut sha.stdin.take().unwrap(), VALUE.as_bytes()).unwrap();
+    let hash = String::from_utf8(sha.wait_with_output().unwrap().stdout).unwrap();
+    let hash = hash.split_whitespace().next().unwrap().to_owned();
+    let Some(f) = Fixture::new(&format!(
+        "RUN --mount=type=secret,id=token test \"$(sha256sum /run/secrets/token | cut -d' ' -f1)\" = {hash} && sleep 3"
+    )) else {
+        return;
+    };
+    let mut child = Command::new(BIN)
+        .args(f.args("buildah"))
+        .args(["--secret", "id=token,env=BKL_E2E_TOKEN"])
+        .env("BKL_E2E_TOKEN", VALUE)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drain the pipes while polling the process list, so the build never blocks on output.
+    let mut stdout_pipe = child.stdout.take().unwrap();
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout_pipe, &mut s).unwrap();
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr_pipe, &mut s).unwrap();
+        s
+    });
+    let mut snapshots = 0;
+    let mut leaked_in_ps = false;
+    while child.try_wait().unwrap().is_none() {
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        leaked_in_ps |= String::from_utf8_lossy(&ps.stdout).contains(VALUE);
+        snapshots += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = child.wait().unwrap();
+    let (stdout, stderr) = (out_reader.join().unwrap(), err_reader.join().unwrap());
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    assert!(
+        snapshots > 10,
+        "the process list was looked at during the build ({snapshots})"
+    );
+    assert!(
+        !leaked_in_ps,
+        "the secret appeared in a process's arguments"
+    );
+    let report = std::fs::read_to_string(&f.report).unwrap();
+    assert!(!report.contains(VALUE), "the secret is in the report");
+    assert!(!stdout.contains(VALUE), "the secret is on stdout");
+    assert!(!stderr.contains(VALUE), "the secret is on stderr");
+    f.assert_nothing_left();
+}
+
+#[test]
+fn an_ignored_file_never_reaches_the_runner() {
+    let Some(f) = Fixture::new(
+        "COPY . /ctx\nRUN test -e /ctx/keep.txt && test ! -e /ctx/ignored.txt && test ! -e /ctx/private",
+    ) else {
+        return;
+    };
+    std::fs::write(
+        f.ctx.path().join(".dockerignore"),
+        "ignored.txt\nprivate/\nreport.json\n",
+    )
+    .unwrap();
+    std::fs::write(f.ctx.path().join("keep.txt"), "kept").unwrap();
+    std::fs::write(f.ctx.path().join("ignored.txt"), "not for the runner").unwrap();
+    std::fs::create_dir(f.ctx.path().join("private")).unwrap();
+    std::fs::write(f.ctx.path().join("private/key"), "not for the runner").unwrap();
+    let out = f.build("buildah", &[]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    f.assert_nothing_left();
+}
+
+#[test]
+fn a_missing_secret_variable_is_exit_2_before_any_runner_exists() {
+    let Some(f) = Fixture::new("RUN true") else {
+        return;
+    };
+    let out = f.build(
+        "buildah",
+        &["--secret", "id=token,env=BKL_E2E_UNSET_VARIABLE"],
+    );
+    let line = out.assert_one_line_error(2);
+    assert!(line.contains("BKL_E2E_UNSET_VARIABLE is not set"), "{line}");
+    let entries = std::fs::read_dir(f.runners.path()).unwrap().count();
+    assert_eq!(entries, 0, "nothing was spawned");
+}
