@@ -259,12 +259,17 @@ fn start_until_running(
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the build reached its RUN step");
-        if line.contains("STEP 2/2: RUN") {
-            std::thread::sleep(Duration::from_millis(500));
-            return (child, rx);
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains("STEP 2/2: RUN") => {
+                std::thread::sleep(Duration::from_millis(500));
+                return (child, rx);
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the build never reached its RUN step");
+            }
         }
     }
 }
@@ -365,13 +370,15 @@ fn a_secret_never_shows_in_logs_report_or_process_lists() {
     });
     let mut snapshots = 0;
     let mut leaked_in_ps = false;
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
         leaked_in_ps |= String::from_utf8_lossy(&ps.stdout).contains(VALUE);
         snapshots += 1;
         std::thread::sleep(Duration::from_millis(100));
-    }
-    let status = child.wait().unwrap();
+    };
     let (stdout, stderr) = (out_reader.join().unwrap(), err_reader.join().unwrap());
     assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
     assert!(
