@@ -225,3 +225,6 @@ fn append_history(ex: &Executor<'_>, tier: &Tier, record: &AttemptReport, verdic
 /// Bounded retry of a destroy: transient failures happen, a leaked runner costs money.
 pub(crate) const DESTROY_ATTEMPTS: u32 = 3;
 pub(crate) const DESTROY_BACKOFF: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,238 @@
+//! Docker's .dockerignore semantics, case by case, on real directory trees.
+use super::*;
+
+/// Asserts which paths the rules exclude and which they keep.
+fn check(text: &str, excluded: &[&str], kept: &[&str]) {
+    let rules = Dockerignore::parse(text).unwrap();
+    for path in excluded {
+        assert!(rules.is_excluded(path), "{text:?} should exclude {path:?}");
+    }
+    for path in kept {
+        assert!(!rules.is_excluded(path), "{text:?} should keep {path:?}");
+    }
+}
+
+/// A context holding `paths` (a trailing `/` makes a directory) and the given .dockerignore.
+fn tree(paths: &[&str], ignore: Option<&str>) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    for path in paths {
+        let full = root.path().join(path);
+        if path.ends_with('/') {
+            fs::create_dir_all(&full).unwrap();
+        } else {
+            fs::create_dir_all(full.parent().unwrap()).unwrap();
+            fs::write(&full, "x").unwrap();
+        }
+    }
+    if let Some(text) = ignore {
+        fs::write(root.path().join(".dockerignore"), text).unwrap();
+    }
+    root
+}
+
+fn entries(root: &tempfile::TempDir, dockerfile: &str) -> Vec<String> {
+    let list = context_entries(root.path(), dockerfile).unwrap();
+    list.iter()
+        .map(|p| p.to_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn comments_only_in_first_column_and_blank_lines_ignored() {
+    let text = "\u{feff}# comment\r\n\n   \n  # not a comment\r\nfoo  \n";
+    check(text, &["foo", "# not a comment"], &["# comment", "bar", ""]);
+}
+
+#[test]
+fn star_stays_in_one_directory_double_star_crosses() {
+    check("*.log", &["a.log"], &["dir/a.log"]);
+    check("*/*.log", &["dir/a.log"], &["a.log", "x/y/a.log"]);
+    check("**/*.log", &["a.log", "x/y/a.log"], &["x/a.txt"]);
+    check("a/**/b", &["a/b", "a/x/y/b"], &["a/xb"]);
+    // `dir/**` is the string prefix `dir/`; `**foo` the string suffix `foo`, as in Docker.
+    check("dir/**", &["dir/x", "dir/x/y"], &["dir", "dirx"]);
+    check("**foo", &["foo", "dir/barfoo"], &["foo.txt"]);
+    check("**", &["a", "any/thing"], &[]);
+}
+
+#[test]
+fn leading_slash_cleaning_and_directories() {
+    check("/foo", &["foo", "foo/bar"], &["sub/foo"]);
+    check("./a/../b/\na//c", &["b", "a/c"], &["a"]);
+    check(".\n/\n..", &[], &["a", "."]);
+    check("build", &["build", "build/x/y.o"], &["buildx", "src/build"]);
+    check(
+        "*/cache",
+        &["a/cache", "a/cache/x/y"],
+        &["cache", "a/b/cache"],
+    );
+}
+
+#[test]
+fn exceptions_last_match_wins() {
+    check("*.md\n!README.md", &["CHANGES.md"], &["README.md"]);
+    check("!README.md\n*.md", &["README.md"], &[]);
+    check(
+        "docs\n! /docs/keep",
+        &["docs", "docs/other"],
+        &["docs/keep"],
+    );
+    check("docs\n!docs/keep.txt\ndocs/keep*", &["docs/keep.txt"], &[]);
+    check("docs\n!docs/keep.txt\n**/*.txt", &["docs/keep.txt"], &[]);
+    check("*\n!docs", &["src", "src/a"], &["docs", "docs/a/b"]);
+    check("*\n!!x", &["x"], &["!x"]); // `!!x` re-includes the name `!x`
+    // BuildKit's walk (MatchesUsingParentResults) sends dir/keep here; see `evaluate`.
+    check("dir\n!dir/keep\ndir", &["dir", "dir/other"], &["dir/keep"]);
+}
+
+#[test]
+fn question_mark_classes_and_escapes() {
+    check("file?.txt", &["file1.txt"], &["file10.txt", "file.txt"]);
+    check("a?b", &["a☺b"], &["a/b", "ab"]);
+    check("[a-c]*.txt", &["b1.txt", "c.txt"], &["d1.txt"]);
+    check("[^a]x", &["bx"], &["ax"]);
+    check("[!a]x", &["!x"], &["bx"]); // Go negates with `^` only
+    check("a[\\]]b", &["a]b"], &["a\\b"]);
+    check("a\\*b", &["a*b"], &["axb"]);
+    check("\\[x\\]", &["[x]"], &["x"]);
+    check("a.b*", &["a.bc"], &["axb"]); // regexp metacharacters stay literal
+    check("a+(b)|{c}$*", &["a+(b)|{c}$.txt"], &["ab"]);
+}
+
+#[test]
+fn bad_patterns_name_the_line() {
+    let err = Dockerignore::parse("ok\n# c\n[abc\n")
+        .unwrap_err()
+        .to_string();
+    let want = ".dockerignore line 3: bad pattern \"[abc\": unclosed character class";
+    assert_eq!(err, want);
+    let bad = [
+        "!", "! ", "a\\", "[]a]", "[-x]", "[x-]", "[a-b-c]", "[z-a]", "\\d", "[*]",
+    ];
+    for text in bad.iter().chain(&["[[:alpha:]]", "[\\é]"]) {
+        assert!(
+            Dockerignore::parse(text).is_err(),
+            "{text:?} should be rejected"
+        );
+    }
+    for text in ["[\\-x]", "[[]", "a]b", "\\_", "[^^]"] {
+        assert!(
+            Dockerignore::parse(text).is_ok(),
+            "{text:?} should be accepted"
+        );
+    }
+}
+
+#[test]
+fn no_dockerignore_sends_everything_including_empty_dirs() {
+    let root = tree(
+        &[
+            "Dockerfile",
+            "src/main.rs",
+            "a/b/c.txt",
+            "empty/",
+            "a/empty/",
+        ],
+        None,
+    );
+    let want = [
+        "Dockerfile",
+        "a",
+        "a/b",
+        "a/b/c.txt",
+        "a/empty",
+        "empty",
+        "src",
+        "src/main.rs",
+    ];
+    assert_eq!(entries(&root, "Dockerfile"), want);
+}
+
+#[test]
+fn excluded_directories_vanish_and_exceptions_bring_files_back_with_parents() {
+    let paths = [
+        "Dockerfile",
+        "app.log",
+        "docs/keep.txt",
+        "docs/other",
+        "docs/empty/",
+    ];
+    let paths = [&paths[..], &["cache/x/y.keep", "cache/x/z", "kept-empty/"]].concat();
+    let root = tree(
+        &paths,
+        Some("*.log\ndocs\n!docs/keep.txt\ncache\n!**/*.keep\n"),
+    );
+    let want = [
+        ".dockerignore",
+        "Dockerfile",
+        "cache",
+        "cache/x",
+        "cache/x/y.keep",
+    ];
+    let want = [&want[..], &["docs", "docs/keep.txt", "kept-empty"]].concat();
+    assert_eq!(entries(&root, "Dockerfile"), want);
+}
+
+#[test]
+fn dockerfile_and_ignore_files_always_sent_with_parents() {
+    let root = tree(
+        &["docker/Dockerfile.prod", "docker/other", "src/a"],
+        Some("*\n"),
+    );
+    let want = [".dockerignore", "docker", "docker/Dockerfile.prod"];
+    assert_eq!(entries(&root, "./docker/Dockerfile.prod"), want);
+    let root = tree(&["Dockerfile", "b"], Some(".dockerignore\nDockerfile\n"));
+    assert_eq!(
+        entries(&root, "Dockerfile"),
+        [".dockerignore", "Dockerfile", "b"]
+    );
+    // A Dockerfile-specific ignore file replaces .dockerignore, as in BuildKit.
+    let root = tree(&["docker/app.Dockerfile", "a", "b"], Some("b\n"));
+    fs::write(
+        root.path().join("docker/app.Dockerfile.dockerignore"),
+        "a\n",
+    )
+    .unwrap();
+    let want = [".dockerignore", "b", "docker", "docker/app.Dockerfile"];
+    let want = [&want[..], &["docker/app.Dockerfile.dockerignore"]].concat();
+    assert_eq!(entries(&root, "docker/app.Dockerfile"), want);
+}
+
+#[test]
+fn symlinks_are_listed_not_followed() {
+    let root = tree(&["Dockerfile", "real/file"], Some("real\n"));
+    std::os::unix::fs::symlink("real", root.path().join("link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent", root.path().join("dangling")).unwrap();
+    let want = [".dockerignore", "Dockerfile", "dangling", "link"];
+    assert_eq!(entries(&root, "Dockerfile"), want);
+}
+
+#[test]
+fn errors_name_the_file() {
+    let root = tree(&["Dockerfile"], Some("# rules\nok\n  [oops\n"));
+    let err = context_entries(root.path(), "Dockerfile")
+        .unwrap_err()
+        .to_string();
+    let file = root.path().join(".dockerignore").display().to_string();
+    assert_eq!(
+        err,
+        format!("{file} line 3: bad pattern \"[oops\": unclosed character class")
+    );
+
+    for bad in ["../Dockerfile", "/etc/Dockerfile", ".", "a/../../b"] {
+        let err = context_entries(root.path(), bad).unwrap_err();
+        assert!(
+            matches!(err, DockerignoreError::DockerfileOutsideContext(_)),
+            "{bad}"
+        );
+    }
+
+    let missing = root.path().join("nope");
+    let err = context_entries(&missing, "Dockerfile")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!("cannot read {}: ", missing.display())),
+        "{err}"
+    );
+}
