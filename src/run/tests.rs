@@ -125,7 +125,10 @@ async fn a_runner_that_never_boots_is_destroyed_and_is_an_infrastructure_failure
     assert_eq!(report.exit, Exit::Infrastructure);
     assert_eq!(report.attempts.len(), 1, "only OOM is retried");
     assert!(report.attempts[0].destroyed);
-    assert_eq!(*provider.destroyed.lock().unwrap(), *provider.created.lock().unwrap());
+    assert_eq!(
+        *provider.destroyed.lock().unwrap(),
+        *provider.created.lock().unwrap()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -149,10 +152,16 @@ async fn a_destroy_that_keeps_failing_is_exit_6_and_says_reap_will_find_it() {
     let report = run_with(provider.clone(), CancellationToken::new()).await;
     assert_eq!(report.exit, Exit::NotDestroyed);
     assert_eq!(report.exit_code, 6);
-    assert_eq!(provider.destroy_calls.load(Ordering::SeqCst), DESTROY_ATTEMPTS);
+    assert_eq!(
+        provider.destroy_calls.load(Ordering::SeqCst),
+        DESTROY_ATTEMPTS
+    );
     assert!(!report.attempts[0].destroyed);
     let error = report.error.unwrap();
-    assert!(error.contains("could not be confirmed destroyed") && error.contains("reap"), "{error}");
+    assert!(
+        error.contains("could not be confirmed destroyed") && error.contains("reap"),
+        "{error}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -169,9 +178,15 @@ async fn cancelling_while_the_runner_boots_destroys_it_and_is_exit_5() {
     });
     let report = run_with(provider.clone(), cancel).await;
     assert_eq!(report.exit, Exit::Cancelled);
-    assert_eq!(report.attempts[0].outcome, report::AttemptOutcome::Cancelled);
+    assert_eq!(
+        report.attempts[0].outcome,
+        report::AttemptOutcome::Cancelled
+    );
     assert_eq!(provider.created.lock().unwrap().len(), 1);
-    assert_eq!(*provider.destroyed.lock().unwrap(), *provider.created.lock().unwrap());
+    assert_eq!(
+        *provider.destroyed.lock().unwrap(),
+        *provider.created.lock().unwrap()
+    );
 }
 
 #[test]
