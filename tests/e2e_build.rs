@@ -431,3 +431,49 @@ fn a_missing_secret_variable_is_exit_2_before_any_runner_exists() {
     let entries = std::fs::read_dir(f.runners.path()).unwrap().count();
     assert_eq!(entries, 0, "nothing was spawned");
 }
+
+#[test]
+fn without_root_the_local_provider_says_so_plainly() {
+    if !require_root_and_tools(&["setpriv"]) {
+        return;
+    }
+    // A context and a binary that the unprivileged user can read.
+    let ctx = tempfile::Builder::new()
+        .prefix("bkl-noroot-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(ctx.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The checkout may sit where that user cannot reach (under /root): run a copy from /tmp.
+    let bin = ctx.path().join("buildkit-launcher");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let runners = tempfile::tempdir().unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args([
+            "build",
+            "--provider",
+            "local",
+            "--history",
+            "none",
+            "--local-dir",
+        ])
+        .arg(runners.path())
+        .arg("--context")
+        .arg(ctx.path())
+        .env("HOME", "/tmp")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("the local provider needs root"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(runners.path()).unwrap().count(),
+        0,
+        "nothing spawned"
+    );
+}
