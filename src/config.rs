@@ -117,11 +117,38 @@ pub struct SpecSettings {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct HcloudConfig {
+    pub locations: Vec<String>,
+    pub retry: RetryConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    pub attempts: u32,
+    pub initial_delay_ms: u64,
+    pub max_delay_ms: u64,
+}
+
+impl RetryConfig {
+    pub fn policy(&self) -> crate::retry::RetryPolicy {
+        crate::retry::RetryPolicy {
+            max_attempts: self.attempts,
+            initial_delay: Duration::from_millis(self.initial_delay_ms),
+            max_delay: Duration::from_millis(self.max_delay_ms),
+            ..crate::retry::RetryPolicy::API
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     pub tiers: Ladders,
     pub language_defaults: PerArch<LanguageDefaults>,
     pub sizing: SizingPolicy,
     pub spec: SpecSettings,
+    pub hcloud: HcloudConfig,
     pub default_arch: Arch,
 }
 
@@ -290,6 +317,8 @@ mod tests {
         assert_eq!(c.language_defaults.arm64.rust, "cax31");
         assert_eq!(c.default_arch, Arch::Amd64);
         assert_eq!(c.spec.file, ".build-spec.ncl");
+        assert_eq!(c.hcloud.locations, ["fsn1", "nbg1", "hel1"]);
+        assert_eq!(c.hcloud.retry.policy(), crate::retry::RetryPolicy::API);
     }
 
     fn load_str(text: &str) -> Result<Config, ConfigError> {

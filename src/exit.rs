@@ -40,6 +40,9 @@ pub enum Error {
     /// A setting that is wrong in a way argument parsing could not see.
     #[error("{0}")]
     Usage(String),
+    /// Cloud API, SSH, registry: something outside failed.
+    #[error("{0}")]
+    Infrastructure(String),
     #[error("cannot write to standard output: {0}")]
     Output(#[source] std::io::Error),
 }
@@ -49,7 +52,7 @@ impl Error {
         match self {
             Error::History(HistoryError::Io { .. }) => Exit::Infrastructure,
             Error::Plan(PlanError::History(HistoryError::Io { .. })) => Exit::Infrastructure,
-            Error::Output(_) => Exit::Infrastructure,
+            Error::Output(_) | Error::Infrastructure(_) => Exit::Infrastructure,
             Error::Config(_)
             | Error::Spec(_)
             | Error::Sizing(_)

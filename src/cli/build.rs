@@ -4,36 +4,31 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
+use super::provider::{Chosen, ProviderArgs};
 use super::{BuildArgs, warn};
 use crate::config::Config;
 use crate::exit::{Error, Exit};
 use crate::plan::{Plan, gather};
-use crate::provider::Provider;
-use crate::provider::local::{DEFAULT_BASE, LocalProvider};
+use crate::provider::hcloud::{HcloudProvider, LadderError};
 use crate::registry::Credentials;
 use crate::run::{Executor, execute};
 use crate::transport::session::ConnectPolicy;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProviderKind {
-    /// Hetzner Cloud (production).
-    Hcloud,
-    /// A sandboxed runner on this machine (needs root).
-    Local,
-}
 
 #[derive(Debug, Args)]
 pub struct BuildCommandArgs {
     #[command(flatten)]
     pub build: BuildArgs,
 
-    /// Where the runner comes from.
-    #[arg(long, value_enum, default_value = "hcloud")]
-    pub provider: ProviderKind,
+    #[command(flatten)]
+    pub provider: ProviderArgs,
+
+    /// Skip the cheap reap of expired runners that every build does first.
+    #[arg(long)]
+    pub no_reap: bool,
 
     /// Registry user name; the password is read from the REGISTRY_PASSWORD environment
     /// variable only (never from an argument, which other users could see).
@@ -56,20 +51,6 @@ pub struct BuildCommandArgs {
         default_value = "0"
     )]
     pub pipeline: String,
-
-    /// Local provider: divide each tier's memory by this for the runner's memory cgroup
-    /// (16: cx23 → 256 MiB), so out-of-memory and the retry happen for real on a small machine.
-    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
-    pub local_memory_scale: u64,
-
-    /// Local provider: a directory to put first on the runner's PATH (repeatable), e.g. one
-    /// holding a `buildctl`.
-    #[arg(long, value_name = "DIR")]
-    pub local_tools: Vec<PathBuf>,
-
-    /// Local provider: where runner directories live.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_BASE)]
-    pub local_dir: PathBuf,
 }
 
 pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
@@ -80,53 +61,28 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     for warning in &facts.warnings {
         warn(warning);
     }
-    let plan = Plan::new(&request, config, &facts)?;
+    let mut plan = Plan::new(&request, config, &facts)?;
     let secrets = read_secrets(&plan)?;
     let credentials = read_credentials(args.registry_user.as_deref())?;
-    let provider: Arc<dyn Provider> = match args.provider {
-        ProviderKind::Hcloud => {
-            return Err(Error::Usage(
-                "--provider hcloud is not available yet; use --provider local".into(),
-            ));
-        }
-        ProviderKind::Local => {
-            LocalProvider::check_host().map_err(|e| Error::Usage(e.to_string()))?;
-            for dir in &args.local_tools {
-                if !dir.is_dir() {
-                    return Err(Error::Usage(format!(
-                        "--local-tools {}: not a directory",
-                        dir.display()
-                    )));
-                }
-            }
-            let tools = args
-                .local_tools
-                .iter()
-                .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()))
-                .collect();
-            Arc::new(LocalProvider::new(
-                args.local_dir.clone(),
-                args.local_memory_scale,
-                tools,
-            ))
-        }
-    };
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
-    let log = |line: &str| eprintln!("buildkit-launcher: {line}");
+    let log_arc: Arc<dyn Fn(&str) + Send + Sync> =
+        Arc::new(|line: &str| eprintln!("buildkit-launcher: {line}"));
+    let log = log_arc.as_ref();
     let output = |line: &str| eprintln!("  │ {line}");
+    let chosen = args.provider.choose(config, log_arc.clone())?;
+    let runtime = super::runtime()?;
+    if let Chosen::Hcloud(hcloud) = &chosen {
+        runtime.block_on(preflight(hcloud, &mut plan, config, !args.no_reap, log))?;
+    }
+    let provider = chosen.as_dyn();
     let report = runtime.block_on(async {
         let cancel = CancellationToken::new();
         watch_signals(cancel.clone());
         log(&format!(
-            "building {} on {} ({}, {})",
+            "building {} on {} ({}, provider {})",
             plan.history.key,
             plan.tier,
             plan.arch,
-            args.provider_name()
+            provider.name()
         ));
         let executor = Executor {
             plan: &plan,
@@ -136,7 +92,7 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
             history: store.as_ref(),
             pipeline: args.pipeline.clone(),
             connect: ConnectPolicy::default(),
-            log: &log,
+            log,
             output: &output,
         };
         execute(&executor, cancel).await
@@ -155,13 +111,47 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     Ok(report.exit)
 }
 
-impl BuildCommandArgs {
-    fn provider_name(&self) -> &'static str {
-        match self.provider {
-            ProviderKind::Hcloud => "hcloud",
-            ProviderKind::Local => "local runner",
+/// Before the first server: the ladder's types exist (exit 2 otherwise, nothing created),
+/// deprecated ones are named, the API's prices replace the reference table, and expired
+/// runners of earlier, killed builds are reaped.
+async fn preflight(
+    hcloud: &HcloudProvider,
+    plan: &mut Plan,
+    config: &Config,
+    reap_first: bool,
+    log: &(dyn Fn(&str) + Send + Sync),
+) -> Result<(), Error> {
+    let check = hcloud
+        .check_ladder(plan.arch, config.ladder(plan.arch))
+        .await
+        .map_err(|e| match e {
+            LadderError::Unknown { .. } => Error::Usage(e.to_string()),
+            LadderError::Api(e) => Error::Infrastructure(e.to_string()),
+        })?;
+    for name in &check.deprecated {
+        warn(&format!(
+            "server type {name} is deprecated at Hetzner; replace it in tiers.{} of the launcher config",
+            plan.arch
+        ));
+    }
+    if let Some((price, location)) = check.prices.get(&plan.tier) {
+        plan.use_api_price(*price, location);
+    }
+    if reap_first {
+        match crate::reap::reap(hcloud, crate::provider::unix_now(), false, log).await {
+            Ok(entries) => {
+                let deleted = entries
+                    .iter()
+                    .filter(|e| e.action == crate::reap::ReapAction::Deleted)
+                    .count();
+                if deleted > 0 {
+                    log(&format!("reaped {deleted} runner(s) with expired leases"));
+                }
+            }
+            Err(e) => warn(&format!("the reap before the build failed: {e}")),
         }
     }
+    Ok(())
 }
 
 /// SIGINT and SIGTERM cancel the build; the runner is destroyed before the process exits.

@@ -3,6 +3,8 @@
 mod args;
 mod build;
 mod plan;
+mod provider;
+mod reap;
 mod simulate;
 mod spec;
 
@@ -63,6 +65,8 @@ pub enum Command {
     /// Build and push an image on a throwaway runner sized by the plan, retry once on the
     /// next size if it runs out of memory, and always destroy the runner.
     Build(build::BuildCommandArgs),
+    /// Delete runners whose lease has expired (their launcher was killed), and nothing else.
+    Reap(reap::ReapArgs),
     /// Replay a history file through the sizing rule and compare its cost with the oracle
     /// and a fixed-size baseline.
     Simulate(simulate::SimulateArgs),
@@ -79,11 +83,20 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
     let exit = match cli.command {
         Command::Plan(args) => plan::run(args, &config, &mut out),
         Command::Build(args) => build::run(args, &config, &mut out),
+        Command::Reap(args) => reap::run(args, &config, &mut out),
         Command::Simulate(args) => simulate::run(args, &config, &mut out),
         Command::Spec(cmd) => spec::run(cmd, &config, &mut out),
     }?;
     out.flush().map_err(Error::Output)?;
     Ok(exit)
+}
+
+/// The async runtime for commands that talk to runners or clouds.
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Infrastructure(format!("cannot start the async runtime: {e}")))
 }
 
 /// Warnings go to stderr, one line each, and never stop the command.

@@ -190,6 +190,19 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Replace the reference price with the API's (hourly, net, in `location`).
+    pub fn use_api_price(&mut self, eur_per_hour: f64, location: &str) {
+        let hours = self.history.billed_hours;
+        self.server.price_eur_per_hour = Some(eur_per_hour);
+        self.estimated_cost_eur = Some(hours * eur_per_hour);
+        self.cost_basis = format!(
+            "{hours} started hour{} × {eur_per_hour} EUR/h, the Hetzner API's net price in {location}",
+            if hours == 1.0 { "" } else { "s" }
+        );
+    }
+}
+
 fn cost(sizing: &Sizing, hours: f64) -> (Option<f64>, String) {
     match sizing.tier.price_eur_per_hour {
         Some(price) => (

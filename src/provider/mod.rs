@@ -5,6 +5,7 @@
 //! boot. [`Provider::destroy`] returns only once the runner is confirmed gone.
 
 pub mod cloud_init;
+pub mod hcloud;
 pub mod keys;
 pub mod local;
 

@@ -1,0 +1,142 @@
+//! Choosing and configuring the provider, shared by `build` and `reap`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, ValueEnum};
+use zeroize::Zeroizing;
+
+use crate::config::Config;
+use crate::exit::Error;
+use crate::provider::Provider;
+use crate::provider::hcloud::{DEFAULT_ENDPOINT, HcloudProvider, HcloudSettings};
+use crate::provider::local::{DEFAULT_BASE, LocalProvider};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderKind {
+    /// Hetzner Cloud (production). Token in HCLOUD_TOKEN.
+    Hcloud,
+    /// A sandboxed runner on this machine (needs root).
+    Local,
+}
+
+#[derive(Debug, Args)]
+pub struct ProviderArgs {
+    /// Where runners come from.
+    #[arg(long, value_enum, default_value = "hcloud")]
+    pub provider: ProviderKind,
+
+    /// Hetzner Cloud API endpoint. The token is read from HCLOUD_TOKEN only (never from an
+    /// argument, which other users of the machine could see).
+    #[arg(long, value_name = "URL", env = "HCLOUD_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub hcloud_endpoint: String,
+
+    /// Hetzner location to try, in order, when one has no capacity (repeatable or
+    /// comma-separated). Default: hcloud.locations of the config (fsn1, nbg1, hel1).
+    #[arg(long = "location", value_name = "LOCATION", value_delimiter = ',')]
+    pub locations: Vec<String>,
+
+    /// Snapshot to boot runners from: an image id or a label selector. Default: the newest
+    /// snapshot labelled buildkit-launcher/role=golden for the build's architecture.
+    #[arg(long, value_name = "SELECTOR-or-ID")]
+    pub golden_image: Option<String>,
+
+    /// Local provider: divide each tier's memory by this for the runner's memory cgroup
+    /// (16: cx23 → 256 MiB), so out-of-memory and the retry happen for real on a small machine.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub local_memory_scale: u64,
+
+    /// Local provider: a directory to put first on the runner's PATH (repeatable), e.g. one
+    /// holding a `buildctl`.
+    #[arg(long, value_name = "DIR")]
+    pub local_tools: Vec<PathBuf>,
+
+    /// Local provider: where runner directories live.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_BASE)]
+    pub local_dir: PathBuf,
+}
+
+/// The provider, concrete (for provider-specific preflight) and as a trait object.
+pub enum Chosen {
+    Hcloud(Arc<HcloudProvider>),
+    Local(Arc<LocalProvider>),
+}
+
+impl Chosen {
+    pub fn as_dyn(&self) -> Arc<dyn Provider> {
+        match self {
+            Chosen::Hcloud(p) => p.clone(),
+            Chosen::Local(p) => p.clone(),
+        }
+    }
+}
+
+impl ProviderArgs {
+    /// Check the settings and build the provider; nothing is contacted yet.
+    pub fn choose(
+        &self,
+        config: &Config,
+        log: Arc<dyn Fn(&str) + Send + Sync>,
+    ) -> Result<Chosen, Error> {
+        match self.provider {
+            ProviderKind::Hcloud => {
+                let token = std::env::var("HCLOUD_TOKEN")
+                    .ok()
+                    .filter(|t| !t.trim().is_empty())
+                    .ok_or_else(|| {
+                        Error::Usage(
+                            "HCLOUD_TOKEN is not set: the hcloud provider needs a Hetzner Cloud API token (read & write) in that environment variable".into(),
+                        )
+                    })?;
+                if !(self.hcloud_endpoint.starts_with("https://")
+                    || self.hcloud_endpoint.starts_with("http://"))
+                {
+                    return Err(Error::Usage(format!(
+                        "--hcloud-endpoint {}: must be an http:// or https:// URL",
+                        self.hcloud_endpoint
+                    )));
+                }
+                let locations = if self.locations.is_empty() {
+                    config.hcloud.locations.clone()
+                } else {
+                    self.locations.clone()
+                };
+                if locations.iter().any(|l| l.trim().is_empty()) {
+                    return Err(Error::Usage(
+                        "--location: a location name is empty; give names such as fsn1".into(),
+                    ));
+                }
+                let provider = HcloudProvider::new(
+                    HcloudSettings {
+                        endpoint: self.hcloud_endpoint.clone(),
+                        token: Zeroizing::new(token),
+                        locations,
+                        golden_image: self.golden_image.clone(),
+                        retry: config.hcloud.retry.policy(),
+                    },
+                    log,
+                )
+                .map_err(|e| Error::Usage(e.to_string()))?;
+                Ok(Chosen::Hcloud(Arc::new(provider)))
+            }
+            ProviderKind::Local => {
+                LocalProvider::check_host().map_err(|e| Error::Usage(e.to_string()))?;
+                let mut tools = Vec::new();
+                for dir in &self.local_tools {
+                    if !dir.is_dir() {
+                        return Err(Error::Usage(format!(
+                            "--local-tools {}: not a directory",
+                            dir.display()
+                        )));
+                    }
+                    tools.push(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()));
+                }
+                Ok(Chosen::Local(Arc::new(LocalProvider::new(
+                    self.local_dir.clone(),
+                    self.local_memory_scale,
+                    tools,
+                ))))
+            }
+        }
+    }
+}
