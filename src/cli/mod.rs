@@ -64,9 +64,9 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Build and push an image on a throwaway runner sized by the plan, retry once on the
     /// next size if it runs out of memory, and always destroy the runner.
-    Build(build::BuildCommandArgs),
+    Build(Box<build::BuildCommandArgs>),
     /// Delete runners whose lease has expired (their launcher was killed), and nothing else.
-    Reap(reap::ReapArgs),
+    Reap(Box<reap::ReapArgs>),
     /// Replay a history file through the sizing rule and compare its cost with the oracle
     /// and a fixed-size baseline.
     Simulate(simulate::SimulateArgs),
@@ -82,8 +82,8 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
     let mut out = stdout.lock();
     let exit = match cli.command {
         Command::Plan(args) => plan::run(args, &config, &mut out),
-        Command::Build(args) => build::run(args, &config, &mut out),
-        Command::Reap(args) => reap::run(args, &config, &mut out),
+        Command::Build(args) => build::run(*args, &config, &mut out),
+        Command::Reap(args) => reap::run(*args, &config, &mut out),
         Command::Simulate(args) => simulate::run(args, &config, &mut out),
         Command::Spec(cmd) => spec::run(cmd, &config, &mut out),
     }?;

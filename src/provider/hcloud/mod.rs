@@ -222,7 +222,7 @@ impl HcloudProvider {
                     detail: format!("{what} did not finish within {} s", timeout.as_secs()),
                 });
             }
-            if polls % 5 == 0 {
+            if polls.is_multiple_of(5) {
                 (self.log)(&format!(
                     "waiting for {what} (action {id}, {:.0} s)",
                     started.elapsed().as_secs_f64()
