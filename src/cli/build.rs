@@ -16,7 +16,6 @@ use crate::plan::{Plan, gather};
 use crate::provider::hcloud::{HcloudProvider, LadderError};
 use crate::registry::Credentials;
 use crate::run::{Executor, execute};
-use crate::transport::session::ConnectPolicy;
 
 #[derive(Debug, Args)]
 pub struct BuildCommandArgs {
@@ -91,7 +90,7 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
             secrets,
             history: store.as_ref(),
             pipeline: args.pipeline.clone(),
-            connect: ConnectPolicy::default(),
+            connect: None,
             log,
             output: &output,
         };

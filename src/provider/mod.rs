@@ -102,6 +102,10 @@ pub enum ProviderError {
 pub trait Provider: Send + Sync {
     /// `local` or `hcloud`, for reports.
     fn name(&self) -> &'static str;
+    /// How long to keep trying SSH while a runner boots.
+    fn connect_policy(&self) -> crate::transport::session::ConnectPolicy {
+        crate::transport::session::ConnectPolicy::default()
+    }
     /// Start creating a runner; returns its id as soon as one exists.
     async fn create(&self, spec: &RunnerSpec) -> Result<String, ProviderError>;
     /// Wait until the runner is booted and its sshd is started.

@@ -66,7 +66,7 @@ pub async fn run(
         &runner,
         &keys.client.private_openssh,
         &keys.host.public_openssh,
-        ex.connect,
+        ex.connect.unwrap_or_else(|| ex.provider.connect_policy()),
         &mut progress,
     )
     .await?;
@@ -76,8 +76,11 @@ pub async fn run(
         conn.address()
     ));
 
+    // The runner says where its home and work directory are (the golden image and sandbox
+    // runners differ); the provider's values are the fallback.
+    let (home, workdir) = runner_paths(&conn, &runner.home, &runner.workdir).await;
     // Close the connection on every path out of here; the runner is destroyed anyway.
-    let result = build_over(ex, &conn, &runner.workdir, &runner.home, record).await;
+    let result = build_over(ex, &conn, &workdir, &home, record).await;
     conn.close().await;
     result
 }
@@ -148,6 +151,26 @@ async fn build_over(
         _ => None,
     };
     Ok(Done { verdict, digest })
+}
+
+async fn runner_paths(conn: &Connection, home: &str, workdir: &str) -> (String, String) {
+    let script = format!(
+        "printf '%s\\n%s\\n' \"$HOME\" \"${{BKL_RUNNER_WORKDIR:-{}}}\"",
+        workdir
+    );
+    match conn
+        .run_checked("ask the runner for its directories", &script, None)
+        .await
+    {
+        Ok(text) => {
+            let mut lines = text.lines().map(str::trim).filter(|l| l.starts_with('/'));
+            match (lines.next(), lines.next()) {
+                (Some(h), Some(w)) => (h.to_owned(), w.to_owned()),
+                _ => (home.to_owned(), workdir.to_owned()),
+            }
+        }
+        Err(_) => (home.to_owned(), workdir.to_owned()),
+    }
 }
 
 async fn has_buildctl(conn: &Connection) -> bool {

@@ -43,7 +43,8 @@ pub struct Executor<'a> {
     pub history: &'a dyn HistoryStore,
     /// The CI pipeline number, for runner names.
     pub pipeline: String,
-    pub connect: ConnectPolicy,
+    /// SSH connect bounds; `None`: the provider's (a cloud server boots slower than a sandbox).
+    pub connect: Option<ConnectPolicy>,
     /// Progress lines (stderr at a terminal).
     pub log: &'a (dyn Fn(&str) + Send + Sync),
     /// Build output lines, streamed live.

@@ -111,7 +111,7 @@ async fn run_with(provider: Arc<FakeProvider>, cancel: CancellationToken) -> Run
         secrets: vec![],
         history: &NoHistory,
         pipeline: "1".into(),
-        connect: ConnectPolicy::default(),
+        connect: None,
         log: &quiet,
         output: &quiet,
     };

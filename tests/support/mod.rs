@@ -1,6 +1,7 @@
 //! Test support: a builder that runs the built binary in a clean environment.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod hcloud_sim;
 pub mod registry;
 pub mod runner;
 
@@ -75,9 +76,11 @@ impl Launcher {
         cmd.args(&self.args);
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy();
+            // HCLOUD_* too: a test must never reach a real cloud endpoint or token by accident.
             if key.starts_with("CI_")
                 || key.starts_with("PLUGIN_")
                 || key.starts_with("BUILDKIT_LAUNCHER")
+                || key.starts_with("HCLOUD_")
             {
                 cmd.env_remove(key.as_ref());
             }

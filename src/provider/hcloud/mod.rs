@@ -22,11 +22,13 @@ use super::{LABEL_MANAGED_BY, LeaseInfo, MANAGED_BY, Provider, ProviderError, Ru
 use crate::backend::REMOTE_WORKDIR;
 use crate::config::{Arch, Tier};
 use crate::retry::RetryPolicy;
+use crate::transport::session::ConnectPolicy;
 pub use client::{ApiClient, ApiError, DEFAULT_ENDPOINT, Retry};
 
-/// How long a server may take to boot, and to be deleted.
-const CREATE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// How long a server may take to be deleted, and when its actions are first looked at.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+const FIRST_DELETE_POLL: Duration = Duration::from_millis(500);
+const FIRST_CREATE_CHECK: Duration = Duration::from_secs(1);
 
 pub struct HcloudSettings {
     pub endpoint: String,
@@ -187,12 +189,22 @@ impl HcloudProvider {
         Ok(image.id)
     }
 
-    /// Poll an action until it succeeds, fails or `timeout` passes.
-    async fn wait_action(&self, id: i64, what: &str, timeout: Duration) -> Result<(), ApiError> {
+    /// Poll an action until it succeeds, fails or `timeout` passes. The first poll comes after
+    /// `first_wait`: an action is never done the moment it starts, and every poll spends the
+    /// project's shared request budget.
+    async fn wait_action(
+        &self,
+        id: i64,
+        what: &str,
+        first_wait: Duration,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
         let started = Instant::now();
-        let mut interval = Duration::from_millis(500);
+        let mut interval = first_wait;
         let mut polls = 0u32;
         loop {
+            tokio::time::sleep(self.api.poll_interval(interval)).await;
+            interval = (interval * 3 / 2).clamp(Duration::from_millis(500), Duration::from_secs(5));
             let resp: api::ActionResponse = self
                 .api
                 .call(Method::GET, &format!("/actions/{id}"), None, Retry::Always)
@@ -228,8 +240,31 @@ impl HcloudProvider {
                     started.elapsed().as_secs_f64()
                 ));
             }
-            tokio::time::sleep(self.api.poll_interval(interval)).await;
-            interval = (interval * 3 / 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// One poll of an action after a short wait: an error ends it, anything else is fine.
+    async fn check_action(&self, id: i64, what: &str) -> Result<(), ApiError> {
+        tokio::time::sleep(self.api.poll_interval(FIRST_CREATE_CHECK)).await;
+        let resp: api::ActionResponse = self
+            .api
+            .call(Method::GET, &format!("/actions/{id}"), None, Retry::Always)
+            .await?;
+        match (resp.action.status.as_str(), resp.action.error) {
+            ("error", error) => {
+                let (code, message) = error.map_or_else(
+                    || ("action_failed".to_owned(), "no detail".to_owned()),
+                    |e| (e.code, e.message),
+                );
+                Err(ApiError::Api {
+                    method: "GET".into(),
+                    path: format!("/actions/{id} ({what})"),
+                    status: 200,
+                    code,
+                    message,
+                })
+            }
+            _ => Ok(()),
         }
     }
 
@@ -251,6 +286,14 @@ impl HcloudProvider {
 impl Provider for HcloudProvider {
     fn name(&self) -> &'static str {
         "hcloud"
+    }
+
+    /// A server from a custom snapshot boots in tens of seconds to a few minutes.
+    fn connect_policy(&self) -> ConnectPolicy {
+        ConnectPolicy {
+            attempts: 120,
+            ..ConnectPolicy::default()
+        }
     }
 
     async fn create(&self, spec: &RunnerSpec) -> Result<String, ProviderError> {
@@ -278,7 +321,7 @@ impl Provider for HcloudProvider {
             {
                 Ok(resp) => {
                     let id = resp.server.id.to_string();
-                    let host = resp.server.public_net.ipv4.map(|ip| ip.ip);
+                    let host = address(&resp.server.public_net);
                     self.pending
                         .lock()
                         .expect("pending lock")
@@ -301,7 +344,7 @@ impl Provider for HcloudProvider {
                     // The request may have created the server: find it by its unique name.
                     if let Ok(Some(server)) = self.find_by_name(&spec.name).await {
                         let id = server.id.to_string();
-                        let host = server.public_net.ipv4.map(|ip| ip.ip);
+                        let host = address(&server.public_net);
                         self.pending
                             .lock()
                             .expect("pending lock")
@@ -331,7 +374,10 @@ impl Provider for HcloudProvider {
             .remove(id)
             .unwrap_or((0, None));
         if action != 0 {
-            self.wait_action(action, "the server to boot", CREATE_TIMEOUT)
+            // One look at the create action, to fail fast when Hetzner could not create the
+            // server. Readiness itself is SSH answering with the build's host key: the
+            // connection attempts cost no API requests, polling would.
+            self.check_action(action, "create the server")
                 .await
                 .map_err(|e| runner_error(id, "boot", e))?;
         }
@@ -343,15 +389,11 @@ impl Provider for HcloudProvider {
                     .call(Method::GET, &format!("/servers/{id}"), None, Retry::Always)
                     .await
                     .map_err(|e| runner_error(id, "read its address", e))?;
-                let net = resp.server.public_net;
-                net.ipv4
-                    .or(net.ipv6)
-                    .map(|ip| ip.ip)
-                    .ok_or_else(|| ProviderError::Runner {
-                        id: id.to_owned(),
-                        action: "read its address",
-                        detail: "the server has no public IP".into(),
-                    })?
+                address(&resp.server.public_net).ok_or_else(|| ProviderError::Runner {
+                    id: id.to_owned(),
+                    action: "read its address",
+                    detail: "the server has no public IP".into(),
+                })?
             }
         };
         Ok(Runner {
@@ -375,7 +417,12 @@ impl Provider for HcloudProvider {
             .await;
         match resp {
             Ok(resp) => self
-                .wait_action(resp.action.id, "the server to be deleted", DELETE_TIMEOUT)
+                .wait_action(
+                    resp.action.id,
+                    "the server to be deleted",
+                    FIRST_DELETE_POLL,
+                    DELETE_TIMEOUT,
+                )
                 .await
                 .map_err(|e| runner_error(id, "confirm its deletion", e)),
             // Already gone: that is the confirmation.
@@ -415,6 +462,21 @@ impl Provider for HcloudProvider {
     }
 }
 
+/// Where to reach a server: its IPv4, else the first address (`::1`) of its IPv6 network
+/// (Hetzner reports the /64, not an address).
+fn address(net: &api::PublicNet) -> Option<String> {
+    if let Some(v4) = &net.ipv4 {
+        return Some(v4.ip.clone());
+    }
+    let v6 = &net.ipv6.as_ref()?.ip;
+    let prefix = v6.split('/').next()?;
+    Some(if prefix.ends_with("::") {
+        format!("{prefix}1")
+    } else {
+        prefix.to_owned()
+    })
+}
+
 fn hetzner_arch(arch: Arch) -> &'static str {
     match arch {
         Arch::Amd64 => "x86",
@@ -438,5 +500,24 @@ fn runner_error(id: &str, action: &'static str, e: ApiError) -> ProviderError {
         id: id.to_owned(),
         action,
         detail: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_first_else_the_first_address_of_the_ipv6_network() {
+        let net: api::PublicNet = serde_json::from_str(
+            r#"{"ipv4": {"ip": "203.0.113.7"}, "ipv6": {"ip": "2001:db8:1:2::/64"}}"#,
+        )
+        .unwrap();
+        assert_eq!(address(&net).as_deref(), Some("203.0.113.7"));
+        let net: api::PublicNet =
+            serde_json::from_str(r#"{"ipv4": null, "ipv6": {"ip": "2001:db8:1:2::/64"}}"#).unwrap();
+        assert_eq!(address(&net).as_deref(), Some("2001:db8:1:2::1"));
+        let net: api::PublicNet = serde_json::from_str(r#"{"ipv4": null, "ipv6": null}"#).unwrap();
+        assert_eq!(address(&net), None);
     }
 }

@@ -1,0 +1,380 @@
+//! `build --provider hcloud` and `reap` end to end against the Hetzner API simulator
+//! (tests/support/hcloud_sim), whose servers are real sandbox runners, with a real registry.
+//! After every test the simulator holds no server and no runner is left.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::hcloud_sim::HcloudSim;
+use support::registry::{Registry, require_root_and_tools};
+use support::{BIN, Context, Launcher};
+
+const TOOLS: &[&str] = &[
+    "sshd",
+    "ssh",
+    "rsync",
+    "buildah",
+    "docker-registry",
+    "busybox",
+];
+const GOLDEN: &[(&str, &str)] = &[
+    ("buildkit-launcher/role", "golden"),
+    ("buildkit-launcher/arch", "amd64"),
+    ("buildkit-launcher/buildkit", "v0.16.0"),
+];
+
+struct Cloud {
+    sim: HcloudSim,
+    registry: Registry,
+    ctx: Context,
+}
+
+impl Cloud {
+    fn new(dockerfile_body: &str) -> Option<Cloud> {
+        if !require_root_and_tools(TOOLS) {
+            return None;
+        }
+        let sim = HcloudSim::start();
+        sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
+        let registry = Registry::start().with_base_image();
+        let dockerfile = format!("FROM {}\n{dockerfile_body}\n", registry.base_image());
+        // Retries fast enough for tests; the policy itself is the production one.
+        let ctx = Context::new().file("Dockerfile", &dockerfile).file(
+            "fast.ncl",
+            "{ hcloud.retry = { initial_delay_ms = 50, max_delay_ms = 400 } }",
+        );
+        Some(Cloud { sim, registry, ctx })
+    }
+
+    fn report_path(&self) -> std::path::PathBuf {
+        self.ctx.path().join("report.json")
+    }
+
+    fn args(&self) -> Vec<String> {
+        let ctx = self.ctx.path().display().to_string();
+        vec![
+            "--config".into(),
+            format!("{ctx}/fast.ncl"),
+            "build".into(),
+            "--provider".into(),
+            "hcloud".into(),
+            "--context".into(),
+            ctx.clone(),
+            "--project".into(),
+            "e2e/app".into(),
+            "--history".into(),
+            format!("file:{ctx}/history.jsonl"),
+            "--registry".into(),
+            self.registry.addr.clone(),
+            "--insecure-registry".into(),
+            "--report".into(),
+            self.report_path().display().to_string(),
+        ]
+    }
+
+    fn launcher(&self) -> Launcher {
+        Launcher::new()
+            .env("HCLOUD_TOKEN", &self.sim.token)
+            .env("HCLOUD_ENDPOINT", &self.sim.endpoint)
+    }
+
+    fn build(&self, extra: &[&str]) -> support::Outcome {
+        self.launcher().args(self.args()).args(extra).run()
+    }
+
+    fn report(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.report_path()).unwrap()).unwrap()
+    }
+
+    fn calls(&self, endpoint: &str) -> u32 {
+        self.sim.calls().get(endpoint).copied().unwrap_or(0)
+    }
+}
+
+fn tiers(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["tier"].as_str().unwrap().to_owned(),
+                a["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_build_through_the_api_succeeds_in_at_most_8_requests_and_leaves_no_server() {
+    let Some(c) = Cloud::new("RUN echo built > /built.txt") else {
+        return;
+    };
+    let out = c.build(&[]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    let report = c.report();
+    assert_eq!(report["outcome"], "success");
+    assert_eq!(report["provider"], "hcloud");
+    // The API's price replaced the reference table in the plan.
+    assert!(
+        report["plan"]["cost_basis"]
+            .as_str()
+            .unwrap()
+            .contains("Hetzner API"),
+        "{}",
+        report["plan"]["cost_basis"]
+    );
+    // The create request carried the design's name, labels and per-build cloud-init keys.
+    let create = c.sim.last_create_request().unwrap();
+    let name = create["name"].as_str().unwrap();
+    assert!(
+        name.starts_with("bkl-e2e-app-0-") && name.len() <= 63,
+        "{name}"
+    );
+    let labels = &create["labels"];
+    assert_eq!(labels["managed-by"], "buildkit-launcher");
+    assert_eq!(labels["buildkit-launcher/tier"], "cx33");
+    assert!(
+        labels["buildkit-launcher/expires"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .is_ok()
+    );
+    let user_data = create["user_data"].as_str().unwrap();
+    assert!(user_data.starts_with("#cloud-config") && user_data.contains("ssh_authorized_keys"));
+    assert_eq!(create["server_type"], "cx33");
+    assert_eq!(create["location"], "fsn1");
+    // Requests per successful build (the benchmark in docs/PERFORMANCE.md reports the count).
+    let total = c.sim.total_calls();
+    eprintln!(
+        "API requests for one successful build: {total} ({:?})",
+        c.sim.calls()
+    );
+    assert!(total <= 8, "{total} requests: {:?}", c.sim.calls());
+    c.sim.assert_clean();
+}
+
+#[test]
+fn out_of_memory_retries_on_the_next_server_type() {
+    let Some(c) = Cloud::new("RUN dd if=/dev/zero of=/dev/null bs=350M count=1") else {
+        return;
+    };
+    std::fs::write(c.ctx.path().join(".build-spec.ncl"), "{ tier = \"cx23\" }").unwrap();
+    let out = c.build(&[]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert_eq!(
+        tiers(&c.report()),
+        [("cx23".into(), "oom".into()), ("cx33".into(), "ok".into())]
+    );
+    assert_eq!(c.calls("POST /servers"), 2);
+    assert_eq!(c.calls("DELETE /servers/{id}"), 2);
+    c.sim.assert_clean();
+}
+
+#[test]
+fn no_capacity_in_the_first_location_falls_back_to_the_second() {
+    let Some(c) = Cloud::new("RUN true") else {
+        return;
+    };
+    c.sim.fail_location("fsn1", "resource_unavailable");
+    let out = c.build(&[]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert_eq!(c.sim.last_create_request().unwrap()["location"], "nbg1");
+    assert_eq!(c.calls("POST /servers"), 2);
+    assert!(
+        out.stderr.contains("no capacity for cx33 in fsn1"),
+        "{}",
+        out.stderr
+    );
+    c.sim.assert_clean();
+}
+
+#[test]
+fn a_burst_of_429s_is_waited_out() {
+    let Some(c) = Cloud::new("RUN true") else {
+        return;
+    };
+    c.sim.fail_next_requests_with_429(3);
+    let out = c.build(&[]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert!(out.stderr.contains("rate_limit_exceeded"), "{}", out.stderr);
+    c.sim.assert_clean();
+}
+
+#[test]
+fn a_delete_failing_three_times_is_confirmed_on_the_fourth() {
+    let Some(c) = Cloud::new("RUN true") else {
+        return;
+    };
+    c.sim.fail_deletes(3);
+    let out = c.build(&[]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert_eq!(c.calls("DELETE /servers/{id}"), 4);
+    assert_eq!(c.report()["attempts"][0]["destroyed"], true);
+    c.sim.assert_clean();
+}
+
+#[test]
+fn an_unknown_server_type_is_exit_2_before_any_server_exists() {
+    let Some(c) = Cloud::new("RUN true") else {
+        return;
+    };
+    std::fs::write(
+        c.ctx.path().join("fast.ncl"),
+        r#"{ tiers.amd64 = [
+              { name = "cx23", vcpus = 2, memory_mib = 4096, disk_gb = 40 },
+              { name = "cx99", vcpus = 4, memory_mib = 8192, disk_gb = 80 } ],
+            language_defaults.amd64 = { rust = "cx23", java = "cx23", go = "cx23", node = "cx23", python = "cx23", generic = "cx23" } }"#,
+    )
+    .unwrap();
+    let out = c.build(&[]);
+    let line = out.assert_one_line_error(2);
+    assert!(
+        line.contains("\"cx99\" does not exist at Hetzner"),
+        "{line}"
+    );
+    assert!(line.contains("cx23, cx33, cx43, cx53"), "{line}");
+    assert_eq!(c.calls("POST /servers"), 0);
+    c.sim.assert_clean();
+}
+
+/// Start a build in the background; return once its RUN step runs.
+fn start_until_running(c: &Cloud) -> std::process::Child {
+    let mut child = Command::new(BIN)
+        .args(c.args())
+        .env("HCLOUD_TOKEN", &c.sim.token)
+        .env("HCLOUD_ENDPOINT", &c.sim.endpoint)
+        .env_remove("CI_REPO")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains("RUN sleep") => {
+                std::thread::sleep(Duration::from_millis(500));
+                // Keep draining stderr so the launcher never blocks on a full pipe.
+                std::thread::spawn(move || while rx.recv().is_ok() {});
+                return child;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the build never reached its RUN step");
+            }
+        }
+    }
+}
+
+#[test]
+fn sigterm_mid_build_sends_the_delete_within_2_s() {
+    let Some(c) = Cloud::new("RUN sleep 60") else {
+        return;
+    };
+    let mut child = start_until_running(&c);
+    let sent = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(5));
+    let delete = c
+        .sim
+        .requests()
+        .into_iter()
+        .find(|(_, r)| r.starts_with("DELETE /servers/"))
+        .expect("a DELETE was sent");
+    let after = delete.0.saturating_duration_since(sent);
+    assert!(
+        after < Duration::from_secs(2),
+        "DELETE came {after:?} after SIGTERM"
+    );
+    c.sim.assert_clean();
+}
+
+#[test]
+fn after_sigkill_the_server_stays_labelled_and_reap_removes_only_expired_managed_ones() {
+    let Some(c) = Cloud::new("RUN sleep 60") else {
+        return;
+    };
+    let mut child = start_until_running(&c);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // SIGKILL: nothing could clean up; the server is still there with its lease labels.
+    let servers = c.sim.servers();
+    assert_eq!(servers.len(), 1);
+    let orphan = &servers[0];
+    assert_eq!(orphan.labels["managed-by"], "buildkit-launcher");
+    // Two bystanders: an unmanaged server and a managed one whose lease is still valid.
+    let far_future = (buildkit_launcher::provider::unix_now() + 3600).to_string();
+    let unmanaged = c.sim.add_server("someone-elses", &[("team", "web")]);
+    let valid = c.sim.add_server(
+        "bkl-other-1-aaaaaaaa",
+        &[
+            ("managed-by", "buildkit-launcher"),
+            ("buildkit-launcher/expires", &far_future),
+        ],
+    );
+    let reap = |extra: &[&str]| {
+        c.launcher()
+            .args([
+                "--config",
+                &format!("{}/fast.ncl", c.ctx.path().display()),
+                "reap",
+            ])
+            .args(extra)
+            .run()
+    };
+    // Before the lease runs out, reap keeps it.
+    let out = reap(&["--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(c.sim.servers().len(), 3);
+    // As if its time had passed: the lease now ends in the past.
+    c.sim
+        .set_label(orphan.id, "buildkit-launcher/expires", "1000000000");
+    let out = reap(&["--dry-run", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "would_delete")
+            .count(),
+        1
+    );
+    assert_eq!(c.sim.servers().len(), 3, "a dry run deletes nothing");
+    let out = reap(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let left: Vec<i64> = c.sim.servers().iter().map(|s| s.id).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left.contains(&unmanaged) && left.contains(&valid),
+        "{left:?}"
+    );
+    // The bystanders are not ours to delete; remove them so the simulator ends empty.
+    for id in [unmanaged, valid] {
+        let reply = c.sim.call("DELETE", &format!("/servers/{id}"), None);
+        assert!(reply.status < 300, "{}", reply.status);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.sim.servers().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.sim.assert_clean();
+}

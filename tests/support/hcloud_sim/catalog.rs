@@ -1,0 +1,165 @@
+//! The fixed catalogue of the Hetzner Cloud API simulator (a test double of Hetzner's API, not
+//! the real thing): server types with per-location prices and deprecations, locations and the
+//! system images, rendered with the `hcloud` crate's own models.
+//!
+//! Facts: cx23…cx53 and cax11…cax41 shapes from FACTS.md; amd64 hourly prices are SIZING.md's
+//! reference prices; arm64 prices are the ones Hetzner listed in early 2026 (cax11 0.0064 …
+//! cax41 0.0433, as seen in public tool output) and only need to be plausible. cx22/cx32 were
+//! deprecated on 2025-10-16 and not orderable after 2025-12-31. Location coordinates and cities
+//! are Hetzner's. The ids of the new types are made up.
+
+use std::collections::BTreeMap;
+
+use hcloud::models::server_type::{CpuType, StorageType};
+use hcloud::models::{
+    Architecture, DeprecationInfo, Location, Price, PricePerTime, ServerType, ServerTypeLocation,
+};
+
+/// One server type of the catalogue.
+pub(super) struct TypeSpec {
+    pub id: i64,
+    pub name: &'static str,
+    pub arch: Architecture,
+    pub cores: i32,
+    pub memory_gb: f64,
+    pub disk_gb: f64,
+    /// Net hourly price in EUR (the same in every location here).
+    pub hourly_net: f64,
+    /// Built-in deprecation: (announced, unavailable_after).
+    pub deprecated: Option<(&'static str, &'static str)>,
+}
+
+const OLD: Option<(&str, &str)> = Some(("2025-10-16T06:00:00+00:00", "2025-12-31T23:59:59+00:00"));
+
+#[rustfmt::skip]
+pub(super) const SERVER_TYPES: &[TypeSpec] = &[
+    TypeSpec { id: 104, name: "cx22", arch: Architecture::X86, cores: 2, memory_gb: 4.0, disk_gb: 40.0, hourly_net: 0.0060, deprecated: OLD },
+    TypeSpec { id: 105, name: "cx32", arch: Architecture::X86, cores: 4, memory_gb: 8.0, disk_gb: 80.0, hourly_net: 0.0110, deprecated: OLD },
+    TypeSpec { id: 114, name: "cx23", arch: Architecture::X86, cores: 2, memory_gb: 4.0, disk_gb: 40.0, hourly_net: 0.0080, deprecated: None },
+    TypeSpec { id: 115, name: "cx33", arch: Architecture::X86, cores: 4, memory_gb: 8.0, disk_gb: 80.0, hourly_net: 0.0128, deprecated: None },
+    TypeSpec { id: 116, name: "cx43", arch: Architecture::X86, cores: 8, memory_gb: 16.0, disk_gb: 160.0, hourly_net: 0.0240, deprecated: None },
+    TypeSpec { id: 117, name: "cx53", arch: Architecture::X86, cores: 16, memory_gb: 32.0, disk_gb: 320.0, hourly_net: 0.0464, deprecated: None },
+    TypeSpec { id: 45, name: "cax11", arch: Architecture::Arm, cores: 2, memory_gb: 4.0, disk_gb: 40.0, hourly_net: 0.0064, deprecated: None },
+    TypeSpec { id: 93, name: "cax21", arch: Architecture::Arm, cores: 4, memory_gb: 8.0, disk_gb: 80.0, hourly_net: 0.0112, deprecated: None },
+    TypeSpec { id: 94, name: "cax31", arch: Architecture::Arm, cores: 8, memory_gb: 16.0, disk_gb: 160.0, hourly_net: 0.0216, deprecated: None },
+    TypeSpec { id: 95, name: "cax41", arch: Architecture::Arm, cores: 16, memory_gb: 32.0, disk_gb: 320.0, hourly_net: 0.0433, deprecated: None },
+];
+
+/// (id, name, description, city, country, latitude, longitude, network zone)
+type LocationSpec = (
+    i64,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    f64,
+    f64,
+    &'static str,
+);
+
+#[rustfmt::skip]
+pub(super) const LOCATIONS: &[LocationSpec] = &[
+    (1, "fsn1", "Falkenstein DC Park 1", "Falkenstein", "DE", 50.47612, 12.370071, "eu-central"),
+    (2, "nbg1", "Nuremberg DC Park 1", "Nuremberg", "DE", 49.452102, 11.076665, "eu-central"),
+    (3, "hel1", "Helsinki DC Park 1", "Helsinki", "FI", 60.169855, 24.938379, "eu-central"),
+];
+
+/// System images: (id, name, architecture, os version).
+#[rustfmt::skip]
+pub(super) const SYSTEM_IMAGES: &[(i64, &str, Architecture, &str)] = &[
+    (114690387, "debian-12", Architecture::X86, "12"),
+    (114690389, "debian-12", Architecture::Arm, "12"),
+    (161547269, "ubuntu-24.04", Architecture::X86, "24.04"),
+    (161547270, "ubuntu-24.04", Architecture::Arm, "24.04"),
+];
+
+/// Traffic included with every type (20 TB), in bytes.
+pub(super) const INCLUDED_TRAFFIC: i64 = 21_990_232_555_520;
+
+pub(super) fn server_type(name_or_id: &str) -> Option<&'static TypeSpec> {
+    SERVER_TYPES
+        .iter()
+        .find(|t| t.name == name_or_id || t.id.to_string() == name_or_id)
+}
+
+pub(super) fn location(name_or_id: &str) -> Option<&'static LocationSpec> {
+    LOCATIONS
+        .iter()
+        .find(|l| l.1 == name_or_id || l.0.to_string() == name_or_id)
+}
+
+pub(super) fn location_model(name: &str) -> Location {
+    let (id, name, description, city, country, lat, lon, zone) =
+        *location(name).expect("a location of the catalogue");
+    Location::new(
+        city.into(),
+        country.into(),
+        description.into(),
+        id,
+        lat,
+        lon,
+        name.into(),
+        zone.into(),
+    )
+}
+
+/// Prices are strings with ten decimals, gross = net + 19 % VAT (Germany), as the API shows them.
+fn price(net: f64) -> Price {
+    Price::new(format!("{:.10}", net * 1.19), format!("{net:.10}"))
+}
+
+/// The deprecation of a type: the catalogue's own, or one scripted with `deprecate_server_type`.
+pub(super) fn deprecation(
+    spec: &TypeSpec,
+    scripted: &BTreeMap<String, (String, String)>,
+) -> Option<(String, String)> {
+    scripted
+        .get(spec.name)
+        .cloned()
+        .or_else(|| spec.deprecated.map(|(a, u)| (a.to_owned(), u.to_owned())))
+}
+
+pub(super) fn server_type_model(
+    spec: &TypeSpec,
+    scripted: &BTreeMap<String, (String, String)>,
+) -> ServerType {
+    let deprecation = deprecation(spec, scripted)
+        .map(|(announced, unavailable_after)| DeprecationInfo::new(announced, unavailable_after));
+    let locations = LOCATIONS
+        .iter()
+        .map(|l| ServerTypeLocation::new(deprecation.clone(), l.0, l.1.into()))
+        .collect();
+    let prices = LOCATIONS
+        .iter()
+        .map(|l| {
+            PricePerTime::new(
+                INCLUDED_TRAFFIC,
+                l.1.into(),
+                price(spec.hourly_net),
+                price((spec.hourly_net * 730.0 * 100.0).round() / 100.0),
+                price(1.0),
+            )
+        })
+        .collect();
+    let arch = match spec.arch {
+        Architecture::X86 => "Intel/AMD",
+        Architecture::Arm => "Ampere Altra",
+    };
+    let mut model = ServerType::new(
+        spec.arch,
+        spec.cores,
+        CpuType::Shared,
+        Some(deprecation.is_some()),
+        format!("{} ({arch})", spec.name.to_uppercase()),
+        spec.disk_gb,
+        spec.id,
+        locations,
+        spec.memory_gb,
+        spec.name.into(),
+        prices,
+        StorageType::Local,
+    );
+    model.category = Some("cost_optimized".into());
+    model.deprecation = Some(deprecation.map(Box::new));
+    model
+}

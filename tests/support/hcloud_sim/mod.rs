@@ -1,0 +1,347 @@
+//! An in-process simulator of the Hetzner Cloud API for end-to-end tests: a test double of
+//! Hetzner's API (never the real endpoint), speaking its JSON through the `hcloud` crate's own
+//! models. A created server is realized as a sandbox runner (`LocalProvider`: its own sshd on
+//! `127.0.0.N:22`, keys from the request's cloud-init user data, a memory cgroup sized from the
+//! server type ÷ 16), so the launcher can SSH to `public_net.ipv4.ip` as it would on Hetzner.
+//!
+//! This file owns the public face: starting it (its own tokio runtime on a background thread,
+//! axum on `127.0.0.1:0`, so sync tests can use it), scripted faults, inspection, and cleanup on
+//! drop (every sandbox runner it realized is torn down). `state.rs` holds the records and the
+//! API's rules, `labels.rs` label syntax and selectors, `api.rs` the HTTP side (gate,
+//! catalogue, images, actions), `servers.rs` the servers and their runners, `catalog.rs`
+//! server types, prices and locations, `client.rs` a tiny raw-HTTP client for tests.
+//!
+//! ```ignore
+//! let sim = HcloudSim::start();
+//! // run the launcher with HCLOUD_ENDPOINT=sim.endpoint, HCLOUD_TOKEN=sim.token
+//! sim.fail_location("fsn1", "resource_unavailable");
+//! assert_eq!(sim.calls()["POST /servers"], 2);
+//! ```
+
+mod api;
+mod catalog;
+mod client;
+mod labels;
+mod servers;
+mod state;
+
+#[allow(unused_imports)] // not every test binary uses the client
+pub use client::{Reply, encode};
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use buildkit_launcher::provider::local::LocalProvider;
+use hcloud::models::Architecture;
+use hcloud::models::{image, server};
+
+pub use state::SimServer;
+use state::{ImageRec, ServerRec, State};
+
+/// The memory cgroup parent `LocalProvider` puts runners under.
+const CGROUP_PARENT: &str = "/sys/fs/cgroup/memory/buildkit-launcher";
+
+pub struct HcloudSim {
+    /// `http://127.0.0.1:PORT/v1`: what `HCLOUD_ENDPOINT` gets.
+    pub endpoint: String,
+    /// The only token it accepts (`Authorization: Bearer <token>`); fake and random.
+    pub token: String,
+    shared: api::Shared,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    /// Where the sandbox runners live; removed on drop.
+    base: tempfile::TempDir,
+}
+
+impl HcloudSim {
+    pub fn start() -> HcloudSim {
+        let base = tempfile::Builder::new()
+            .prefix("bkl-hcloud-sim-")
+            .tempdir_in("/var/tmp")
+            .expect("a directory for the simulator's sandbox runners");
+        let tools = crate::support::repo_dir().join("tests/tools");
+        let token = format!(
+            "sim-{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
+        let shared = api::Shared {
+            state: Arc::new(Mutex::new(State::new(token.clone()))),
+            provider: Arc::new(LocalProvider::new(base.path().to_owned(), 16, vec![tools])),
+            base: base.path().to_owned(),
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let port = listener.local_addr().expect("local address").port();
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let app = api::router(shared.clone());
+        let thread = std::thread::Builder::new()
+            .name("hcloud-sim".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("the simulator's runtime");
+                runtime.block_on(async move {
+                    let listener =
+                        tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                    tokio::select! {
+                        served = axum::serve(listener, app) => {
+                            if let Err(e) = served {
+                                eprintln!("hcloud simulator: server stopped: {e}");
+                            }
+                        }
+                        _ = stop => {}
+                    }
+                });
+                // Pending actions are dropped; teardowns already running get time to finish.
+                runtime.shutdown_timeout(Duration::from_secs(5));
+            })
+            .expect("start the simulator's thread");
+        HcloudSim {
+            endpoint: format!("http://127.0.0.1:{port}/v1"),
+            token,
+            shared,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+            base,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state()
+    }
+
+    // ---- scripted faults and state ----------------------------------------------------------
+
+    /// The rate limit: `limit` per bucket, `remaining` in it now (refills at 1/s by default).
+    pub fn set_budget(&self, limit: u32, remaining: u32) {
+        let mut st = self.state();
+        st.bucket.limit = limit;
+        st.bucket.tokens = f64::from(remaining.min(limit));
+        st.bucket.last = Instant::now();
+    }
+
+    pub fn set_refill_per_second(&self, per_second: f64) {
+        let mut st = self.state();
+        st.bucket.refill();
+        st.bucket.refill = per_second.max(0.0);
+    }
+
+    /// The next `n` authenticated requests get 429 `rate_limit_exceeded`, whatever the budget.
+    pub fn fail_next_requests_with_429(&self, n: u32) {
+        self.state().faults.burst_429 = n;
+    }
+
+    /// `POST /servers` in `location` fails with `code` (e.g. `resource_unavailable` → 412,
+    /// `placement_error` → 412, `resource_limit_exceeded` → 403) until cleared with `""`.
+    pub fn fail_location(&self, location: &str, code: &str) {
+        let mut st = self.state();
+        if code.is_empty() {
+            st.faults.locations.remove(location);
+        } else {
+            st.faults.locations.insert(location.into(), code.into());
+        }
+    }
+
+    /// The next `n` `DELETE /servers/{id}` get 503 `unavailable` (the server stays).
+    pub fn fail_deletes(&self, n: u32) {
+        self.state().faults.fail_deletes = n;
+    }
+
+    /// The next `n` delete actions end in `error` (the server stays, unlocked).
+    pub fn fail_delete_actions(&self, n: u32) {
+        self.state().faults.fail_delete_actions = n;
+    }
+
+    /// The next `n` authenticated requests of any kind get 503 `unavailable`.
+    pub fn fail_next_5xx(&self, n: u32) {
+        self.state().faults.fail_5xx = n;
+    }
+
+    /// Actions started from now on stay `running` this long (default 100 ms).
+    pub fn action_delay(&self, delay: Duration) {
+        self.state().action_delay = delay;
+    }
+
+    /// The next `n` create actions end in `error`: the server stays, `off`, its runner gone.
+    pub fn fail_create_actions(&self, n: u32) {
+        self.state().faults.fail_create_actions = n;
+    }
+
+    /// A snapshot (`arch`: `amd64`/`x86` or `arm64`/`arm`) with these labels, created at
+    /// `created` (RFC 3339), taken on the smallest tier (40 GB disk). Returns its id.
+    pub fn add_snapshot(&self, arch: &str, labels: &[(&str, &str)], created: &str) -> i64 {
+        assert!(
+            state::parse_time(created).is_some(),
+            "add_snapshot: '{created}' is not RFC 3339"
+        );
+        let arch = match arch {
+            "amd64" | "x86" => Architecture::X86,
+            "arm64" | "arm" => Architecture::Arm,
+            other => panic!("add_snapshot: unknown architecture '{other}'"),
+        };
+        let mut st = self.state();
+        let id = st.alloc_id();
+        let record = ImageRec {
+            id,
+            kind: image::Type::Snapshot,
+            name: None,
+            arch,
+            labels: pairs(labels),
+            description: format!("snapshot {id}"),
+            created: created.into(),
+            disk_size: 40.0,
+            created_from: Some((id - 1, "bkl-golden-bake".into())),
+            status: image::Status::Available,
+            os_version: None,
+        };
+        st.images.insert(id, record);
+        id
+    }
+
+    /// A running cx23 in fsn1 that is not realized as a runner (for reaper tests).
+    pub fn add_server(&self, name: &str, labels: &[(&str, &str)]) -> i64 {
+        let mut st = self.state();
+        let id = st.alloc_id();
+        let record = ServerRec {
+            id,
+            name: name.into(),
+            labels: pairs(labels),
+            server_type: catalog::server_type("cx23").expect("in the catalogue"),
+            location: "fsn1".into(),
+            status: server::Status::Running,
+            created: state::now_rfc3339(),
+            image: Some(114690387),
+            ipv4: Some(format!("203.0.113.{}", id % 250 + 1)),
+            ipv6: None,
+            runner: None,
+            locked: false,
+        };
+        st.servers.insert(id, record);
+        id
+    }
+
+    /// Deprecates a server type as of now: `deprecation` is set (announced a month ago,
+    /// unavailable after now) and creating a server of that type fails with `invalid_input`
+    /// "unsupported location for server type".
+    /// Set one label of a server, as an operator (or time passing, for a lease) would.
+    pub fn set_label(&self, id: i64, key: &str, value: &str) {
+        let mut st = self.state();
+        let server = st.servers.get_mut(&id).expect("set_label: no such server");
+        server.labels.insert(key.into(), value.into());
+    }
+
+    pub fn deprecate_server_type(&self, name: &str) {
+        assert!(
+            catalog::server_type(name).is_some(),
+            "unknown server type {name}"
+        );
+        let now = SystemTime::now();
+        let announced = now - Duration::from_secs(30 * 86_400);
+        self.state().deprecations.insert(
+            name.into(),
+            (state::rfc3339(announced), state::rfc3339(now)),
+        );
+    }
+
+    // ---- inspection -------------------------------------------------------------------------
+
+    pub fn servers(&self) -> Vec<SimServer> {
+        let st = self.state();
+        st.servers.values().map(|s| st.sim_server(s)).collect()
+    }
+
+    /// Requests per endpoint, keyed by method and route template: `POST /servers`,
+    /// `GET /actions/{id}`, `DELETE /servers/{id}`… (every request, answered or refused).
+    pub fn calls(&self) -> BTreeMap<String, u32> {
+        self.state().calls.clone()
+    }
+
+    pub fn total_calls(&self) -> u32 {
+        self.state().calls.values().sum()
+    }
+
+    /// Every request with its arrival time: `DELETE /servers/1001`, `GET /images?type=…`.
+    pub fn requests(&self) -> Vec<(Instant, String)> {
+        self.state().requests.clone()
+    }
+
+    /// The JSON body of the last `POST /servers` (accepted or not).
+    pub fn last_create_request(&self) -> Option<serde_json::Value> {
+        self.state().last_create.clone()
+    }
+
+    /// The directory the sandbox runners live in.
+    pub fn runner_base(&self) -> &Path {
+        self.base.path()
+    }
+
+    /// Sandbox runners that exist right now.
+    pub fn live_runners(&self) -> Vec<String> {
+        self.state().realized.iter().cloned().collect()
+    }
+
+    /// Nothing left behind: no server, and of every runner ever realized no directory, no
+    /// cgroup and no sshd.
+    pub fn assert_clean(&self) {
+        let servers = self.servers();
+        assert!(
+            servers.is_empty(),
+            "servers left in the simulator: {servers:?}"
+        );
+        self.assert_no_runner_left();
+    }
+
+    /// No sandbox runner left (servers created by `add_server` may remain).
+    pub fn assert_no_runner_left(&self) {
+        let ever: Vec<String> = self.state().ever_realized.iter().cloned().collect();
+        for runner in &ever {
+            let dir = self.base.path().join(runner);
+            assert!(!dir.exists(), "runner directory {} left", dir.display());
+            let cgroup = PathBuf::from(CGROUP_PARENT).join(runner);
+            assert!(!cgroup.exists(), "runner cgroup {} left", cgroup.display());
+        }
+        let ps = std::process::Command::new("ps")
+            .args(["-eo", "args"])
+            .output()
+            .expect("run ps");
+        let base = self.base.path().display().to_string();
+        let ps = String::from_utf8_lossy(&ps.stdout);
+        assert!(
+            !ps.lines().any(|l| l.contains("sshd") && l.contains(&base)),
+            "an sshd of the simulator's runners is still running"
+        );
+    }
+}
+
+impl Drop for HcloudSim {
+    fn drop(&mut self) {
+        if let Some(stop) = self.shutdown.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let runners: Vec<String> = self.state().realized.iter().cloned().collect();
+        for runner in runners {
+            if let Err(e) = self.shared.provider.teardown(&runner) {
+                eprintln!("hcloud simulator: teardown of {runner} on drop failed: {e}");
+            }
+        }
+        // `base` (the runners' directory) is removed when the field drops.
+    }
+}
+
+fn pairs(labels: &[(&str, &str)]) -> BTreeMap<String, String> {
+    labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}

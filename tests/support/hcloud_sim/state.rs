@@ -1,0 +1,580 @@
+//! The state of the Hetzner Cloud API simulator (a test double of Hetzner's API, not the real
+//! thing): servers, images, actions, scripted faults, the rate-limit bucket, call counters; the
+//! rules the API applies (label syntax and selectors, create validation, error codes and their
+//! HTTP statuses, create validation); and the rendering of records with the `hcloud` crate's
+//! models. Label syntax and selectors are in `labels.rs`.
+//!
+//! No HTTP here: `api.rs` turns an [`ApiError`] into a response.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant, SystemTime};
+
+use hcloud::models::{self, Action, Architecture, CreatedFrom, Image, Resource, Server};
+use hcloud::models::{Ipv4, Ipv6, Protection, ServerProtection, ServerPublicNet};
+use hcloud::models::{action, image, server};
+use serde_json::{Value, json};
+
+use super::catalog::{self, TypeSpec};
+use super::labels::{labels_field, valid_hostname};
+
+/// Hetzner's limit for `user_data`.
+const USER_DATA_MAX: usize = 32 * 1024;
+
+/// An error the API answers with: `{"error": {"code", "message", "details"}}`.
+#[derive(Debug)]
+pub(super) struct ApiError {
+    pub code: String,
+    pub message: String,
+    pub details: Value,
+}
+
+impl ApiError {
+    pub fn new(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: code.into(),
+            message: message.into(),
+            details: json!({}),
+        }
+    }
+
+    /// `invalid_input` with the per-field details the API gives.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> ApiError {
+        let message = message.into();
+        ApiError {
+            code: "invalid_input".into(),
+            message: format!("invalid input in field '{field}'"),
+            details: json!({"fields": [{"name": field, "messages": [message]}]}),
+        }
+    }
+
+    pub fn not_found(kind: &str, id: impl std::fmt::Display) -> ApiError {
+        ApiError::new("not_found", format!("{kind} with ID '{id}' not found"))
+    }
+}
+
+/// The HTTP status of an error code (Hetzner's documented table; 412 for `resource_unavailable`
+/// as real responses show; `placement_error` and `invalid_server_type` are assumed).
+pub(super) fn status_for(code: &str) -> u16 {
+    match code {
+        "invalid_input" | "json_error" | "unsupported_error" | "invalid_server_type" => 400,
+        "unauthorized" => 401,
+        "forbidden" | "resource_limit_exceeded" | "token_readonly" => 403,
+        "not_found" => 404,
+        "conflict" | "uniqueness_error" => 409,
+        "deprecated_api_endpoint" => 410,
+        "resource_unavailable" | "placement_error" => 412,
+        "locked" | "protected" => 423,
+        "rate_limit_exceeded" => 429,
+        "bad_gateway" => 502,
+        "unavailable" | "service_error" | "maintenance" => 503,
+        "timeout" => 504,
+        _ => 500,
+    }
+}
+
+/// A default message per error code, for scripted faults.
+pub(super) fn message_for(code: &str) -> &'static str {
+    match code {
+        "resource_unavailable" | "placement_error" => "error during placement",
+        "rate_limit_exceeded" => "limit of 3600 requests per hour reached",
+        "unavailable" => "service temporarily unavailable",
+        "resource_limit_exceeded" => "server limit reached",
+        "locked" => "resource is locked",
+        "conflict" => "the resource has changed during the request, please retry",
+        "timeout" => "the request could not be answered in time, please retry",
+        _ => "simulated error",
+    }
+}
+
+/// Per-token bucket: `tokens` refill at `refill` per second up to `limit`.
+pub(super) struct Bucket {
+    pub limit: u32,
+    pub tokens: f64,
+    pub refill: f64,
+    pub last: Instant,
+}
+
+impl Bucket {
+    pub fn refill(&mut self) {
+        let now = Instant::now();
+        let gained = now.duration_since(self.last).as_secs_f64() * self.refill;
+        self.tokens = (self.tokens + gained).min(f64::from(self.limit));
+        self.last = now;
+    }
+
+    pub fn take(&mut self) -> bool {
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (unix seconds when full).
+    pub fn headers(&self) -> (u32, u32, u64) {
+        let missing = (f64::from(self.limit) - self.tokens).max(0.0);
+        let wait = if missing == 0.0 {
+            0
+        } else if self.refill > 0.0 {
+            (missing / self.refill).ceil() as u64
+        } else {
+            86_400
+        };
+        (self.limit, self.tokens.floor() as u32, unix_now() + wait)
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Faults {
+    pub burst_429: u32,
+    pub fail_5xx: u32,
+    pub locations: BTreeMap<String, String>,
+    pub fail_deletes: u32,
+    pub fail_delete_actions: u32,
+    pub fail_create_actions: u32,
+}
+
+pub(super) struct ServerRec {
+    pub id: i64,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub server_type: &'static TypeSpec,
+    pub location: String,
+    pub status: server::Status,
+    pub created: String,
+    pub image: Option<i64>,
+    pub ipv4: Option<String>,
+    pub ipv6: Option<String>,
+    /// The sandbox runner realizing it (`None` for `add_server` ones and failed creates).
+    pub runner: Option<String>,
+    /// An action that locks it (delete) is running.
+    pub locked: bool,
+}
+
+pub(super) struct ImageRec {
+    pub id: i64,
+    pub kind: image::Type,
+    pub name: Option<String>,
+    pub arch: Architecture,
+    pub labels: BTreeMap<String, String>,
+    pub description: String,
+    pub created: String,
+    pub disk_size: f64,
+    pub created_from: Option<(i64, String)>,
+    pub status: image::Status,
+    pub os_version: Option<String>,
+}
+
+pub(super) struct ActionRec {
+    pub id: i64,
+    pub command: String,
+    pub status: action::Status,
+    pub started: String,
+    pub started_at: Instant,
+    pub delay: Duration,
+    pub finished: Option<String>,
+    pub error: Option<(String, String)>,
+    pub resources: Vec<(i64, &'static str)>,
+}
+
+/// What the scripting API reports per server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimServer {
+    pub id: i64,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub server_type: String,
+    pub location: String,
+    /// `initializing`, `running`, `off`, `deleting`…
+    pub status: String,
+    /// The sandbox runner's id (`local-…`), when the server was realized as one.
+    pub runner: Option<String>,
+    /// `public_net.ipv4.ip`: the runner's loopback address.
+    pub ip: Option<String>,
+}
+
+pub(super) struct State {
+    pub token: String,
+    next_id: i64,
+    pub servers: BTreeMap<i64, ServerRec>,
+    pub images: BTreeMap<i64, ImageRec>,
+    pub actions: BTreeMap<i64, ActionRec>,
+    /// Server type name → (announced, unavailable_after), from `deprecate_server_type`.
+    pub deprecations: BTreeMap<String, (String, String)>,
+    pub faults: Faults,
+    pub action_delay: Duration,
+    pub bucket: Bucket,
+    pub calls: BTreeMap<String, u32>,
+    pub requests: Vec<(Instant, String)>,
+    pub last_create: Option<Value>,
+    /// Sandbox runners that exist right now.
+    pub realized: BTreeSet<String>,
+    /// Every sandbox runner ever realized (for leftover checks).
+    pub ever_realized: BTreeSet<String>,
+}
+
+/// A validated `POST /servers`.
+pub(super) struct CreatePlan {
+    pub name: String,
+    pub server_type: &'static TypeSpec,
+    pub location: String,
+    pub image: i64,
+    pub labels: BTreeMap<String, String>,
+    pub user_data: String,
+    pub ipv4: bool,
+    pub ipv6: bool,
+    pub start: bool,
+    pub fail_action: bool,
+}
+
+impl State {
+    pub fn new(token: String) -> State {
+        let mut images = BTreeMap::new();
+        for &(id, name, arch, version) in catalog::SYSTEM_IMAGES {
+            images.insert(
+                id,
+                ImageRec {
+                    id,
+                    kind: image::Type::System,
+                    name: Some(name.into()),
+                    arch,
+                    labels: BTreeMap::new(),
+                    description: name.replace('-', " "),
+                    created: "2023-06-13T06:00:00+00:00".into(),
+                    disk_size: 5.0,
+                    created_from: None,
+                    status: image::Status::Available,
+                    os_version: Some(version.into()),
+                },
+            );
+        }
+        State {
+            token,
+            next_id: 1000,
+            servers: BTreeMap::new(),
+            images,
+            actions: BTreeMap::new(),
+            deprecations: BTreeMap::new(),
+            faults: Faults::default(),
+            action_delay: Duration::from_millis(100),
+            bucket: Bucket {
+                limit: 3600,
+                tokens: 3600.0,
+                refill: 1.0,
+                last: Instant::now(),
+            },
+            calls: BTreeMap::new(),
+            requests: Vec::new(),
+            last_create: None,
+            realized: BTreeSet::new(),
+            ever_realized: BTreeSet::new(),
+        }
+    }
+
+    pub fn alloc_id(&mut self) -> i64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// A new action, `running` for the current `action_delay`.
+    pub fn new_action(&mut self, command: &str, resources: Vec<(i64, &'static str)>) -> i64 {
+        let id = self.alloc_id();
+        let action = ActionRec {
+            id,
+            command: command.into(),
+            status: action::Status::Running,
+            started: now_rfc3339(),
+            started_at: Instant::now(),
+            delay: self.action_delay,
+            finished: None,
+            error: None,
+            resources,
+        };
+        self.actions.insert(id, action);
+        id
+    }
+
+    pub fn finish_action(&mut self, id: i64, error: Option<(&str, &str)>) {
+        if let Some(a) = self.actions.get_mut(&id) {
+            a.finished = Some(now_rfc3339());
+            a.status = if error.is_some() {
+                action::Status::Error
+            } else {
+                action::Status::Success
+            };
+            a.error = error.map(|(c, m)| (c.to_owned(), m.to_owned()));
+        }
+    }
+
+    /// Validate a `POST /servers` body the way the API does, and apply the scripted faults.
+    pub fn plan_create(&mut self, body: &Value) -> Result<CreatePlan, ApiError> {
+        let text = |field: &str| -> Result<String, ApiError> {
+            match body.get(field) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(Value::Number(n)) => Ok(n.to_string()),
+                None | Some(Value::Null) => Err(ApiError::invalid_field(field, "is required")),
+                Some(_) => Err(ApiError::invalid_field(field, "must be a string")),
+            }
+        };
+        let name = text("name")?;
+        if !valid_hostname(&name) {
+            return Err(ApiError::invalid_field(
+                "name",
+                "must be a valid hostname (RFC 1123)",
+            ));
+        }
+        let type_name = text("server_type")?;
+        let spec = catalog::server_type(&type_name).ok_or_else(|| {
+            ApiError::new(
+                "invalid_input",
+                format!("server type '{type_name}' not found"),
+            )
+        })?;
+        let location = match body.get("location") {
+            None | Some(Value::Null) => "fsn1".to_owned(),
+            Some(_) => {
+                let l = text("location")?;
+                catalog::location(&l)
+                    .map(|l| l.1.to_owned())
+                    .ok_or_else(|| {
+                        ApiError::new("invalid_input", format!("location '{l}' not found"))
+                    })?
+            }
+        };
+        let image_ref = text("image")?;
+        let image = self
+            .images
+            .values()
+            .find(|i| {
+                i.id.to_string() == image_ref
+                    || (i.name.as_deref() == Some(&image_ref) && i.arch == spec.arch)
+            })
+            .ok_or_else(|| {
+                ApiError::new("invalid_input", format!("image '{image_ref}' not found"))
+            })?;
+        if image.arch != spec.arch {
+            return Err(ApiError::new(
+                "invalid_input",
+                "image architecture does not match the server type's architecture",
+            ));
+        }
+        if image.disk_size > spec.disk_gb {
+            return Err(ApiError::new(
+                "invalid_input",
+                "image disk is bigger than the server type's disk",
+            ));
+        }
+        let image = image.id;
+        let labels = labels_field(body.get("labels"))?;
+        let user_data = match body.get("user_data") {
+            None | Some(Value::Null) => String::new(),
+            Some(_) => text("user_data")?,
+        };
+        if user_data.len() > USER_DATA_MAX {
+            return Err(ApiError::invalid_field(
+                "user_data",
+                "is longer than 32 KiB",
+            ));
+        }
+        let flag = |net: &str, key: &str| {
+            body.get(net)
+                .and_then(|n| n.get(key))
+                .and_then(Value::as_bool)
+                .unwrap_or(true)
+        };
+        let (ipv4, ipv6) = (
+            flag("public_net", "enable_ipv4"),
+            flag("public_net", "enable_ipv6"),
+        );
+        let start = body
+            .get("start_after_create")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        if let Some((_, until)) = catalog::deprecation(spec, &self.deprecations)
+            && parse_time(&until).is_some_and(|t| t <= SystemTime::now())
+        {
+            return Err(ApiError::new(
+                "invalid_input",
+                "unsupported location for server type",
+            ));
+        }
+        if self.servers.values().any(|s| s.name == name) {
+            return Err(ApiError::new(
+                "uniqueness_error",
+                "server name is already used",
+            ));
+        }
+        if let Some(code) = self.faults.locations.get(&location) {
+            return Err(ApiError::new(code, message_for(code)));
+        }
+        let fail_action = take(&mut self.faults.fail_create_actions);
+        Ok(CreatePlan {
+            name,
+            server_type: spec,
+            location,
+            image,
+            labels,
+            user_data,
+            ipv4,
+            ipv6,
+            start,
+            fail_action,
+        })
+    }
+
+    pub fn sim_server(&self, s: &ServerRec) -> SimServer {
+        SimServer {
+            id: s.id,
+            name: s.name.clone(),
+            labels: s.labels.clone(),
+            server_type: s.server_type.name.into(),
+            location: s.location.clone(),
+            status: enum_text(&s.status),
+            runner: s.runner.clone(),
+            ip: s.ipv4.clone(),
+        }
+    }
+
+    pub fn server_model(&self, s: &ServerRec) -> Server {
+        let octets = s.ipv4.as_deref().unwrap_or("0.0.0.0").replace('.', "-");
+        let ipv4 = s.ipv4.as_ref().map(|ip| {
+            let mut v4 = Ipv4::new(
+                false,
+                format!("static.{octets}.clients.your-server.de"),
+                ip.clone(),
+            );
+            v4.id = Some(s.id * 10 + 4);
+            v4
+        });
+        let ipv6 = s.ipv6.as_ref().map(|ip| {
+            let mut v6 = Ipv6::new(false, Some(Vec::new()), ip.clone());
+            v6.id = Some(s.id * 10 + 6);
+            v6
+        });
+        let mut model = Server::new(
+            None,
+            s.created.clone(),
+            s.id,
+            s.image.and_then(|i| self.images.get(&i)).map(image_model),
+            Some(catalog::INCLUDED_TRAFFIC),
+            Some(0),
+            None,
+            s.labels.clone().into_iter().collect(),
+            catalog::location_model(&s.location),
+            s.locked,
+            s.name.clone(),
+            Some(0),
+            s.server_type.disk_gb as i32,
+            Vec::new(),
+            ServerProtection::new(false, false),
+            ServerPublicNet::new(Vec::new(), ipv4, ipv6),
+            false,
+            catalog::server_type_model(s.server_type, &self.deprecations),
+            s.status,
+        );
+        model.load_balancers = Some(Vec::new());
+        model.volumes = Some(Vec::new());
+        model.placement_group = Some(None);
+        model
+    }
+}
+
+pub(super) fn image_model(i: &ImageRec) -> Image {
+    let mut model = Image::new(
+        i.arch,
+        None,
+        i.created.clone(),
+        i.created_from
+            .clone()
+            .map(|(id, name)| CreatedFrom::new(id, name)),
+        None,
+        None,
+        i.description.clone(),
+        i.disk_size,
+        i.id,
+        (i.kind == image::Type::Snapshot).then_some(1.2),
+        i.labels.clone().into_iter().collect::<HashMap<_, _>>(),
+        i.name.clone(),
+        if i.name.as_deref().is_some_and(|n| n.starts_with("ubuntu")) {
+            image::OsFlavor::Ubuntu
+        } else {
+            image::OsFlavor::Debian
+        },
+        i.os_version.clone(),
+        Protection::new(false),
+        i.status,
+        i.kind,
+    );
+    model.rapid_deploy = Some(i.kind == image::Type::System);
+    model
+}
+
+pub(super) fn action_model(a: &ActionRec) -> Action {
+    let progress = match a.status {
+        action::Status::Running if a.delay.is_zero() => 0,
+        action::Status::Running => {
+            let part = a.started_at.elapsed().as_secs_f64() / a.delay.as_secs_f64();
+            (part * 100.0).min(99.0) as i32
+        }
+        _ => 100,
+    };
+    Action::new(
+        a.command.clone(),
+        a.error.clone().map(|(c, m)| models::Error::new(c, m)),
+        a.finished.clone(),
+        a.id,
+        progress,
+        a.resources
+            .iter()
+            .map(|(id, kind)| Resource::new(*id, (*kind).into()))
+            .collect(),
+        a.started.clone(),
+        a.status,
+    )
+}
+
+/// Decrement a fault counter; true when it was set.
+pub(super) fn take(counter: &mut u32) -> bool {
+    if *counter > 0 {
+        *counter -= 1;
+        true
+    } else {
+        false
+    }
+}
+
+/// The wire name of one of the crate's enums (`running`, `x86`…).
+pub(super) fn enum_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+// ---- time ---------------------------------------------------------------------------------
+
+pub(super) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// RFC 3339 as the API writes it: `2026-11-02T10:00:00+00:00`.
+pub(super) fn rfc3339(t: SystemTime) -> String {
+    let text = humantime::format_rfc3339_seconds(t).to_string();
+    text.strip_suffix('Z')
+        .map_or(text.clone(), |t| format!("{t}+00:00"))
+}
+
+pub(super) fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
+
+/// Parses `…Z` and `…+00:00` (other offsets are not used by the API).
+pub(super) fn parse_time(text: &str) -> Option<SystemTime> {
+    let normalized = text
+        .strip_suffix("+00:00")
+        .map_or(text.to_owned(), |t| format!("{t}Z"));
+    humantime::parse_rfc3339_weak(&normalized).ok()
+}
