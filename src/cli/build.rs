@@ -190,9 +190,11 @@ fn read_secrets(plan: &Plan) -> Result<Vec<(String, Zeroizing<String>)>, Error> 
 }
 
 fn read_credentials(user: Option<&str>) -> Result<Option<Credentials>, Error> {
-    let password = std::env::var("REGISTRY_PASSWORD")
-        .ok()
-        .filter(|p| !p.is_empty());
+    let password = super::plugin::secret_env(&[
+        "REGISTRY_PASSWORD",
+        "PLUGIN_PASSWORD",
+        "PLUGIN_REGISTRY_PASSWORD",
+    ]);
     match (user, password) {
         (Some(user), Some(password)) => Ok(Some(Credentials {
             username: user.to_owned(),

@@ -3,6 +3,7 @@
 mod args;
 mod build;
 mod plan;
+pub mod plugin;
 mod provider;
 mod reap;
 mod simulate;

@@ -80,12 +80,10 @@ impl ProviderArgs {
     ) -> Result<Chosen, Error> {
         match self.provider {
             ProviderKind::Hcloud => {
-                let token = std::env::var("HCLOUD_TOKEN")
-                    .ok()
-                    .filter(|t| !t.trim().is_empty())
+                let token = super::plugin::secret_env(&["HCLOUD_TOKEN", "PLUGIN_HCLOUD_TOKEN"])
                     .ok_or_else(|| {
                         Error::Usage(
-                            "HCLOUD_TOKEN is not set: the hcloud provider needs a Hetzner Cloud API token (read & write) in that environment variable".into(),
+                            "HCLOUD_TOKEN is not set: the hcloud provider needs a Hetzner Cloud API token (read & write) in that environment variable (in a Woodpecker step: the setting hcloud_token from_secret)".into(),
                         )
                     })?;
                 if !(self.hcloud_endpoint.starts_with("https://")

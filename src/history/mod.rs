@@ -5,6 +5,7 @@
 //! by a `STORE` string (see [`StoreSpec`]).
 
 pub mod file;
+pub mod registry;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,257 @@
+//! Woodpecker plugin mode: settings from `PLUGIN_*`, pipeline facts from `CI_*`.
+//!
+//! With no subcommand and plugin variables present, the binary runs `build`. The mapping is
+//! derived from clap's own definition of `build`, so every flag has its `PLUGIN_<NAME>` twin by
+//! construction (`--build-arg` ↔ `PLUGIN_BUILD_ARG`, plus the plural forms Woodpecker users
+//! write: `PLUGIN_TAGS`, `PLUGIN_BUILD_ARGS`, `PLUGIN_SECRETS`, `PLUGIN_LOCATIONS`).
+//!
+//! Woodpecker joins lists with commas and sends maps as JSON. Values may contain commas (a build
+//! arg `A=x,y`, a secret `id=npm,env=NPM_TOKEN`), so lists are split with care: a JSON array or
+//! object is used as is; otherwise a piece that cannot start an item (no `=` for key=value
+//! lists, not `id=` for secrets) continues the previous one.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+
+use clap::{ArgAction, CommandFactory};
+
+use super::Cli;
+
+/// Settings that are not flags of `build`.
+const GLOBAL: &[(&str, &str)] = &[("CONFIG", "--config")];
+/// Plural spellings users write in pipelines.
+const ALIASES: &[(&str, &str)] = &[
+    ("TAGS", "TAG"),
+    ("BUILD_ARGS", "BUILD_ARG"),
+    ("SECRETS", "SECRET"),
+    ("LOCATIONS", "LOCATION"),
+    ("USERNAME", "REGISTRY_USER"),
+];
+/// Secret values read from the environment where they are needed; never turned into flags.
+pub const SECRET_SETTINGS: &[&str] = &["HCLOUD_TOKEN", "PASSWORD", "REGISTRY_PASSWORD"];
+
+/// Is this a plugin run: no arguments, and plugin settings or a Woodpecker workspace present?
+pub fn detected(args: &[OsString], env: &BTreeMap<String, String>) -> bool {
+    args.len() <= 1
+        && env
+            .keys()
+            .any(|k| k.starts_with("PLUGIN_") || k == "CI_WORKSPACE")
+}
+
+/// The `build` command line that the plugin settings stand for.
+pub fn argv(env: &BTreeMap<String, String>) -> Result<Vec<OsString>, String> {
+    let cli = Cli::command();
+    let build = cli
+        .find_subcommand("build")
+        .expect("the build subcommand exists");
+    let mut global = Vec::new();
+    let mut args: Vec<String> = Vec::new();
+    let mut history_given = false;
+    for (key, value) in env {
+        let Some(name) = key.strip_prefix("PLUGIN_") else {
+            continue;
+        };
+        if SECRET_SETTINGS.contains(&name) || value.is_empty() {
+            continue;
+        }
+        if let Some((_, flag)) = GLOBAL.iter().find(|(n, _)| *n == name) {
+            global.extend([flag.to_string(), value.clone()]);
+            continue;
+        }
+        let canonical = ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == name)
+            .map_or(name, |(_, to)| to);
+        let long = canonical.to_ascii_lowercase().replace('_', "-");
+        let Some(arg) = build
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()))
+        else {
+            return Err(format!(
+                "{key}: not a setting of this plugin; see docs.md for the settings (every build flag --x-y is PLUGIN_X_Y)"
+            ));
+        };
+        if long == "history" {
+            history_given = true;
+        }
+        let flag = format!("--{long}");
+        match arg.get_action() {
+            ArgAction::SetTrue => match value.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => args.push(flag),
+                "false" | "0" | "no" | "off" => {}
+                other => return Err(format!("{key}: expected true or false, got \"{other}\"")),
+            },
+            ArgAction::Append => {
+                for item in split_list(&long, value).map_err(|e| format!("{key}: {e}"))? {
+                    args.extend([flag.clone(), item]);
+                }
+            }
+            _ => args.extend([flag, value.clone()]),
+        }
+    }
+    // In a plugin container history must outlive the container: keep it in the registry.
+    if !history_given {
+        args.extend(["--history".to_owned(), "registry".to_owned()]);
+    }
+    let mut out: Vec<OsString> = vec!["buildkit-launcher".into()];
+    out.extend(global.into_iter().map(OsString::from));
+    out.push("build".into());
+    out.extend(args.into_iter().map(OsString::from));
+    Ok(out)
+}
+
+/// One list setting's items.
+fn split_list(flag: &str, value: &str) -> Result<Vec<String>, String> {
+    let trimmed = value.trim();
+    if trimmed.starts_with('{') {
+        let map: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(trimmed).map_err(|e| format!("not a valid JSON object: {e}"))?;
+        return Ok(map
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect());
+    }
+    if trimmed.starts_with('[') {
+        let items: Vec<serde_json::Value> =
+            serde_json::from_str(trimmed).map_err(|e| format!("not a valid JSON array: {e}"))?;
+        return Ok(items
+            .into_iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            })
+            .collect());
+    }
+    let starts_item = |piece: &str| match flag {
+        "secret" => piece.starts_with("id="),
+        "build-arg" => piece.contains('='),
+        _ => true,
+    };
+    let mut items: Vec<String> = Vec::new();
+    for piece in value.split(',') {
+        match items.last_mut() {
+            Some(last) if !starts_item(piece) => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => items.push(piece.trim().to_owned()),
+        }
+    }
+    Ok(items.into_iter().filter(|i| !i.is_empty()).collect())
+}
+
+/// A secret setting, from its usual variable or its plugin twin (`HCLOUD_TOKEN`,
+/// `PLUGIN_HCLOUD_TOKEN`).
+pub fn secret_env(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .filter_map(|n| std::env::var(n).ok())
+        .find(|v| !v.trim().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn args(pairs: &[(&str, &str)]) -> Vec<String> {
+        argv(&env(pairs))
+            .unwrap()
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn every_build_flag_has_a_plugin_twin() {
+        let cli = Cli::command();
+        let build = cli.find_subcommand("build").unwrap();
+        for arg in build.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" {
+                continue;
+            }
+            let key = format!("PLUGIN_{}", long.to_ascii_uppercase().replace('-', "_"));
+            let value = match arg.get_action() {
+                ArgAction::SetTrue => "true".to_owned(),
+                _ => arg
+                    .get_possible_values()
+                    .first()
+                    .map_or_else(|| "x".to_owned(), |p| p.get_name().to_owned()),
+            };
+            let out = argv(&env(&[(&key, &value)])).unwrap_or_else(|e| panic!("{key}: {e}"));
+            let out: Vec<String> = out.into_iter().map(|s| s.into_string().unwrap()).collect();
+            assert!(out.contains(&format!("--{long}")), "{key} → {out:?}");
+        }
+    }
+
+    #[test]
+    fn lists_maps_and_values_with_commas() {
+        let a = args(&[
+            ("PLUGIN_TAGS", "1.2,latest"),
+            ("PLUGIN_BUILD_ARGS", r#"{"VERSION":"1.2","FLAGS":"a,b"}"#),
+            (
+                "PLUGIN_SECRETS",
+                "id=npm,env=NPM_TOKEN,id=pip,env=PIP_TOKEN",
+            ),
+            ("PLUGIN_LOCATIONS", "nbg1,fsn1"),
+            ("PLUGIN_INSECURE_REGISTRY", "true"),
+            ("PLUGIN_NO_REAP", "false"),
+        ]);
+        let joined = a.join(" ");
+        assert!(joined.contains("--tag 1.2 --tag latest"), "{joined}");
+        assert!(joined.contains("--build-arg FLAGS=a,b"), "{joined}");
+        assert!(joined.contains("--build-arg VERSION=1.2"), "{joined}");
+        assert!(
+            joined.contains("--secret id=npm,env=NPM_TOKEN --secret id=pip,env=PIP_TOKEN"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("--location nbg1 --location fsn1"),
+            "{joined}"
+        );
+        assert!(joined.contains("--insecure-registry"), "{joined}");
+        assert!(!joined.contains("--no-reap"), "{joined}");
+        assert!(
+            joined.contains("--history registry"),
+            "plugin default: {joined}"
+        );
+    }
+
+    #[test]
+    fn comma_joined_build_args_keep_commas_inside_values() {
+        let a = args(&[("PLUGIN_BUILD_ARG", "A=1,B=x,y,C=3")]).join(" ");
+        assert!(
+            a.contains("--build-arg A=1 --build-arg B=x,y --build-arg C=3"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn secrets_and_unknown_settings() {
+        let a = args(&[("PLUGIN_HCLOUD_TOKEN", "fake"), ("PLUGIN_PASSWORD", "fake")]).join(" ");
+        assert!(
+            !a.contains("fake"),
+            "secret values never become arguments: {a}"
+        );
+        let err = argv(&env(&[("PLUGIN_TAGZ", "x")])).unwrap_err();
+        assert!(err.starts_with("PLUGIN_TAGZ: not a setting"), "{err}");
+        let err = argv(&env(&[("PLUGIN_JSON", "maybe")])).unwrap_err();
+        assert!(err.contains("expected true or false"), "{err}");
+    }
+
+    #[test]
+    fn config_is_a_global_flag() {
+        let a = args(&[("PLUGIN_CONFIG", "/etc/bkl.ncl")]);
+        assert_eq!(a[1..4], ["--config", "/etc/bkl.ncl", "build"]);
+    }
+}
