@@ -9,7 +9,9 @@
 //!
 //! Layout of `<base>/<id>/`: `sshd_config`, host key, `authorized_keys`, `labels.json`,
 //! `user-data`, `bin/` (on the runner's PATH: `bkl-runner-stats`), `home/`, `work/`, `tmp/`,
-//! `storage/` (buildah's graph and run roots, `storage.conf`).
+//! `storage/` (buildah's graph and run roots, `storage.conf`), `root/` (the install prefix that
+//! provisioning scripts see as `BKL_ROOT`, so baking a golden image in a sandbox never touches
+//! the host's own system directories).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -104,7 +106,15 @@ impl LocalProvider {
             action: "read its user data",
             detail: e.to_string(),
         })?;
-        for sub in ["bin", "home", "work", "tmp", "storage/graph", "storage/run"] {
+        for sub in [
+            "bin",
+            "home",
+            "work",
+            "tmp",
+            "root",
+            "storage/graph",
+            "storage/run",
+        ] {
             fs::create_dir_all(dir.join(sub)).map_err(fail("create its directories"))?;
         }
         fs::write(dir.join("user-data"), &spec.user_data).map_err(fail("store its user data"))?;
@@ -222,7 +232,7 @@ impl LocalProvider {
              PrintMotd no\n\
              MaxSessions 64\n\
              MaxStartups 64\n\
-             SetEnv PATH={} HOME={d}/home TMPDIR={d}/tmp CONTAINERS_STORAGE_CONF={d}/storage/storage.conf BUILDAH_ISOLATION=chroot BKL_RUNNER_WORKDIR={d}/work\n",
+             SetEnv PATH={} HOME={d}/home TMPDIR={d}/tmp CONTAINERS_STORAGE_CONF={d}/storage/storage.conf BUILDAH_ISOLATION=chroot BKL_RUNNER_WORKDIR={d}/work BKL_ROOT={d}/root\n",
             path.join(":")
         )
     }

@@ -7,7 +7,7 @@
 //! when the project's request budget runs low. Destroy deletes and confirms (action success, or
 //! 404: already gone), retrying transient failures.
 
-mod api;
+pub mod api;
 pub mod client;
 
 use std::collections::HashMap;
