@@ -6,6 +6,7 @@
 //! dispatches; [`exit`] maps every error to its documented exit code.
 
 pub mod backend;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod exit;

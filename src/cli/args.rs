@@ -206,6 +206,23 @@ impl BuildArgs {
     }
 }
 
+/// Open a history store; `registry` needs the registry the build pushes to.
+pub fn open_store(
+    spec: &StoreSpec,
+    registry: Option<&str>,
+    insecure: bool,
+    credentials: Option<crate::registry::Credentials>,
+) -> Result<Box<dyn crate::history::HistoryStore>, Error> {
+    let _ = (insecure, &credentials);
+    match (spec, registry) {
+        (StoreSpec::Registry, None) => Err(Error::Usage(
+            "--history registry keeps samples in the registry the build pushes to: set --registry"
+                .into(),
+        )),
+        _ => Ok(spec.open()?),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

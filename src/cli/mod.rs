@@ -2,6 +2,7 @@
 
 mod args;
 mod build;
+mod check;
 mod plan;
 pub mod plugin;
 mod provider;
@@ -66,6 +67,9 @@ pub enum Command {
     /// Build and push an image on a throwaway runner sized by the plan, retry once on the
     /// next size if it runs out of memory, and always destroy the runner.
     Build(Box<build::BuildCommandArgs>),
+    /// Look for what would make builds fail: token, budget, server types, golden snapshots,
+    /// expired runners, registry, history store. Non-zero exit on high or critical findings.
+    Check(Box<check::CheckArgs>),
     /// Delete runners whose lease has expired (their launcher was killed), and nothing else.
     Reap(Box<reap::ReapArgs>),
     /// Replay a history file through the sizing rule and compare its cost with the oracle
@@ -85,6 +89,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Plan(args) => plan::run(args, &config, &mut out),
         Command::Build(args) => build::run(*args, &config, &mut out),
         Command::Reap(args) => reap::run(*args, &config, &mut out),
+        Command::Check(args) => check::run(*args, &config, &mut out),
         Command::Simulate(args) => simulate::run(args, &config, &mut out),
         Command::Spec(cmd) => spec::run(cmd, &config, &mut out),
     }?;

@@ -98,6 +98,16 @@ impl HcloudProvider {
         self.api.calls()
     }
 
+    /// The API client, for the calls other commands (check, golden-image) make.
+    pub fn api(&self) -> &ApiClient {
+        &self.api
+    }
+
+    /// What the last response said about the project's request budget.
+    pub fn rate_limit(&self) -> client::RateLimit {
+        self.api.rate_limit()
+    }
+
     /// Check the ladder's types exist (exit 2 otherwise) and note deprecated ones; one request.
     pub async fn check_ladder(
         &self,

@@ -1,0 +1,300 @@
+//! Infrastructure validation: what is wrong before builds start failing, each with a fix.
+//!
+//! Looks at the Hetzner token and request budget, the ladder's server types, the newest golden
+//! snapshot per architecture (missing, or older than 14 days), runners whose lease expired but
+//! which still exist, the registry (reachable, credentials accepted) and the history store.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::Serialize;
+
+use crate::config::{Arch, Config};
+use crate::history::{HistoryKey, HistoryStore};
+use crate::provider::Provider;
+use crate::provider::hcloud::api::ImagesPage;
+use crate::provider::hcloud::{HcloudProvider, LadderError, Retry};
+use crate::provider::unix_now;
+use crate::registry::Credentials;
+
+/// A golden snapshot older than this gets a warning: it misses two weekly rebuilds.
+pub const GOLDEN_MAX_AGE_DAYS: u64 = 14;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    High,
+    Critical,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub area: &'static str,
+    pub message: String,
+    pub fix: String,
+}
+
+fn finding(severity: Severity, area: &'static str, message: String, fix: &str) -> Finding {
+    Finding {
+        severity,
+        area,
+        message,
+        fix: fix.to_owned(),
+    }
+}
+
+/// What to look at besides the cloud.
+pub struct CheckInputs<'a> {
+    pub config: &'a Config,
+    pub registry: Option<&'a str>,
+    pub insecure_registry: bool,
+    pub credentials: Option<&'a Credentials>,
+    pub history: Option<&'a dyn HistoryStore>,
+}
+
+pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let config = inputs.config;
+    // Token and ladder in one request; a refused token makes the other cloud checks moot.
+    let mut token_ok = true;
+    for arch in [Arch::Amd64, Arch::Arm64] {
+        match hcloud.check_ladder(arch, config.ladder(arch)).await {
+            Ok(check) => {
+                for name in check.deprecated {
+                    findings.push(finding(
+                        Severity::Warning,
+                        "server types",
+                        format!("{name} (tiers.{arch}) is deprecated at Hetzner and will stop being sold"),
+                        &format!("replace {name} in tiers.{arch} of the launcher config with its successor"),
+                    ));
+                }
+            }
+            Err(LadderError::Unknown { name, valid, .. }) => findings.push(finding(
+                Severity::High,
+                "server types",
+                format!("{name} (tiers.{arch}) does not exist at Hetzner"),
+                &format!("use one of {valid} in tiers.{arch}"),
+            )),
+            Err(LadderError::Api(e)) => {
+                token_ok = false;
+                let (severity, fix) = match e.status() {
+                    Some(401) => (
+                        Severity::Critical,
+                        "create a read & write API token in the Hetzner Cloud console and put it in HCLOUD_TOKEN",
+                    ),
+                    _ => (
+                        Severity::Critical,
+                        "check HCLOUD_ENDPOINT and the network path to the Hetzner API",
+                    ),
+                };
+                findings.push(finding(severity, "hcloud token", e.to_string(), fix));
+                break;
+            }
+        }
+    }
+    if token_ok {
+        golden_findings(hcloud, config, &mut findings).await;
+        expired_findings(hcloud, &mut findings).await;
+        let rate = hcloud.rate_limit();
+        if rate.is_low() {
+            findings.push(finding(
+                Severity::Warning,
+                "hcloud rate limit",
+                format!(
+                    "only {} of {} API requests left in this project's budget",
+                    rate.remaining.unwrap_or(0),
+                    rate.limit.unwrap_or(0)
+                ),
+                "find what else spends the project's requests; builds will wait for the budget to refill (1 per second)",
+            ));
+        }
+    }
+    if let Some(registry) = inputs.registry {
+        registry_findings(registry, inputs, &mut findings).await;
+    }
+    if let Some(store) = inputs.history {
+        let probe = HistoryKey {
+            repo: "buildkit-launcher/check".into(),
+            dockerfile: "Dockerfile".into(),
+            target: None,
+        };
+        if let Err(e) = store.recent(&probe, 1) {
+            findings.push(finding(
+                Severity::High,
+                "history",
+                format!("the history store {} cannot be read: {e}", store.describe()),
+                "fix the path or permissions of --history, or the registry it points at; builds fall back to language defaults meanwhile",
+            ));
+        }
+    }
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    findings
+}
+
+async fn golden_findings(hcloud: &HcloudProvider, config: &Config, out: &mut Vec<Finding>) {
+    for arch in [Arch::Amd64, Arch::Arm64] {
+        let path = format!(
+            "/images?type=snapshot&sort=created:desc&architecture={}&label_selector={}",
+            match arch {
+                Arch::Amd64 => "x86",
+                Arch::Arm64 => "arm",
+            },
+            url::form_urlencoded::byte_serialize(
+                format!("buildkit-launcher/role=golden,buildkit-launcher/arch={arch}").as_bytes()
+            )
+            .collect::<String>()
+        );
+        let page: Result<ImagesPage, _> = hcloud
+            .api()
+            .call(Method::GET, &path, None, Retry::Always)
+            .await;
+        let fix = format!(
+            "run `buildkit-launcher golden-image build --arch {arch}` (the weekly pipeline does)"
+        );
+        match page.map(|p| p.images.into_iter().next()) {
+            Ok(None) => out.push(finding(
+                if arch == config.default_arch {
+                    Severity::High
+                } else {
+                    Severity::Warning
+                },
+                "golden image",
+                format!("no golden snapshot for {arch}: {arch} builds cannot start"),
+                &fix,
+            )),
+            Ok(Some(image)) => {
+                let created =
+                    humantime::parse_rfc3339_weak(image.created.trim_end_matches("+00:00"))
+                        .ok()
+                        .or_else(|| humantime::parse_rfc3339(&image.created).ok());
+                if let Some(created) = created {
+                    let age = std::time::SystemTime::now()
+                        .duration_since(created)
+                        .unwrap_or(Duration::ZERO);
+                    let days = age.as_secs() / 86_400;
+                    if days > GOLDEN_MAX_AGE_DAYS {
+                        out.push(finding(
+                            Severity::Warning,
+                            "golden image",
+                            format!(
+                                "the newest {arch} golden snapshot ({}) is {days} days old, more than {GOLDEN_MAX_AGE_DAYS}",
+                                image.id
+                            ),
+                            &fix,
+                        ));
+                    }
+                }
+            }
+            Err(e) => out.push(finding(
+                Severity::High,
+                "golden image",
+                e.to_string(),
+                "check the token's permissions (read & write) and the API endpoint",
+            )),
+        }
+    }
+}
+
+async fn expired_findings(hcloud: &HcloudProvider, out: &mut Vec<Finding>) {
+    match hcloud.list_leases().await {
+        Ok(leases) => {
+            let now = unix_now();
+            let expired: Vec<String> = leases
+                .iter()
+                .filter(|l| l.expires().is_some_and(|e| e < now))
+                .map(|l| l.id.clone())
+                .collect();
+            if !expired.is_empty() {
+                out.push(finding(
+                    Severity::High,
+                    "runners",
+                    format!(
+                        "{} runner(s) with expired leases still exist and are billed: {}",
+                        expired.len(),
+                        expired.join(", ")
+                    ),
+                    "run `buildkit-launcher reap` (and schedule pipelines/reap-hourly.yaml)",
+                ));
+            }
+        }
+        Err(e) => out.push(finding(
+            Severity::High,
+            "runners",
+            e.to_string(),
+            "check the token's permissions and the API endpoint",
+        )),
+    }
+}
+
+async fn registry_findings(registry: &str, inputs: &CheckInputs<'_>, out: &mut Vec<Finding>) {
+    let scheme = if inputs.insecure_registry {
+        "http"
+    } else {
+        "https"
+    };
+    let url = format!("{scheme}://{registry}/v2/");
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(finding(Severity::High, "registry", e.to_string(), "-"));
+            return;
+        }
+    };
+    let mut request = client.get(&url);
+    if let Some(c) = inputs.credentials {
+        request = request.basic_auth(&c.username, Some(c.password.as_str()));
+    }
+    match request.send().await {
+        Ok(resp) if resp.status().is_success() => {}
+        Ok(resp) if resp.status().as_u16() == 401 => out.push(match inputs.credentials {
+            Some(c) => finding(
+                Severity::High,
+                "registry",
+                format!("{registry} refused the credentials of user {}", c.username),
+                "check REGISTRY_PASSWORD (the password or token for that user)",
+            ),
+            None => finding(
+                Severity::High,
+                "registry",
+                format!("{registry} requires credentials"),
+                "set --registry-user and REGISTRY_PASSWORD",
+            ),
+        }),
+        Ok(resp) => out.push(finding(
+            Severity::High,
+            "registry",
+            format!("{url} answered HTTP {}", resp.status().as_u16()),
+            "check --registry: it must be the registry's host[:port]",
+        )),
+        Err(e) => out.push(finding(
+            Severity::High,
+            "registry",
+            format!("{registry} is unreachable: {}", e.without_url()),
+            "check --registry and --insecure-registry (plain HTTP), and that the registry runs",
+        )),
+    }
+}
+
+pub fn render(findings: &[Finding]) -> String {
+    if findings.is_empty() {
+        return "no findings: the infrastructure looks ready\n".to_owned();
+    }
+    let mut out = String::new();
+    for f in findings {
+        out.push_str(&format!(
+            "{:<8} {:<16} {}\n{:<25} fix: {}\n",
+            format!("{:?}", f.severity).to_uppercase(),
+            f.area,
+            f.message,
+            "",
+            f.fix
+        ));
+    }
+    out
+}

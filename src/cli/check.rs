@@ -1,0 +1,96 @@
+//! `buildkit-launcher check`: findings with severity and a fix each; non-zero on high or critical.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use clap::Args;
+use zeroize::Zeroizing;
+
+use super::provider::{Chosen, ProviderArgs};
+use crate::check::{CheckInputs, Severity, render, run as check_run};
+use crate::config::Config;
+use crate::exit::{Error, Exit};
+use crate::history::StoreSpec;
+use crate::registry::Credentials;
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub provider: ProviderArgs,
+
+    /// Registry to check (reachable, credentials accepted), HOST[:PORT].
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub registry: Option<String>,
+
+    /// The registry speaks plain HTTP.
+    #[arg(long)]
+    pub insecure_registry: bool,
+
+    /// Registry user; the password comes from REGISTRY_PASSWORD.
+    #[arg(long, value_name = "NAME", env = "REGISTRY_USERNAME")]
+    pub registry_user: Option<String>,
+
+    /// History store to check: file:PATH, registry or none.
+    #[arg(long, value_name = "STORE")]
+    pub history: Option<StoreSpec>,
+
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: CheckArgs, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
+    let log: Arc<dyn Fn(&str) + Send + Sync> =
+        Arc::new(|line: &str| eprintln!("buildkit-launcher: {line}"));
+    let Chosen::Hcloud(hcloud) = args.provider.choose(config, log)? else {
+        return Err(Error::Usage(
+            "check looks at Hetzner Cloud: use --provider hcloud (the default)".into(),
+        ));
+    };
+    let credentials = match (
+        &args.registry_user,
+        super::plugin::secret_env(&["REGISTRY_PASSWORD", "PLUGIN_PASSWORD"]),
+    ) {
+        (Some(user), Some(password)) => Some(Credentials {
+            username: user.clone(),
+            password: Zeroizing::new(password),
+        }),
+        (Some(_), None) => {
+            return Err(Error::Usage(
+                "--registry-user is set but REGISTRY_PASSWORD is not".into(),
+            ));
+        }
+        _ => None,
+    };
+    let store = match &args.history {
+        Some(spec) => Some(super::args::open_store(
+            spec,
+            args.registry.as_deref(),
+            args.insecure_registry,
+            credentials.clone(),
+        )?),
+        None => None,
+    };
+    let runtime = super::runtime()?;
+    let findings = runtime.block_on(check_run(
+        &hcloud,
+        &CheckInputs {
+            config,
+            registry: args.registry.as_deref(),
+            insecure_registry: args.insecure_registry,
+            credentials: credentials.as_ref(),
+            history: store.as_deref(),
+        },
+    ));
+    if args.json {
+        let json = serde_json::to_string_pretty(&findings).expect("findings serialize");
+        writeln!(out, "{json}").map_err(Error::Output)?;
+    } else {
+        write!(out, "{}", render(&findings)).map_err(Error::Output)?;
+    }
+    Ok(if findings.iter().any(|f| f.severity >= Severity::High) {
+        Exit::Infrastructure
+    } else {
+        Exit::Success
+    })
+}

@@ -1,0 +1,248 @@
+//! `check` against the Hetzner API simulator and a real registry: every finding appears when
+//! its cause is staged, and a healthy setup has none.
+
+mod support;
+
+use support::hcloud_sim::HcloudSim;
+use support::registry::{Registry, require_root_and_tools};
+use support::{Context, Launcher};
+
+fn golden(sim: &HcloudSim, arch: &str, created: &str) {
+    sim.add_snapshot(
+        arch,
+        &[
+            ("buildkit-launcher/role", "golden"),
+            ("buildkit-launcher/arch", arch),
+        ],
+        created,
+    );
+}
+
+fn now_rfc3339(days_ago: u64) -> String {
+    let t = std::time::SystemTime::now() - std::time::Duration::from_secs(days_ago * 86_400);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    s.replace('Z', "+00:00")
+}
+
+fn check(sim: &HcloudSim, args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
+    let out = Launcher::new()
+        .env("HCLOUD_TOKEN", &sim.token)
+        .env("HCLOUD_ENDPOINT", &sim.endpoint)
+        .args(["check", "--json"])
+        .args(args)
+        .run();
+    let findings: Vec<serde_json::Value> = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    (out.code, findings, out.stderr)
+}
+
+fn has(findings: &[serde_json::Value], severity: &str, area: &str, text: &str) -> bool {
+    findings.iter().any(|f| {
+        f["severity"] == severity
+            && f["area"] == area
+            && f["message"].as_str().unwrap().contains(text)
+            && !f["fix"].as_str().unwrap().is_empty()
+    })
+}
+
+#[test]
+fn a_healthy_setup_has_no_findings() {
+    if !require_root_and_tools(&["docker-registry"]) {
+        return;
+    }
+    let sim = HcloudSim::start();
+    golden(&sim, "amd64", &now_rfc3339(2));
+    golden(&sim, "arm64", &now_rfc3339(3));
+    let registry = Registry::start();
+    let ctx = Context::new();
+    let history = format!("file:{}/h.jsonl", ctx.path().display());
+    let (code, findings, stderr) = check(
+        &sim,
+        &[
+            "--registry",
+            &registry.addr,
+            "--insecure-registry",
+            "--history",
+            &history,
+        ],
+    );
+    assert_eq!(findings, Vec::<serde_json::Value>::new(), "{stderr}");
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn each_staged_cause_is_reported_with_its_severity() {
+    if !require_root_and_tools(&["docker-registry"]) {
+        return;
+    }
+    let sim = HcloudSim::start();
+    golden(&sim, "amd64", &now_rfc3339(20)); // older than 14 days; arm64 has none
+    sim.deprecate_server_type("cx33");
+    sim.add_server(
+        "bkl-killed-1-deadbeef",
+        &[
+            ("managed-by", "buildkit-launcher"),
+            ("buildkit-launcher/expires", "1000000000"),
+        ],
+    );
+    sim.set_budget(3600, 100);
+    let ctx = Context::new();
+    std::fs::create_dir(ctx.path().join("h.jsonl")).unwrap(); // a directory: unreadable as a file
+    let history = format!("file:{}/h.jsonl", ctx.path().display());
+    let (code, findings, stderr) = check(
+        &sim,
+        // Nothing listens on port 9 of loopback: the registry is unreachable.
+        &[
+            "--registry",
+            "127.0.0.1:9",
+            "--insecure-registry",
+            "--history",
+            &history,
+        ],
+    );
+    assert_eq!(code, 4, "high findings make a non-zero exit\n{stderr}");
+    assert!(
+        has(&findings, "warning", "golden image", "is 20 days old"),
+        "{findings:#?}"
+    );
+    assert!(
+        has(
+            &findings,
+            "warning",
+            "golden image",
+            "no golden snapshot for arm64"
+        ),
+        "{findings:#?}"
+    );
+    assert!(
+        has(
+            &findings,
+            "warning",
+            "server types",
+            "cx33 (tiers.amd64) is deprecated"
+        ),
+        "{findings:#?}"
+    );
+    assert!(
+        has(
+            &findings,
+            "high",
+            "runners",
+            "1 runner(s) with expired leases"
+        ),
+        "{findings:#?}"
+    );
+    assert!(
+        has(
+            &findings,
+            "warning",
+            "hcloud rate limit",
+            "of 3600 API requests left"
+        ),
+        "{findings:#?}"
+    );
+    assert!(
+        has(&findings, "high", "registry", "127.0.0.1:9 is unreachable"),
+        "{findings:#?}"
+    );
+    assert!(
+        has(&findings, "high", "history", "cannot be read"),
+        "{findings:#?}"
+    );
+    // Highest severity first.
+    assert_eq!(findings[0]["severity"], "high");
+}
+
+#[test]
+fn a_missing_golden_image_for_the_default_arch_and_an_unknown_type_are_high() {
+    let sim = HcloudSim::start();
+    let ctx = Context::new().file(
+        "bad.ncl",
+        r#"{ tiers.amd64 = [ { name = "cx23", vcpus = 2, memory_mib = 4096, disk_gb = 40 },
+                             { name = "cx77", vcpus = 4, memory_mib = 8192, disk_gb = 80 } ],
+             language_defaults.amd64 = { rust = "cx23", java = "cx23", go = "cx23", node = "cx23", python = "cx23", generic = "cx23" } }"#,
+    );
+    let config = ctx.path().join("bad.ncl").display().to_string();
+    let out = Launcher::new()
+        .env("HCLOUD_TOKEN", &sim.token)
+        .env("HCLOUD_ENDPOINT", &sim.endpoint)
+        .args(["--config", &config, "check", "--json"])
+        .run();
+    let findings: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(out.code, 4);
+    assert!(
+        has(
+            &findings,
+            "high",
+            "server types",
+            "cx77 (tiers.amd64) does not exist"
+        ),
+        "{findings:#?}"
+    );
+    assert!(
+        has(
+            &findings,
+            "high",
+            "golden image",
+            "no golden snapshot for amd64"
+        ),
+        "{findings:#?}"
+    );
+}
+
+#[test]
+fn an_invalid_token_is_critical() {
+    let sim = HcloudSim::start();
+    let out = Launcher::new()
+        .env("HCLOUD_TOKEN", "not-the-simulators-token")
+        .env("HCLOUD_ENDPOINT", &sim.endpoint)
+        .args(["check", "--json"])
+        .run();
+    let findings: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(out.code, 4);
+    assert!(
+        has(&findings, "critical", "hcloud token", "unauthorized"),
+        "{findings:#?}"
+    );
+    assert!(
+        !out.stdout.contains("not-the-simulators-token"),
+        "the token never appears"
+    );
+}
+
+#[test]
+fn refused_registry_credentials_are_high() {
+    if !require_root_and_tools(&["docker-registry", "htpasswd"]) {
+        return;
+    }
+    let sim = HcloudSim::start();
+    golden(&sim, "amd64", &now_rfc3339(1));
+    golden(&sim, "arm64", &now_rfc3339(1));
+    let registry = Registry::start_with_auth("ci", "right-password");
+    let out = Launcher::new()
+        .env("HCLOUD_TOKEN", &sim.token)
+        .env("HCLOUD_ENDPOINT", &sim.endpoint)
+        .env("REGISTRY_PASSWORD", "wrong-password")
+        .args([
+            "check",
+            "--json",
+            "--insecure-registry",
+            "--registry-user",
+            "ci",
+            "--registry",
+            &registry.addr,
+        ])
+        .run();
+    let findings: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(out.code, 4);
+    assert!(
+        has(
+            &findings,
+            "high",
+            "registry",
+            "refused the credentials of user ci"
+        ),
+        "{findings:#?}"
+    );
+    assert!(!out.stdout.contains("wrong-password") && !out.stderr.contains("wrong-password"));
+}
