@@ -137,7 +137,7 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
 async fn golden_findings(hcloud: &HcloudProvider, config: &Config, out: &mut Vec<Finding>) {
     for arch in [Arch::Amd64, Arch::Arm64] {
         let path = format!(
-            "/images?type=snapshot&sort=created:desc&architecture={}&label_selector={}",
+            "/images?type=snapshot&status=available&sort=created:desc&architecture={}&label_selector={}",
             match arch {
                 Arch::Amd64 => "x86",
                 Arch::Arm64 => "arm",

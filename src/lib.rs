@@ -10,6 +10,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod exit;
+pub mod golden;
 pub mod history;
 pub mod ncl;
 pub mod plan;

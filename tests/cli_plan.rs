@@ -201,3 +201,29 @@ fn help_teaches_the_commands_and_exit_codes() {
     assert_eq!(out.code, 0);
     insta::assert_snapshot!("plan_help", out.stdout);
 }
+
+#[test]
+fn history_show_lists_a_keys_samples_and_what_they_size() {
+    let ctx = Context::new();
+    let history = ctx.path().join("h.jsonl");
+    let mut lines: Vec<String> = (0..6)
+        .map(|i| history_line("org/app", 3000 + i, "ok"))
+        .collect();
+    lines.push(history_line("org/app", 9000, "oom"));
+    lines.push(history_line("org/other", 100, "ok"));
+    std::fs::write(&history, lines.join("\n") + "\n").unwrap();
+    let out = Launcher::new()
+        .args(["history", "show", "--json", "--project", "org/app"])
+        .history_file(&history)
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        v["samples"].as_array().unwrap().len(),
+        6,
+        "only ok samples of the key"
+    );
+    assert_eq!(v["percentile_mib"], 3005);
+    assert_eq!(v["required_mib"], 3606);
+    assert_eq!(v["tier"], "cx33");
+}

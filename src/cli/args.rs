@@ -64,6 +64,11 @@ pub struct BuildArgs {
     #[arg(long)]
     pub insecure_registry: bool,
 
+    /// Registry user name; the password is read from the REGISTRY_PASSWORD environment
+    /// variable only (never from an argument, which other users could see).
+    #[arg(long, value_name = "NAME", env = "REGISTRY_USERNAME")]
+    pub registry_user: Option<String>,
+
     /// Registry cache under <registry>/cache/<repo>.
     #[arg(long, value_enum, default_value = "max")]
     pub cache: CacheMode,
@@ -158,22 +163,13 @@ impl BuildArgs {
                 self.context.display()
             ))
         })?;
-        let context_name = context
-            .canonicalize()
-            .unwrap_or_else(|_| context.clone())
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned());
-        let repo = std::env::var("CI_REPO")
-            .ok()
-            .filter(|r| !r.is_empty())
-            .or_else(|| self.project.clone())
-            .or(context_name)
-            .unwrap_or_else(|| "build".to_owned());
-        let key = HistoryKey {
-            repo: repo.clone(),
-            dockerfile: self.dockerfile.clone(),
-            target: self.target.clone(),
-        };
+        let key = history_key(
+            &context,
+            self.project.as_deref(),
+            &self.dockerfile,
+            self.target.as_deref(),
+        );
+        let repo = key.repo.clone();
         let tags = if self.tags.is_empty() {
             vec!["latest".to_owned()]
         } else {
@@ -204,7 +200,71 @@ impl BuildArgs {
             .clone()
             .unwrap_or_else(StoreSpec::terminal_default)
     }
+
+    /// The history store, which may live in the build's registry.
+    pub fn open_store(
+        &self,
+        credentials: Option<crate::registry::Credentials>,
+    ) -> Result<Box<dyn crate::history::HistoryStore>, Error> {
+        open_store(
+            &self.store(),
+            self.registry.as_deref(),
+            self.insecure_registry,
+            credentials,
+        )
+    }
+
+    /// Registry credentials: `--registry-user` and the password from the environment.
+    pub fn credentials(&self) -> Result<Option<crate::registry::Credentials>, Error> {
+        let password = super::plugin::secret_env(&[
+            "REGISTRY_PASSWORD",
+            "PLUGIN_PASSWORD",
+            "PLUGIN_REGISTRY_PASSWORD",
+        ]);
+        match (&self.registry_user, password) {
+            (Some(user), Some(password)) => Ok(Some(crate::registry::Credentials {
+                username: user.clone(),
+                password: zeroize::Zeroizing::new(password),
+            })),
+            (Some(_), None) => Err(Error::Usage(
+                "--registry-user is set but REGISTRY_PASSWORD is not; set the password in that environment variable".into(),
+            )),
+            (None, Some(_)) => Err(Error::Usage(
+                "REGISTRY_PASSWORD is set but --registry-user (REGISTRY_USERNAME) is not".into(),
+            )),
+            (None, None) => Ok(None),
+        }
+    }
 }
+
+/// The history key (ARCHITECTURE.md): repo is `CI_REPO` when set, else `--project`, else the
+/// context directory's name.
+pub fn history_key(
+    context: &std::path::Path,
+    project: Option<&str>,
+    dockerfile: &str,
+    target: Option<&str>,
+) -> HistoryKey {
+    let context_name = context
+        .canonicalize()
+        .unwrap_or_else(|_| context.to_owned())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    let repo = std::env::var("CI_REPO")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .or_else(|| project.map(str::to_owned))
+        .or(context_name)
+        .unwrap_or_else(|| "build".to_owned());
+    HistoryKey {
+        repo,
+        dockerfile: dockerfile.to_owned(),
+        target: target.map(str::to_owned),
+    }
+}
+
+/// Samples kept per key in the registry; older ones are pruned (the percentile reads 30).
+pub const HISTORY_RETENTION: usize = 200;
 
 /// Open a history store; `registry` needs the registry the build pushes to.
 pub fn open_store(
@@ -213,12 +273,19 @@ pub fn open_store(
     insecure: bool,
     credentials: Option<crate::registry::Credentials>,
 ) -> Result<Box<dyn crate::history::HistoryStore>, Error> {
-    let _ = (insecure, &credentials);
     match (spec, registry) {
         (StoreSpec::Registry, None) => Err(Error::Usage(
             "--history registry keeps samples in the registry the build pushes to: set --registry"
                 .into(),
         )),
+        (StoreSpec::Registry, Some(registry)) => {
+            Ok(Box::new(crate::history::registry::RegistryStore::new(
+                registry.to_owned(),
+                insecure,
+                credentials,
+                HISTORY_RETENTION,
+            )))
+        }
         _ => Ok(spec.open()?),
     }
 }

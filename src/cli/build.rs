@@ -14,7 +14,6 @@ use crate::config::Config;
 use crate::exit::{Error, Exit};
 use crate::plan::{Plan, gather};
 use crate::provider::hcloud::{HcloudProvider, LadderError};
-use crate::registry::Credentials;
 use crate::run::{Executor, execute};
 
 #[derive(Debug, Args)]
@@ -28,11 +27,6 @@ pub struct BuildCommandArgs {
     /// Skip the cheap reap of expired runners that every build does first.
     #[arg(long)]
     pub no_reap: bool,
-
-    /// Registry user name; the password is read from the REGISTRY_PASSWORD environment
-    /// variable only (never from an argument, which other users could see).
-    #[arg(long, value_name = "NAME", env = "REGISTRY_USERNAME")]
-    pub registry_user: Option<String>,
 
     /// Write the run report (JSON) to this file.
     #[arg(long, value_name = "FILE")]
@@ -55,14 +49,14 @@ pub struct BuildCommandArgs {
 pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
     // Everything that can be wrong with the input is found before anything is spawned.
     let request = args.build.request()?;
-    let store = args.build.store().open()?;
+    let credentials = args.build.credentials()?;
+    let store = args.build.open_store(credentials.clone())?;
     let facts = gather(&request, config, store.as_ref())?;
     for warning in &facts.warnings {
         warn(warning);
     }
     let mut plan = Plan::new(&request, config, &facts)?;
     let secrets = read_secrets(&plan)?;
-    let credentials = read_credentials(args.registry_user.as_deref())?;
     let log_arc: Arc<dyn Fn(&str) + Send + Sync> =
         Arc::new(|line: &str| eprintln!("buildkit-launcher: {line}"));
     let log = log_arc.as_ref();
@@ -187,25 +181,4 @@ fn read_secrets(plan: &Plan) -> Result<Vec<(String, Zeroizing<String>)>, Error> 
             ))),
         })
         .collect()
-}
-
-fn read_credentials(user: Option<&str>) -> Result<Option<Credentials>, Error> {
-    let password = super::plugin::secret_env(&[
-        "REGISTRY_PASSWORD",
-        "PLUGIN_PASSWORD",
-        "PLUGIN_REGISTRY_PASSWORD",
-    ]);
-    match (user, password) {
-        (Some(user), Some(password)) => Ok(Some(Credentials {
-            username: user.to_owned(),
-            password: Zeroizing::new(password),
-        })),
-        (Some(_), None) => Err(Error::Usage(
-            "--registry-user is set but REGISTRY_PASSWORD is not; set the password in that environment variable".into(),
-        )),
-        (None, Some(_)) => Err(Error::Usage(
-            "REGISTRY_PASSWORD is set but --registry-user (REGISTRY_USERNAME) is not".into(),
-        )),
-        (None, None) => Ok(None),
-    }
 }

@@ -3,6 +3,8 @@
 mod args;
 mod build;
 mod check;
+mod golden;
+mod history;
 mod plan;
 pub mod plugin;
 mod provider;
@@ -70,6 +72,9 @@ pub enum Command {
     /// Look for what would make builds fail: token, budget, server types, golden snapshots,
     /// expired runners, registry, history store. Non-zero exit on high or critical findings.
     Check(Box<check::CheckArgs>),
+    /// Look at the build history that sizes builds.
+    #[command(subcommand)]
+    History(history::HistoryCommand),
     /// Delete runners whose lease has expired (their launcher was killed), and nothing else.
     Reap(Box<reap::ReapArgs>),
     /// Replay a history file through the sizing rule and compare its cost with the oracle
@@ -78,6 +83,9 @@ pub enum Command {
     /// Work with .build-spec.ncl files.
     #[command(subcommand)]
     Spec(spec::SpecCommand),
+    /// Bake, list and prune the golden snapshots runners boot from (Hetzner Cloud).
+    #[command(subcommand, name = "golden-image")]
+    GoldenImage(golden::GoldenCommand),
 }
 
 /// Run the parsed command; the caller maps the error to its exit code.
@@ -90,6 +98,8 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Build(args) => build::run(*args, &config, &mut out),
         Command::Reap(args) => reap::run(*args, &config, &mut out),
         Command::Check(args) => check::run(*args, &config, &mut out),
+        Command::History(cmd) => history::run(cmd, &config, &mut out),
+        Command::GoldenImage(cmd) => golden::run(cmd, &config, &mut out),
         Command::Simulate(args) => simulate::run(args, &config, &mut out),
         Command::Spec(cmd) => spec::run(cmd, &config, &mut out),
     }?;

@@ -21,7 +21,7 @@ pub struct PlanArgs {
 
 pub fn run(args: PlanArgs, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
     let request = args.build.request()?;
-    let store = args.build.store().open()?;
+    let store = args.build.open_store(args.build.credentials()?)?;
     let facts = gather(&request, config, store.as_ref())?;
     for warning in &facts.warnings {
         warn(warning);

@@ -77,7 +77,7 @@ pub struct Recent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
-    #[error("history file {}: cannot {action}: {source}", path.display())]
+    #[error("history store {}: cannot {action}: {source}", path.display())]
     Io {
         path: PathBuf,
         action: &'static str,

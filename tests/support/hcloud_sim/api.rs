@@ -314,6 +314,12 @@ async fn delete_image(AxumState(sh): AxumState<Shared>, Path(id): Path<String>) 
             .get(n)
             .is_some_and(|i| i.kind != image::Type::System)
     });
+    if removable.is_some_and(|n| st.images[&n].protected) {
+        return error(ApiError::new(
+            "protected",
+            "image is protected against deletion",
+        ));
+    }
     match removable {
         Some(n) => {
             st.images.remove(&n);

@@ -38,8 +38,8 @@ use buildkit_launcher::provider::local::LocalProvider;
 use hcloud::models::Architecture;
 use hcloud::models::{image, server};
 
-pub use state::SimServer;
 use state::{ImageRec, ServerRec, State};
+pub use state::{SimImage, SimServer};
 
 /// The memory cgroup parent `LocalProvider` puts runners under.
 const CGROUP_PARENT: &str = "/sys/fs/cgroup/memory/buildkit-launcher";
@@ -201,9 +201,38 @@ impl HcloudSim {
             created_from: Some((id - 1, "bkl-golden-bake".into())),
             status: image::Status::Available,
             os_version: None,
+            protected: false,
         };
         st.images.insert(id, record);
         id
+    }
+
+    /// Set an image's `protection.delete` (a delete is then refused with 423 `protected`).
+    pub fn protect_image(&self, id: i64, protected: bool) {
+        let mut st = self.state();
+        let image = st
+            .images
+            .get_mut(&id)
+            .expect("protect_image: no such image");
+        image.protected = protected;
+    }
+
+    /// Images of any type (system images included), by id.
+    pub fn images(&self) -> BTreeMap<i64, SimImage> {
+        let st = self.state();
+        st.images
+            .values()
+            .map(|i| {
+                let image = SimImage {
+                    kind: state::enum_text(&i.kind),
+                    labels: i.labels.clone(),
+                    description: i.description.clone(),
+                    status: state::enum_text(&i.status),
+                    created_from: i.created_from.as_ref().map(|(_, name)| name.clone()),
+                };
+                (i.id, image)
+            })
+            .collect()
     }
 
     /// A running cx23 in fsn1 that is not realized as a runner (for reaper tests).

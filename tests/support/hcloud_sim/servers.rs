@@ -352,6 +352,7 @@ pub(super) async fn action(
                 created_from: Some((id, server.name.clone())),
                 status: image::Status::Creating,
                 os_version: None,
+                protected: false,
             };
             st.images.insert(image_id, record);
             (

@@ -164,6 +164,8 @@ pub(super) struct ImageRec {
     pub created_from: Option<(i64, String)>,
     pub status: image::Status,
     pub os_version: Option<String>,
+    /// `protection.delete`: a delete is refused with 423 `protected`.
+    pub protected: bool,
 }
 
 pub(super) struct ActionRec {
@@ -192,6 +194,19 @@ pub struct SimServer {
     pub runner: Option<String>,
     /// `public_net.ipv4.ip`: the runner's loopback address.
     pub ip: Option<String>,
+}
+
+/// What the scripting API reports per image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimImage {
+    /// `system`, `snapshot`, `backup`.
+    pub kind: String,
+    pub labels: BTreeMap<String, String>,
+    pub description: String,
+    /// `available`, `creating`…
+    pub status: String,
+    /// The name of the server it was taken from.
+    pub created_from: Option<String>,
 }
 
 pub(super) struct State {
@@ -246,6 +261,7 @@ impl State {
                     created_from: None,
                     status: image::Status::Available,
                     os_version: Some(version.into()),
+                    protected: false,
                 },
             );
         }
@@ -502,7 +518,7 @@ pub(super) fn image_model(i: &ImageRec) -> Image {
             image::OsFlavor::Debian
         },
         i.os_version.clone(),
-        Protection::new(false),
+        Protection::new(i.protected),
         i.status,
         i.kind,
     );

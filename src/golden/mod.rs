@@ -1,0 +1,165 @@
+//! Golden images: the snapshot every hcloud runner boots from (ARCHITECTURE.md, "Golden
+//! snapshots"; the files are in `golden-image/`).
+//!
+//! - [`bake`] (`golden-image build`): a throwaway server of the arch's smallest tier from a
+//!   base system image, provisioned and verified over SSH with the embedded `golden-image/`
+//!   scripts, cleaned, powered off and snapshotted with the golden labels. The server is deleted
+//!   on every path out (success, failure, error, cancellation, panic); until then it carries
+//!   lease labels like any runner, so `reap` finds it if the launcher is killed.
+//! - [`list`] and [`prune`] (`golden-image list|prune`): the golden snapshots per arch, and the
+//!   rotation that keeps the newest N, never the newest one, and never a protected one.
+//!
+//! Labels of a golden snapshot: `buildkit-launcher/role=golden`, `buildkit-launcher/arch`,
+//! `buildkit-launcher/buildkit` (the BuildKit version), `buildkit-launcher/created` (unix s),
+//! `buildkit-launcher/source-commit`, `managed-by=buildkit-launcher`.
+
+mod bake;
+mod images;
+mod pin;
+
+pub use bake::{BakeReport, BakeSettings, bake};
+pub use images::{PruneAction, PruneEntry, Snapshot, list, prune, render_list, render_prune};
+pub use pin::{DEFAULT_PIN, Pin, PinError};
+
+use crate::config::Arch;
+
+pub const LABEL_ROLE: &str = "buildkit-launcher/role";
+pub const LABEL_ARCH: &str = "buildkit-launcher/arch";
+pub const LABEL_BUILDKIT: &str = "buildkit-launcher/buildkit";
+pub const LABEL_CREATED: &str = "buildkit-launcher/created";
+pub const LABEL_SOURCE_COMMIT: &str = "buildkit-launcher/source-commit";
+pub const ROLE_GOLDEN: &str = "golden";
+/// The role label of a bake server (a golden snapshot's is [`ROLE_GOLDEN`]).
+pub const ROLE_BAKE: &str = "bake";
+
+/// The files uploaded to a bake server, beside the pin (`buildkit.pin`).
+pub const FILES: &[(&str, &str)] = &[
+    (
+        "provision.sh",
+        include_str!("../../golden-image/provision.sh"),
+    ),
+    ("verify.sh", include_str!("../../golden-image/verify.sh")),
+    ("clean.sh", include_str!("../../golden-image/clean.sh")),
+    (
+        "buildkitd.toml",
+        include_str!("../../golden-image/buildkitd.toml"),
+    ),
+    (
+        "buildkit.service",
+        include_str!("../../golden-image/buildkit.service"),
+    ),
+    (
+        "bkl-runner-stats",
+        include_str!("../../golden-image/bkl-runner-stats"),
+    ),
+];
+
+/// The bake server's base cloud-config, merged with the per-build keys (see [`bake`]).
+pub const CLOUD_INIT: &str = include_str!("../../golden-image/cloud-init.yaml");
+
+/// The label selector of golden snapshots (of every arch: the arch is filtered afterwards, so
+/// that a snapshot without an arch label still counts by its architecture).
+pub fn golden_selector() -> String {
+    format!("{LABEL_ROLE}={ROLE_GOLDEN}")
+}
+
+/// A Hetzner label value: at most 63 characters of `[a-zA-Z0-9._-]`, alphanumeric at both
+/// ends; anything else becomes `_`, and an empty result `unknown`.
+pub fn label_value(s: &str) -> String {
+    let v: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(63)
+        .collect();
+    let v = v.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if v.is_empty() {
+        "unknown".to_owned()
+    } else {
+        v.to_owned()
+    }
+}
+
+/// `x86`/`arm` (Hetzner's names) or ours.
+fn arch_from(text: &str) -> Option<Arch> {
+    match text {
+        "amd64" | "x86" => Some(Arch::Amd64),
+        "arm64" | "arm" => Some(Arch::Arm64),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_valid_for_hetzner() {
+        assert_eq!(label_value("v0.33.1"), "v0.33.1");
+        assert_eq!(label_value("0123abcd"), "0123abcd");
+        assert_eq!(label_value("feature/x y"), "feature_x_y");
+        assert_eq!(label_value("-a-"), "a");
+        assert_eq!(label_value(""), "unknown");
+        assert_eq!(label_value(&"x".repeat(80)).len(), 63);
+    }
+
+    #[test]
+    fn every_golden_image_file_is_embedded_and_the_scripts_are_bash() {
+        for (name, text) in FILES {
+            assert!(!text.is_empty(), "{name}");
+            if name.ends_with(".sh") {
+                assert!(text.starts_with("#!/usr/bin/env bash\n"), "{name}");
+            }
+        }
+        assert!(CLOUD_INIT.starts_with("#cloud-config\n"));
+    }
+
+    /// The golden image's bkl-runner-stats prints what the launcher parses after every build.
+    #[test]
+    fn runner_stats_reads_peak_and_oom_kills_of_a_cgroup_v2_directory() {
+        let stats = FILES
+            .iter()
+            .find(|(n, _)| *n == "bkl-runner-stats")
+            .unwrap()
+            .1;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("memory.peak"), "262144000\n").unwrap();
+        std::fs::write(
+            dir.path().join("memory.events"),
+            "low 0\nhigh 0\nmax 4\noom 2\noom_kill 2\noom_group_kill 0\n",
+        )
+        .unwrap();
+        let run = |cgroup: &std::path::Path| {
+            let mut child = std::process::Command::new("sh")
+                .arg("-s")
+                .env("BKL_STATS_CGROUP", cgroup)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(stats.as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        };
+        let out = run(dir.path());
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "{\"peak_memory_mib\": 250, \"oom_kills\": 2}\n"
+        );
+        let out = run(&dir.path().join("missing"));
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no cgroup v2 memory accounting"));
+    }
+}

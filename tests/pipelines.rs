@@ -1,0 +1,174 @@
+//! The Woodpecker pipelines in pipelines/ are valid for this binary: every plugin setting maps to
+//! a real flag, every `buildkit-launcher …` command parses, secrets come from `from_secret`, and
+//! the cron pipelines run on their cron.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+
+use buildkit_launcher::cli::{Cli, plugin};
+use clap::Parser;
+use serde_yaml_ng::Value;
+
+fn load(name: &str) -> Value {
+    let path = support::repo_dir().join("pipelines").join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{name}: not valid YAML: {e}"))
+}
+
+fn steps(doc: &Value) -> Vec<&Value> {
+    let steps = doc["steps"].as_sequence().expect("steps is a list");
+    assert!(!steps.is_empty());
+    for step in steps {
+        assert!(
+            step["name"].as_str().is_some_and(|n| !n.is_empty()),
+            "{step:?}"
+        );
+        assert!(step["image"].as_str().is_some(), "{step:?}");
+        assert!(
+            step.get("settings").is_some() != step.get("commands").is_some(),
+            "a step has settings (plugin) or commands, not both: {step:?}"
+        );
+    }
+    steps.iter().collect()
+}
+
+fn is_secret(v: &Value) -> bool {
+    v.get("from_secret").and_then(Value::as_str).is_some()
+}
+
+/// What Woodpecker does to `${VAR}` and `${VAR:-default}` before a step runs, with sample
+/// pipeline facts (a push without a tag).
+fn substitute(text: &str) -> String {
+    let facts = [("CI_COMMIT_SHA", "0123456789abcdef0123456789abcdef01234567")];
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("closed ${") + start;
+        let expr = &rest[start + 2..end];
+        let (name, default) = expr.split_once(":-").unwrap_or((expr, ""));
+        let value = facts
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map_or(default, |(_, v)| *v);
+        out.push_str(value);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Woodpecker's encoding of a setting: lists joined with commas, maps as JSON.
+fn woodpecker_value(v: &Value) -> String {
+    match v {
+        Value::Sequence(items) => items
+            .iter()
+            .map(woodpecker_value)
+            .collect::<Vec<_>>()
+            .join(","),
+        Value::Mapping(_) => {
+            substitute(&serde_json::to_string(&serde_json::to_value(v).unwrap()).unwrap())
+        }
+        Value::String(s) => substitute(s),
+        other => serde_yaml_ng::to_string(other).unwrap().trim().to_owned(),
+    }
+}
+
+fn assert_secrets_are_secret(env: Option<&Value>) {
+    let Some(env) = env.and_then(Value::as_mapping) else {
+        return;
+    };
+    for (k, v) in env {
+        let k = k.as_str().unwrap();
+        if k.contains("TOKEN") || k.contains("PASSWORD") {
+            assert!(
+                is_secret(v),
+                "{k} must come from from_secret, not a literal"
+            );
+        }
+    }
+}
+
+fn parse(argv: Vec<OsString>) {
+    if let Err(e) = Cli::try_parse_from(&argv) {
+        panic!("{argv:?} does not parse:\n{e}");
+    }
+}
+
+#[test]
+fn the_build_step_maps_every_setting_to_a_flag() {
+    let doc = load("build-image.yaml");
+    for step in steps(&doc) {
+        let settings = step["settings"].as_mapping().expect("plugin settings");
+        let mut env = BTreeMap::new();
+        for (key, value) in settings {
+            let key = key.as_str().unwrap().to_ascii_uppercase();
+            if is_secret(value) {
+                assert!(
+                    plugin::SECRET_SETTINGS.contains(&key.as_str()),
+                    "{key} is from_secret but not read as a secret"
+                );
+                continue;
+            }
+            assert!(
+                !plugin::SECRET_SETTINGS.contains(&key.as_str()),
+                "{key} must come from from_secret"
+            );
+            env.insert(format!("PLUGIN_{key}"), woodpecker_value(value));
+        }
+        env.insert("CI_WORKSPACE".into(), "/woodpecker/src".into());
+        let argv = plugin::argv(&env).unwrap_or_else(|e| panic!("{e}"));
+        let joined: Vec<String> = argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            joined.contains(&"--secret".into())
+                && joined.contains(&"id=npmrc,env=NPM_TOKEN".into()),
+            "{joined:?}"
+        );
+        assert!(joined.contains(&"VERSION=dev".into()), "{joined:?}");
+        assert!(
+            joined.contains(&"0123456789abcdef0123456789abcdef01234567".into()),
+            "{joined:?}"
+        );
+        parse(argv);
+        assert_secrets_are_secret(step.get("environment"));
+    }
+}
+
+#[test]
+fn every_command_in_the_cron_pipelines_parses_and_runs_on_its_cron() {
+    for (file, cron) in [
+        ("golden-image-weekly.yaml", "golden-image-weekly"),
+        ("reap-hourly.yaml", "reap-hourly"),
+    ] {
+        let doc = load(file);
+        let when = doc["when"].as_sequence().expect("when is a list");
+        assert!(
+            when.iter()
+                .any(|w| w["event"] == "cron" && w["cron"] == cron),
+            "{file}: runs on cron {cron}"
+        );
+        let mut commands = 0;
+        for step in steps(&doc) {
+            for line in step["commands"].as_sequence().unwrap() {
+                let line = line.as_str().unwrap();
+                let argv: Vec<OsString> = line.split_whitespace().map(OsString::from).collect();
+                assert_eq!(argv[0], "buildkit-launcher", "{file}: {line}");
+                parse(argv);
+                commands += 1;
+            }
+            assert_secrets_are_secret(step.get("environment"));
+            assert!(
+                step["environment"]["HCLOUD_TOKEN"]
+                    .get("from_secret")
+                    .is_some(),
+                "{file}: every step talks to Hetzner and needs the token"
+            );
+        }
+        assert!(commands > 0);
+    }
+}
