@@ -1,0 +1,547 @@
+//! The registry conversation behind the history store: authentication (through oci-client),
+//! then plain reqwest calls for tags, manifests and deletes, with the registry's failures
+//! classified so the store can retry, repair or warn.
+
+use super::*;
+
+/// How a session's requests authenticate.
+#[derive(Clone)]
+pub(super) enum Auth {
+    Anonymous,
+    Basic(String, Zeroizing<String>),
+    Bearer(String),
+}
+
+/// One repository on one registry, authenticated, for the length of one store call.
+///
+/// oci-client does the authentication handshake (`/v2/` challenge, token); the requests are
+/// made here, because oci-client 0.15 has no delete, hides `Link` pagination and error
+/// details, and asks `/v2/` again before every request of an anonymous client.
+#[derive(Clone)]
+pub(super) struct Session {
+    pub(super) http: reqwest::Client,
+    pub(super) auth: Auth,
+    pub(super) user: Option<String>,
+    /// `http[s]://HOST`
+    pub(super) base: String,
+    pub(super) repository: String,
+}
+
+/// A registry's answer.
+pub(super) struct Answer {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Vec<u8>,
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct TagList {
+    #[serde(default)]
+    pub(super) tags: Option<Vec<String>>,
+}
+
+impl Session {
+    /// `BASE/v2/REPOSITORY/PATH`
+    pub(super) fn url(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.base, self.repository)
+    }
+
+    /// A request, with credentials only when it goes to the registry itself.
+    pub(super) fn request(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, url);
+        if !url.starts_with(&format!("{}/", self.base)) {
+            return request;
+        }
+        match &self.auth {
+            Auth::Anonymous => request,
+            Auth::Basic(user, password) => request.basic_auth(user, Some(password.as_str())),
+            Auth::Bearer(token) => request.bearer_auth(token),
+        }
+    }
+
+    pub(super) async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, Failure> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Failure::plain(None, chain(&e)))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| Failure::plain(Some(status.as_u16()), chain(&e)))?
+            .to_vec();
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// [`Session::send`], any answer but 2xx a failure.
+    pub(super) async fn succeed(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Answer, Failure> {
+        let answer = self.send(request).await?;
+        if answer.status.is_success() {
+            Ok(answer)
+        } else {
+            Err(Failure::http(answer.status.as_u16(), &answer.body))
+        }
+    }
+
+    /// Every tag of the repository, following `Link` pagination; `None` when the repository
+    /// does not exist.
+    pub(super) async fn list_tags(&self) -> Result<Option<Vec<String>>, Failure> {
+        let mut url = self.url("tags/list");
+        let mut tags = Vec::new();
+        for page in 0..MAX_PAGES {
+            let answer = self.send(self.request(Method::GET, &url)).await?;
+            if answer.status == StatusCode::NOT_FOUND && page == 0 {
+                return Ok(None); // NAME_UNKNOWN: nothing appended yet
+            }
+            if !answer.status.is_success() {
+                return Err(Failure::http(answer.status.as_u16(), &answer.body));
+            }
+            let list: TagList = serde_json::from_slice(&answer.body).map_err(|e| {
+                Failure::plain(None, format!("the tag list is not valid JSON: {e}"))
+            })?;
+            tags.extend(list.tags.unwrap_or_default());
+            let next = answer
+                .headers
+                .get(LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| next_link(&self.base, v));
+            match next {
+                Some(next) => url = next,
+                None => break,
+            }
+        }
+        Ok(Some(tags))
+    }
+
+    pub(super) async fn get_manifest(&self, tag: &str) -> Result<Answer, Failure> {
+        let url = self.url(&format!("manifests/{tag}"));
+        self.succeed(self.request(Method::GET, &url).header(ACCEPT, OCI_MANIFEST))
+            .await
+    }
+
+    /// The manifest of `tag`. Tried twice: a tag link that another writer is writing reads as
+    /// garbage for a moment.
+    pub(super) async fn fetch(&self, tag: &str) -> Result<Vec<u8>, Failure> {
+        let mut attempt = 1;
+        loop {
+            match self.get_manifest(tag).await {
+                Ok(answer) => return Ok(answer.body),
+                Err(e) if attempt < FETCH_ATTEMPTS && e.transient() => {
+                    attempt += 1;
+                    pause(attempt).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub(super) async fn put_manifest(&self, tag: &str, body: Vec<u8>) -> Result<(), Failure> {
+        let url = self.url(&format!("manifests/{tag}"));
+        self.succeed(
+            self.request(Method::PUT, &url)
+                .header(CONTENT_TYPE, OCI_MANIFEST)
+                .body(body),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Whether the repository links the empty blob already (pushing it again would rewrite
+    /// the link under other writers' feet).
+    pub(super) async fn has_empty_blob(&self) -> bool {
+        let url = self.url(&format!("blobs/{EMPTY_DIGEST}"));
+        matches!(self.send(self.request(Method::HEAD, &url)).await, Ok(a) if a.status.is_success())
+    }
+
+    /// Uploads `{}` in one piece: POST for an upload, PUT of the data to where it says.
+    pub(super) async fn push_empty_blob(&self) -> Result<(), Failure> {
+        let answer = self
+            .succeed(self.request(Method::POST, &self.url("blobs/uploads/")))
+            .await?;
+        let location = answer
+            .headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Failure::plain(None, "the registry gave no Location for the upload".into())
+            })?;
+        let mut url = if location.starts_with('/') {
+            format!("{}{location}", self.base)
+        } else {
+            location.to_owned()
+        };
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str("digest=");
+        url.push_str(EMPTY_DIGEST);
+        self.succeed(
+            self.request(Method::PUT, &url)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .body(EMPTY_DATA),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Puts the manifest under `tag`, pushing the empty blob when the repository lacks it (the
+    /// first sample of a key). Retried a few times: while writers push that blob at once,
+    /// distribution rewrites its link file in place, and a manifest checked at that moment is
+    /// refused (DIGEST_INVALID, MANIFEST_BLOB_UNKNOWN) although the blob is there.
+    pub(super) async fn push(&self, tag: &str, body: Vec<u8>) -> Result<(), Failure> {
+        let mut attempt = 1;
+        loop {
+            let error = match self.put_manifest(tag, body.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if !error.blob_trouble() || attempt == PUSH_ATTEMPTS {
+                return Err(error);
+            }
+            attempt += 1;
+            let pushed = !self.has_empty_blob().await
+                && match self.push_empty_blob().await {
+                    Ok(()) => true,
+                    Err(e) if attempt == PUSH_ATTEMPTS => return Err(e),
+                    Err(_) => false,
+                };
+            if !pushed {
+                // The blob is there (or could not be pushed): let concurrent pushes settle.
+                pause(attempt).await;
+            }
+        }
+    }
+
+    /// Deletes the samples beyond the newest `retention`, oldest first and one at a time
+    /// (deletes contend in the registry). A refusal stops it at once, so a registry that
+    /// refuses deletes costs one request, not one per sample; other failures leave that sample
+    /// to the next prune, where it is again among the oldest.
+    pub(super) async fn prune(&self, retention: usize) -> Result<(), String> {
+        let user = self.user.as_deref();
+        let Some(tags) = self.list_tags().await.map_err(|e| e.message(user))? else {
+            return Ok(());
+        };
+        let mut tags: Vec<String> = tags.into_iter().filter(|t| is_sample_tag(t)).collect();
+        tags.sort_unstable(); // oldest first
+        tags.dedup();
+        if tags.len() <= retention {
+            return Ok(());
+        }
+        tags.truncate(tags.len() - retention);
+        let mut first_failure = None;
+        for tag in tags {
+            match self.delete(&tag).await {
+                Ok(()) => {}
+                Err(Delete::Refused(message)) => return Err(message),
+                Err(Delete::Failed(message)) => {
+                    first_failure.get_or_insert(message);
+                }
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
+    }
+
+    /// Deletes the manifest `tag` points at (distribution deletes by digest only, and only
+    /// that untags). Gone already is fine: another writer pruned it.
+    ///
+    /// Distribution's delete is not atomic: it removes the manifest, then looks for the tags
+    /// on it, and that look fails (500) while another writer is writing a tag link. The tag
+    /// then dangles: listed, pointing at nothing (404 naming a `Revision`). Untagging races
+    /// with writes to the same tag too, leaving it listed but unknown (404 naming the `Tag`).
+    /// Either is pointed at a tombstone manifest, which is then deleted like any sample.
+    pub(super) async fn delete(&self, tag: &str) -> Result<(), Delete> {
+        let user = self.user.as_deref();
+        let mut last = String::new();
+        for attempt in 1..=DELETE_ATTEMPTS {
+            if attempt > 1 {
+                pause(attempt).await;
+            }
+            let digest = match self.get_manifest(tag).await {
+                Ok(answer) => answer
+                    .headers
+                    .get(DOCKER_CONTENT_DIGEST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                Err(failure) => {
+                    let stuck =
+                        failure.dangling() || (failure.not_found() && self.still_listed(tag).await);
+                    if stuck {
+                        if let Err(e) = self.put_manifest(tag, tombstone(tag)).await {
+                            last = e.message(user);
+                        }
+                        continue;
+                    }
+                    if failure.not_found() {
+                        return Ok(());
+                    }
+                    last = failure.message(user);
+                    continue;
+                }
+            };
+            let Some(digest) = digest else {
+                return Err(Delete::Refused(format!(
+                    "cannot delete {tag}: the registry names no {DOCKER_CONTENT_DIGEST}"
+                )));
+            };
+            let url = self.url(&format!("manifests/{digest}"));
+            let failure = match self.succeed(self.request(Method::DELETE, &url)).await {
+                Ok(_) => return Ok(()),
+                Err(failure) => failure,
+            };
+            if failure.status == Some(405) || failure.has("UNSUPPORTED") {
+                return Err(Delete::Refused(format!(
+                    "the registry does not allow deleting manifests ({}); distribution needs \
+                     storage.delete.enabled",
+                    failure.message(user)
+                )));
+            }
+            if matches!(failure.status, Some(401 | 403)) {
+                return Err(Delete::Refused(format!(
+                    "cannot delete {tag}: {}",
+                    failure.message(user)
+                )));
+            }
+            // 404: deleted meanwhile, but was the tag untagged? The next look tells.
+            last = failure.message(user);
+        }
+        Err(Delete::Failed(format!("cannot delete {tag}: {last}")))
+    }
+
+    /// Whether `tag` is listed although it resolves to nothing: a half-removed tag (another
+    /// writer's tombstone raced its untagging), which only a tombstone clears.
+    pub(super) async fn still_listed(&self, tag: &str) -> bool {
+        matches!(self.list_tags().await, Ok(Some(tags)) if tags.iter().any(|t| t == tag))
+    }
+}
+
+/// Why a sample was not deleted.
+pub(super) enum Delete {
+    /// Deletes are not allowed: pointless to try the others.
+    Refused(String),
+    /// This one, this time.
+    Failed(String),
+}
+
+/// A short, jittered wait before retry `attempt` (2, 3, …), so racing writers drift apart.
+pub(super) async fn pause(attempt: u32) {
+    let millis = 25 * u64::from(attempt) + u64::from(rand::random::<u8>() % 50);
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+}
+
+/// What went wrong with a request: the registry's answer, or oci-client's error.
+pub(super) struct Failure {
+    pub(super) status: Option<u16>,
+    /// Error codes of the registry's error envelope (`MANIFEST_UNKNOWN`, …).
+    pub(super) codes: Vec<String>,
+    /// The envelope's `detail` values.
+    pub(super) details: Vec<serde_json::Value>,
+    /// One line, without URL.
+    pub(super) detail: String,
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct Envelope {
+    pub(super) errors: Vec<EnvelopeError>,
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct EnvelopeError {
+    #[serde(default)]
+    pub(super) code: String,
+    #[serde(default)]
+    pub(super) message: String,
+    #[serde(default)]
+    pub(super) detail: serde_json::Value,
+}
+
+impl Failure {
+    pub(super) fn plain(status: Option<u16>, detail: String) -> Failure {
+        Failure {
+            status,
+            codes: Vec::new(),
+            details: Vec::new(),
+            detail,
+        }
+    }
+
+    pub(super) fn http(status: u16, body: &[u8]) -> Failure {
+        match serde_json::from_slice::<Envelope>(body) {
+            Ok(envelope) if !envelope.errors.is_empty() => {
+                Failure::envelope(Some(status), envelope)
+            }
+            _ => Failure::plain(Some(status), one_line(&String::from_utf8_lossy(body))),
+        }
+    }
+
+    pub(super) fn envelope(status: Option<u16>, envelope: Envelope) -> Failure {
+        let detail = envelope
+            .errors
+            .iter()
+            .map(|e| format!("{} {}", e.code, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let (codes, details) = envelope
+            .errors
+            .into_iter()
+            .map(|e| (e.code, e.detail))
+            .unzip();
+        Failure {
+            status,
+            codes,
+            details,
+            detail: one_line(&detail),
+        }
+    }
+
+    pub(super) fn of(e: &OciDistributionError) -> Failure {
+        match e {
+            OciDistributionError::RegistryError { envelope, .. } => Failure::envelope(
+                None,
+                Envelope {
+                    errors: envelope
+                        .errors
+                        .iter()
+                        .map(|e| EnvelopeError {
+                            code: serde_json::to_value(&e.code)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_owned))
+                                .unwrap_or_default(),
+                            message: e.message.clone(),
+                            detail: e.detail.clone(),
+                        })
+                        .collect(),
+                },
+            ),
+            OciDistributionError::ServerError { code, message, .. } => {
+                Failure::http(*code, message.as_bytes())
+            }
+            OciDistributionError::UnauthorizedError { .. } => Failure {
+                codes: vec!["UNAUTHORIZED".into()],
+                ..Failure::plain(Some(401), String::new())
+            },
+            OciDistributionError::RequestError(e) => {
+                Failure::plain(e.status().map(|s| s.as_u16()), chain(e))
+            }
+            other => Failure::plain(None, one_line(&other.to_string())),
+        }
+    }
+
+    /// Worth another try: not an answer that would be the same next time.
+    pub(super) fn transient(&self) -> bool {
+        !self.not_found() && !matches!(self.status, Some(401 | 403))
+    }
+
+    /// A tag whose manifest is gone: distribution answers MANIFEST_UNKNOWN naming the
+    /// `Revision` it points at (a tag that does not exist names the `Tag`).
+    pub(super) fn dangling(&self) -> bool {
+        self.has("MANIFEST_UNKNOWN")
+            && self
+                .details
+                .iter()
+                .any(|d| d.get("Revision").is_some_and(|r| r.is_string()))
+    }
+
+    pub(super) fn has(&self, code: &str) -> bool {
+        self.codes.iter().any(|c| c == code)
+    }
+
+    pub(super) fn not_found(&self) -> bool {
+        self.status == Some(404)
+            || self.has("MANIFEST_UNKNOWN")
+            || self.has("NAME_UNKNOWN")
+            || self.has("NOT_FOUND")
+    }
+
+    /// The manifest was refused over its blob: missing, or being linked by another writer.
+    pub(super) fn blob_trouble(&self) -> bool {
+        [
+            "MANIFEST_BLOB_UNKNOWN",
+            "BLOB_UNKNOWN",
+            "NAME_UNKNOWN",
+            "DIGEST_INVALID",
+        ]
+        .iter()
+        .any(|code| self.has(code))
+    }
+
+    /// One line for a person: what the registry said, credentials named by user only.
+    pub(super) fn message(&self, user: Option<&str>) -> String {
+        match (self.status, user) {
+            (Some(401), Some(user)) => {
+                format!(
+                    "the registry refused the credentials of user \"{user}\" (401 Unauthorized)"
+                )
+            }
+            (Some(401), None) => "the registry wants credentials (401 Unauthorized)".into(),
+            (Some(403), _) => format!("access denied (403 Forbidden): {}", self.detail),
+            (Some(status), _) if self.detail.is_empty() => format!("HTTP {status}"),
+            (Some(status), _) => format!("HTTP {status}: {}", self.detail),
+            (None, _) => self.detail.clone(),
+        }
+    }
+}
+
+pub(super) fn describe(e: &OciDistributionError, user: Option<&str>) -> String {
+    if let OciDistributionError::AuthenticationFailure(reason) = e {
+        return format!("authentication failed: {}", one_line(reason));
+    }
+    Failure::of(e).message(user)
+}
+
+/// An error and its sources on one line (`error sending request…: connection refused`).
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    one_line(&line)
+}
+
+/// Whitespace collapsed, cut to a readable length.
+pub(super) fn one_line(text: &str) -> String {
+    let mut line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.len() > 300 {
+        let mut cut = 300;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push('…');
+    }
+    line
+}
+
+/// The `rel="next"` target of a `Link` header, as an absolute URL on `base` (a link to another
+/// host is not followed: it would get the credentials).
+pub(super) fn next_link(base: &str, header: &str) -> Option<String> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.split_once('>')?;
+        let target = target.trim().strip_prefix('<')?;
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim().to_ascii_lowercase();
+            p == "rel=\"next\"" || p == "rel=next"
+        });
+        if !is_next {
+            return None;
+        }
+        if target.starts_with('/') {
+            Some(format!("{base}{target}"))
+        } else if target.starts_with(&format!("{base}/")) {
+            Some(target.to_owned())
+        } else {
+            None
+        }
+    })
+}
