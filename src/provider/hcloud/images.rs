@@ -1,0 +1,162 @@
+//! What baking golden snapshots needs of Hetzner (used by `crate::golden`): a few calls that
+//! builds never make — booting from a base system image, powering off, snapshotting, and
+//! listing and deleting snapshots.
+
+use super::*;
+
+/// How long a snapshot may take (Hetzner copies the whole disk) and when it is first looked at.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(45 * 60);
+const FIRST_SNAPSHOT_POLL: Duration = Duration::from_secs(2);
+const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+impl HcloudProvider {
+    /// Boot this provider's `arch` runners from image `image` instead of the golden snapshot
+    /// (the golden-image bake starts from a base system image such as debian-12).
+    pub async fn boot_from(&self, arch: Arch, image: i64) {
+        self.images.lock().await.insert(arch, image);
+    }
+
+    /// The id of the image called `name` for `arch` (a system image such as "debian-12"), or of
+    /// image `name` when it is a number and of that architecture; `None` when there is none.
+    pub async fn find_image(&self, name: &str, arch: Arch) -> Result<Option<i64>, ApiError> {
+        if let Ok(id) = name.parse::<i64>() {
+            let resp: serde_json::Value = match self
+                .api
+                .call(Method::GET, &format!("/images/{id}"), None, Retry::Always)
+                .await
+            {
+                Ok(resp) => resp,
+                Err(e) if e.status() == Some(404) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let image_arch = resp["image"]["architecture"].as_str().unwrap_or_default();
+            return Ok((image_arch == hetzner_arch(arch)).then_some(id));
+        }
+        let path = format!(
+            "/images?name={}&architecture={}",
+            encode(name),
+            hetzner_arch(arch)
+        );
+        let page: api::ImagesPage = self
+            .api
+            .call(Method::GET, &path, None, Retry::Always)
+            .await?;
+        Ok(page.images.first().map(|i| i.id))
+    }
+
+    /// Power server `id` off and wait until it is off. This is a hard stop, like pulling the
+    /// plug: the caller syncs the disks first.
+    pub async fn power_off(&self, id: &str) -> Result<(), ApiError> {
+        let resp: api::ActionResponse = self
+            .api
+            .call(
+                Method::POST,
+                &format!("/servers/{id}/actions/poweroff"),
+                None,
+                Retry::Always,
+            )
+            .await?;
+        self.wait_action(
+            resp.action.id,
+            "the server to power off",
+            FIRST_DELETE_POLL,
+            POWER_OFF_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Start a snapshot of server `id`; returns the new image's id and the action creating it
+    /// (see [`HcloudProvider::wait_for_snapshot`]).
+    pub async fn start_snapshot(
+        &self,
+        id: &str,
+        description: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(i64, i64), ApiError> {
+        let body = serde_json::json!({
+            "type": "snapshot",
+            "description": description,
+            "labels": labels,
+        });
+        // Not repeated after a transport failure: that could make two snapshots.
+        let resp: serde_json::Value = self
+            .api
+            .call(
+                Method::POST,
+                &format!("/servers/{id}/actions/create_image"),
+                Some(&body),
+                Retry::IfRefused,
+            )
+            .await?;
+        let decode = |field: &str| ApiError::Decode {
+            method: "POST".into(),
+            path: format!("/servers/{id}/actions/create_image"),
+            detail: format!("no {field} in the answer"),
+        };
+        let image = resp["image"]["id"]
+            .as_i64()
+            .ok_or_else(|| decode("image.id"))?;
+        let action = resp["action"]["id"]
+            .as_i64()
+            .ok_or_else(|| decode("action.id"))?;
+        Ok((image, action))
+    }
+
+    /// Wait for a snapshot's create action (Hetzner copies the whole disk: minutes).
+    pub async fn wait_for_snapshot(&self, action: i64) -> Result<(), ApiError> {
+        self.wait_action(
+            action,
+            "the snapshot",
+            FIRST_SNAPSHOT_POLL,
+            SNAPSHOT_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Every snapshot matching the label `selector`, newest first, parsed as the caller's
+    /// (lenient) type.
+    pub async fn list_snapshots<T: serde::de::DeserializeOwned>(
+        &self,
+        selector: &str,
+    ) -> Result<Vec<T>, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Page<T> {
+            images: Vec<T>,
+            #[serde(default)]
+            meta: Option<api::Meta>,
+        }
+        let mut images = Vec::new();
+        let mut page = Some(1);
+        while let Some(n) = page {
+            let path = format!(
+                "/images?type=snapshot&sort=created:desc&label_selector={}&per_page=50&page={n}",
+                encode(selector)
+            );
+            let resp: Page<T> = self
+                .api
+                .call(Method::GET, &path, None, Retry::Always)
+                .await?;
+            page = api::Meta::next_page(&resp.meta);
+            images.extend(resp.images);
+        }
+        Ok(images)
+    }
+
+    /// Delete image `id`; one that is already gone counts as deleted.
+    pub async fn delete_image(&self, id: i64) -> Result<(), ApiError> {
+        match self
+            .api
+            .call::<serde_json::Value>(
+                Method::DELETE,
+                &format!("/images/{id}"),
+                None,
+                Retry::Always,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(404) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
