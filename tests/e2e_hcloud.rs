@@ -30,6 +30,8 @@ struct Cloud {
     sim: HcloudSim,
     registry: Registry,
     ctx: Context,
+    /// The launcher's TMPDIR (its SSH keys and control socket): removed even after a SIGKILL.
+    tmp: tempfile::TempDir,
 }
 
 impl Cloud {
@@ -46,7 +48,16 @@ impl Cloud {
             "fast.ncl",
             "{ hcloud.retry = { initial_delay_ms = 50, max_delay_ms = 400 } }",
         );
-        Some(Cloud { sim, registry, ctx })
+        let tmp = tempfile::Builder::new()
+            .prefix("bkl-t-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        Some(Cloud {
+            sim,
+            registry,
+            ctx,
+            tmp,
+        })
     }
 
     fn report_path(&self) -> std::path::PathBuf {
@@ -79,6 +90,7 @@ impl Cloud {
         Launcher::new()
             .env("HCLOUD_TOKEN", &self.sim.token)
             .env("HCLOUD_ENDPOINT", &self.sim.endpoint)
+            .env("TMPDIR", self.tmp.path())
     }
 
     fn build(&self, extra: &[&str]) -> support::Outcome {
@@ -248,6 +260,7 @@ fn start_until_running(c: &Cloud) -> std::process::Child {
         .args(c.args())
         .env("HCLOUD_TOKEN", &c.sim.token)
         .env("HCLOUD_ENDPOINT", &c.sim.endpoint)
+        .env("TMPDIR", c.tmp.path())
         .env_remove("CI_REPO")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

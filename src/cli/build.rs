@@ -69,7 +69,7 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     let provider = chosen.as_dyn();
     let report = runtime.block_on(async {
         let cancel = CancellationToken::new();
-        watch_signals(cancel.clone());
+        super::watch_signals(cancel.clone(), "the build and destroying the runner");
         log(&format!(
             "building {} on {} ({}, provider {})",
             plan.history.key,
@@ -145,27 +145,6 @@ async fn preflight(
         }
     }
     Ok(())
-}
-
-/// SIGINT and SIGTERM cancel the build; the runner is destroyed before the process exits.
-fn watch_signals(cancel: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        eprintln!(
-            "buildkit-launcher: {name} received; stopping the build and destroying the runner"
-        );
-        cancel.cancel();
-    });
 }
 
 /// `--secret id=X,env=VAR`: the values, read now, so a missing one fails before any runner.

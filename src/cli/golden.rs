@@ -188,7 +188,7 @@ fn build(
     let runtime = super::runtime()?;
     let report = runtime.block_on(async {
         let cancel = CancellationToken::new();
-        watch_signals(cancel.clone());
+        super::watch_signals(cancel.clone(), "the bake and deleting its server");
         golden::bake(hcloud, &settings, cancel).await
     });
     if args.api.json {
@@ -267,23 +267,4 @@ fn source_commit() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".to_owned())
-}
-
-/// SIGINT and SIGTERM stop the bake; the server is deleted before the process exits.
-fn watch_signals(cancel: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        eprintln!("buildkit-launcher: {name} received; stopping the bake and deleting its server");
-        cancel.cancel();
-    });
 }

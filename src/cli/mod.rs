@@ -115,6 +115,26 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(|e| Error::Infrastructure(format!("cannot start the async runtime: {e}")))
 }
 
+/// SIGINT and SIGTERM cancel the work; whatever it created is destroyed before the process
+/// exits. `stopping` says what that means, e.g. "the build and destroying the runner".
+fn watch_signals(cancel: tokio_util::sync::CancellationToken, stopping: &'static str) {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        eprintln!("buildkit-launcher: {name} received; stopping {stopping}");
+        cancel.cancel();
+    });
+}
+
 /// Warnings go to stderr, one line each, and never stop the command.
 pub fn warn(message: &str) {
     eprintln!("warning: {message}");

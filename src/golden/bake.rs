@@ -10,7 +10,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -30,7 +30,7 @@ use crate::provider::{
     LABEL_MANAGED_BY, LABEL_REPO, Lease, MANAGED_BY, Provider, ProviderError, RunnerSpec, labels,
     unix_now,
 };
-use crate::run::{DESTROY_ATTEMPTS, DESTROY_BACKOFF};
+use crate::run::live::LiveRunners;
 use crate::transport::session::{Connection, RemoteExit, describe, shell_quote};
 
 /// A bake must be done by then; its lease (what `reap` goes by) runs 30 minutes longer.
@@ -135,10 +135,8 @@ pub async fn bake(
             .get(..10)
             .unwrap_or_default()
     );
-    let server = BakeServer {
-        hcloud: hcloud.clone(),
-        id: Mutex::new(None),
-    };
+    // Registered the moment it exists; destroyed on every path out, by `Drop` after a panic.
+    let server = LiveRunners::new(hcloud.clone());
     let work = bake_on(
         &hcloud,
         s,
@@ -153,8 +151,14 @@ pub async fn bake(
         _ = cancel.cancelled() => Err(BakeError::Cancelled),
         r = tokio::time::timeout(BAKE_TIMEOUT, work) => r.unwrap_or(Err(BakeError::Timeout)),
     };
-    let server_id = server.id();
-    let deleted = server.delete(s.log).await;
+    let server_id = server.ids().into_iter().next();
+    let deleted = server
+        .destroy_all(s.log)
+        .await
+        .into_iter()
+        .map(|(_, result)| result)
+        .find(Result::is_err)
+        .unwrap_or(Ok(()));
     let (mut exit, mut outcome) = match &result {
         Ok(_) => (Exit::Success, "success"),
         Err(BakeError::BadInput(_)) => (Exit::Usage, "bad_input"),
@@ -196,7 +200,7 @@ async fn bake_on(
     s: &BakeSettings<'_>,
     lease: Lease,
     name: &str,
-    server: &BakeServer,
+    server: &LiveRunners,
     description: &str,
     snapshot_labels: &BTreeMap<String, String>,
 ) -> Result<i64, BakeError> {
@@ -347,71 +351,6 @@ fn golden_labels(s: &BakeSettings<'_>, created: u64) -> BTreeMap<String, String>
         ),
         (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
     ])
-}
-
-/// The bake server, deleted on every path out: [`BakeServer::delete`] on the normal ones, and
-/// `Drop` (with a runtime of its own) when a panic unwinds past it.
-struct BakeServer {
-    hcloud: Arc<HcloudProvider>,
-    id: Mutex<Option<String>>,
-}
-
-impl BakeServer {
-    fn register(&self, id: &str) {
-        *self.id.lock().expect("bake server lock") = Some(id.to_owned());
-    }
-
-    fn id(&self) -> Option<String> {
-        self.id.lock().expect("bake server lock").clone()
-    }
-
-    /// Delete and confirm, retrying; `Ok` when there was nothing to delete.
-    async fn delete(&self, log: &(dyn Fn(&str) + Send + Sync)) -> Result<(), ProviderError> {
-        let Some(id) = self.id.lock().expect("bake server lock").take() else {
-            return Ok(());
-        };
-        let mut attempt = 1;
-        loop {
-            match self.hcloud.destroy(&id).await {
-                Ok(()) => {
-                    log(&format!("bake server {id} deleted"));
-                    return Ok(());
-                }
-                Err(e) if attempt < DESTROY_ATTEMPTS => {
-                    log(&format!(
-                        "deleting bake server {id} failed ({e}); retrying ({attempt}/{DESTROY_ATTEMPTS})"
-                    ));
-                    tokio::time::sleep(DESTROY_BACKOFF * attempt).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-impl Drop for BakeServer {
-    fn drop(&mut self) {
-        let Some(id) = self.id.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-            return;
-        };
-        let hcloud = self.hcloud.clone();
-        let handle = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            match rt.block_on(hcloud.destroy(&id)) {
-                Ok(()) => eprintln!("buildkit-launcher: bake server {id} deleted after a crash"),
-                Err(e) => eprintln!(
-                    "buildkit-launcher: bake server {id} could not be deleted after a crash: {e}; `reap` will find it"
-                ),
-            }
-        });
-        let _ = handle.join();
-    }
 }
 
 #[cfg(test)]

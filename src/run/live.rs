@@ -27,6 +27,11 @@ impl LiveRunners {
             .push(id.to_owned());
     }
 
+    /// The runners registered now.
+    pub fn ids(&self) -> Vec<String> {
+        self.ids.lock().expect("live runners lock").clone()
+    }
+
     /// Destroy every registered runner (retrying), and report each one's fate.
     pub async fn destroy_all(
         &self,

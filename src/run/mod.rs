@@ -13,7 +13,7 @@
 //! unwinding through [`execute`] destroys it from [`LiveRunners`]'s `Drop`.
 
 mod attempt;
-mod live;
+pub(crate) mod live;
 pub mod report;
 
 use std::sync::Arc;

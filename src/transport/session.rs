@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -86,10 +86,17 @@ impl Connection {
         policy: ConnectPolicy,
         progress: &mut (dyn FnMut(String) + Send),
     ) -> Result<Connection, TransportError> {
-        // Control sockets must fit in 108 bytes: keep the directory short, under /tmp.
+        // Control sockets must fit in 108 bytes: keep the directory short ($TMPDIR when it is
+        // short, else /tmp), and private (it holds the build's client key).
+        let base = std::env::var_os("TMPDIR")
+            .map(PathBuf::from)
+            .filter(|t| t.is_absolute() && t.as_os_str().len() <= 48)
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
         let dir = tempfile::Builder::new()
             .prefix("bkl-ssh-")
-            .tempdir_in("/tmp")
+            .tempdir_in(base)
+            .map_err(|e| TransportError::Local(e.to_string()))?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
             .map_err(|e| TransportError::Local(e.to_string()))?;
         let key_path = dir.path().join("id");
         let mut key = std::fs::OpenOptions::new()
@@ -372,6 +379,27 @@ impl Connection {
 
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+}
+
+impl Drop for Connection {
+    /// Reached without `close()` when an attempt is cancelled or panics: stop the master
+    /// connection now (a few milliseconds), so it neither outlives the build nor keeps writing
+    /// into the directory that holds the client key while that is being removed.
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let _ = std::process::Command::new("ssh")
+                .arg("-F")
+                .arg(self.dir.path().join("config"))
+                .arg("-S")
+                .arg(session.control_socket())
+                .args(["-O", "exit", "bkl-runner"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            drop(session);
+        }
     }
 }
 
