@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -239,39 +238,8 @@ fn a_failing_run_step_is_exit_1_without_retry() {
 }
 
 /// Start the build in the background and return once its RUN step is running.
-fn start_until_running(
-    f: &Fixture,
-    extra: &[&str],
-) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args(f.args("buildah"))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if line.contains("STEP 2/2: RUN") => {
-                std::thread::sleep(Duration::from_millis(500));
-                return (child, rx);
-            }
-            Ok(_) => {}
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the build never reached its RUN step");
-            }
-        }
-    }
+fn start_until_running(f: &Fixture) -> std::process::Child {
+    support::spawn_until(Command::new(BIN).args(f.args("buildah")), "STEP 2/2: RUN")
 }
 
 #[test]
@@ -279,7 +247,7 @@ fn sigterm_during_the_build_is_exit_5_and_the_runner_is_gone_within_5_s() {
     let Some(f) = Fixture::new("RUN sleep 60") else {
         return;
     };
-    let (mut child, _lines) = start_until_running(&f, &[]);
+    let mut child = start_until_running(&f);
     let sent = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -301,7 +269,7 @@ fn the_runners_sshd_killed_mid_build_is_exit_4() {
     let Some(f) = Fixture::new("RUN sleep 30") else {
         return;
     };
-    let (mut child, _lines) = start_until_running(&f, &[]);
+    let mut child = start_until_running(&f);
     let id = std::fs::read_dir(f.runners.path())
         .unwrap()
         .flatten()

@@ -4,8 +4,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::hcloud_sim::HcloudSim;
@@ -256,40 +255,15 @@ fn an_unknown_server_type_is_exit_2_before_any_server_exists() {
 
 /// Start a build in the background; return once its RUN step runs.
 fn start_until_running(c: &Cloud) -> std::process::Child {
-    let mut child = Command::new(BIN)
-        .args(c.args())
-        .env("HCLOUD_TOKEN", &c.sim.token)
-        .env("HCLOUD_ENDPOINT", &c.sim.endpoint)
-        .env("TMPDIR", c.tmp.path())
-        .env_remove("CI_REPO")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if line.contains("RUN sleep") => {
-                std::thread::sleep(Duration::from_millis(500));
-                // Keep draining stderr so the launcher never blocks on a full pipe.
-                std::thread::spawn(move || while rx.recv().is_ok() {});
-                return child;
-            }
-            Ok(_) => {}
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the build never reached its RUN step");
-            }
-        }
-    }
+    support::spawn_until(
+        Command::new(BIN)
+            .args(c.args())
+            .env("HCLOUD_TOKEN", &c.sim.token)
+            .env("HCLOUD_ENDPOINT", &c.sim.endpoint)
+            .env("TMPDIR", c.tmp.path())
+            .env_remove("CI_REPO"),
+        "RUN sleep",
+    )
 }
 
 #[test]

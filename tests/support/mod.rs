@@ -154,3 +154,41 @@ impl Context {
         self
     }
 }
+
+/// Spawn `cmd` (a launcher) and return once a line of its stderr contains `needle`, plus half a
+/// second for the step to get going. Stderr keeps being drained so the launcher never blocks on
+/// a full pipe. If the line never comes, the process is killed and reaped and the test fails.
+pub fn spawn_until(cmd: &mut Command, needle: &str) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start buildkit-launcher");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(line) if line.contains(needle) => {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                std::thread::spawn(move || while rx.recv().is_ok() {});
+                return child;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the launcher never printed a line containing {needle:?}");
+            }
+        }
+    }
+}
