@@ -63,27 +63,7 @@ pub fn golden_selector() -> String {
     format!("{LABEL_ROLE}={ROLE_GOLDEN}")
 }
 
-/// A Hetzner label value: at most 63 characters of `[a-zA-Z0-9._-]`, alphanumeric at both
-/// ends; anything else becomes `_`, and an empty result `unknown`.
-pub fn label_value(s: &str) -> String {
-    let v: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(63)
-        .collect();
-    let v = v.trim_matches(|c: char| !c.is_ascii_alphanumeric());
-    if v.is_empty() {
-        "unknown".to_owned()
-    } else {
-        v.to_owned()
-    }
-}
+pub use crate::provider::label_value;
 
 /// `x86`/`arm` (Hetzner's names) or ours.
 fn arch_from(text: &str) -> Option<Arch> {

@@ -162,8 +162,9 @@ pub fn labels(lease: &Lease, repo_slug: &str, tier: &str) -> BTreeMap<String, St
     ])
 }
 
-/// Hetzner label values: at most 63 characters of `[a-z0-9A-Z._-]`, alphanumeric at both ends.
-fn label_value(s: &str) -> String {
+/// A Hetzner label value: at most 63 characters of `[a-zA-Z0-9._-]`, alphanumeric at both
+/// ends; anything else becomes `_`, and an empty result `unknown`.
+pub fn label_value(s: &str) -> String {
     let v: String = s
         .chars()
         .map(|c| {
@@ -175,8 +176,12 @@ fn label_value(s: &str) -> String {
         })
         .take(63)
         .collect();
-    v.trim_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_owned()
+    let v = v.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if v.is_empty() {
+        "unknown".to_owned()
+    } else {
+        v.to_owned()
+    }
 }
 
 #[cfg(test)]
