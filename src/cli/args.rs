@@ -216,24 +216,7 @@ impl BuildArgs {
 
     /// Registry credentials: `--registry-user` and the password from the environment.
     pub fn credentials(&self) -> Result<Option<crate::registry::Credentials>, Error> {
-        let password = super::plugin::secret_env(&[
-            "REGISTRY_PASSWORD",
-            "PLUGIN_PASSWORD",
-            "PLUGIN_REGISTRY_PASSWORD",
-        ]);
-        match (&self.registry_user, password) {
-            (Some(user), Some(password)) => Ok(Some(crate::registry::Credentials {
-                username: user.clone(),
-                password: zeroize::Zeroizing::new(password),
-            })),
-            (Some(_), None) => Err(Error::Usage(
-                "--registry-user is set but REGISTRY_PASSWORD is not; set the password in that environment variable".into(),
-            )),
-            (None, Some(_)) => Err(Error::Usage(
-                "REGISTRY_PASSWORD is set but --registry-user (REGISTRY_USERNAME) is not".into(),
-            )),
-            (None, None) => Ok(None),
-        }
+        registry_credentials(self.registry_user.as_deref())
     }
 }
 
@@ -260,6 +243,32 @@ pub fn history_key(
         repo,
         dockerfile: dockerfile.to_owned(),
         target: target.map(str::to_owned),
+    }
+}
+
+/// Registry credentials for every command: the user from `--registry-user`, the password only
+/// from the environment (`REGISTRY_PASSWORD`, or its plugin twins); one without the other is a
+/// usage error.
+pub fn registry_credentials(
+    user: Option<&str>,
+) -> Result<Option<crate::registry::Credentials>, Error> {
+    let password = super::plugin::secret_env(&[
+        "REGISTRY_PASSWORD",
+        "PLUGIN_PASSWORD",
+        "PLUGIN_REGISTRY_PASSWORD",
+    ]);
+    match (user, password) {
+        (Some(user), Some(password)) => Ok(Some(crate::registry::Credentials {
+            username: user.to_owned(),
+            password: zeroize::Zeroizing::new(password),
+        })),
+        (Some(_), None) => Err(Error::Usage(
+            "--registry-user is set but REGISTRY_PASSWORD is not; set the password in that environment variable".into(),
+        )),
+        (None, Some(_)) => Err(Error::Usage(
+            "REGISTRY_PASSWORD is set but --registry-user (REGISTRY_USERNAME) is not".into(),
+        )),
+        (None, None) => Ok(None),
     }
 }
 

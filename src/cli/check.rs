@@ -4,14 +4,12 @@ use std::io::Write;
 use std::sync::Arc;
 
 use clap::Args;
-use zeroize::Zeroizing;
 
 use super::provider::{Chosen, ProviderArgs};
 use crate::check::{CheckInputs, Severity, render, run as check_run};
 use crate::config::Config;
 use crate::exit::{Error, Exit};
 use crate::history::StoreSpec;
-use crate::registry::Credentials;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -47,21 +45,8 @@ pub fn run(args: CheckArgs, config: &Config, out: &mut dyn Write) -> Result<Exit
             "check looks at Hetzner Cloud: use --provider hcloud (the default)".into(),
         ));
     };
-    let credentials = match (
-        &args.registry_user,
-        super::plugin::secret_env(&["REGISTRY_PASSWORD", "PLUGIN_PASSWORD"]),
-    ) {
-        (Some(user), Some(password)) => Some(Credentials {
-            username: user.clone(),
-            password: Zeroizing::new(password),
-        }),
-        (Some(_), None) => {
-            return Err(Error::Usage(
-                "--registry-user is set but REGISTRY_PASSWORD is not".into(),
-            ));
-        }
-        _ => None,
-    };
+    let credentials = super::args::registry_credentials(args.registry_user.as_deref())?;
+
     let store = match &args.history {
         Some(spec) => Some(super::args::open_store(
             spec,

@@ -5,13 +5,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use zeroize::Zeroizing;
 
 use super::args::{history_key, open_store};
 use crate::config::Config;
 use crate::exit::{Error, Exit};
 use crate::history::{HistoryKey, Sample, StoreSpec};
-use crate::registry::Credentials;
 use crate::sizing::rules::{history_need, smallest_fitting};
 
 #[derive(Debug, Subcommand)]
@@ -63,16 +61,8 @@ struct Shown<'a> {
 
 pub fn run(cmd: HistoryCommand, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
     let HistoryCommand::Show(args) = cmd;
-    let credentials = match (
-        &args.registry_user,
-        super::plugin::secret_env(&["REGISTRY_PASSWORD", "PLUGIN_PASSWORD"]),
-    ) {
-        (Some(user), Some(password)) => Some(Credentials {
-            username: user.clone(),
-            password: Zeroizing::new(password),
-        }),
-        _ => None,
-    };
+    let credentials = super::args::registry_credentials(args.registry_user.as_deref())?;
+
     let spec = args
         .history
         .clone()

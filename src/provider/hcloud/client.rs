@@ -204,7 +204,7 @@ impl ApiClient {
             request = request.json(body);
         }
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let response = request.send().await.map_err(|e| {
+        let transport = |e: reqwest::Error| {
             let (method, path) = shown();
             ApiError::Transport {
                 method,
@@ -212,17 +212,11 @@ impl ApiClient {
                 // reqwest's message names the URL (no token in it) and the cause.
                 detail: without_url(e),
             }
-        })?;
+        };
+        let response = request.send().await.map_err(transport)?;
         self.observe(response.headers());
         let status = response.status();
-        let text = response.text().await.map_err(|e| {
-            let (method, path) = shown();
-            ApiError::Transport {
-                method,
-                path,
-                detail: without_url(e),
-            }
-        })?;
+        let text = response.text().await.map_err(transport)?;
         if !status.is_success() {
             let (method, path) = shown();
             let parsed: Option<super::api::ErrorBody> = serde_json::from_str(&text).ok();
