@@ -9,6 +9,7 @@ pub mod backend;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod environment;
 pub mod exit;
 pub mod golden;
 pub mod history;
@@ -22,3 +23,13 @@ pub mod run;
 pub mod simulate;
 pub mod sizing;
 pub mod transport;
+
+/// A warning line on stderr, printed once per process whatever the number of callers.
+pub fn warn_once(message: &str) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if !seen.iter().any(|m| m == message) {
+        eprintln!("warning: {message}");
+        seen.push(message.to_owned());
+    }
+}

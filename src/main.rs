@@ -1,15 +1,20 @@
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::process::ExitCode;
 
 use buildkit_launcher::cli::{self, Cli, plugin};
+use buildkit_launcher::{environment, ncl};
 use clap::Parser;
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
-    let env: BTreeMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("PLUGIN_") || k.starts_with("CI_"))
-        .collect();
+    // The sandboxed Nickel evaluator (ncl::sandbox): a child of this binary, nothing else runs.
+    if args.get(1).is_some_and(|a| a == ncl::sandbox::SUBCOMMAND) {
+        return ExitCode::from(cli::eval_child(&args[2..]) as u8);
+    }
+    // Untrusted Nickel files are evaluated by a child of this very binary.
+    ncl::sandbox::enable("/proc/self/exe".into());
+    environment::snapshot();
+    let env = environment::with_prefixes(&["PLUGIN_", "CI_"]);
     // Woodpecker runs the plugin with no arguments: its settings become a `build` command line.
     let args = if plugin::detected(&args, &env) {
         match plugin::argv(&env) {
@@ -23,6 +28,8 @@ fn main() -> ExitCode {
         args
     };
     let cli = Cli::parse_from(args);
+    // SAFETY: still single-threaded: no runtime, no helper thread has started yet.
+    unsafe { environment::scrub() };
     match cli::run(cli) {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(error) => {

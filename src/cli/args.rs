@@ -233,8 +233,7 @@ pub fn history_key(
         .unwrap_or_else(|_| context.to_owned())
         .file_name()
         .map(|n| n.to_string_lossy().into_owned());
-    let repo = std::env::var("CI_REPO")
-        .ok()
+    let repo = crate::environment::var("CI_REPO")
         .filter(|r| !r.is_empty())
         .or_else(|| project.map(str::to_owned))
         .or(context_name)

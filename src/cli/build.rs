@@ -152,9 +152,9 @@ fn read_secrets(plan: &Plan) -> Result<Vec<(String, Zeroizing<String>)>, Error> 
     plan.build
         .secrets
         .iter()
-        .map(|s| match std::env::var(&s.env) {
-            Ok(value) => Ok((s.id.clone(), Zeroizing::new(value))),
-            Err(_) => Err(Error::Usage(format!(
+        .map(|s| match crate::environment::var(&s.env) {
+            Some(value) => Ok((s.id.clone(), Zeroizing::new(value))),
+            None => Err(Error::Usage(format!(
                 "--secret id={},env={}: the environment variable {} is not set",
                 s.id, s.env, s.env
             ))),

@@ -253,7 +253,7 @@ fn provider(
 /// The commit of the golden-image definition: `CI_COMMIT_SHA`, else `git rev-parse HEAD` here,
 /// else `unknown`.
 fn source_commit() -> String {
-    if let Ok(sha) = std::env::var("CI_COMMIT_SHA")
+    if let Some(sha) = crate::environment::var("CI_COMMIT_SHA")
         && !sha.trim().is_empty()
     {
         return sha.trim().to_owned();

@@ -107,6 +107,18 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
     Ok(exit)
 }
 
+/// The sandboxed evaluator's side of `__eval-ncl` (see [`crate::ncl::sandbox`]): the contracts
+/// it may evaluate against are the launcher's own.
+pub fn eval_child(args: &[std::ffi::OsString]) -> i32 {
+    crate::ncl::sandbox::child_main(
+        args,
+        &[
+            crate::sizing::spec::BUILD_SPEC_CONTRACT,
+            crate::config::LAUNCHER_CONTRACT,
+        ],
+    )
+}
+
 /// The async runtime for commands that talk to runners or clouds.
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_multi_thread()

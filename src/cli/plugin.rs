@@ -148,7 +148,7 @@ fn split_list(flag: &str, value: &str) -> Result<Vec<String>, String> {
 pub fn secret_env(names: &[&str]) -> Option<String> {
     names
         .iter()
-        .filter_map(|n| std::env::var(n).ok())
+        .filter_map(|n| crate::environment::var(n))
         .find(|v| !v.trim().is_empty())
 }
 

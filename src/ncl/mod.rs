@@ -1,18 +1,17 @@
 //! Evaluating Nickel files against an embedded contract: the one way the launcher reads Nickel.
 //!
-//! Both the launcher config and a repository's `.build-spec.ncl` go through [`evaluate`]. Three
-//! guarantees matter, because a spec arrives in a pull request and is untrusted:
-//!
-//! - **Imports stay inside a root.** Before Nickel reads anything, every file the program would
-//!   import is parsed and each `import` path resolved (symlinks included); an absolute path, a
-//!   `..` that leaves the root or a package import is refused. Nickel only ever opens files this
-//!   pre-pass has already checked, so a spec cannot read the plugin's token files.
-//! - **Evaluation is bounded in time.** It runs on its own thread; past the deadline the caller
-//!   gets an error and the process moves on (a CLI run then exits, which ends the thread).
-//! - **Errors are one line** with `file:line:column`, the message and Nickel's most useful note.
+//! Both the launcher config and a repository's `.build-spec.ncl` go through [`evaluate`]. A spec
+//! arrives in a pull request and is untrusted, so a file is evaluated in a sandboxed child
+//! process ([`sandbox`]: empty environment, Landlock, rlimits, wall-clock limit), which first
+//! runs the import pre-pass and the input caps ([`imports`]): every file the program would read
+//! must resolve inside the root, be a regular file within the size cap and stay within the
+//! token and nesting caps. Errors are one line with `file:line:column`, the message and
+//! Nickel's most useful note.
 
-use std::ffi::OsStr;
-use std::path::{Component, Path, PathBuf};
+mod imports;
+pub mod sandbox;
+
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -20,15 +19,10 @@ use nickel_lang_core::error::{Diagnostic, IntoDiagnostics, LabelStyle};
 use nickel_lang_core::eval::cache::CacheImpl;
 use nickel_lang_core::files::{FileId, Files};
 use nickel_lang_core::program::{Program, ProgramBuilder};
-use nickel_lang_parser::ErrorTolerantParser;
-use nickel_lang_parser::ast::{Ast, AstAlloc, Import, Node};
-use nickel_lang_parser::grammar::TermParser;
-use nickel_lang_parser::lexer::Lexer;
-use nickel_lang_parser::traverse::{TraverseAlloc, TraverseControl};
 use serde::de::DeserializeOwned;
 
-/// Nickel evaluation recurses deeply on nested data; give it a stack it cannot reasonably exhaust.
-const EVAL_STACK_BYTES: usize = 256 * 1024 * 1024;
+/// In-process evaluation (embedded contracts, unit tests): a stack the caps cannot exhaust.
+const EVAL_STACK_BYTES: usize = 64 * 1024 * 1024;
 
 /// An embedded contract: its source text and the name it is reported under.
 #[derive(Debug, Clone, Copy)]
@@ -61,11 +55,17 @@ pub enum NclError {
     Nickel(String),
     #[error("{}: {message}", path.display())]
     Shape { path: PathBuf, message: String },
+    /// An input cap or a resource limit of the sandbox.
+    #[error("{}: refused: {what}", path.display())]
+    Limit { path: PathBuf, what: String },
 }
 
 /// Evaluate `path` (or `{}` when `None`) against `contract` and deserialize the result.
 ///
 /// `root` confines imports: every file the program imports must resolve to a path inside it.
+/// `timeout` bounds the whole evaluation, parsing included. A file is evaluated in the sandboxed
+/// child once [`sandbox::enable`] was called (the launcher always does); the embedded defaults
+/// alone (`None`) are trusted and evaluated in-process.
 pub fn evaluate<T>(
     path: Option<&Path>,
     root: &Path,
@@ -75,21 +75,38 @@ pub fn evaluate<T>(
 where
     T: DeserializeOwned + Send + 'static,
 {
-    let main = match path {
-        Some(path) => {
-            let path = std::path::absolute(path).map_err(|source| NclError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            let root = root.canonicalize().map_err(|source| NclError::Read {
-                path: root.to_owned(),
-                source,
-            })?;
-            check_imports(&path, &root)?;
-            Some(path)
-        }
-        None => None,
+    let Some(path) = path else {
+        return in_process(None, contract, timeout);
     };
+    let path = std::path::absolute(path).map_err(|source| NclError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let root = root.canonicalize().map_err(|source| NclError::Read {
+        path: root.to_owned(),
+        source,
+    })?;
+    match sandbox::enabled() {
+        Some(executable) => {
+            let value = sandbox::evaluate(executable, &path, &root, contract, timeout)?;
+            T::deserialize(value).map_err(|e| NclError::Shape {
+                path: path.clone(),
+                message: e.to_string(),
+            })
+        }
+        None => {
+            imports::check(&path, &root)?;
+            in_process(Some(path), contract, timeout)
+        }
+    }
+}
+
+/// Evaluate on a thread of this process, bounded in time (a CLI run that times out exits, which
+/// ends the thread).
+fn in_process<T>(main: Option<PathBuf>, contract: Contract, timeout: Duration) -> Result<T, NclError>
+where
+    T: DeserializeOwned + Send + 'static,
+{
     let shown = main
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("<{}>", contract.name)));
@@ -118,10 +135,34 @@ where
 }
 
 /// Build the program `(import "<file>") | (<contract>)`, evaluate it, deserialize.
-fn run_program<T: DeserializeOwned>(
+pub(crate) fn run_program<T: DeserializeOwned>(
     main: Option<&Path>,
     contract: Contract,
 ) -> Result<T, NclError> {
+    let value = eval(main, contract)?;
+    T::deserialize(value).map_err(|e| NclError::Shape {
+        path: main.map_or_else(|| PathBuf::from(contract.name), Path::to_owned),
+        message: e.to_string(),
+    })
+}
+
+/// The same, as JSON (Nickel's own export: whole numbers stay integers), for the sandbox's
+/// answer.
+pub(crate) fn run_program_json(
+    main: Option<&Path>,
+    contract: Contract,
+) -> Result<serde_json::Value, NclError> {
+    let value = eval(main, contract)?;
+    serde_json::to_value(&value).map_err(|e| NclError::Shape {
+        path: main.map_or_else(|| PathBuf::from(contract.name), Path::to_owned),
+        message: e.to_string(),
+    })
+}
+
+fn eval(
+    main: Option<&Path>,
+    contract: Contract,
+) -> Result<nickel_lang_core::eval::value::NickelValue, NclError> {
     let value_expr = match main {
         Some(path) => format!("(import \"{}\")", escape_string(path)),
         None => "{}".to_owned(),
@@ -131,7 +172,7 @@ fn run_program<T: DeserializeOwned>(
         .add_source_string(source, format!("<{}>", contract.name))
         .build()
         .map_err(|e| NclError::Nickel(format!("<{}>: {e}", contract.name)))?;
-    let value = program.eval_full_for_export().map_err(|error| {
+    program.eval_full_for_export().map_err(|error| {
         let mut line = one_line(&mut program.files(), error);
         if line.contains("extra field") {
             line.push_str(if line.ends_with(['?', '.']) {
@@ -142,10 +183,6 @@ fn run_program<T: DeserializeOwned>(
             line.push_str(contract.fields_hint);
         }
         NclError::Nickel(line)
-    })?;
-    T::deserialize(value).map_err(|e| NclError::Shape {
-        path: main.map_or_else(|| PathBuf::from(contract.name), Path::to_owned),
-        message: e.to_string(),
     })
 }
 
@@ -224,7 +261,7 @@ fn flatten(files: &Files, diag: &Diagnostic<FileId>) -> String {
 }
 
 /// 1-based line and column (in characters) of a byte offset; past the end means the end.
-fn line_col(source: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(source.len());
     while !source.is_char_boundary(offset) {
         offset -= 1;
@@ -252,114 +289,6 @@ fn is_generic_note(note: &str) -> bool {
         || note.starts_with("Use `std.contract")
 }
 
-/// Walk the import graph from `main`, refusing any file that would leave `root`.
-///
-/// Nickel resolves an import lexically against the importing file's (lexically normalized)
-/// path and lets the OS follow symlinks when it opens the result. This walk tracks exactly those
-/// lexical paths and checks where each really points, so it judges the very file Nickel would
-/// open. A file that does not parse is not followed further: Nickel fails on the same syntax
-/// error before it resolves that file's imports.
-fn check_imports(main: &Path, root: &Path) -> Result<(), NclError> {
-    let main = lexical_normalize(main);
-    confine(&main, root).map_err(|why| NclError::ImportRefused {
-        file: main.clone(),
-        import: main.display().to_string(),
-        why,
-    })?;
-    let mut seen = std::collections::HashSet::new();
-    let mut queue = vec![main];
-    while let Some(file) = queue.pop() {
-        if !seen.insert(file.clone()) {
-            continue;
-        }
-        let Ok(source) = std::fs::read_to_string(&file) else {
-            // Missing or unreadable: Nickel reports it with the import's position.
-            continue;
-        };
-        for import in imports_of(&source) {
-            let refuse = |import: String, why| NclError::ImportRefused {
-                file: file.clone(),
-                import,
-                why,
-            };
-            let target = match import {
-                ImportPath::Package(id) => {
-                    return Err(refuse(id, "package imports are not allowed here"));
-                }
-                ImportPath::Path(target) => target,
-            };
-            let literal = target.display().to_string();
-            if target.is_absolute() {
-                return Err(refuse(
-                    literal,
-                    "absolute paths are not allowed; import files of the repository by relative path",
-                ));
-            }
-            let next = lexical_normalize(&file.parent().unwrap_or(root).join(&target));
-            confine(&next, root).map_err(|why| refuse(literal, why))?;
-            queue.push(next);
-        }
-    }
-    Ok(())
-}
-
-/// Require that `path`, as the OS resolves it (symlinks included), lies under `root`.
-fn confine(path: &Path, root: &Path) -> Result<(), &'static str> {
-    let real = match path.canonicalize() {
-        Ok(real) => real,
-        // Does not exist: judge the lexical path, so a `..` escape is still named as one.
-        Err(_) => lexical_normalize(path),
-    };
-    if real.starts_with(root) {
-        Ok(())
-    } else {
-        Err("it resolves outside the repository")
-    }
-}
-
-fn lexical_normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-enum ImportPath {
-    Path(PathBuf),
-    Package(String),
-}
-
-/// The import expressions of one Nickel source, found by parsing it (not by text search).
-fn imports_of(source: &str) -> Vec<ImportPath> {
-    let alloc = AstAlloc::new();
-    let mut files = Files::empty();
-    let id = files.add("<scan>", source);
-    let Ok(ast) = TermParser::new().parse_strict(&alloc, id, Lexer::new(source)) else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    let _: Option<()> = ast.traverse_ref(
-        &mut |node: &Ast<'_>, _: &()| {
-            if let Node::Import(import) = &node.node {
-                found.push(match import {
-                    Import::Path { path, .. } => ImportPath::Path(PathBuf::from(*path as &OsStr)),
-                    Import::Package { id } => ImportPath::Package(id.to_string()),
-                });
-            }
-            TraverseControl::Continue
-        },
-        &(),
-    );
-    found
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,37 +299,10 @@ mod tests {
     }
 
     #[test]
-    fn finds_imports_by_parsing_not_by_text() {
-        let src = r#"
-            # import "/etc/passwd" in a comment is not an import
-            let x = import "a.ncl" in
-            { s = "import \"nope\"", y = import "../b.ncl" as 'Text, z = x }
-        "#;
-        let paths: Vec<String> = imports_of(src)
-            .into_iter()
-            .map(|i| match i {
-                ImportPath::Path(p) => p.display().to_string(),
-                ImportPath::Package(p) => format!("pkg:{p}"),
-            })
-            .collect();
-        assert_eq!(paths.len(), 2, "{paths:?}");
-        assert!(paths.contains(&"a.ncl".to_owned()));
-        assert!(paths.contains(&"../b.ncl".to_owned()));
-    }
-
-    #[test]
     fn line_col_counts_from_one_and_clamps_at_the_end() {
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
         assert_eq!(line_col("ab\ncd", 99), (2, 3));
         assert_eq!(line_col("é", 1), (1, 1));
-    }
-
-    #[test]
-    fn lexical_normalize_collapses_parent_dirs() {
-        assert_eq!(
-            lexical_normalize(Path::new("/repo/sub/../../etc/x")),
-            PathBuf::from("/etc/x")
-        );
     }
 }
