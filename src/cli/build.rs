@@ -57,6 +57,13 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     }
     let mut plan = Plan::new(&request, config, &facts)?;
     let secrets = read_secrets(&plan)?;
+    let stale = crate::transport::session::remove_stale_key_dirs();
+    if stale > 0 {
+        warn(&format!(
+            "removed {stale} SSH key director{} left by killed builds",
+            if stale == 1 { "y" } else { "ies" }
+        ));
+    }
     let log_arc: Arc<dyn Fn(&str) + Send + Sync> =
         Arc::new(|line: &str| eprintln!("buildkit-launcher: {line}"));
     let log = log_arc.as_ref();

@@ -259,6 +259,8 @@ fn source_commit() -> String {
         return sha.trim().to_owned();
     }
     std::process::Command::new("git")
+        .env_clear()
+        .envs(crate::environment::for_child())
         .args(["rev-parse", "HEAD"])
         .stderr(std::process::Stdio::null())
         .output()

@@ -35,14 +35,16 @@ pub struct Facts {
     pub history: Vec<Sample>,
     pub history_store: String,
     pub warnings: Vec<String>,
+    /// The context's entries to send (relative paths), `.dockerignore` applied.
+    pub context_entries: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error("{}: the build context does not exist or is not a directory", .0.display())]
     MissingContext(PathBuf),
-    #[error("{}: no Dockerfile there (set --dockerfile to a file inside the context)", .0.display())]
-    MissingDockerfile(PathBuf),
+    #[error(transparent)]
+    Context(#[from] crate::transport::dockerignore::DockerignoreError),
     #[error("--dockerfile {0}: must be a relative path inside the context")]
     DockerfileOutside(String),
     #[error(transparent)]
@@ -70,9 +72,10 @@ pub fn gather(
     {
         return Err(PlanError::DockerfileOutside(req.build.dockerfile.clone()));
     }
-    if !req.context.join(dockerfile).is_file() {
-        return Err(PlanError::MissingDockerfile(req.context.join(dockerfile)));
-    }
+    // What would be sent, decided now: a bad ignore file or a Dockerfile reached through a
+    // symlink is refused before any server exists.
+    let context_entries =
+        crate::transport::dockerignore::context_entries(&req.context, &req.build.dockerfile)?;
     let spec_path = req.context.join(&config.spec.file);
     let spec = if spec_path.exists() {
         let root = sizing::spec::repository_root(&req.context);
@@ -89,6 +92,7 @@ pub fn gather(
         history: recent.samples,
         history_store: store.describe(),
         warnings: recent.warnings,
+        context_entries,
     })
 }
 
@@ -118,6 +122,9 @@ pub struct Plan {
     pub commands: Vec<String>,
     #[serde(skip)]
     pub build: BuildRequest,
+    /// What the sync sends, computed with the plan (before any runner exists).
+    #[serde(skip)]
+    pub context_entries: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -186,6 +193,7 @@ impl Plan {
             cache_ref: build.cache_ref(),
             commands,
             build,
+            context_entries: facts.context_entries.clone(),
         })
     }
 }

@@ -157,6 +157,8 @@ impl LocalProvider {
 
         let log = fs::File::create(dir.join("sshd.log")).map_err(fail("open its sshd log"))?;
         let child = Command::new(SSHD)
+            .env_clear()
+            .envs(crate::environment::for_child())
             .arg("-D")
             .arg("-e")
             .arg("-f")

@@ -8,7 +8,6 @@ use crate::config::Tier;
 use crate::provider::cloud_init::UserData;
 use crate::provider::keys::BuildKeys;
 use crate::provider::{Lease, RunnerSpec, labels, runner_name};
-use crate::transport::dockerignore::context_entries;
 use crate::transport::session::{Connection, RemoteExit};
 
 use super::live::LiveRunners;
@@ -28,8 +27,6 @@ pub enum AttemptError {
     Transport(#[from] crate::transport::session::TransportError),
     #[error(transparent)]
     Keys(#[from] crate::provider::keys::KeyError),
-    #[error(transparent)]
-    Context(#[from] crate::transport::dockerignore::DockerignoreError),
 }
 
 pub async fn run(
@@ -105,8 +102,9 @@ async fn build_over(
         conn.put_private_file(&paths.secret(id), value.as_bytes())
             .await?;
     }
-    let entries = context_entries(&plan.context, &plan.build.dockerfile)?;
-    let stats = conn.sync(&plan.context, &entries, &paths.context()).await?;
+    let stats = conn
+        .sync(&plan.context, &plan.context_entries, &paths.context())
+        .await?;
     record.seconds.sync = phase.elapsed().as_secs_f64();
     (ex.log)(&format!(
         "context sent: {} entries, {} bytes",

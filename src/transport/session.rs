@@ -71,6 +71,8 @@ impl Default for ConnectPolicy {
 
 pub struct Connection {
     session: Option<Session>,
+    /// Declared before `dir`: unlocked only after the directory is gone.
+    _lock: nix::fcntl::Flock<std::fs::File>,
     /// Keys, known_hosts, ssh config and the control socket; removed on drop.
     dir: tempfile::TempDir,
     host: String,
@@ -86,18 +88,18 @@ impl Connection {
         policy: ConnectPolicy,
         progress: &mut (dyn FnMut(String) + Send),
     ) -> Result<Connection, TransportError> {
-        // Control sockets must fit in 108 bytes: keep the directory short ($TMPDIR when it is
-        // short, else /tmp), and private (it holds the build's client key).
-        let base = std::env::var_os("TMPDIR")
-            .map(PathBuf::from)
-            .filter(|t| t.is_absolute() && t.as_os_str().len() <= 48)
-            .unwrap_or_else(|| PathBuf::from("/tmp"));
         let dir = tempfile::Builder::new()
-            .prefix("bkl-ssh-")
-            .tempdir_in(base)
+            .prefix(KEY_DIR_PREFIX)
+            .tempdir_in(key_dir_base())
             .map_err(|e| TransportError::Local(e.to_string()))?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
             .map_err(|e| TransportError::Local(e.to_string()))?;
+        // Held for the connection's life: a directory whose lock is free belongs to a launcher
+        // that was killed, and the next one removes it (remove_stale_key_dirs).
+        let lock = std::fs::File::create(dir.path().join("lock"))
+            .map_err(|e| TransportError::Local(e.to_string()))?;
+        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| TransportError::Local(format!("lock the key directory: {e}")))?;
         let key_path = dir.path().join("id");
         let mut key = std::fs::OpenOptions::new()
             .write(true)
@@ -139,6 +141,7 @@ impl Connection {
                 Ok(session) => {
                     return Ok(Connection {
                         session: Some(session),
+                        _lock: lock,
                         dir,
                         host: runner.host.clone(),
                         port: runner.port,
@@ -322,10 +325,15 @@ impl Connection {
             list.push(0);
         }
         let mut child = tokio::process::Command::new("rsync")
+            .env_clear()
+            .envs(crate::environment::for_child())
             .arg("--archive")
             .arg("--from0")
             .arg("--files-from=-")
             .arg("--numeric-ids")
+            // Device nodes and FIFOs in a repository are never recreated on the runner.
+            .arg("--no-devices")
+            .arg("--no-specials")
             .arg("--stats")
             .arg("-e")
             .arg(&ssh)
@@ -389,6 +397,8 @@ impl Drop for Connection {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
             let _ = std::process::Command::new("ssh")
+                .env_clear()
+                .envs(crate::environment::for_child())
                 .arg("-F")
                 .arg(self.dir.path().join("config"))
                 .arg("-S")
@@ -401,6 +411,53 @@ impl Drop for Connection {
             drop(session);
         }
     }
+}
+
+const KEY_DIR_PREFIX: &str = "bkl-ssh-";
+
+/// Where key directories live. Control sockets must fit in 108 bytes: keep the directory short
+/// ($TMPDIR when it is short, else /tmp); it is private (it holds the build's client key).
+fn key_dir_base() -> PathBuf {
+    std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .filter(|t| t.is_absolute() && t.as_os_str().len() <= 48)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+/// Remove the key directories of launchers that were killed (SIGKILL leaves them behind): those
+/// older than ten seconds whose lock nobody holds, and those that never got a lock and are older
+/// than a minute.
+/// Returns how many were removed.
+pub fn remove_stale_key_dirs() -> usize {
+    let Ok(listing) = std::fs::read_dir(key_dir_base()) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in listing.flatten() {
+        let name = entry.file_name();
+        let is_ours = name.to_str().is_some_and(|n| n.starts_with(KEY_DIR_PREFIX));
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        if !is_ours || !meta.is_dir() {
+            continue;
+        }
+        // A directory being set up this instant has no lock yet: leave young ones alone.
+        let age = meta.modified().ok().and_then(|m| m.elapsed().ok());
+        if age.is_none_or(|age| age < Duration::from_secs(10)) {
+            continue;
+        }
+        let stale = match std::fs::File::open(entry.path().join("lock")) {
+            Ok(file) => {
+                nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
+            }
+            Err(_) => age.is_some_and(|age| age > Duration::from_secs(60)),
+        };
+        if stale && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// What a context sync moved.

@@ -37,6 +37,9 @@ pub enum DockerignoreError {
     Io { path: PathBuf, source: io::Error },
     #[error("Dockerfile {0:?} is not a relative path inside the build context")]
     DockerfileOutsideContext(String),
+    /// The Dockerfile or an ignore file is reached through a symlink, or is not a regular file.
+    #[error("{}: {what}", path.display())]
+    NotPlainFile { path: PathBuf, what: String },
 }
 
 fn io_error(path: &Path, source: io::Error) -> DockerignoreError {
@@ -410,17 +413,31 @@ fn tokens_match(toks: &[Tok], s: &[char], t: usize, p: usize, memo: &mut [Option
 /// BuildKit does; both files are sent if present, so the server reads the same rules. A
 /// Dockerfile or ignore file that does not exist is simply not listed. Symlinks are entries
 /// of their own and never followed.
+///
+/// The repository is untrusted: the Dockerfile and the ignore files must be regular files
+/// reached through no symlink at all (so nothing outside the context is read or sent, whatever
+/// the path goes through), and an ignore file is read without blocking and within
+/// [`MAX_IGNORE_BYTES`] (a FIFO, a device or a huge file is refused, not read).
 pub fn context_entries(
     context: &Path,
     dockerfile: &str,
 ) -> Result<Vec<PathBuf>, DockerignoreError> {
     let dockerfile_rel = inside_context(dockerfile)?;
+    match plain_file(context, &dockerfile_rel)? {
+        Some(()) => {}
+        None => {
+            return Err(DockerignoreError::NotPlainFile {
+                path: context.join(&dockerfile_rel),
+                what: "no Dockerfile there (set --dockerfile to a file inside the context)".into(),
+            });
+        }
+    }
     let mut specific = dockerfile_rel.clone().into_os_string();
     specific.push(".dockerignore");
     let specific = PathBuf::from(specific);
-    let rules = match read_rules(&context.join(&specific))? {
+    let rules = match read_rules(context, &specific)? {
         Some(rules) => rules,
-        None => read_rules(&context.join(".dockerignore"))?.unwrap_or_default(),
+        None => read_rules(context, Path::new(".dockerignore"))?.unwrap_or_default(),
     };
 
     let mut walk = Walk {
@@ -459,14 +476,82 @@ fn inside_context(dockerfile: &str) -> Result<PathBuf, DockerignoreError> {
         .ok_or_else(outside)
 }
 
-fn read_rules(path: &Path) -> Result<Option<Dockerignore>, DockerignoreError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error(path, e)),
+/// The most of an ignore file that is read; real ones are a few hundred bytes.
+pub const MAX_IGNORE_BYTES: u64 = 1024 * 1024;
+
+/// Is `rel` (relative to `context`) a regular file reached through real directories only?
+/// `Ok(None)` when nothing is there; an error for a symlink anywhere on the way, or anything
+/// but a regular file at the end.
+fn plain_file(context: &Path, rel: &Path) -> Result<Option<()>, DockerignoreError> {
+    let mut at = context.to_path_buf();
+    let mut components = rel.components().peekable();
+    while let Some(component) = components.next() {
+        at.push(component);
+        let meta = match at.symlink_metadata() {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(&at, e)),
+        };
+        let refuse = |what: &str| DockerignoreError::NotPlainFile {
+            path: context.join(rel),
+            what: what.to_owned(),
+        };
+        if meta.file_type().is_symlink() {
+            return Err(refuse(&format!(
+                "is reached through the symlink {}; name the file by its real path inside the context",
+                at.strip_prefix(context).unwrap_or(&at).display()
+            )));
+        }
+        if components.peek().is_some() {
+            if !meta.is_dir() {
+                return Ok(None);
+            }
+        } else if !meta.is_file() {
+            return Err(refuse(
+                "is not a regular file (a directory, device, FIFO or socket)",
+            ));
+        }
+    }
+    Ok(Some(()))
+}
+
+fn read_rules(context: &Path, rel: &Path) -> Result<Option<Dockerignore>, DockerignoreError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if plain_file(context, rel)?.is_none() {
+        return Ok(None);
+    }
+    let path = context.join(rel);
+    // O_NOFOLLOW and O_NONBLOCK: a file swapped for a symlink or a FIFO since the check above
+    // is refused or returns at once; the descriptor is checked again.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+        .map_err(|e| io_error(&path, e))?;
+    let meta = file.metadata().map_err(|e| io_error(&path, e))?;
+    let too_big = || DockerignoreError::NotPlainFile {
+        path: path.clone(),
+        what: format!("is larger than {} KiB", MAX_IGNORE_BYTES / 1024),
     };
-    let text = String::from_utf8(bytes).map_err(|_| DockerignoreError::NotUtf8(path.into()))?;
-    Dockerignore::parse_named(&text, path).map(Some)
+    if !meta.is_file() {
+        return Err(DockerignoreError::NotPlainFile {
+            path: path.clone(),
+            what: "is not a regular file".into(),
+        });
+    }
+    if meta.len() > MAX_IGNORE_BYTES {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_IGNORE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error(&path, e))?;
+    if bytes.len() as u64 > MAX_IGNORE_BYTES {
+        return Err(too_big());
+    }
+    let text = String::from_utf8(bytes).map_err(|_| DockerignoreError::NotUtf8(path.clone()))?;
+    Dockerignore::parse_named(&text, &path).map(Some)
 }
 
 struct Walk<'a> {
