@@ -96,6 +96,7 @@ fn plan(dir: &std::path::Path) -> Plan {
         history: vec![],
         history_store: "none".into(),
         warnings: vec![],
+        context_entries: vec![],
     };
     Plan::new(&req, &config, &facts).unwrap()
 }
