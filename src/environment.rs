@@ -15,7 +15,9 @@ use std::sync::OnceLock;
 use zeroize::Zeroizing;
 
 /// What a child process may inherit: nothing secret, nothing from the pipeline.
-pub const KEPT: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM"];
+pub const KEPT: &[&str] = &[
+    "PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM",
+];
 
 static SNAPSHOT: OnceLock<BTreeMap<String, Zeroizing<String>>> = OnceLock::new();
 
@@ -23,7 +25,9 @@ static SNAPSHOT: OnceLock<BTreeMap<String, Zeroizing<String>>> = OnceLock::new()
 pub fn snapshot() {
     let _ = SNAPSHOT.set(
         std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, Zeroizing::new(v.into_string().ok()?))))
+            .filter_map(|(k, v)| {
+                Some((k.into_string().ok()?, Zeroizing::new(v.into_string().ok()?)))
+            })
             .collect(),
     );
 }

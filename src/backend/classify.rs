@@ -1,12 +1,23 @@
 //! What an attempt's end means (SIZING.md, "OOM retry"): only out-of-memory is retried.
 //!
-//! A build ran out of memory when buildctl (or the remote shell) exited 137, when its output
-//! says `exit code: 137` or `cannot allocate memory` (BuildKit ≥ 0.16 reports a cgroup OOM kill
-//! as ENOMEM), or when the runner's own memory accounting counted an OOM kill during the build.
-//! `no space left on device` is a disk failure, not memory.
+//! Out of memory is decided from evidence, never from what the build printed (the Dockerfile's
+//! author writes that, and can print `exit code: 137` or `cannot allocate memory` at will):
+//!
+//! 1. the runner's own memory accounting (`bkl-runner-stats`' `oom_kills`) counted a kill during
+//!    the build (runners are single-use, so every kill belongs to it); or
+//! 2. buildctl itself (or the remote shell) exited 137: buildctl exits 1 on every solve error,
+//!    so 137 means buildctl was the process killed. With the buildah backend a RUN step's status
+//!    can come through, so there 137 counts only when the counter cannot say otherwise; or
+//! 3. only when the counter is unavailable, and only with buildctl: buildctl's own final
+//!    `error:` line (the last line of its output; the build's own lines come prefixed `#N` in
+//!    plain progress) reports BuildKit's ENOMEM, `ResourceExhausted: ... cannot allocate memory`.
+//!
+//! The reason given for a failure is a category and an exit code, not the build's text (which
+//! can carry a secret the build printed); the full output is in the build log.
 
 use serde::Serialize;
 
+use super::Backend;
 use crate::transport::session::RemoteExit;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -19,15 +30,13 @@ pub enum Verdict {
 }
 
 /// Classify a finished build command. `oom_kills` is what `bkl-runner-stats` counted since the
-/// runner started (runners are single-use, so every kill belongs to this build).
-pub fn classify(exit: &RemoteExit, output_tail: &[String], oom_kills: Option<u64>) -> Verdict {
-    let said = |needle: &str| {
-        output_tail
-            .iter()
-            .rev()
-            .find(|l| l.to_ascii_lowercase().contains(needle))
-            .map(|l| l.trim().to_owned())
-    };
+/// runner started, `None` when it could not be read.
+pub fn classify(
+    exit: &RemoteExit,
+    output_tail: &[String],
+    oom_kills: Option<u64>,
+    backend: Backend,
+) -> Verdict {
     match exit {
         RemoteExit::Lost(why) => {
             return Verdict::Lost {
@@ -36,11 +45,6 @@ pub fn classify(exit: &RemoteExit, output_tail: &[String], oom_kills: Option<u64
         }
         // The image was built and pushed: whatever else was killed, this is a success.
         RemoteExit::Code(0) => return Verdict::Ok,
-        RemoteExit::Code(137) => {
-            return Verdict::Oom {
-                evidence: "the build exited with status 137 (killed)".into(),
-            };
-        }
         _ => {}
     }
     if let Some(kills) = oom_kills.filter(|k| *k > 0) {
@@ -48,66 +52,174 @@ pub fn classify(exit: &RemoteExit, output_tail: &[String], oom_kills: Option<u64
             evidence: format!("the runner's memory accounting counted {kills} OOM kill(s)"),
         };
     }
-    if let Some(line) = said("exit code: 137") {
-        return Verdict::Oom { evidence: line };
-    }
-    if let Some(line) = said("cannot allocate memory") {
-        return Verdict::Oom { evidence: line };
-    }
-    match exit {
-        RemoteExit::Killed => Verdict::Failed {
-            reason: "the build process was killed by a signal".into(),
-        },
-        other => {
-            let reason = said("no space left on device")
-                .map(|l| format!("the runner's disk is full: {l}"))
-                .or_else(|| said("error:"))
-                .or_else(|| output_tail.last().map(|l| l.trim().to_owned()))
-                .unwrap_or_else(|| crate::transport::session::describe(other));
-            Verdict::Failed { reason }
+    let final_error = final_error_line(output_tail, backend);
+    match (exit, backend, oom_kills) {
+        (RemoteExit::Code(137), Backend::Buildctl, _) | (RemoteExit::Code(137), _, None) => {
+            return Verdict::Oom {
+                evidence: format!("{} exited with status 137 (killed)", backend_name(backend)),
+            };
         }
+        (_, Backend::Buildctl, None)
+            if final_error.is_some_and(|l| {
+                l.contains("ResourceExhausted") && l.contains("cannot allocate memory")
+            }) =>
+        {
+            return Verdict::Oom {
+                evidence: "buildctl reported ResourceExhausted (cannot allocate memory) and the runner's OOM counter was unavailable".into(),
+            };
+        }
+        _ => {}
     }
+    let reason = match exit {
+        RemoteExit::Killed => "the build process was killed by a signal".to_owned(),
+        RemoteExit::Code(code) => match final_error {
+            Some(line) if line.contains("no space left on device") => {
+                "the runner's disk is full (no space left on device)".to_owned()
+            }
+            Some(line) => match step_exit_code(line) {
+                Some(step) => format!("a build step exited with code {step} (see the build log)"),
+                None => format!(
+                    "{} failed with exit status {code} (see the build log)",
+                    backend_name(backend)
+                ),
+            },
+            None => format!(
+                "{} failed with exit status {code} (see the build log)",
+                backend_name(backend)
+            ),
+        },
+        RemoteExit::Lost(_) => unreachable!("handled above"),
+    };
+    Verdict::Failed { reason }
+}
+
+fn backend_name(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Buildctl => "buildctl",
+        Backend::Buildah => "buildah",
+    }
+}
+
+/// buildctl's own last word: the last non-empty line, when it is an unprefixed `error:` line.
+fn final_error_line(tail: &[String], backend: Backend) -> Option<&str> {
+    if backend != Backend::Buildctl {
+        return None;
+    }
+    let last = tail
+        .iter()
+        .rev()
+        .map(|l| l.trim_end())
+        .find(|l| !l.is_empty())?;
+    last.starts_with("error: ").then_some(last)
+}
+
+/// `... did not complete successfully: exit code: N` at the end of buildctl's error line.
+fn step_exit_code(line: &str) -> Option<i64> {
+    line.rsplit_once("did not complete successfully: exit code: ")
+        .and_then(|(_, code)| code.trim().parse().ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Backend::{Buildah, Buildctl};
 
     fn lines(text: &str) -> Vec<String> {
         text.lines().map(String::from).collect()
     }
 
+    fn code(c: i32) -> RemoteExit {
+        RemoteExit::Code(c)
+    }
+
     #[test]
-    fn status_137_is_oom() {
+    fn buildctl_killed_is_oom_and_a_step_killed_is_evidence_only_with_the_counter() {
         assert!(matches!(
-            classify(&RemoteExit::Code(137), &[], None),
+            classify(&code(137), &[], Some(0), Buildctl),
             Verdict::Oom { .. }
+        ));
+        assert!(matches!(
+            classify(&code(137), &[], None, Buildah),
+            Verdict::Oom { .. }
+        ));
+        // `RUN exit 137` under buildah, with a counter that saw no kill: the build's own doing.
+        assert!(matches!(
+            classify(&code(137), &[], Some(0), Buildah),
+            Verdict::Failed { .. }
         ));
     }
 
     #[test]
-    fn buildkit_messages_are_oom() {
-        let t = lines(
-            "#5 ERROR\nerror: failed to solve: process \"/bin/sh -c make\" did not complete successfully: exit code: 137",
-        );
-        assert!(matches!(
-            classify(&RemoteExit::Code(1), &t, Some(0)),
-            Verdict::Oom { .. }
-        ));
-        let t = lines("error: failed to solve: write /x: cannot allocate memory");
-        assert!(matches!(
-            classify(&RemoteExit::Code(1), &t, None),
-            Verdict::Oom { .. }
-        ));
-    }
-
-    #[test]
-    fn the_runners_oom_counter_is_evidence_even_when_the_tool_hides_it() {
-        // buildah with chroot isolation reports an OOM-killed RUN step as a plain failure.
+    fn the_runners_counter_is_evidence_whatever_the_tool_says() {
         let t =
             lines("subprocess exited on killed\nerror building at STEP \"RUN dd\": exit status 1");
-        match classify(&RemoteExit::Code(1), &t, Some(1)) {
+        match classify(&code(1), &t, Some(1), Buildah) {
             Verdict::Oom { evidence } => assert!(evidence.contains("1 OOM kill"), "{evidence}"),
+            other => panic!("{other:?}"),
+        }
+        let t = lines(
+            "error: failed to solve: ResourceExhausted: process \"/bin/sh -c make\" did not complete successfully: cannot allocate memory",
+        );
+        assert!(matches!(
+            classify(&code(1), &t, Some(2), Buildctl),
+            Verdict::Oom { .. }
+        ));
+    }
+
+    #[test]
+    fn words_in_the_build_output_are_not_evidence() {
+        // Printed by a RUN step (prefixed in plain progress), then a normal failure.
+        let t = lines(
+            "#5 0.10 exit code: 137\n#5 0.11 cannot allocate memory\n#5 0.12 error: failed to solve: ResourceExhausted: cannot allocate memory\nerror: failed to solve: process \"/bin/sh -c false\" did not complete successfully: exit code: 1",
+        );
+        for kills in [Some(0), None] {
+            match classify(&code(1), &t, kills, Buildctl) {
+                Verdict::Failed { reason } => {
+                    assert_eq!(
+                        reason,
+                        "a build step exited with code 1 (see the build log)"
+                    )
+                }
+                other => panic!("{kills:?}: {other:?}"),
+            }
+        }
+        // BuildKit's own ENOMEM line counts only while the counter is unavailable...
+        let t = lines(
+            "error: failed to solve: ResourceExhausted: process \"/bin/sh -c make\" did not complete successfully: cannot allocate memory",
+        );
+        assert!(matches!(
+            classify(&code(1), &t, None, Buildctl),
+            Verdict::Oom { .. }
+        ));
+        // ...never against a counter that saw no kill, and never from buildah's output.
+        assert!(matches!(
+            classify(&code(1), &t, Some(0), Buildctl),
+            Verdict::Failed { .. }
+        ));
+        assert!(matches!(
+            classify(&code(1), &t, None, Buildah),
+            Verdict::Failed { .. }
+        ));
+    }
+
+    #[test]
+    fn a_failure_reason_carries_no_build_text() {
+        let t = lines(
+            "#7 0.2 token=hunter2\nerror: failed to solve: process \"/bin/sh -c echo hunter2; exit 3\" did not complete successfully: exit code: 3",
+        );
+        match classify(&code(1), &t, Some(0), Buildctl) {
+            Verdict::Failed { reason } => {
+                assert!(!reason.contains("hunter2"), "{reason}");
+                assert!(reason.contains("code 3"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let t = lines("Error: building at STEP \"RUN echo hunter2\": exit status 1");
+        match classify(&code(1), &t, Some(0), Buildah) {
+            Verdict::Failed { reason } => assert_eq!(
+                reason,
+                "buildah failed with exit status 1 (see the build log)"
+            ),
             other => panic!("{other:?}"),
         }
     }
@@ -115,25 +227,22 @@ mod tests {
     #[test]
     fn disk_full_is_a_failure_not_oom() {
         let t = lines("error: failed to solve: write /var/lib: no space left on device");
-        match classify(&RemoteExit::Code(1), &t, Some(0)) {
+        match classify(&code(1), &t, Some(0), Buildctl) {
             Verdict::Failed { reason } => assert!(reason.contains("disk is full"), "{reason}"),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
-    fn other_failures_and_success_and_loss() {
-        let t = lines(
-            "step 3\nerror: failed to solve: process \"/bin/sh -c exit 3\" did not complete successfully: exit code: 3",
-        );
-        match classify(&RemoteExit::Code(1), &t, Some(0)) {
-            Verdict::Failed { reason } => assert!(reason.contains("exit code: 3"), "{reason}"),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(classify(&RemoteExit::Code(0), &[], Some(0)), Verdict::Ok);
+    fn success_and_loss() {
+        assert_eq!(classify(&code(0), &[], Some(0), Buildctl), Verdict::Ok);
         assert!(matches!(
-            classify(&RemoteExit::Lost("x".into()), &[], None),
+            classify(&RemoteExit::Lost("x".into()), &[], None, Buildctl),
             Verdict::Lost { .. }
+        ));
+        assert!(matches!(
+            classify(&RemoteExit::Killed, &[], Some(0), Buildctl),
+            Verdict::Failed { .. }
         ));
     }
 }

@@ -200,11 +200,7 @@ pub fn imports_of(file: &Path, source: &str) -> Result<Vec<ImportPath>, NclError
     let mut depth = 0usize;
     for (start, token) in &tokens {
         match token {
-            Token::Normal(
-                NormalToken::LBrace
-                | NormalToken::LBracket
-                | NormalToken::LParen,
-            )
+            Token::Normal(NormalToken::LBrace | NormalToken::LBracket | NormalToken::LParen)
             | Token::Str(StringToken::Interpolation) => depth += 1,
             Token::MultiStr(MultiStringToken::Interpolation) => depth += 1,
             Token::Normal(NormalToken::RBrace | NormalToken::RBracket | NormalToken::RParen) => {

@@ -103,7 +103,11 @@ where
 
 /// Evaluate on a thread of this process, bounded in time (a CLI run that times out exits, which
 /// ends the thread).
-fn in_process<T>(main: Option<PathBuf>, contract: Contract, timeout: Duration) -> Result<T, NclError>
+fn in_process<T>(
+    main: Option<PathBuf>,
+    contract: Contract,
+    timeout: Duration,
+) -> Result<T, NclError>
 where
     T: DeserializeOwned + Send + 'static,
 {

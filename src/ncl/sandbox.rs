@@ -90,7 +90,9 @@ pub(super) fn evaluate(
         .spawn()
         .map_err(|source| NclError::Read {
             path: path.to_owned(),
-            source: std::io::Error::other(format!("cannot start the sandboxed evaluator: {source}")),
+            source: std::io::Error::other(format!(
+                "cannot start the sandboxed evaluator: {source}"
+            )),
         })?;
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
@@ -265,7 +267,13 @@ fn limit_self(cpu_seconds: u64) {
     let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
     // SAFETY: prctl with these options takes plain integers and touches no memory of ours.
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
         libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong, 0, 0, 0);
     }
 }

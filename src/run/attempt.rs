@@ -143,7 +143,7 @@ async fn build_over(
         runner_stats(conn).await
     };
     record.peak_memory_mib = peak;
-    let verdict = classify(&exit, &tail, oom_kills);
+    let verdict = classify(&exit, &tail, oom_kills, request.backend);
     let digest = match (&verdict, &plan.build.registry) {
         (Verdict::Ok, Some(_)) => read_digest(conn, &paths).await,
         _ => None,
