@@ -175,10 +175,13 @@ impl BuildArgs {
         } else {
             self.tags.clone()
         };
+        let pull_request = crate::environment::var("CI_PIPELINE_EVENT")
+            .is_some_and(|e| crate::plan::PULL_REQUEST_EVENTS.contains(&e.as_str()));
         Ok(PlanRequest {
             context,
             key,
             arch: self.arch,
+            pull_request,
             build: BuildRequest {
                 backend: self.backend,
                 dockerfile: self.dockerfile.clone(),

@@ -25,7 +25,13 @@ pub struct PlanRequest {
     pub key: HistoryKey,
     pub arch: Option<Arch>,
     pub build: BuildRequest,
+    /// A pull-request pipeline (`CI_PIPELINE_EVENT`): history is read, never written.
+    pub pull_request: bool,
 }
+
+/// Woodpecker's pull-request events (`CI_PIPELINE_EVENT`).
+pub const PULL_REQUEST_EVENTS: &[&str] =
+    &["pull_request", "pull_request_closed", "pull_request_metadata"];
 
 /// What sizing reads from disk and history, gathered once.
 pub struct Facts {
@@ -133,6 +139,8 @@ pub struct HistoryInfo {
     pub key: HistoryKey,
     /// Hours the cost estimate assumes (from recent durations, else one).
     pub billed_hours: f64,
+    /// Whether this build appends its sample (pull-request builds do not).
+    pub records: bool,
 }
 
 impl Plan {
@@ -185,6 +193,7 @@ impl Plan {
                 store: facts.history_store.clone(),
                 key: req.key.clone(),
                 billed_hours: hours,
+                records: !req.pull_request,
             },
             spec_file: facts.spec.as_ref().map(|s| s.path.clone()),
             context: req.context.clone(),

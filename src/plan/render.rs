@@ -48,8 +48,14 @@ pub fn render_human(plan: &Plan) -> String {
         &mut out,
         "history",
         &format!(
-            "{} ({} successful builds of this key)",
-            plan.history.store, plan.samples
+            "{} ({} successful builds of this key){}",
+            plan.history.store,
+            plan.samples,
+            if plan.history.records {
+                ""
+            } else {
+                "; read only: a pull-request build records no sample"
+            }
         ),
     );
     let push = match &plan.build.registry {

@@ -193,6 +193,11 @@ async fn verify(ex: &Executor<'_>, digest: Option<&str>) -> Result<(), String> {
 }
 
 fn append_history(ex: &Executor<'_>, tier: &Tier, record: &AttemptReport, verdict: &Verdict) {
+    // A pull request must not teach the sizer: one big PR build would size the next
+    // default-branch builds (ARCHITECTURE.md, "Trust boundaries").
+    if !ex.plan.history.records {
+        return;
+    }
     let (Some(peak), outcome) = (
         record.peak_memory_mib,
         match verdict {

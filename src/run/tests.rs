@@ -68,6 +68,7 @@ fn plan(dir: &std::path::Path) -> Plan {
     std::fs::write(dir.join("Dockerfile"), "FROM scratch\n").unwrap();
     let config = Config::defaults();
     let req = PlanRequest {
+        pull_request: false,
         context: dir.to_owned(),
         key: HistoryKey {
             repo: "org/app".into(),
