@@ -150,6 +150,9 @@ pub struct Config {
     pub spec: SpecSettings,
     pub hcloud: HcloudConfig,
     pub default_arch: Arch,
+    /// Set when the operator policy took tiers out of the ladders: the ceiling, in words.
+    #[serde(skip)]
+    pub ceiling: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

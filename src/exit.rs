@@ -37,6 +37,8 @@ pub enum Error {
     Plan(#[from] PlanError),
     #[error(transparent)]
     History(#[from] HistoryError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     /// A setting that is wrong in a way argument parsing could not see.
     #[error("{0}")]
     Usage(String),
@@ -58,6 +60,7 @@ impl Error {
             | Error::Sizing(_)
             | Error::Plan(_)
             | Error::History(_)
+            | Error::Policy(_)
             | Error::Usage(_) => Exit::Usage,
         }
     }

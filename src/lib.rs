@@ -15,6 +15,7 @@ pub mod golden;
 pub mod history;
 pub mod ncl;
 pub mod plan;
+pub mod policy;
 pub mod provider;
 pub mod reap;
 pub mod registry;

@@ -17,7 +17,14 @@ fn main() -> ExitCode {
     let env = environment::with_prefixes(&["PLUGIN_", "CI_"]);
     // Woodpecker runs the plugin with no arguments: its settings become a `build` command line.
     let args = if plugin::detected(&args, &env) {
-        match plugin::argv(&env) {
+        let policy = match buildkit_launcher::policy::Policy::current() {
+            Ok(policy) => policy,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match plugin::argv(&env, policy) {
             Ok(argv) => argv,
             Err(message) => {
                 eprintln!("error: {message}");

@@ -119,7 +119,8 @@ fn the_build_step_maps_every_setting_to_a_flag() {
             env.insert(format!("PLUGIN_{key}"), woodpecker_value(value));
         }
         env.insert("CI_WORKSPACE".into(), "/woodpecker/src".into());
-        let argv = plugin::argv(&env).unwrap_or_else(|e| panic!("{e}"));
+        let argv = plugin::argv(&env, &buildkit_launcher::policy::Policy::default())
+            .unwrap_or_else(|e| panic!("{e}"));
         let joined: Vec<String> = argv
             .iter()
             .map(|a| a.to_string_lossy().into_owned())

@@ -57,6 +57,7 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     }
     let mut plan = Plan::new(&request, config, &facts)?;
     let secrets = read_secrets(&plan)?;
+    enforce_policy(&plan, credentials.is_some(), &secrets)?;
     let stale = crate::transport::session::remove_stale_key_dirs();
     if stale > 0 {
         warn(&format!(
@@ -135,6 +136,16 @@ async fn preflight(
         ));
     }
     if let Some((price, location)) = check.prices.get(&plan.tier) {
+        let policy = crate::policy::Policy::current()?;
+        if let Some(max) = policy.max_eur_per_hour
+            && *price > max
+        {
+            return Err(Error::Usage(format!(
+                "server type {}: the API's price in {location}, {price} EUR/h, is above the ceiling: {}",
+                plan.tier,
+                policy.describe_ceiling(plan.arch)
+            )));
+        }
         plan.use_api_price(*price, location);
     }
     if reap_first {
@@ -149,6 +160,40 @@ async fn preflight(
                 }
             }
             Err(e) => warn(&format!("the reap before the build failed: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// What the operator policy forbids this build, found before anything is spawned.
+fn enforce_policy(
+    plan: &Plan,
+    has_credentials: bool,
+    secrets: &[(String, Zeroizing<String>)],
+) -> Result<(), Error> {
+    let policy = crate::policy::Policy::current()?;
+    if has_credentials && let Some(registry) = &plan.build.registry {
+        policy.check_registry(registry).map_err(Error::Usage)?;
+    }
+    if !plan.history.records {
+        // A pull-request build.
+        if !policy.pull_requests.secrets && (has_credentials || !secrets.is_empty()) {
+            let mut what: Vec<String> = Vec::new();
+            if has_credentials {
+                what.push("the registry password".into());
+            }
+            what.extend(secrets.iter().map(|(id, _)| format!("the secret {id}")));
+            return Err(Error::Usage(format!(
+                "CI_PIPELINE_EVENT: a pull-request build may not use secrets under the operator policy ({}), but it was given {}; remove them from the pull_request step or set pull_requests.secrets",
+                policy.origin,
+                what.join(", ")
+            )));
+        }
+        if !policy.pull_requests.push && plan.build.registry.is_some() {
+            return Err(Error::Usage(format!(
+                "CI_PIPELINE_EVENT: a pull-request build may not push under the operator policy ({}); leave out the registry for pull requests or set pull_requests.push",
+                policy.origin
+            )));
         }
     }
     Ok(())

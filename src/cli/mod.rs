@@ -90,7 +90,9 @@ pub enum Command {
 
 /// Run the parsed command; the caller maps the error to its exit code.
 pub fn run(cli: Cli) -> Result<Exit, Error> {
-    let config = Config::load(cli.config.as_deref())?;
+    let mut config = Config::load(cli.config.as_deref())?;
+    // Whatever the config says, no tier above the operator's ceiling is ever chosen.
+    crate::policy::Policy::current()?.cap(&mut config)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let exit = match cli.command {
@@ -115,6 +117,7 @@ pub fn eval_child(args: &[std::ffi::OsString]) -> i32 {
         &[
             crate::sizing::spec::BUILD_SPEC_CONTRACT,
             crate::config::LAUNCHER_CONTRACT,
+            crate::policy::POLICY_CONTRACT,
         ],
     )
 }

@@ -16,6 +16,7 @@ use std::ffi::OsString;
 use clap::{ArgAction, CommandFactory};
 
 use super::Cli;
+use crate::policy::{Policy, Redirecting};
 
 /// Settings that are not flags of `build`.
 const GLOBAL: &[(&str, &str)] = &[("CONFIG", "--config")];
@@ -39,7 +40,31 @@ pub fn detected(args: &[OsString], env: &BTreeMap<String, String>) -> bool {
 }
 
 /// The `build` command line that the plugin settings stand for.
-pub fn argv(env: &BTreeMap<String, String>) -> Result<Vec<OsString>, String> {
+///
+/// Settings come from the pipeline file, which a pull request can change: those that would
+/// send the token elsewhere (`hcloud_endpoint`) or replace the ladder (`config`) are refused
+/// unless the operator `policy` lets pipelines set them; the endpoint is otherwise the policy's
+/// (Hetzner's by default).
+pub fn argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsString>, String> {
+    for (name, setting, what) in [
+        (
+            "PLUGIN_CONFIG",
+            Redirecting::Config,
+            "replace the launcher config (its ladder and prices)",
+        ),
+        (
+            "PLUGIN_HCLOUD_ENDPOINT",
+            Redirecting::HcloudEndpoint,
+            "send the Hetzner token to another endpoint",
+        ),
+    ] {
+        if env.get(name).is_some_and(|v| !v.is_empty()) && !policy.may_set(setting) {
+            return Err(format!(
+                "{name}: the operator policy ({}) does not let a pipeline {what}; ask the operator to add it to repository_may_set",
+                policy.origin
+            ));
+        }
+    }
     let cli = Cli::command();
     let build = cli
         .find_subcommand("build")
@@ -88,6 +113,16 @@ pub fn argv(env: &BTreeMap<String, String>) -> Result<Vec<OsString>, String> {
             }
             _ => args.extend([flag, value.clone()]),
         }
+    }
+    if !env
+        .get("PLUGIN_HCLOUD_ENDPOINT")
+        .is_some_and(|v| !v.is_empty())
+    {
+        let endpoint = policy
+            .hcloud_endpoint
+            .clone()
+            .unwrap_or_else(|| crate::provider::hcloud::DEFAULT_ENDPOINT.to_owned());
+        args.extend(["--hcloud-endpoint".to_owned(), endpoint]);
     }
     // In a plugin container history must outlive the container: keep it in the registry.
     if !history_given {
@@ -164,7 +199,7 @@ mod tests {
     }
 
     fn args(pairs: &[(&str, &str)]) -> Vec<String> {
-        argv(&env(pairs))
+        argv(&env(pairs), &Policy::default())
             .unwrap()
             .into_iter()
             .map(|s| s.into_string().unwrap())
@@ -188,7 +223,8 @@ mod tests {
                     .first()
                     .map_or_else(|| "x".to_owned(), |p| p.get_name().to_owned()),
             };
-            let out = argv(&env(&[(&key, &value)])).unwrap_or_else(|e| panic!("{key}: {e}"));
+            let out = argv(&env(&[(&key, &value)]), &allow_all())
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
             let out: Vec<String> = out.into_iter().map(|s| s.into_string().unwrap()).collect();
             assert!(out.contains(&format!("--{long}")), "{key} → {out:?}");
         }
@@ -243,15 +279,42 @@ mod tests {
             !a.contains("fake"),
             "secret values never become arguments: {a}"
         );
-        let err = argv(&env(&[("PLUGIN_TAGZ", "x")])).unwrap_err();
+        let err = argv(&env(&[("PLUGIN_TAGZ", "x")]), &Policy::default()).unwrap_err();
         assert!(err.starts_with("PLUGIN_TAGZ: not a setting"), "{err}");
-        let err = argv(&env(&[("PLUGIN_JSON", "maybe")])).unwrap_err();
+        let err = argv(&env(&[("PLUGIN_JSON", "maybe")]), &Policy::default()).unwrap_err();
         assert!(err.contains("expected true or false"), "{err}");
     }
 
+    fn allow_all() -> Policy {
+        Policy {
+            repository_may_set: vec![Redirecting::Config, Redirecting::HcloudEndpoint],
+            ..Policy::default()
+        }
+    }
+
     #[test]
-    fn config_is_a_global_flag() {
-        let a = args(&[("PLUGIN_CONFIG", "/etc/bkl.ncl")]);
+    fn config_is_a_global_flag_when_the_policy_allows_it() {
+        let a: Vec<String> = argv(&env(&[("PLUGIN_CONFIG", "/etc/bkl.ncl")]), &allow_all())
+            .unwrap()
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
         assert_eq!(a[1..4], ["--config", "/etc/bkl.ncl", "build"]);
+    }
+
+    #[test]
+    fn redirecting_settings_are_refused_by_default() {
+        for key in ["PLUGIN_CONFIG", "PLUGIN_HCLOUD_ENDPOINT"] {
+            let err = argv(&env(&[(key, "x")]), &Policy::default()).unwrap_err();
+            assert!(
+                err.starts_with(&format!("{key}: the operator policy")),
+                "{err}"
+            );
+        }
+        let a = args(&[("PLUGIN_REPO", "org/app")]).join(" ");
+        assert!(
+            a.contains("--hcloud-endpoint https://api.hetzner.cloud/v1"),
+            "the endpoint is the policy's: {a}"
+        );
     }
 }

@@ -86,14 +86,9 @@ impl ProviderArgs {
                             "HCLOUD_TOKEN is not set: the hcloud provider needs a Hetzner Cloud API token (read & write) in that environment variable (in a Woodpecker step: the setting hcloud_token from_secret)".into(),
                         )
                     })?;
-                if !(self.hcloud_endpoint.starts_with("https://")
-                    || self.hcloud_endpoint.starts_with("http://"))
-                {
-                    return Err(Error::Usage(format!(
-                        "--hcloud-endpoint {}: must be an http:// or https:// URL",
-                        self.hcloud_endpoint
-                    )));
-                }
+                crate::policy::Policy::current()?
+                    .check_endpoint(&self.hcloud_endpoint)
+                    .map_err(|e| Error::Usage(format!("--hcloud-endpoint: {e}")))?;
                 let locations = if self.locations.is_empty() {
                     config.hcloud.locations.clone()
                 } else {

@@ -33,7 +33,7 @@ pub fn run(cmd: SpecCommand, config: &Config, out: &mut dyn Write) -> Result<Exi
     let spec = LoadedSpec::load(&file, &repository_root(&dir), config.spec_timeout())?;
     let arch = spec.spec.arch().unwrap_or(config.default_arch);
     let ladder = config.ladder(arch);
-    let chosen = spec.choose(arch, ladder)?;
+    let chosen = spec.choose(arch, ladder, config.ceiling.as_deref())?;
     let spec_json = serde_json::to_string(&spec.spec).expect("a spec always serializes");
     let selects = match chosen {
         Some(i) => format!("selects {} on {arch}", ladder[i].name),

@@ -30,8 +30,11 @@ pub struct PlanRequest {
 }
 
 /// Woodpecker's pull-request events (`CI_PIPELINE_EVENT`).
-pub const PULL_REQUEST_EVENTS: &[&str] =
-    &["pull_request", "pull_request_closed", "pull_request_metadata"];
+pub const PULL_REQUEST_EVENTS: &[&str] = &[
+    "pull_request",
+    "pull_request_closed",
+    "pull_request_metadata",
+];
 
 /// What sizing reads from disk and history, gathered once.
 pub struct Facts {

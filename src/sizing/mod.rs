@@ -109,7 +109,7 @@ pub fn decide(input: &SizingInput<'_>) -> Result<Sizing, SizingError> {
     };
 
     if let Some(loaded) = input.spec
-        && let Some(index) = loaded.choose(arch, ladder)?
+        && let Some(index) = loaded.choose(arch, ladder, config.ceiling.as_deref())?
     {
         let file = loaded.path.file_name().map_or_else(
             || loaded.path.display().to_string(),

@@ -90,17 +90,27 @@ impl LoadedSpec {
     }
 
     /// The tier the spec asks for on `ladder`, or `None` when it names no size at all.
-    pub fn choose(&self, arch: Arch, ladder: &[Tier]) -> Result<Option<usize>, SpecError> {
+    /// `ceiling` says why the ladder ends where it does, when the operator policy cut it.
+    pub fn choose(
+        &self,
+        arch: Arch,
+        ladder: &[Tier],
+        ceiling: Option<&str>,
+    ) -> Result<Option<usize>, SpecError> {
+        let with_ceiling = |message: String| match ceiling {
+            Some(ceiling) => format!("{message} ({ceiling})"),
+            None => message,
+        };
         let spec = &self.spec;
         if let Some(name) = &spec.tier {
             return match ladder.iter().position(|t| &t.name == name) {
                 Some(i) => Ok(Some(i)),
                 None => Err(self.invalid(
                     "tier",
-                    format!(
+                    with_ceiling(format!(
                         "\"{name}\" is not a server type of the {arch} ladder; choose one of {}",
                         tier_names(ladder)
-                    ),
+                    )),
                 )),
             };
         }
@@ -118,12 +128,12 @@ impl LoadedSpec {
                 let top = ladder.last().expect("config guarantees non-empty ladders");
                 Err(self.invalid(
                     "request",
-                    format!(
+                    with_ceiling(format!(
                         "no {arch} tier has {}; the largest, {}, has {}",
                         describe_request(spec),
                         top.name,
                         describe_tier(top)
-                    ),
+                    )),
                 ))
             }
         }
@@ -206,7 +216,7 @@ mod tests {
     fn choose(text: &str) -> Result<Option<String>, SpecError> {
         let ladder = Config::defaults().tiers.amd64;
         let s = spec(text)?;
-        Ok(s.choose(Arch::Amd64, &ladder)?
+        Ok(s.choose(Arch::Amd64, &ladder, None)?
             .map(|i| ladder[i].name.clone()))
     }
 
