@@ -33,8 +33,17 @@ fn plugin_build(
             cmd.env_remove(&key);
         }
     }
+    // The operator lets this pipeline point the plugin at the simulator and bring a config
+    // (fast timeouts): without this policy both settings are refused (tests/e2e_untrusted.rs).
+    let policy = ctx.path().join("operator-policy.ncl");
+    std::fs::write(
+        &policy,
+        "{ repository_may_set = ['config, 'hcloud_endpoint] }",
+    )
+    .unwrap();
     let out = cmd
         .current_dir(ctx.path())
+        .env("BUILDKIT_LAUNCHER_POLICY", &policy)
         .env("HOME", ctx.path())
         .env("CI_WORKSPACE", ctx.path())
         .env("CI_REPO", "org/plugin-app")

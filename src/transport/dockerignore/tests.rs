@@ -231,8 +231,59 @@ fn errors_name_the_file() {
     let err = context_entries(&missing, "Dockerfile")
         .unwrap_err()
         .to_string();
+    assert!(err.contains("no Dockerfile there"), "{err}");
+}
+
+#[test]
+fn the_dockerfile_and_ignore_files_are_plain_files_reached_through_no_symlink() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+    std::fs::write(outside.path().join("rules"), "OUTSIDE-RULE\n[bad\n").unwrap();
+    let root = tree(&["Dockerfile"], None);
+    std::os::unix::fs::symlink(outside.path(), root.path().join("docker")).unwrap();
+    let err = context_entries(root.path(), "docker/Dockerfile")
+        .unwrap_err()
+        .to_string();
     assert!(
-        err.starts_with(&format!("cannot read {}: ", missing.display())),
+        err.contains("is reached through the symlink docker"),
         "{err}"
     );
+
+    std::os::unix::fs::symlink(
+        outside.path().join("rules"),
+        root.path().join(".dockerignore"),
+    )
+    .unwrap();
+    let err = context_entries(root.path(), "Dockerfile")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("symlink .dockerignore"), "{err}");
+    assert!(!err.contains("OUTSIDE-RULE"), "{err}");
+
+    std::fs::remove_file(root.path().join(".dockerignore")).unwrap();
+    nix::unistd::mkfifo(
+        &root.path().join(".dockerignore"),
+        nix::sys::stat::Mode::S_IRWXU,
+    )
+    .unwrap();
+    let err = context_entries(root.path(), "Dockerfile")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+
+    std::fs::remove_file(root.path().join(".dockerignore")).unwrap();
+    std::fs::write(
+        root.path().join(".dockerignore"),
+        vec![b'a'; 2 * 1024 * 1024],
+    )
+    .unwrap();
+    let err = context_entries(root.path(), "Dockerfile")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("larger than 1024 KiB"), "{err}");
+
+    std::fs::remove_file(root.path().join(".dockerignore")).unwrap();
+    std::fs::create_dir(root.path().join("d")).unwrap();
+    let err = context_entries(root.path(), "d").unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
 }
