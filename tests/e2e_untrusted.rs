@@ -1,0 +1,309 @@
+//! A hostile repository and pipeline file against `build`, through the Hetzner API simulator:
+//! ignore files and Dockerfile paths that point outside the context or at special files, and
+//! plugin settings that would redirect the token or the registry credentials or lift the size
+//! ceiling. Each is exit 2 with one line, before the first API request: no server exists.
+//!
+//! No test here ever names Hetzner's real endpoint: every policy pins the simulator's, so that
+//! even a defect that let a request through could not leave this machine.
+
+mod support;
+
+use std::process::Command;
+
+use support::hcloud_sim::HcloudSim;
+use support::{BIN, Context, Launcher};
+
+const OUTSIDE: &str = "OUTSIDE-MARKER-91be";
+/// A spec asking for the most expensive server for a day: what an attacker would want leaked.
+const GREEDY_SPEC: &str = "{ tier = \"cx53\", timeout_minutes = 1440 }";
+
+struct Attack {
+    sim: HcloudSim,
+    ctx: Context,
+    outside: tempfile::TempDir,
+}
+
+impl Attack {
+    fn new() -> Attack {
+        let sim = HcloudSim::start();
+        sim.add_snapshot(
+            "amd64",
+            &[
+                ("buildkit-launcher/role", "golden"),
+                ("buildkit-launcher/arch", "amd64"),
+            ],
+            "2026-11-20T00:00:00+00:00",
+        );
+        let ctx = Context::new().file(".build-spec.ncl", GREEDY_SPEC);
+        std::fs::create_dir(ctx.path().join(".git")).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("rules"), format!("{OUTSIDE}\n[bad\n")).unwrap();
+        std::fs::write(
+            outside.path().join("Dockerfile"),
+            format!("FROM scratch\n# {OUTSIDE}\n"),
+        )
+        .unwrap();
+        Attack { sim, ctx, outside }
+    }
+
+    /// `build --provider hcloud` at a terminal, against the simulator.
+    fn build(&self, extra: &[&str]) -> support::Outcome {
+        Launcher::new()
+            .env("HCLOUD_TOKEN", &self.sim.token)
+            .env("HCLOUD_ENDPOINT", &self.sim.endpoint)
+            .args(["build", "--provider", "hcloud", "--history", "none"])
+            .args(["--registry", "127.0.0.1:9", "--context"])
+            .args([self.ctx.path()])
+            .args(extra)
+            .run()
+    }
+
+    /// Refused with exit 2 in one line, nothing of the outside file in it, no API request.
+    fn assert_refused_before_any_request(&self, out: &support::Outcome, what: &str) -> String {
+        let line = out.assert_one_line_error(2).to_owned();
+        assert!(
+            !line.contains(OUTSIDE),
+            "{what}: an outside file leaked: {line}"
+        );
+        assert!(!out.stdout.contains(OUTSIDE), "{what}");
+        assert_eq!(
+            self.sim.total_calls(),
+            0,
+            "{what}: the API was called: {:?}",
+            self.sim.calls()
+        );
+        self.sim.assert_clean();
+        line
+    }
+
+    fn reset(&self) {
+        for name in [".dockerignore", "Dockerfile.dockerignore", "docker"] {
+            let path = self.ctx.path().join(name);
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+#[test]
+fn ignore_files_that_are_special_or_outside_cost_no_server() {
+    let a = Attack::new();
+    let ignore = a.ctx.path().join(".dockerignore");
+    let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
+        (
+            "a symlink to a device",
+            Box::new(|| std::os::unix::fs::symlink("/dev/zero", &ignore).unwrap()),
+            "symlink .dockerignore",
+        ),
+        (
+            "a FIFO",
+            Box::new(|| nix::unistd::mkfifo(&ignore, nix::sys::stat::Mode::S_IRWXU).unwrap()),
+            "not a regular file",
+        ),
+        (
+            "a symlink out of the context",
+            Box::new(|| {
+                std::os::unix::fs::symlink(a.outside.path().join("rules"), &ignore).unwrap()
+            }),
+            "symlink .dockerignore",
+        ),
+        (
+            "a Dockerfile-specific ignore file symlinked out",
+            Box::new(|| {
+                std::os::unix::fs::symlink(
+                    a.outside.path().join("rules"),
+                    a.ctx.path().join("Dockerfile.dockerignore"),
+                )
+                .unwrap()
+            }),
+            "symlink Dockerfile.dockerignore",
+        ),
+        (
+            "a file too big to be an ignore file",
+            Box::new(|| std::fs::write(&ignore, vec![b'x'; 3 << 20]).unwrap()),
+            "larger than",
+        ),
+        (
+            "a bad pattern",
+            Box::new(|| std::fs::write(&ignore, "ok\n[oops\n").unwrap()),
+            "bad pattern",
+        ),
+    ];
+    for (what, plant, expect) in cases {
+        a.reset();
+        plant();
+        let out = a.build(&[]);
+        let line = a.assert_refused_before_any_request(&out, what);
+        assert!(line.contains(expect), "{what}: {line}");
+    }
+}
+
+#[test]
+fn a_dockerfile_reached_through_a_symlink_out_of_the_context_costs_no_server() {
+    let a = Attack::new();
+    std::os::unix::fs::symlink(a.outside.path(), a.ctx.path().join("docker")).unwrap();
+    let out = a.build(&["--dockerfile", "docker/Dockerfile"]);
+    let line = a.assert_refused_before_any_request(&out, "a directory symlink");
+    assert!(
+        line.contains("reached through the symlink docker"),
+        "{line}"
+    );
+
+    a.reset();
+    std::os::unix::fs::symlink(
+        a.outside.path().join("Dockerfile"),
+        a.ctx.path().join("docker"),
+    )
+    .unwrap();
+    let out = a.build(&["--dockerfile", "docker"]);
+    a.assert_refused_before_any_request(&out, "a file symlink");
+}
+
+/// A Woodpecker plugin step: no arguments, settings as `PLUGIN_*`, the operator's policy file.
+fn plugin(a: &Attack, policy: &str, settings: &[(&str, &str)]) -> support::Outcome {
+    let policy_file = a.outside.path().join("policy.ncl");
+    std::fs::write(&policy_file, policy).unwrap();
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if ["CI", "PLUGIN_", "HCLOUD_", "BUILDKIT_LAUNCHER", "REGISTRY_"]
+            .iter()
+            .any(|p| key.starts_with(p))
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.current_dir(a.ctx.path())
+        .env("HOME", a.outside.path())
+        .env("BUILDKIT_LAUNCHER_POLICY", &policy_file)
+        .env("CI_WORKSPACE", a.ctx.path())
+        .env("CI_REPO", "org/attack")
+        .env("PLUGIN_HCLOUD_TOKEN", &a.sim.token)
+        .env("PLUGIN_HISTORY", "none")
+        .env("PLUGIN_REGISTRY", "127.0.0.1:9");
+    for (k, v) in settings {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    support::Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The simulator's endpoint as the only one the token may go to.
+fn pinned(a: &Attack, rest: &str) -> String {
+    format!("{{ hcloud_endpoint = \"{}\"{rest} }}", a.sim.endpoint)
+}
+
+#[test]
+fn plugin_settings_cannot_redirect_the_token() {
+    let a = Attack::new();
+    let out = plugin(
+        &a,
+        &pinned(&a, ""),
+        &[("PLUGIN_HCLOUD_ENDPOINT", "http://127.0.0.1:9/v1")],
+    );
+    let line = a.assert_refused_before_any_request(&out, "hcloud_endpoint");
+    assert!(
+        line.contains("PLUGIN_HCLOUD_ENDPOINT: the operator policy"),
+        "{line}"
+    );
+
+    // Allowed to choose, a pipeline still cannot send the token over plain HTTP off loopback.
+    let allow = pinned(&a, ", repository_may_set = ['hcloud_endpoint]");
+    let out = plugin(
+        &a,
+        &allow,
+        &[("PLUGIN_HCLOUD_ENDPOINT", "http://203.0.113.7/v1")],
+    );
+    let line = a.assert_refused_before_any_request(&out, "plain http");
+    assert!(line.contains("only sent over https"), "{line}");
+}
+
+#[test]
+fn plugin_settings_cannot_replace_the_ladder_or_lift_the_ceiling() {
+    let a = Attack::new();
+    // A repository config whose ladder tops out at a 192 GB server, and a spec asking for it.
+    let config = a.ctx.path().join("big.ncl");
+    std::fs::write(
+        &config,
+        "{ tiers.amd64 = [ { name = \"cx23\", vcpus = 2, memory_mib = 4096, disk_gb = 40 }, { name = \"ccx63\", vcpus = 48, memory_mib = 196608, disk_gb = 960 } ], language_defaults.amd64 = { rust = \"cx23\", java = \"cx23\", go = \"cx23\", node = \"cx23\", python = \"cx23\", generic = \"cx23\" } }",
+    )
+    .unwrap();
+    std::fs::write(a.ctx.path().join(".build-spec.ncl"), "{ memory_gb = 100 }").unwrap();
+    let config_setting = ("PLUGIN_CONFIG", config.to_str().unwrap());
+    let out = plugin(&a, &pinned(&a, ""), &[config_setting]);
+    let line = a.assert_refused_before_any_request(&out, "config");
+    assert!(
+        line.contains("PLUGIN_CONFIG: the operator policy"),
+        "{line}"
+    );
+
+    // Allowed to bring a config, it is still held to the ceiling (the built-in top, 32 GB).
+    let out = plugin(
+        &a,
+        &pinned(&a, ", repository_may_set = ['config]"),
+        &[config_setting],
+    );
+    let line = a.assert_refused_before_any_request(&out, "ceiling");
+    assert!(line.contains("at most 32 GB memory"), "{line}");
+
+    // A spec naming a server above the operator's own lower ceiling.
+    std::fs::write(a.ctx.path().join(".build-spec.ncl"), GREEDY_SPEC).unwrap();
+    let out = plugin(&a, &pinned(&a, ", max_memory_gb = 8"), &[]);
+    let line = a.assert_refused_before_any_request(&out, "spec above the ceiling");
+    assert!(line.contains("at most 8 GB memory"), "{line}");
+}
+
+#[test]
+fn credentials_go_only_to_the_registries_of_the_policy() {
+    let a = Attack::new();
+    let policy = pinned(&a, ", registries = [\"zot.internal:5000\"]");
+    let out = plugin(
+        &a,
+        &policy,
+        &[
+            ("PLUGIN_USERNAME", "ci"),
+            ("PLUGIN_PASSWORD", "fake-registry-password"),
+        ],
+    );
+    let line = a.assert_refused_before_any_request(&out, "registry");
+    assert!(line.contains("registry 127.0.0.1:9"), "{line}");
+    assert!(line.contains("only to zot.internal:5000"), "{line}");
+    assert!(!line.contains("fake-registry-password"), "{line}");
+}
+
+#[test]
+fn pull_request_builds_get_no_secrets_unless_the_policy_says_so() {
+    let a = Attack::new();
+    std::fs::write(a.ctx.path().join(".build-spec.ncl"), "{ memory_gb = 2 }").unwrap();
+    let settings = [
+        ("CI_PIPELINE_EVENT", "pull_request"),
+        ("PLUGIN_SECRETS", "id=npm,env=NPM_TOKEN"),
+        ("NPM_TOKEN", "fake-npm-token"),
+    ];
+    let out = plugin(&a, &pinned(&a, ""), &settings);
+    let line = a.assert_refused_before_any_request(&out, "pull request");
+    assert!(
+        line.contains("pull-request build may not use secrets"),
+        "{line}"
+    );
+    assert!(line.contains("the secret npm"), "{line}");
+
+    let out = plugin(
+        &a,
+        &pinned(&a, ", pull_requests.push = false"),
+        &settings[..1],
+    );
+    let line = a.assert_refused_before_any_request(&out, "pull request push");
+    assert!(line.contains("may not push"), "{line}");
+}
+
+#[test]
+fn a_policy_that_is_itself_wrong_is_exit_2() {
+    let a = Attack::new();
+    let out = plugin(&a, "{ hcloud_endpoint = \"http://api.example\" }", &[]);
+    let line = a.assert_refused_before_any_request(&out, "bad policy");
+    assert!(line.contains("policy.ncl"), "{line}");
+}
