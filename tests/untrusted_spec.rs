@@ -326,3 +326,81 @@ fn pathdiff(from: &Path, to: &Path) -> String {
     );
     parts.join("/")
 }
+
+/// A memory cgroup of the test's own (cgroup v1), removed on drop even when the test fails.
+struct MemoryCgroup(std::path::PathBuf);
+
+impl MemoryCgroup {
+    fn new(limit_bytes: u64) -> MemoryCgroup {
+        let dir = std::path::PathBuf::from(format!(
+            "/sys/fs/cgroup/memory/bkl-test-spec-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&dir).expect("create a memory cgroup (cgroup v1, root)");
+        let cg = MemoryCgroup(dir);
+        std::fs::write(cg.0.join("memory.limit_in_bytes"), limit_bytes.to_string()).unwrap();
+        let _ = std::fs::write(
+            cg.0.join("memory.memsw.limit_in_bytes"),
+            limit_bytes.to_string(),
+        );
+        cg
+    }
+
+    fn oom_kills(&self) -> u64 {
+        let text = std::fs::read_to_string(self.0.join("memory.oom_control")).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // The launcher has exited; its processes are gone from the group.
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_memory_bomb_is_stopped_by_the_launchers_own_cap_under_a_tight_cgroup() {
+    if !support::registry::require_root_and_tools(&[]) {
+        return;
+    }
+    // 1 GiB for the launcher and its evaluator together: a spec that allocates without bound
+    // would be OOM-killed by the cgroup if the evaluator's own cap did not stop it first.
+    let cg = MemoryCgroup::new(1 << 30);
+    let repo = Repo::new();
+    repo.spec(
+        "{ memory_gb = std.array.length (std.array.generate (fun i => \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\") 100000000) }",
+    );
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "echo $$ > \"$1/cgroup.procs\" && shift && exec \"$@\"",
+            "sh",
+        ])
+        .arg(&cg.0)
+        .arg(support::BIN)
+        .args(["plan", "--history", "none", "--context"])
+        .arg(repo.ctx.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", repo.outside.path())
+        .env("HCLOUD_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let out = support::Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let line = out.assert_one_line_error(2).to_owned();
+    assert!(line.contains("needs more than 512 MiB of memory"), "{line}");
+    assert_clean(&line);
+    assert_eq!(
+        cg.oom_kills(),
+        0,
+        "the cgroup, not the launcher's cap, stopped it"
+    );
+}
