@@ -149,7 +149,16 @@ pub struct Config {
     pub sizing: SizingPolicy,
     pub spec: SpecSettings,
     pub hcloud: HcloudConfig,
+    pub buildkitd: BuildkitdSettings,
     pub default_arch: Arch,
+}
+
+/// The BuildKit daemon on a runner (the buildctl backend).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildkitdSettings {
+    /// Seconds a build waits for buildkitd to serve and list a worker.
+    pub ready_timeout_s: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

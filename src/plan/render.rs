@@ -64,6 +64,9 @@ pub fn render_human(plan: &Plan) -> String {
     if let Some(cache) = &plan.cache_ref {
         row(&mut out, "cache", cache);
     }
+    if let Some(note) = &plan.backend_note {
+        row(&mut out, "backend", note);
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "Commands on the runner:");
     for command in &plan.commands {

@@ -32,6 +32,26 @@ use super::cloud_init::UserData;
 use super::{LeaseInfo, Provider, ProviderError, Runner, RunnerSpec};
 
 pub const DEFAULT_BASE: &str = "/var/tmp/buildkit-launcher/local";
+/// The system part of a runner's PATH, after its own `bin/` and the `--local-tools` directories.
+const RUNNER_SYSTEM_PATH: [&str; 6] = [
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+/// Where `tool` would be found on the PATH of a sandbox runner with these `--local-tools`
+/// directories (the runner's own `bin/` holds only `bkl-runner-stats`), if anywhere.
+pub fn runner_tool(extra_path: &[PathBuf], tool: &str) -> Option<PathBuf> {
+    extra_path
+        .iter()
+        .cloned()
+        .chain(RUNNER_SYSTEM_PATH.iter().map(PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
 const CGROUP_PARENT: &str = "/sys/fs/cgroup/memory/buildkit-launcher";
 const SSHD: &str = "/usr/sbin/sshd";
 /// Loopback address claims, shared by every local provider on the machine whatever its base
@@ -206,17 +226,7 @@ impl LocalProvider {
     fn sshd_config(&self, dir: &Path, host: &str, port: u16) -> String {
         let mut path: Vec<String> = vec![dir.join("bin").display().to_string()];
         path.extend(self.extra_path.iter().map(|p| p.display().to_string()));
-        path.extend(
-            [
-                "/usr/local/sbin",
-                "/usr/local/bin",
-                "/usr/sbin",
-                "/usr/bin",
-                "/sbin",
-                "/bin",
-            ]
-            .map(String::from),
-        );
+        path.extend(RUNNER_SYSTEM_PATH.map(String::from));
         let d = dir.display();
         format!(
             "# sshd of buildkit-launcher local runner {d}\n\
