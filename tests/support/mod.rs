@@ -3,6 +3,7 @@
 
 pub mod fake_release;
 pub mod hcloud_sim;
+pub mod local_build;
 pub mod registry;
 pub mod runner;
 
