@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use buildkit_launcher::backend::{
     Backend, BuildRequest, CacheMode, RemotePaths, SecretRef, buildctl,
 };
+use support::cgroup::MemoryCgroup;
 use support::registry::{Registry, loopback_name, require_root_and_tools};
 
 const TOOLS: &[&str] = &["buildah", "docker-registry", "busybox", "curl"];
@@ -400,55 +401,6 @@ fn unknown_flag_is_a_usage_error() {
     );
 }
 
-/// A cgroup v1 memory cgroup with a limit, removed on drop (after its processes have exited).
-struct MemoryCgroup {
-    path: PathBuf,
-}
-
-impl MemoryCgroup {
-    fn new(mib: u64) -> MemoryCgroup {
-        let path = PathBuf::from(format!(
-            "/sys/fs/cgroup/memory/bkl-double-test-{}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).expect("create a memory cgroup (cgroup v1)");
-        let bytes = (mib * 1024 * 1024).to_string();
-        std::fs::write(path.join("memory.limit_in_bytes"), &bytes).unwrap();
-        let memsw = path.join("memory.memsw.limit_in_bytes");
-        if memsw.exists() {
-            std::fs::write(memsw, &bytes).unwrap();
-        }
-        MemoryCgroup { path }
-    }
-
-    fn oom_kills(&self) -> u64 {
-        std::fs::read_to_string(self.path.join("memory.oom_control"))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("oom_kill "))
-            .map_or(0, |n| n.trim().parse().unwrap())
-    }
-}
-
-impl Drop for MemoryCgroup {
-    fn drop(&mut self) {
-        let procs = std::fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        eprintln!("could not remove {}", self.path.display());
-    }
-}
-
 #[test]
 fn an_oom_killed_step_is_reported_with_buildkits_resource_exhausted_text() {
     if !require_root_and_tools(TOOLS) {
@@ -567,9 +519,7 @@ fn from_over_plain_http_needs_the_registry_in_buildkitd_toml() {
     let registry = Registry::start_at(ip).with_base_image();
     let host = registry.addr_as(&name);
     let store = Store::new();
-    let work = Work::new(&format!(
-        "ARG BASE=unset\nFROM ${{BASE}}\nRUN echo pulled-$((6*7))\n"
-    ));
+    let work = Work::new("ARG BASE=unset\nFROM ${BASE}\nRUN echo pulled-$((6*7))\n");
     let mut req = request(&registry, &["1"]);
     req.build_args = vec![("BASE".into(), format!("{host}/base/busybox:latest"))];
     let config = work.dir.path().join("buildkitd.toml");
