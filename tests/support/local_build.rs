@@ -118,6 +118,11 @@ impl Fixture {
             !ps.lines().any(|l| l.contains("sshd") && l.contains(&base)),
             "an sshd of this test is still running"
         );
+        assert!(
+            !ps.lines()
+                .any(|l| l.contains("bkl-runner-stats") && l.contains(&base)),
+            "a memory sampler of this test is still running"
+        );
     }
 }
 
