@@ -108,24 +108,33 @@ else
     say "installed $(cd "$work/x/bin" && echo *) in $bin"
 fi
 
-# 3. Configuration, unit and the stats command.
+# 3. Configuration, units and the stats command.
+units="$ROOT/etc/systemd/system"
 install -D -m 0644 "$here/buildkitd.toml" "$ROOT/etc/buildkit/buildkitd.toml"
-install -D -m 0644 "$here/buildkit.service" "$ROOT/etc/systemd/system/buildkit.service"
+install -D -m 0644 "$here/buildkit.service" "$units/buildkit.service"
+install -D -m 0644 "$here/bkl-runner-stats.service" "$units/bkl-runner-stats.service"
+install -D -m 0644 "$here/ssh-oom.conf" "$units/ssh.service.d/buildkit-launcher-oom.conf"
 install -D -m 0755 "$here/bkl-runner-stats" "$bin/bkl-runner-stats"
-say "wrote $ROOT/etc/buildkit/buildkitd.toml, $ROOT/etc/systemd/system/buildkit.service, $bin/bkl-runner-stats"
+say "wrote $ROOT/etc/buildkit/buildkitd.toml, $units/{buildkit.service,bkl-runner-stats.service,ssh.service.d/buildkit-launcher-oom.conf}, $bin/bkl-runner-stats"
 
-# 4. The service (a real server only).
+# 4. The services (a real server only). buildkit.service is Type=notify, so `restart` returns
+# once buildkitd serves; readiness is still checked the way the launcher does before a build:
+# buildctl waits for the daemon (bounded) and `debug workers` must list a worker. The socket
+# file alone proves nothing: buildkitd creates it before it loads its workers.
 if [ -z "$ROOT" ]; then
     [ -f /sys/fs/cgroup/cgroup.controllers ] || say "warning: not cgroup v2: bkl-runner-stats will not work"
     systemctl daemon-reload
-    systemctl enable buildkit.service
-    systemctl restart buildkit.service
-    for _ in $(seq 1 30); do
-        [ -S /run/buildkit/buildkitd.sock ] && break
-        sleep 1
-    done
-    systemctl is-active --quiet buildkit.service || die "buildkit.service did not start: $(systemctl status buildkit.service --no-pager 2>&1 | tail -n 5)"
-    say "buildkit.service is enabled and running"
+    systemctl enable buildkit.service bkl-runner-stats.service
+    systemctl restart bkl-runner-stats.service
+    systemctl restart buildkit.service ||
+        die "buildkit.service did not start: $(systemctl status buildkit.service --no-pager 2>&1 | tail -n 5)"
+    workers=$("$bin/buildctl" --wait --timeout 60 debug workers 2>&1) ||
+        die "buildkitd did not answer within 60 s: $(printf '%s\n' "$workers" | tail -n 1)"
+    worker=$(printf '%s\n' "$workers" | sed -n 2p)
+    [ -n "$worker" ] || die "buildkitd serves but lists no worker: $workers"
+    say "buildkit.service is enabled and serving; worker: $worker"
+    # The sshd drop-in applies from the next start of ssh.service, i.e. on every runner booted
+    # from the snapshot (restarting sshd under the bake's own session is not worth the risk).
 else
     say "BKL_ROOT is set (sandbox): apt and systemctl skipped"
 fi

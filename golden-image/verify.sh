@@ -39,7 +39,9 @@ for b in buildctl buildkitd; do
         fail "$b reports '$reported', not the pinned $VERSION"
     fi
 done
-for f in "$ROOT/etc/buildkit/buildkitd.toml" "$ROOT/etc/systemd/system/buildkit.service"; do
+for f in "$ROOT/etc/buildkit/buildkitd.toml" "$ROOT/etc/systemd/system/buildkit.service" \
+    "$ROOT/etc/systemd/system/bkl-runner-stats.service" \
+    "$ROOT/etc/systemd/system/ssh.service.d/buildkit-launcher-oom.conf"; do
     if [ -s "$f" ]; then ok "$f exists"; else fail "$f is missing or empty"; fi
 done
 if command -v rsync >/dev/null 2>&1; then ok "rsync is installed"; else fail "rsync is not installed"; fi
@@ -49,22 +51,31 @@ if [ -x "$stats" ]; then ok "$stats is executable"; else fail "$stats is missing
 if [ -z "$ROOT" ]; then
     if systemctl is-enabled --quiet buildkit.service; then ok "buildkit.service is enabled"; else fail "buildkit.service is not enabled"; fi
     if systemctl is-active --quiet buildkit.service; then ok "buildkit.service is active"; else fail "buildkit.service is not active"; fi
-    if workers=$(buildctl debug workers 2>&1) && [ -n "$workers" ]; then
-        ok "buildctl debug workers: $(printf '%s\n' "$workers" | sed -n 2p)"
+    if [ "$(systemctl show --property Type --value buildkit.service)" = notify ]; then ok "buildkit.service is Type=notify"; else fail "buildkit.service is not Type=notify: systemd would call it started before it serves"; fi
+    # A listed worker, not just an answer: the table's header comes even with no worker.
+    if workers=$(buildctl --wait --timeout 30 debug workers 2>&1) && worker=$(printf '%s\n' "$workers" | sed -n 2p) && [ -n "$worker" ]; then
+        ok "buildctl debug workers lists a worker: $worker"
     else
-        fail "buildctl debug workers failed: $(printf '%s\n' "$workers" | tail -n 1)"
+        fail "buildctl debug workers lists no worker: $(printf '%s\n' "$workers" | tail -n 1)"
     fi
+    # OOM scores: build steps inherit buildkitd's, so it must be the default; sshd's sessions
+    # must be protected (README.md, "Out of memory").
+    main=$(systemctl show --property MainPID --value buildkit.service)
+    adj=$(cat "/proc/$main/oom_score_adj" 2>/dev/null)
+    if [ "$adj" = 0 ]; then ok "buildkitd's oom_score_adj is 0 (build steps inherit it)"; else fail "buildkitd's oom_score_adj is '$adj', not 0: every build step would inherit it"; fi
+    ssh_adj=$(systemctl show --property OOMScoreAdjust --value ssh.service)
+    if [ "$ssh_adj" = -900 ]; then ok "ssh.service OOMScoreAdjust=-900"; else fail "ssh.service OOMScoreAdjust is '$ssh_adj', not -900"; fi
+    if systemctl is-enabled --quiet bkl-runner-stats.service && systemctl is-active --quiet bkl-runner-stats.service; then ok "bkl-runner-stats.service (the memory sampler) is enabled and active"; else fail "bkl-runner-stats.service is not enabled and active: peak memory would fall back to the charged peak"; fi
     if [ -f /sys/fs/cgroup/cgroup.controllers ]; then ok "cgroup v2"; else fail "not cgroup v2: bkl-runner-stats cannot work"; fi
     # buildkitd must have left the unit's own cgroup (buildkit.service, ExecStartPost), or runc
     # cannot put build containers below it and the unit's memory.peak misses the build.
     cg=/sys/fs/cgroup/system.slice/buildkit.service
-    main=$(systemctl show --property MainPID --value buildkit.service)
     if [ -z "$(cat "$cg/cgroup.procs" 2>/dev/null)" ] && grep -qx "$main" "$cg/daemon/cgroup.procs" 2>/dev/null; then
         ok "buildkitd (pid $main) runs in $cg/daemon"
     else
         fail "buildkitd (pid $main) is not in $cg/daemon: build containers would escape the unit's memory accounting"
     fi
-    if out=$("$stats" 2>&1) && printf '%s\n' "$out" | grep -qE '^\{"peak_memory_mib": [0-9]+, "oom_kills": [0-9]+\}$'; then
+    if out=$("$stats" 2>&1) && printf '%s\n' "$out" | grep -qE '^\{"peak_memory_mib": [0-9]+, "oom_kills": [0-9]+, "charged_peak_mib": [0-9]+\}$'; then
         ok "bkl-runner-stats: $out"
     else
         fail "bkl-runner-stats printed '$out'"

@@ -149,10 +149,19 @@ pub struct Config {
     pub sizing: SizingPolicy,
     pub spec: SpecSettings,
     pub hcloud: HcloudConfig,
+    pub buildkitd: BuildkitdSettings,
     pub default_arch: Arch,
     /// Set when the operator policy took tiers out of the ladders: the ceiling, in words.
     #[serde(skip)]
     pub ceiling: Option<String>,
+}
+
+/// The BuildKit daemon on a runner (the buildctl backend).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildkitdSettings {
+    /// Seconds a build waits for buildkitd to serve and list a worker.
+    pub ready_timeout_s: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,8 @@ use std::process::{Command, Output};
 use buildkit_launcher::backend::{
     Backend, BuildRequest, CacheMode, RemotePaths, SecretRef, buildctl,
 };
-use support::registry::{Registry, require_root_and_tools};
+use support::cgroup::MemoryCgroup;
+use support::registry::{Registry, loopback_name, require_root_and_tools};
 
 const TOOLS: &[&str] = &["buildah", "docker-registry", "busybox", "curl"];
 
@@ -113,12 +114,37 @@ impl Work {
 
     /// Runs the double with the launcher's arguments for `req`.
     fn build(&self, store: &Store, req: &BuildRequest) -> Run {
+        self.build_with(store, req, &[], None)
+    }
+
+    /// The same with extra environment, optionally inside a memory cgroup.
+    fn build_with(
+        &self,
+        store: &Store,
+        req: &BuildRequest,
+        env: &[(&str, &Path)],
+        cgroup: Option<&MemoryCgroup>,
+    ) -> Run {
         let paths = RemotePaths::new(self.dir.path().to_str().unwrap());
         let args = buildctl::args(req, &paths);
         let metadata = self.dir.path().join("metadata.json");
         let _ = std::fs::remove_file(&metadata);
-        let mut cmd = Command::new(double());
+        let mut cmd = match cgroup {
+            // Join the cgroup, then become the double (its children inherit the cgroup).
+            Some(cg) => {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c")
+                    .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+                    .arg(&cg.path)
+                    .arg(double());
+                cmd
+            }
+            None => Command::new(double()),
+        };
         store.env(&mut cmd);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let out = cmd
             .args(&args)
             .env("HOME", self.dir.path().join("home"))
@@ -373,4 +399,154 @@ fn unknown_flag_is_a_usage_error() {
         String::from_utf8_lossy(&out.stderr),
         "buildctl: unknown flag --frobnicate\n"
     );
+}
+
+#[test]
+fn an_oom_killed_step_is_reported_with_buildkits_resource_exhausted_text() {
+    if !require_root_and_tools(TOOLS) {
+        return;
+    }
+    let registry = Registry::start().with_base_image();
+    let store = Store::new();
+    let work = Work::new(&format!(
+        "FROM {}\nRUN dd if=/dev/zero of=/dev/null bs=350M count=1\n",
+        registry.base_image()
+    ));
+    // 256 MiB, as cx23 on a sandbox runner (TESTING.md, "Real OOM").
+    let cgroup = MemoryCgroup::new(256);
+    let run = work.build_with(&store, &request(&registry, &["1"]), &[], Some(&cgroup));
+    assert_eq!(run.code, 1, "{}", run.output);
+    let last = run.output.lines().last().unwrap();
+    assert_eq!(
+        last,
+        "error: failed to solve: ResourceExhausted: process \"/bin/sh -c dd if=/dev/zero \
+         of=/dev/null bs=350M count=1\" did not complete successfully: cannot allocate memory"
+    );
+    assert!(
+        run.output.contains("ERROR: process \"/bin/sh -c dd"),
+        "{}",
+        run.output
+    );
+    assert!(!run.output.contains("exit code: 137"), "{}", run.output);
+    assert!(cgroup.oom_kills() >= 1, "the cgroup counted the kill");
+}
+
+/// Runs `buildctl ARGS` (the double) with a not-ready window of `ready_after`.
+fn buildctl(state: &Path, ready_after: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(double())
+        .args(args)
+        .env("BKL_DOUBLE_STATE_DIR", state)
+        .env("BKL_DOUBLE_BUILDKITD_READY_AFTER", ready_after)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_daemon_that_is_not_serving_yet_fails_like_buildkit_and_wait_rides_it_out() {
+    let state = tempfile::tempdir().unwrap();
+    // 2 s from the first call on this "runner" (no assertion depends on how long anything takes:
+    // each step either runs inside the window or waits for its end).
+    let (code, out, err) = buildctl(state.path(), "2", &["debug", "workers"]);
+    if code == 0 {
+        // The window already passed (a very slow machine): the rest still holds.
+        assert!(out.starts_with("ID"), "{out}");
+    } else {
+        assert_eq!(code, 1);
+        assert!(
+            err.starts_with("error: failed to list workers: rpc error: code = Unavailable"),
+            "{err}"
+        );
+    }
+    let (code, out, err) = buildctl(
+        state.path(),
+        "2",
+        &["--wait", "--timeout", "60", "debug", "workers"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert!(
+        rows[0].starts_with("ID") && rows[0].ends_with("PLATFORMS"),
+        "{out}"
+    );
+    assert_eq!(rows.len(), 2, "one worker: {out}");
+    assert!(rows[1].contains("linux/"), "{out}");
+    // Ready now: and stays ready.
+    assert_eq!(buildctl(state.path(), "2", &["debug", "workers"]).0, 0);
+}
+
+#[test]
+fn a_daemon_that_never_serves_fails_build_and_wait_like_buildkit() {
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, err) = buildctl(
+        state.path(),
+        "never",
+        &["build", "--frontend", "dockerfile.v0"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with(
+            "error: listing workers for Build: failed to list workers: rpc error: code = Unavailable"
+        ),
+        "{err}"
+    );
+    let (code, _, err) = buildctl(
+        state.path(),
+        "never",
+        &["--wait", "--timeout", "1", "debug", "workers"],
+    );
+    assert_eq!(
+        (code, err.as_str()),
+        (1, "error: context deadline exceeded\n")
+    );
+}
+
+#[test]
+fn from_over_plain_http_needs_the_registry_in_buildkitd_toml() {
+    if !require_root_and_tools(TOOLS) {
+        return;
+    }
+    let Some((name, ip)) = loopback_name() else {
+        let line = "needs a host name other than localhost for a loopback address in /etc/hosts";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{line}");
+        eprintln!("skipped: {line}");
+        return;
+    };
+    let registry = Registry::start_at(ip).with_base_image();
+    let host = registry.addr_as(&name);
+    let store = Store::new();
+    let work = Work::new("ARG BASE=unset\nFROM ${BASE}\nRUN echo pulled-$((6*7))\n");
+    let mut req = request(&registry, &["1"]);
+    req.build_args = vec![("BASE".into(), format!("{host}/base/busybox:latest"))];
+    let config = work.dir.path().join("buildkitd.toml");
+
+    // Not in buildkitd.toml: BuildKit speaks HTTPS to it, registry.insecure=true or not.
+    std::fs::write(&config, "[registry.\"zot.example:5000\"]\n  http = true\n").unwrap();
+    let env = [("BKL_DOUBLE_BUILDKITD_CONFIG", config.as_path())];
+    let run = work.build_with(&store, &req, &env, None);
+    assert_eq!(run.code, 1, "{}", run.output);
+    let last = run.output.lines().last().unwrap();
+    assert_eq!(
+        last,
+        format!(
+            "error: failed to solve: {host}/base/busybox:latest: failed to resolve source metadata \
+             for {host}/base/busybox:latest: failed to do request: Head \
+             \"https://{host}/v2/base/busybox/manifests/latest\": http: server gave HTTP \
+             response to HTTPS client"
+        )
+    );
+
+    // Named with http = true: pulled over plain HTTP.
+    std::fs::write(
+        &config,
+        format!("# the test registry\n[registry.\"{host}\"]\n  http = true # plain HTTP\n"),
+    )
+    .unwrap();
+    let run = work.build_with(&store, &req, &env, None);
+    digest(&run);
+    assert!(run.output.contains("pulled-42"), "{}", run.output);
 }

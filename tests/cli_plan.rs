@@ -34,6 +34,60 @@ fn plan_of_the_example_explains_the_spec() {
 }
 
 #[test]
+fn plan_for_the_local_provider_shows_the_tool_its_runner_really_has() {
+    let example = repo_dir().join("examples/hello");
+    let plan = |tools: &[&str]| {
+        let out = Launcher::new()
+            .args(["plan", "--json", "--history", "none", "--provider", "local"])
+            .args(tools)
+            .args(["--context"])
+            .args([&example])
+            .run();
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // The sandbox runner's PATH: its bin/, --local-tools, then the system directories.
+    let system_has_buildctl = [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ]
+    .iter()
+    .any(|d| std::path::Path::new(d).join("buildctl").exists());
+    let bare = plan(&[]);
+    let commands = bare["commands"].to_string();
+    if system_has_buildctl {
+        assert!(commands.contains("buildctl build"), "{commands}");
+    } else {
+        assert!(commands.contains("buildah bud"), "{commands}");
+        assert!(!commands.contains("buildctl"), "{commands}");
+        let note = bare["backend_note"].as_str().unwrap();
+        assert!(
+            note.contains("buildctl is not on the local runner's PATH"),
+            "{note}"
+        );
+    }
+    // With the double's directory, as the end-to-end tests run it: buildctl, after the wait.
+    let tools = repo_dir().join("tests/tools");
+    let with_double = plan(&["--local-tools", tools.to_str().unwrap()]);
+    let commands: Vec<&str> = with_double["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        commands[1].starts_with("buildctl --wait --timeout 60 debug workers"),
+        "{commands:?}"
+    );
+    assert!(commands[2].starts_with("buildctl build "), "{commands:?}");
+    assert!(with_double.get("backend_note").is_none());
+}
+
+#[test]
 fn plan_by_history_json_has_the_design_fields() {
     let ctx = Context::new().file("package.json", "{}");
     let history = ctx.path().join("history.jsonl");

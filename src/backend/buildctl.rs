@@ -1,9 +1,83 @@
-//! The `buildctl build` invocation (FACTS.md, "BuildKit / buildctl").
+//! The `buildctl build` invocation (FACTS.md, "BuildKit / buildctl"), and the wait for a
+//! buildkitd that serves before it.
+//!
+//! buildkitd creates its socket before it loads its workers and serves gRPC only after
+//! (BuildKit's cmd/buildkitd/main.go), so a build started as soon as the runner answers SSH can
+//! fail with `listing workers for Build: … Unavailable`, which would read as the user's build
+//! failing. The launcher first runs [`workers_command`]: `buildctl --wait` polls the daemon once a
+//! second until it answers (bounded by `--timeout`; cmd/buildctl/common/common.go), and `debug
+//! workers` must then list a worker. A daemon that never does is the runner's failure
+//! (infrastructure, exit 4), never the build's.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::{BuildRequest, CacheMode, RemotePaths};
-use crate::transport::session::shell_quote;
+use crate::transport::session::{Connection, shell_quote};
+
+/// The readiness check: wait for buildkitd for at most `timeout_s` seconds, then list workers.
+pub fn workers_command(timeout_s: u64) -> String {
+    format!("buildctl --wait --timeout {timeout_s} debug workers")
+}
+
+/// The worker rows of `buildctl debug workers` (a tabwriter table under an `ID PLATFORMS`
+/// header: cmd/buildctl/debug/workers.go). An empty list means the daemon serves without a
+/// worker, which buildkitd does not outgrow.
+pub fn listed_workers(output: &str) -> Vec<String> {
+    let mut lines = output.lines().map(str::trim).filter(|l| !l.is_empty());
+    match lines.next() {
+        Some(header) if header.split_whitespace().next() == Some("ID") => lines
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Wait until buildkitd on the runner lists a worker: at most `timeout_s` seconds (plus a
+/// margin for buildctl itself), one progress line before and one after. `Err` is the reason,
+/// naming buildkitd, for an infrastructure verdict.
+pub async fn wait_ready(
+    conn: &Connection,
+    timeout_s: u64,
+    log: &(dyn Fn(&str) + Send + Sync),
+) -> Result<(), String> {
+    log(&format!(
+        "waiting up to {timeout_s} s for buildkitd on the runner to list a worker"
+    ));
+    let started = Instant::now();
+    let bound = Duration::from_secs(timeout_s + 30);
+    let command = workers_command(timeout_s);
+    let check = conn.run_checked("wait for buildkitd on the runner", &command, None);
+    let output = match tokio::time::timeout(bound, check).await {
+        Err(_) => {
+            return Err(format!(
+                "buildkitd on the runner did not answer within {} s (buildctl --wait hung)",
+                bound.as_secs()
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(format!(
+                "buildkitd on the runner is not ready after {:.0} s (at most {timeout_s} s): {e}",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        Ok(Ok(output)) => output,
+    };
+    let workers = listed_workers(&output);
+    match workers.first() {
+        Some(worker) => {
+            log(&format!(
+                "buildkitd is ready after {:.1} s: worker {worker}",
+                started.elapsed().as_secs_f64()
+            ));
+            Ok(())
+        }
+        None => Err(format!(
+            "buildkitd on the runner answers but lists no worker: {}",
+            output.lines().last().unwrap_or("no output")
+        )),
+    }
+}
 
 /// The remote command: `buildctl` with [`args`], every word quoted for the shell.
 pub fn script(req: &BuildRequest, paths: &RemotePaths) -> String {
@@ -150,6 +224,22 @@ mod tests {
         let a = args(&r, &paths()).join(" ");
         assert!(!a.contains("cache"));
         assert!(a.contains("push=true,registry.insecure=true"));
+    }
+
+    #[test]
+    fn workers_are_the_rows_under_the_header() {
+        let table = "ID\t\t\t\tPLATFORMS\nw5ksz5t1ubb6u9dauqc1v8s9r\tlinux/amd64,linux/amd64/v2\n";
+        assert_eq!(
+            listed_workers(table),
+            ["w5ksz5t1ubb6u9dauqc1v8s9r linux/amd64,linux/amd64/v2"]
+        );
+        assert!(listed_workers("ID\tPLATFORMS\n").is_empty());
+        assert!(listed_workers("").is_empty());
+        assert!(listed_workers("error: failed to list workers").is_empty());
+        assert_eq!(
+            workers_command(60),
+            "buildctl --wait --timeout 60 debug workers"
+        );
     }
 
     #[test]

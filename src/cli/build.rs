@@ -48,7 +48,12 @@ pub struct BuildCommandArgs {
 
 pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
     // Everything that can be wrong with the input is found before anything is spawned.
-    let request = args.build.request()?;
+    let mut request = args.build.request()?;
+    let backend_note = super::provider::resolve_backend(
+        args.provider.provider,
+        &args.provider.local_tools,
+        &mut request.build,
+    );
     let credentials = args.build.credentials()?;
     let store = args.build.open_store(credentials.clone())?;
     let facts = gather(&request, config, store.as_ref())?;
@@ -56,6 +61,7 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
         warn(warning);
     }
     let mut plan = Plan::new(&request, config, &facts)?;
+    plan.backend_note = backend_note;
     let secrets = read_secrets(&plan)?;
     enforce_policy(&plan, credentials.is_some(), &secrets)?;
     let stale = crate::transport::session::remove_stale_key_dirs();
@@ -70,6 +76,9 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     let log = log_arc.as_ref();
     let output = |line: &str| eprintln!("  │ {line}");
     let chosen = args.provider.choose(config, log_arc.clone())?;
+    if let Some(note) = &plan.backend_note {
+        log(&format!("building with {note}"));
+    }
     let runtime = super::runtime()?;
     if let Chosen::Hcloud(hcloud) = &chosen {
         runtime.block_on(preflight(hcloud, &mut plan, config, !args.no_reap, log))?;

@@ -1,9 +1,11 @@
 //! `buildkit-launcher plan`: the dry run.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use clap::Args;
 
+use super::provider::{ProviderKind, resolve_backend};
 use super::{BuildArgs, warn};
 use crate::config::Config;
 use crate::exit::{Error, Exit};
@@ -14,19 +16,30 @@ pub struct PlanArgs {
     #[command(flatten)]
     pub build: BuildArgs,
 
+    /// Where the build would run; with `local`, the plan shows the command a sandbox runner
+    /// really runs (buildah where no buildctl is on its PATH).
+    #[arg(long, value_enum, default_value = "hcloud")]
+    pub provider: ProviderKind,
+
+    /// Local provider: a directory put first on the runner's PATH (repeatable), as for build.
+    #[arg(long, value_name = "DIR")]
+    pub local_tools: Vec<PathBuf>,
+
     /// Print the plan as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: PlanArgs, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
-    let request = args.build.request()?;
+    let mut request = args.build.request()?;
+    let note = resolve_backend(args.provider, &args.local_tools, &mut request.build);
     let store = args.build.open_store(args.build.credentials()?)?;
     let facts = gather(&request, config, store.as_ref())?;
     for warning in &facts.warnings {
         warn(warning);
     }
-    let plan = Plan::new(&request, config, &facts)?;
+    let mut plan = Plan::new(&request, config, &facts)?;
+    plan.backend_note = note;
     if args.json {
         let json = serde_json::to_string_pretty(&plan).expect("a Plan always serializes");
         writeln!(out, "{json}").map_err(Error::Output)?;

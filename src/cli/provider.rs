@@ -6,6 +6,7 @@ use std::sync::Arc;
 use clap::{Args, ValueEnum};
 use zeroize::Zeroizing;
 
+use crate::backend::{Backend, BuildRequest};
 use crate::config::Config;
 use crate::exit::Error;
 use crate::provider::Provider;
@@ -54,6 +55,28 @@ pub struct ProviderArgs {
     /// Local provider: where runner directories live.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_BASE)]
     pub local_dir: PathBuf,
+}
+
+/// The build tool the runner will really use: `--provider local` with `--backend buildctl`
+/// builds with buildah when no `buildctl` is on the sandbox runner's PATH, so the plan says
+/// so and shows that command. The note says why, for the plan and the log.
+pub fn resolve_backend(
+    provider: ProviderKind,
+    local_tools: &[PathBuf],
+    build: &mut BuildRequest,
+) -> Option<String> {
+    if provider != ProviderKind::Local || build.backend != Backend::Buildctl {
+        return None;
+    }
+    let tools: Vec<PathBuf> = local_tools
+        .iter()
+        .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()))
+        .collect();
+    if crate::provider::local::runner_tool(&tools, "buildctl").is_some() {
+        return None;
+    }
+    build.backend = Backend::Buildah;
+    Some("buildah: buildctl is not on the local runner's PATH (--local-tools DIR adds one)".into())
 }
 
 /// The provider, concrete (for provider-specific preflight) and as a trait object.

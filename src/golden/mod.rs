@@ -52,6 +52,14 @@ pub const FILES: &[(&str, &str)] = &[
         "bkl-runner-stats",
         include_str!("../../golden-image/bkl-runner-stats"),
     ),
+    (
+        "bkl-runner-stats.service",
+        include_str!("../../golden-image/bkl-runner-stats.service"),
+    ),
+    (
+        "ssh-oom.conf",
+        include_str!("../../golden-image/ssh-oom.conf"),
+    ),
 ];
 
 /// The bake server's base cloud-config, merged with the per-build keys (see [`bake`]).
@@ -98,48 +106,5 @@ mod tests {
         }
         assert!(CLOUD_INIT.starts_with("#cloud-config\n"));
     }
-
-    /// The golden image's bkl-runner-stats prints what the launcher parses after every build.
-    #[test]
-    fn runner_stats_reads_peak_and_oom_kills_of_a_cgroup_v2_directory() {
-        let stats = FILES
-            .iter()
-            .find(|(n, _)| *n == "bkl-runner-stats")
-            .unwrap()
-            .1;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("memory.peak"), "262144000\n").unwrap();
-        std::fs::write(
-            dir.path().join("memory.events"),
-            "low 0\nhigh 0\nmax 4\noom 2\noom_kill 2\noom_group_kill 0\n",
-        )
-        .unwrap();
-        let run = |cgroup: &std::path::Path| {
-            let mut child = std::process::Command::new("sh")
-                .arg("-s")
-                .env("BKL_STATS_CGROUP", cgroup)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            use std::io::Write as _;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(stats.as_bytes())
-                .unwrap();
-            child.wait_with_output().unwrap()
-        };
-        let out = run(dir.path());
-        assert!(out.status.success());
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "{\"peak_memory_mib\": 250, \"oom_kills\": 2}\n"
-        );
-        let out = run(&dir.path().join("missing"));
-        assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("no cgroup v2 memory accounting"));
-    }
+    // bkl-runner-stats on cgroup v1 and v2 fixture directories: tests/runner_stats.rs.
 }

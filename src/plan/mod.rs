@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::backend::{self, BuildRequest, REMOTE_WORKDIR, RemotePaths};
+use crate::backend::{self, Backend, BuildRequest, REMOTE_WORKDIR, RemotePaths};
 use crate::config::{Arch, Config, Tier};
 use crate::history::{HistoryKey, HistoryStore, Sample};
 use crate::sizing::rules::{billed_hours, nearest_rank};
@@ -129,6 +129,12 @@ pub struct Plan {
     pub images: Vec<String>,
     pub cache_ref: Option<String>,
     pub commands: Vec<String>,
+    /// Why the build tool differs from the one asked for (`--backend`), when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_note: Option<String>,
+    /// buildctl backend: seconds to wait for buildkitd to list a worker before the build.
+    #[serde(skip)]
+    pub buildkitd_ready_timeout_s: u64,
     #[serde(skip)]
     pub build: BuildRequest,
     /// What the sync sends, computed with the plan (before any runner exists).
@@ -169,14 +175,19 @@ impl Plan {
         let mut build = req.build.clone();
         build.platform = format!("linux/{}", sizing.arch);
         let paths = RemotePaths::new(REMOTE_WORKDIR);
-        let commands = vec![
-            format!(
-                "rsync --archive {}/ root@<runner>:{}/   # honours .dockerignore",
-                req.context.display(),
-                paths.context()
-            ),
-            backend::script(&build, &paths),
-        ];
+        let mut commands = vec![format!(
+            "rsync --archive {}/ root@<runner>:{}/   # honours .dockerignore",
+            req.context.display(),
+            paths.context()
+        )];
+        let ready_timeout_s = config.buildkitd.ready_timeout_s;
+        if build.backend == Backend::Buildctl {
+            commands.push(format!(
+                "{}   # until buildkitd lists a worker",
+                backend::buildctl::workers_command(ready_timeout_s)
+            ));
+        }
+        commands.push(backend::script(&build, &paths));
         Ok(Plan {
             tier: sizing.tier.name.clone(),
             retry_tier: sizing.retry_tier.as_ref().map(|t| t.name.clone()),
@@ -204,6 +215,8 @@ impl Plan {
             images: build.images(),
             cache_ref: build.cache_ref(),
             commands,
+            backend_note: None,
+            buildkitd_ready_timeout_s: ready_timeout_s,
             build,
             context_entries: facts.context_entries.clone(),
         })

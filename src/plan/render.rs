@@ -70,10 +70,14 @@ pub fn render_human(plan: &Plan) -> String {
     if let Some(cache) = &plan.cache_ref {
         row(&mut out, "cache", cache);
     }
+    if let Some(note) = &plan.backend_note {
+        row(&mut out, "backend", note);
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "Commands on the runner:");
     for command in &plan.commands {
-        let _ = writeln!(out, "  {}", wrap_flags(command));
+        // A multi-line script (buildah's) keeps every line under the heading.
+        let _ = writeln!(out, "  {}", wrap_flags(command).replace('\n', "\n  "));
     }
     out
 }
@@ -103,7 +107,7 @@ fn wrap_flags(command: &str) -> String {
     for (i, word) in command.split(' ').enumerate() {
         if i > 0 {
             if word.starts_with("--") {
-                out.push_str(" \\\n      ");
+                out.push_str(" \\\n    "); // indented by two more under the heading
             } else {
                 out.push(' ');
             }

@@ -32,6 +32,26 @@ use super::cloud_init::UserData;
 use super::{LeaseInfo, Provider, ProviderError, Runner, RunnerSpec};
 
 pub const DEFAULT_BASE: &str = "/var/tmp/buildkit-launcher/local";
+/// The system part of a runner's PATH, after its own `bin/` and the `--local-tools` directories.
+const RUNNER_SYSTEM_PATH: [&str; 6] = [
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+/// Where `tool` would be found on the PATH of a sandbox runner with these `--local-tools`
+/// directories (the runner's own `bin/` holds only `bkl-runner-stats`), if anywhere.
+pub fn runner_tool(extra_path: &[PathBuf], tool: &str) -> Option<PathBuf> {
+    extra_path
+        .iter()
+        .cloned()
+        .chain(RUNNER_SYSTEM_PATH.iter().map(PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
 const CGROUP_PARENT: &str = "/sys/fs/cgroup/memory/buildkit-launcher";
 const SSHD: &str = "/usr/sbin/sshd";
 /// Loopback address claims, shared by every local provider on the machine whatever its base
@@ -45,6 +65,8 @@ pub struct LocalProvider {
     /// Directories put first on the runner's PATH (the tests' `buildctl` double lives in one).
     extra_path: Vec<PathBuf>,
     sshd: Mutex<HashMap<String, Child>>,
+    /// Each runner's `bkl-runner-stats --sample` (outside its cgroup).
+    samplers: Mutex<HashMap<String, Child>>,
 }
 
 impl LocalProvider {
@@ -55,6 +77,7 @@ impl LocalProvider {
             memory_scale: memory_scale.max(1),
             extra_path,
             sshd: Mutex::new(HashMap::new()),
+            samplers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -148,9 +171,26 @@ impl LocalProvider {
             .map_err(fail("write its storage config"))?;
         write_executable(
             &dir.join("bin/bkl-runner-stats"),
-            &runner_stats_script(&cgroup),
+            &runner_stats_script(&cgroup, &dir.join("stats-peak")),
         )
         .map_err(fail("install bkl-runner-stats"))?;
+        // The sampler: outside the runner's cgroup (not charged to the build, not a candidate
+        // for its OOM killer), in its own process group; it ends when the cgroup is removed.
+        let sampler = Command::new("/bin/sh")
+            .arg(dir.join("bin/bkl-runner-stats"))
+            .arg("--sample")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(fail("start its memory sampler"))?;
+        fs::write(dir.join("sampler.pid.launcher"), sampler.id().to_string())
+            .map_err(fail("record its memory sampler"))?;
+        self.samplers
+            .lock()
+            .expect("sampler table lock")
+            .insert(id.to_owned(), sampler);
         fs::write(dir.join("sshd_config"), self.sshd_config(&dir, &host, port))
             .map_err(fail("write its sshd config"))?;
         fs::create_dir_all("/run/sshd").map_err(fail("create /run/sshd"))?;
@@ -208,17 +248,7 @@ impl LocalProvider {
     fn sshd_config(&self, dir: &Path, host: &str, port: u16) -> String {
         let mut path: Vec<String> = vec![dir.join("bin").display().to_string()];
         path.extend(self.extra_path.iter().map(|p| p.display().to_string()));
-        path.extend(
-            [
-                "/usr/local/sbin",
-                "/usr/local/bin",
-                "/usr/sbin",
-                "/usr/bin",
-                "/sbin",
-                "/bin",
-            ]
-            .map(String::from),
-        );
+        path.extend(RUNNER_SYSTEM_PATH.map(String::from));
         let d = dir.display();
         format!(
             "# sshd of buildkit-launcher local runner {d}\n\
@@ -325,6 +355,18 @@ impl LocalProvider {
             let _ = child.kill();
             let _ = child.wait();
         } else if let Some(pid) = fs::read_to_string(dir.join("sshd.pid.launcher"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        // The sampler is outside the cgroup: kill and reap it (it would also end by itself
+        // once the cgroup is gone).
+        let sampler = self.samplers.lock().expect("sampler table lock").remove(id);
+        if let Some(mut sampler) = sampler {
+            let _ = sampler.kill();
+            let _ = sampler.wait();
+        } else if let Some(pid) = fs::read_to_string(dir.join("sampler.pid.launcher"))
             .ok()
             .and_then(|p| p.trim().parse::<i32>().ok())
         {
@@ -488,16 +530,18 @@ fn storage_conf(dir: &Path) -> String {
     )
 }
 
-/// The runner's `bkl-runner-stats`, bound to its cgroup v1 directory (ARCHITECTURE.md).
-fn runner_stats_script(cgroup: &Path) -> String {
+/// The runner's `bkl-runner-stats`: the golden image's script (it reads cgroup v1 as well as
+/// v2), bound to the runner's cgroup v1 directory and its own sampler state file.
+fn runner_stats_script(cgroup: &Path, state: &Path) -> String {
+    let script = include_str!("../../golden-image/bkl-runner-stats");
+    let body = script.split_once('\n').map_or(script, |(_, rest)| rest);
     format!(
         "#!/bin/sh\n\
-         # bkl-runner-stats of a local sandbox runner: peak memory and OOM kills of its memory cgroup.\n\
-         cg='{}'\n\
-         peak=$(cat \"$cg/memory.max_usage_in_bytes\")\n\
-         oom=$(sed -n 's/^oom_kill //p' \"$cg/memory.oom_control\")\n\
-         printf '{{\"peak_memory_mib\": %d, \"oom_kills\": %d}}\\n' $((peak / 1048576)) \"${{oom:-0}}\"\n",
-        cgroup.display()
+         # bkl-runner-stats of a local sandbox runner (ARCHITECTURE.md): its memory cgroup.\n\
+         BKL_STATS_CGROUP=${{BKL_STATS_CGROUP:-'{}'}}\n\
+         BKL_STATS_STATE=${{BKL_STATS_STATE:-'{}'}}\n{body}",
+        cgroup.display(),
+        state.display()
     )
 }
 

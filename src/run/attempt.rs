@@ -116,6 +116,15 @@ async fn build_over(
         (ex.log)("buildctl is not on the runner; building with buildah");
         request.backend = Backend::Buildah;
     }
+    if request.backend == Backend::Buildctl
+        && let Err(reason) =
+            backend::buildctl::wait_ready(conn, plan.buildkitd_ready_timeout_s, ex.log).await
+    {
+        return Ok(Done {
+            verdict: Verdict::Lost { reason },
+            digest: None,
+        });
+    }
     let script = backend::script(&request, &paths);
     let phase = Instant::now();
     let build = conn.run(&script, None, ex.output);

@@ -1,8 +1,10 @@
 //! Test support: a builder that runs the built binary in a clean environment.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod cgroup;
 pub mod fake_release;
 pub mod hcloud_sim;
+pub mod local_build;
 pub mod registry;
 pub mod runner;
 

@@ -3,7 +3,7 @@
 //! See TESTING.md ("Registry").
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,12 +19,23 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
-        Registry::spawn(None)
+        Registry::spawn(None, Ipv4Addr::LOCALHOST)
+    }
+
+    /// On another loopback address (for [`loopback_name`]'s).
+    pub fn start_at(ip: Ipv4Addr) -> Registry {
+        Registry::spawn(None, ip)
+    }
+
+    /// `NAME:PORT`: this registry under another name for its address.
+    pub fn addr_as(&self, name: &str) -> String {
+        let port = self.addr.rsplit_once(':').unwrap().1;
+        format!("{name}:{port}")
     }
 
     /// Basic auth from an htpasswd file (bcrypt, `htpasswd -Bbn`).
     pub fn start_with_auth(user: &str, password: &str) -> Registry {
-        Registry::spawn(Some((user, password)))
+        Registry::spawn(Some((user, password)), Ipv4Addr::LOCALHOST)
     }
 
     /// Pushes `base/busybox:latest` (scripts/prepare-base-image) into this registry.
@@ -97,7 +108,7 @@ impl Registry {
         http_get(&self.addr, path, &all)
     }
 
-    fn spawn(auth: Option<(&str, &str)>) -> Registry {
+    fn spawn(auth: Option<(&str, &str)>, ip: Ipv4Addr) -> Registry {
         require_tool("docker-registry", "docker-registry");
         let dir = tempfile::Builder::new()
             .prefix("test-registry-")
@@ -121,7 +132,7 @@ impl Registry {
         let log_path = dir.path().join("registry.log");
         // The free port can be taken between probing and binding: try a few.
         for _ in 0..3 {
-            let addr = free_loopback_addr();
+            let addr = free_loopback_addr(ip);
             let data = dir.path().join("data");
             std::fs::write(
                 &config,
@@ -216,9 +227,39 @@ fn header(headers: &[(String, String)], name: &str) -> Option<String> {
         .map(|(_, v)| v.clone())
 }
 
-fn free_loopback_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+fn free_loopback_addr(ip: Ipv4Addr) -> String {
+    let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
     listener.local_addr().unwrap().to_string()
+}
+
+/// A host name that is neither `localhost` nor an IP literal and resolves to a loopback IPv4
+/// address, with that address: what BuildKit treats as a remote registry. Its resolver speaks
+/// plain HTTP, without asking buildkitd.toml, to `localhost`, `::1` and every loopback IP
+/// literal (containerd's docker.MatchLocalhost: all of 127.0.0.0/8), so neither 127.0.0.1 nor
+/// 127.0.0.N can show a registry missing from buildkitd.toml. Debian lists the machine's own
+/// name in /etc/hosts (127.0.1.1, or 127.0.0.1 here); the first such entry is used.
+pub fn loopback_name() -> Option<(String, Ipv4Addr)> {
+    use std::net::ToSocketAddrs;
+    let hosts = std::fs::read_to_string("/etc/hosts").ok()?;
+    for line in hosts.lines() {
+        let mut words = line.split('#').next()?.split_whitespace();
+        let Some(ip) = words.next().and_then(|w| w.parse::<Ipv4Addr>().ok()) else {
+            continue;
+        };
+        if !ip.is_loopback() {
+            continue;
+        }
+        for name in words {
+            let special = name.contains("localhost") || name.parse::<std::net::IpAddr>().is_ok();
+            let resolves = (name, 0)
+                .to_socket_addrs()
+                .is_ok_and(|mut a| a.any(|a| a.ip() == std::net::IpAddr::V4(ip)));
+            if !special && resolves {
+                return Some((name.to_owned(), ip));
+            }
+        }
+    }
+    None
 }
 
 fn last_line(path: &Path) -> String {

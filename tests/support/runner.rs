@@ -121,6 +121,11 @@ impl Sandbox {
             !ps.lines().any(|l| l.contains("sshd") && l.contains(&base)),
             "an sshd of this sandbox is still running"
         );
+        assert!(
+            !ps.lines()
+                .any(|l| l.contains("bkl-runner-stats") && l.contains(&base)),
+            "a memory sampler of this sandbox is still running"
+        );
     }
 }
 
