@@ -96,10 +96,7 @@ fn a_failing_run_step_is_exit_1_without_retry() {
     assert_eq!(report["outcome"], "build_failed");
     assert_eq!(outcomes(&report), [("cx33".into(), "failed".into())]);
     assert!(
-        report["error"]
-            .as_str()
-            .unwrap()
-            .contains("a build step exited with code 3"),
+        report["error"].as_str().unwrap().contains("exit code: 3"),
         "{}",
         report["error"]
     );

@@ -12,8 +12,11 @@
 //!    `error:` line (the last line of its output; the build's own lines come prefixed `#N` in
 //!    plain progress) reports BuildKit's ENOMEM, `ResourceExhausted: ... cannot allocate memory`.
 //!
-//! The reason given for a failure is a category and an exit code, not the build's text (which
-//! can carry a secret the build printed); the full output is in the build log.
+//! The reason given for a failure is buildctl's own final `error:` line (cut to
+//! [`MAX_REASON_CHARS`]; it names what failed: a step's command and exit code, a base image that
+//! could not be resolved), never a line the build printed, which can carry anything, a secret
+//! included. With buildah, whose build output is not prefixed, it is a category and the exit
+//! status. The run loop also masks every known secret value in it.
 
 use serde::Serialize;
 
@@ -76,13 +79,14 @@ pub fn classify(
             Some(line) if line.contains("no space left on device") => {
                 "the runner's disk is full (no space left on device)".to_owned()
             }
-            Some(line) => match step_exit_code(line) {
-                Some(step) => format!("a build step exited with code {step} (see the build log)"),
-                None => format!(
-                    "{} failed with exit status {code} (see the build log)",
-                    backend_name(backend)
-                ),
-            },
+            Some(line) => {
+                let line = line.trim_start_matches("error: ").trim();
+                let mut reason: String = line.chars().take(MAX_REASON_CHARS).collect();
+                if reason.len() < line.len() {
+                    reason.push('…');
+                }
+                reason
+            }
             None => format!(
                 "{} failed with exit status {code} (see the build log)",
                 backend_name(backend)
@@ -113,11 +117,8 @@ fn final_error_line(tail: &[String], backend: Backend) -> Option<&str> {
     last.starts_with("error: ").then_some(last)
 }
 
-/// `... did not complete successfully: exit code: N` at the end of buildctl's error line.
-fn step_exit_code(line: &str) -> Option<i64> {
-    line.rsplit_once("did not complete successfully: exit code: ")
-        .and_then(|(_, code)| code.trim().parse().ok())
-}
+/// The most of buildctl's error line that goes into a failure reason.
+pub const MAX_REASON_CHARS: usize = 300;
 
 #[cfg(test)]
 mod tests {
@@ -177,7 +178,7 @@ mod tests {
                 Verdict::Failed { reason } => {
                     assert_eq!(
                         reason,
-                        "a build step exited with code 1 (see the build log)"
+                        "failed to solve: process \"/bin/sh -c false\" did not complete successfully: exit code: 1"
                     )
                 }
                 other => panic!("{kills:?}: {other:?}"),
@@ -203,15 +204,26 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_reason_carries_no_build_text() {
+    fn a_failure_reason_is_buildctls_own_last_line_only() {
         let t = lines(
-            "#7 0.2 token=hunter2\nerror: failed to solve: process \"/bin/sh -c echo hunter2; exit 3\" did not complete successfully: exit code: 3",
+            "#7 0.2 token=hunter2\nerror: failed to solve: process \"/bin/sh -c ./build.sh\" did not complete successfully: exit code: 3",
         );
         match classify(&code(1), &t, Some(0), Buildctl) {
             Verdict::Failed { reason } => {
                 assert!(!reason.contains("hunter2"), "{reason}");
-                assert!(reason.contains("code 3"), "{reason}");
+                assert!(reason.ends_with("exit code: 3"), "{reason}");
             }
+            other => panic!("{other:?}"),
+        }
+        // The build's own last line (not buildctl's) is never the reason.
+        let t = lines("#7 0.2 error: hunter2");
+        match classify(&code(1), &t, Some(0), Buildctl) {
+            Verdict::Failed { reason } => assert!(!reason.contains("hunter2"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        let long = format!("error: failed to solve: {}", "x".repeat(1000));
+        match classify(&code(1), &lines(&long), Some(0), Buildctl) {
+            Verdict::Failed { reason } => assert!(reason.chars().count() <= MAX_REASON_CHARS + 1),
             other => panic!("{other:?}"),
         }
         let t = lines("Error: building at STEP \"RUN echo hunter2\": exit status 1");

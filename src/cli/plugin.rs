@@ -114,9 +114,9 @@ pub fn argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsStr
             _ => args.extend([flag, value.clone()]),
         }
     }
-    if !env
+    if env
         .get("PLUGIN_HCLOUD_ENDPOINT")
-        .is_some_and(|v| !v.is_empty())
+        .is_none_or(|v| v.is_empty())
     {
         let endpoint = policy
             .hcloud_endpoint

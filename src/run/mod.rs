@@ -166,6 +166,7 @@ pub async fn execute(ex: &Executor<'_>, cancel: CancellationToken) -> RunReport 
             failed.destroy_error.as_deref().unwrap_or("unknown error")
         ));
     }
+    let error = error.map(|e| mask_secrets(&e, ex));
     RunReport::new(ex.plan, exit, digest, attempts, error, ex.provider.name())
 }
 
@@ -190,6 +191,21 @@ async fn verify(ex: &Executor<'_>, digest: Option<&str>) -> Result<(), String> {
     )
     .await
     .map_err(|e| e.to_string())
+}
+
+/// Every known secret value (build secrets, the registry password) replaced in `text`: a
+/// failure reason quotes buildctl, and buildctl quotes what it was given.
+fn mask_secrets(text: &str, ex: &Executor<'_>) -> String {
+    let mut text = text.to_owned();
+    let values = ex
+        .secrets
+        .iter()
+        .map(|(_, v)| v.as_str())
+        .chain(ex.credentials.iter().map(|c| c.password.as_str()));
+    for value in values.filter(|v| v.len() >= 4) {
+        text = text.replace(value, "****");
+    }
+    text
 }
 
 fn append_history(ex: &Executor<'_>, tier: &Tier, record: &AttemptReport, verdict: &Verdict) {

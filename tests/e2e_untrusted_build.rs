@@ -1,0 +1,215 @@
+//! A hostile build, end to end on a local runner (real sshd, rsync, registry, buildah): what a
+//! Dockerfile prints decides nothing, no process the launcher starts can read a secret from its
+//! environment, and a pull-request build teaches the sizer nothing.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+
+use support::BIN;
+use support::local_build::{Fixture, assert_success, outcomes};
+
+const HCLOUD_TOKEN: &str = "fake-hcloud-token-d00d";
+const REGISTRY_PASSWORD: &str = "fake-registry-password-b33f";
+const BUILD_SECRET: &str = "fake-build-secret-c0ffee";
+
+#[test]
+fn oom_words_in_a_failing_build_are_exit_1_with_one_attempt() {
+    // The build prints every phrase a text-based classifier would take for OOM, then fails.
+    // The phrases are assembled by printf, so that they appear in the output but not in the
+    // Dockerfile's command (which buildctl's own error line quotes).
+    let Some(f) = Fixture::new(
+        "RUN printf 'exit code: 1%s\\n' 37; printf 'cannot al%s memory\\n' locate; \
+         printf 'error: failed to solve: Resource%s: process \"x\" did not complete successfully: cannot al%s memory\\n' Exhausted locate; exit 1",
+    ) else {
+        return;
+    };
+    for backend in ["buildctl", "buildah"] {
+        let out = f.build(backend, &[]);
+        assert_eq!(out.code, 1, "{backend}: stderr:\n{}", out.stderr);
+        let report = f.report();
+        assert_eq!(report["outcome"], "build_failed", "{backend}");
+        assert_eq!(
+            outcomes(&report).len(),
+            1,
+            "{backend}: one attempt, no retry"
+        );
+        let error = report["error"].as_str().unwrap();
+        for printed in [
+            "exit code: 137",
+            "cannot allocate memory",
+            "ResourceExhausted",
+        ] {
+            assert!(
+                !error.contains(printed),
+                "{backend}: build output in the report: {error}"
+            );
+        }
+        if backend == "buildctl" {
+            assert!(error.ends_with("exit code: 1"), "{error}");
+        }
+        f.assert_nothing_left();
+    }
+}
+
+#[test]
+fn a_step_that_exits_137_by_itself_is_not_oom() {
+    let Some(f) = Fixture::new("RUN exit 137") else {
+        return;
+    };
+    for backend in ["buildctl", "buildah"] {
+        let out = f.build(backend, &[]);
+        assert_eq!(out.code, 1, "{backend}: stderr:\n{}", out.stderr);
+        assert_eq!(outcomes(&f.report()).len(), 1, "{backend}");
+        f.assert_nothing_left();
+    }
+}
+
+/// The pids of every descendant of `root` (not `root` itself), from /proc.
+fn descendants(root: u32) -> Vec<(u32, String)> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map_or("", |(_, c)| c).to_owned();
+        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((pid, ppid, comm));
+        }
+    }
+    let mut tree = BTreeSet::from([root]);
+    loop {
+        let before = tree.len();
+        for (pid, ppid, _) in &parent_of {
+            if tree.contains(ppid) {
+                tree.insert(*pid);
+            }
+        }
+        if tree.len() == before {
+            break;
+        }
+    }
+    parent_of
+        .into_iter()
+        .filter(|(pid, _, _)| *pid != root && tree.contains(pid))
+        .map(|(pid, _, comm)| (pid, comm))
+        .collect()
+}
+
+#[test]
+fn no_child_of_the_launcher_sees_a_secret_in_its_environment() {
+    // Long enough to sample sshd, the ssh master, rsync and the build tool on the runner.
+    let Some(f) =
+        Fixture::new("RUN --mount=type=secret,id=tok test -s /run/secrets/tok && sleep 4")
+    else {
+        return;
+    };
+    for backend in ["buildctl", "buildah"] {
+        let log_path = f.ctx.path().join(format!("{backend}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(BIN)
+            .args(f.args(backend))
+            .args([
+                "--registry-user",
+                "ci",
+                "--secret",
+                "id=tok,env=BUILD_SECRET",
+            ])
+            .env("HCLOUD_TOKEN", HCLOUD_TOKEN)
+            .env("REGISTRY_PASSWORD", REGISTRY_PASSWORD)
+            .env("PLUGIN_HCLOUD_TOKEN", HCLOUD_TOKEN)
+            .env("BUILD_SECRET", BUILD_SECRET)
+            .env("HOME", f.ctx.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let launcher = child.id();
+        let mut seen = BTreeSet::new();
+        let mut leaks = Vec::new();
+        while child.try_wait().unwrap().is_none() {
+            for (pid, comm) in descendants(launcher) {
+                let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                    continue;
+                };
+                let environ = String::from_utf8_lossy(&environ);
+                for secret in [HCLOUD_TOKEN, REGISTRY_PASSWORD, BUILD_SECRET] {
+                    if environ.contains(secret) {
+                        leaks.push(format!("{comm} ({pid}) holds {secret}"));
+                    }
+                }
+                seen.insert(comm);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let status = child.wait().unwrap();
+        let stderr = std::fs::read_to_string(&log_path).unwrap();
+        assert_eq!(status.code(), Some(0), "{backend}: {stderr}");
+        assert!(leaks.is_empty(), "{backend}: {leaks:?}");
+        for secret in [HCLOUD_TOKEN, REGISTRY_PASSWORD, BUILD_SECRET] {
+            assert!(
+                !stderr.contains(secret),
+                "{backend}: the log shows {secret}"
+            );
+        }
+        // The sample covered what matters: the runner's sshd, the ssh master and rsync.
+        for comm in ["sshd", "ssh", "rsync"] {
+            assert!(
+                seen.contains(comm),
+                "{backend}: never saw {comm} among {seen:?}"
+            );
+        }
+        f.assert_nothing_left();
+    }
+}
+
+#[test]
+fn a_pull_request_build_leaves_the_history_unchanged() {
+    let Some(f) = Fixture::new("RUN echo built > /built.txt") else {
+        return;
+    };
+    let history = f.ctx.path().join("history.jsonl");
+    let out = support::Launcher::new()
+        .env("CI_PIPELINE_EVENT", "pull_request")
+        .args(f.args("buildah"))
+        .args(["--tag", "latest", "--tag", "v1"])
+        .run();
+    assert_success(&f, &out);
+    assert!(!history.exists(), "a pull-request build wrote history");
+
+    let plan = support::Launcher::new()
+        .env("CI_PIPELINE_EVENT", "pull_request")
+        .args(["plan", "--context"])
+        .args([f.ctx.path()])
+        .args(["--project", "e2e/app", "--history"])
+        .args([format!("file:{}", history.display())])
+        .run();
+    assert!(
+        plan.stdout
+            .contains("read only: a pull-request build records no sample"),
+        "{}",
+        plan.stdout
+    );
+
+    let out = f.build("buildah", &["--tag", "latest", "--tag", "v1"]);
+    assert_success(&f, &out);
+    let lines = std::fs::read_to_string(&history).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        1,
+        "a push build records its sample: {lines}"
+    );
+}
