@@ -21,6 +21,7 @@ pub mod reap;
 pub mod registry;
 pub mod retry;
 pub mod run;
+pub mod runner;
 pub mod simulate;
 pub mod sizing;
 pub mod transport;

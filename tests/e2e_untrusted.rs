@@ -89,7 +89,8 @@ impl Attack {
 fn ignore_files_that_are_special_or_outside_cost_no_server() {
     let a = Attack::new();
     let ignore = a.ctx.path().join(".dockerignore");
-    let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
+    type Plant<'a> = Box<dyn Fn() + 'a>;
+    let cases: Vec<(&str, Plant, &str)> = vec![
         (
             "a symlink to a device",
             Box::new(|| std::os::unix::fs::symlink("/dev/zero", &ignore).unwrap()),

@@ -37,17 +37,7 @@ pub struct RunnerSpec {
     pub labels: BTreeMap<String, String>,
 }
 
-/// A runner that is up: where to reach it and which host key it must present.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Runner {
-    pub id: String,
-    pub host: String,
-    pub port: u16,
-    /// Directory on the runner for the context, secrets and metadata.
-    pub workdir: String,
-    /// Home directory of the login user (registry credentials go to `~/.docker`).
-    pub home: String,
-}
+pub use crate::runner::{ConnectPolicy, Runner};
 
 /// A runner's lease: the reaper deletes runners whose lease has expired.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -103,8 +93,8 @@ pub trait Provider: Send + Sync {
     /// `local` or `hcloud`, for reports.
     fn name(&self) -> &'static str;
     /// How long to keep trying SSH while a runner boots.
-    fn connect_policy(&self) -> crate::transport::session::ConnectPolicy {
-        crate::transport::session::ConnectPolicy::default()
+    fn connect_policy(&self) -> ConnectPolicy {
+        ConnectPolicy::default()
     }
     /// Start creating a runner; returns its id as soon as one exists.
     async fn create(&self, spec: &RunnerSpec) -> Result<String, ProviderError>;

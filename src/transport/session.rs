@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use openssh::{KnownHosts, Session, SessionBuilder};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 
-use crate::provider::Runner;
+pub use crate::runner::ConnectPolicy;
+use crate::runner::Runner;
 
 /// How a remote command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,24 +50,6 @@ pub enum TransportError {
     },
     #[error("{purpose}: {detail}")]
     Command { purpose: String, detail: String },
-}
-
-/// Bounds for connecting while a runner boots.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectPolicy {
-    pub attempts: u32,
-    pub first_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl Default for ConnectPolicy {
-    fn default() -> Self {
-        ConnectPolicy {
-            attempts: 40,
-            first_delay: Duration::from_millis(250),
-            max_delay: Duration::from_secs(5),
-        }
-    }
 }
 
 pub struct Connection {

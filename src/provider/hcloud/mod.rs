@@ -23,7 +23,7 @@ use super::{LABEL_MANAGED_BY, LeaseInfo, MANAGED_BY, Provider, ProviderError, Ru
 use crate::backend::REMOTE_WORKDIR;
 use crate::config::{Arch, Tier};
 use crate::retry::RetryPolicy;
-use crate::transport::session::ConnectPolicy;
+use crate::runner::ConnectPolicy;
 pub use client::{ApiClient, ApiError, DEFAULT_ENDPOINT, Retry};
 
 /// How long a server may take to be deleted, and when its actions are first looked at.
