@@ -387,7 +387,8 @@ fn a_memory_bomb_is_stopped_by_the_launchers_own_cap_under_a_tight_cgroup() {
     let cg = MemoryCgroup::new(1 << 30);
     let repo = Repo::new();
     repo.spec(
-        "{ memory_gb = std.array.length (std.array.generate (fun i => \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\") 100000000) }",
+        // Doubles a string until it no longer fits: gigabytes within a second.
+        "let rec d = fun s n => if n == 0 then s else d (s ++ s) (n - 1) in { memory_gb = std.string.length (d \"xxxxxxxx\" 40) }",
     );
     let out = std::process::Command::new("sh")
         .args([
