@@ -220,13 +220,9 @@ fn provider(
             )
         },
     )?;
-    if !(api.hcloud_endpoint.starts_with("https://") || api.hcloud_endpoint.starts_with("http://"))
-    {
-        return Err(Error::Usage(format!(
-            "--hcloud-endpoint {}: must be an http:// or https:// URL",
-            api.hcloud_endpoint
-        )));
-    }
+    crate::policy::Policy::current()?
+        .check_endpoint(&api.hcloud_endpoint)
+        .map_err(|e| Error::Usage(format!("--hcloud-endpoint: {e}")))?;
     let locations = if locations.is_empty() {
         config.hcloud.locations.clone()
     } else {
