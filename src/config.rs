@@ -179,6 +179,13 @@ pub enum ConfigError {
 impl Config {
     /// Load the embedded defaults, overridden by `file` when given.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        match file {
+            None => Ok(Config::defaults()),
+            Some(file) => Config::load_file(Some(file)),
+        }
+    }
+
+    fn load_file(file: Option<&Path>) -> Result<Config, ConfigError> {
         let root = match file {
             // An operator's config may import its siblings; it is trusted, but stays in its folder.
             Some(file) => file
@@ -209,9 +216,15 @@ impl Config {
         Ok(config)
     }
 
-    /// The embedded defaults alone.
+    /// The embedded defaults alone, evaluated once per process.
     pub fn defaults() -> Config {
-        Config::load(None).expect("the embedded schemas/launcher.ncl evaluates and validates")
+        static DEFAULTS: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+        DEFAULTS
+            .get_or_init(|| {
+                Config::load_file(None)
+                    .expect("the embedded schemas/launcher.ncl evaluates and validates")
+            })
+            .clone()
     }
 
     pub fn ladder(&self, arch: Arch) -> &[Tier] {
