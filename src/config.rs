@@ -141,6 +141,21 @@ impl RetryConfig {
     }
 }
 
+/// Where a build's cache and history live in its registry (`{repo}`: the image repository).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryLayout {
+    pub cache: String,
+    pub history: String,
+}
+
+impl RegistryLayout {
+    /// The cache repository of the image repository `repo`.
+    pub fn cache_repo(&self, repo: &str) -> String {
+        self.cache.replace("{repo}", repo)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -150,6 +165,7 @@ pub struct Config {
     pub spec: SpecSettings,
     pub hcloud: HcloudConfig,
     pub buildkitd: BuildkitdSettings,
+    pub registry: RegistryLayout,
     pub default_arch: Arch,
     /// Set when the operator policy took tiers out of the ladders: the ceiling, in words.
     #[serde(skip)]

@@ -153,6 +153,7 @@ fn a_second_build_is_sized_from_the_history_the_first_left() {
             language_marker: None,
             key: &app,
             history: &history,
+            history_unreadable: false,
         })
         .unwrap();
         (sizing.source, sizing.tier.memory_mib, sizing.samples)

@@ -82,6 +82,7 @@ mod tests {
             tags: vec!["1".into(), "latest".into()],
             insecure_registry: true,
             cache: CacheMode::Max,
+            cache_repo: String::new(),
         };
         let s = script(&req, &RemotePaths::new("/w"));
         assert!(s.contains("buildah bud --layers --isolation chroot"), "{s}");

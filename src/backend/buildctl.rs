@@ -191,6 +191,7 @@ mod tests {
             tags: vec!["1.2".into(), "latest".into()],
             insecure_registry: false,
             cache: CacheMode::Max,
+            cache_repo: String::new(),
         }
     }
 

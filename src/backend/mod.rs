@@ -124,6 +124,9 @@ pub struct BuildRequest {
     pub tags: Vec<String>,
     pub insecure_registry: bool,
     pub cache: CacheMode,
+    /// The cache's repository path (config `registry.cache`); set by the plan. Empty:
+    /// `cache/<image_repo>`.
+    pub cache_repo: String,
 }
 
 impl BuildRequest {
@@ -136,13 +139,22 @@ impl BuildRequest {
         self.tags.iter().map(|t| format!("{base}:{t}")).collect()
     }
 
-    /// `<registry>/cache/<repo>`, when a registry cache applies.
+    /// `<registry>/<cache repository>`, when a registry cache applies.
     pub fn cache_ref(&self) -> Option<String> {
         match (&self.registry, self.cache) {
             (Some(registry), CacheMode::Max | CacheMode::Min) => {
-                Some(format!("{registry}/cache/{}", self.image_repo))
+                Some(format!("{registry}/{}", self.cache_repository()))
             }
             _ => None,
+        }
+    }
+
+    /// The cache's repository path in the registry.
+    pub fn cache_repository(&self) -> String {
+        if self.cache_repo.is_empty() {
+            format!("cache/{}", self.image_repo)
+        } else {
+            self.cache_repo.clone()
         }
     }
 }

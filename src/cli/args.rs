@@ -194,6 +194,7 @@ impl BuildArgs {
                 tags,
                 insecure_registry: self.insecure_registry,
                 cache: self.cache,
+                cache_repo: String::new(),
             },
         })
     }
@@ -207,6 +208,7 @@ impl BuildArgs {
     /// The history store, which may live in the build's registry.
     pub fn open_store(
         &self,
+        config: &crate::config::Config,
         credentials: Option<crate::registry::Credentials>,
     ) -> Result<Box<dyn crate::history::HistoryStore>, Error> {
         open_store(
@@ -214,6 +216,7 @@ impl BuildArgs {
             self.registry.as_deref(),
             self.insecure_registry,
             credentials,
+            &config.registry.history,
         )
     }
 
@@ -277,26 +280,29 @@ pub fn registry_credentials(
 /// Samples kept per key in the registry; older ones are pruned (the percentile reads 30).
 pub const HISTORY_RETENTION: usize = 200;
 
-/// Open a history store; `registry` needs the registry the build pushes to.
+/// Open a history store; `registry` needs the registry the build pushes to, and keeps the
+/// samples beneath `namespace` (config `registry.history`).
 pub fn open_store(
     spec: &StoreSpec,
     registry: Option<&str>,
     insecure: bool,
     credentials: Option<crate::registry::Credentials>,
+    namespace: &str,
 ) -> Result<Box<dyn crate::history::HistoryStore>, Error> {
     match (spec, registry) {
         (StoreSpec::Registry, None) => Err(Error::Usage(
             "--history registry keeps samples in the registry the build pushes to: set --registry"
                 .into(),
         )),
-        (StoreSpec::Registry, Some(registry)) => {
-            Ok(Box::new(crate::history::registry::RegistryStore::new(
+        (StoreSpec::Registry, Some(registry)) => Ok(Box::new(
+            crate::history::registry::RegistryStore::new(
                 registry.to_owned(),
                 insecure,
                 credentials,
                 HISTORY_RETENTION,
-            )))
-        }
+            )
+            .with_namespace(namespace),
+        )),
         _ => Ok(spec.open()?),
     }
 }

@@ -55,7 +55,7 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
         &mut request.build,
     );
     let credentials = args.build.credentials()?;
-    let store = args.build.open_store(credentials.clone())?;
+    let store = args.build.open_store(config, credentials.clone())?;
     let facts = gather(&request, config, store.as_ref())?;
     for warning in &facts.warnings {
         warn(warning);

@@ -53,6 +53,7 @@ pub fn run(args: CheckArgs, config: &Config, out: &mut dyn Write) -> Result<Exit
             args.registry.as_deref(),
             args.insecure_registry,
             credentials.clone(),
+            &config.registry.history,
         )?),
         None => None,
     };

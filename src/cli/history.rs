@@ -72,6 +72,7 @@ pub fn run(cmd: HistoryCommand, config: &Config, out: &mut dyn Write) -> Result<
         args.registry.as_deref(),
         args.insecure_registry,
         credentials,
+        &config.registry.history,
     )?;
     let key = history_key(
         &args.context,

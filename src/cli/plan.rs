@@ -33,7 +33,7 @@ pub struct PlanArgs {
 pub fn run(args: PlanArgs, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
     let mut request = args.build.request()?;
     let note = resolve_backend(args.provider, &args.local_tools, &mut request.build);
-    let store = args.build.open_store(args.build.credentials()?)?;
+    let store = args.build.open_store(config, args.build.credentials()?)?;
     let facts = gather(&request, config, store.as_ref())?;
     for warning in &facts.warnings {
         warn(warning);

@@ -46,6 +46,8 @@ pub struct Facts {
     pub warnings: Vec<String>,
     /// The context's entries to send (relative paths), `.dockerignore` applied.
     pub context_entries: Vec<PathBuf>,
+    /// The history store could not be read; sizing went on without it.
+    pub history_unreadable: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +95,20 @@ pub fn gather(
         None
     };
     let (language, language_marker) = Language::detect(&req.context);
-    let recent = store.recent(&req.key, config.sizing.window)?;
+    // History never blocks a build: a store that cannot be read (a registry token scoped to
+    // images and cache only, a registry down) is a warning, and sizing goes on without it.
+    let (recent, history_unreadable) = match store.recent(&req.key, config.sizing.window) {
+        Ok(recent) => (recent, false),
+        Err(e) => (
+            crate::history::Recent {
+                samples: Vec::new(),
+                warnings: vec![format!(
+                    "{e}; sizing this build without history (from the spec or the language default)"
+                )],
+            },
+            true,
+        ),
+    };
     Ok(Facts {
         spec,
         language,
@@ -102,6 +117,7 @@ pub fn gather(
         history_store: store.describe(),
         warnings: recent.warnings,
         context_entries,
+        history_unreadable,
     })
 }
 
@@ -163,6 +179,7 @@ impl Plan {
             language_marker: facts.language_marker,
             key: &req.key,
             history: &facts.history,
+            history_unreadable: facts.history_unreadable,
         })?;
         let durations: Vec<u64> = facts
             .history
@@ -174,6 +191,7 @@ impl Plan {
         let (estimated_cost_eur, cost_basis) = cost(&sizing, hours);
         let mut build = req.build.clone();
         build.platform = format!("linux/{}", sizing.arch);
+        build.cache_repo = config.registry.cache_repo(&build.image_repo);
         let paths = RemotePaths::new(REMOTE_WORKDIR);
         let mut commands = vec![format!(
             "rsync --archive {}/ root@<runner>:{}/   # honours .dockerignore",

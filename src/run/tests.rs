@@ -88,6 +88,7 @@ fn plan(dir: &std::path::Path) -> Plan {
             tags: vec!["latest".into()],
             insecure_registry: false,
             cache: CacheMode::Off,
+            cache_repo: String::new(),
         },
     };
     let facts = Facts {
@@ -98,6 +99,7 @@ fn plan(dir: &std::path::Path) -> Plan {
         history_store: "none".into(),
         warnings: vec![],
         context_entries: vec![],
+        history_unreadable: false,
     };
     Plan::new(&req, &config, &facts).unwrap()
 }

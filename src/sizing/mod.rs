@@ -35,6 +35,8 @@ pub struct SizingInput<'a> {
     pub key: &'a HistoryKey,
     /// Recent successful samples of the key, oldest first (at most `window`).
     pub history: &'a [Sample],
+    /// The history store could not be read (the build goes on without it).
+    pub history_unreadable: bool,
 }
 
 /// The decision, with the numbers behind it.
@@ -171,7 +173,9 @@ pub fn decide(input: &SizingInput<'_>) -> Result<Sizing, SizingError> {
         .default_tier(config.language_defaults.get(arch));
     // Config validation guarantees every default names a tier of its ladder.
     let index = rules::index_of(ladder, name).unwrap_or(0);
-    let why_not_history = if samples == 0 {
+    let why_not_history = if input.history_unreadable {
+        "the history store could not be read".to_owned()
+    } else if samples == 0 {
         "no successful builds of this key in history".to_owned()
     } else {
         format!(
@@ -256,6 +260,7 @@ mod tests {
             language_marker: None,
             key: &key(),
             history: &history,
+            history_unreadable: false,
         })
     }
 
