@@ -115,14 +115,14 @@ fn a_second_store_reads_back_the_last_window_of_successful_samples_of_the_key() 
     // Each key in its own repository, every sample its own tag.
     let repository = reader.repository(&app);
     assert!(
-        repository.starts_with("buildkit-launcher/history/acme/app/"),
+        repository.starts_with("cache/buildkit-launcher/history/acme/app/"),
         "{repository}"
     );
     assert_ne!(repository, reader.repository(&other_dockerfile));
     assert_eq!(tags(&registry, &repository).len(), 40 + 2 * 8);
     assert_eq!(
         reader.describe(),
-        format!("registry:{}/buildkit-launcher/history", registry.addr)
+        format!("registry:{}/cache/buildkit-launcher/history", registry.addr)
     );
 
     append_times.sort();
@@ -419,7 +419,7 @@ fn an_unreachable_registry_is_a_one_line_error() {
         let message = error.to_string();
         assert!(!message.contains('\n'), "{message}");
         assert!(
-            message.contains("registry:127.0.0.1:1/buildkit-launcher/history/acme/app/"),
+            message.contains("registry:127.0.0.1:1/cache/buildkit-launcher/history/acme/app/"),
             "{message}"
         );
         assert!(message.to_lowercase().contains("connect"), "{message}");

@@ -76,10 +76,16 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     let log = log_arc.as_ref();
     let output = |line: &str| eprintln!("  │ {line}");
     let chosen = args.provider.choose(config, log_arc.clone())?;
+    let runtime = super::runtime()?;
+    runtime.block_on(check_registry_access(
+        &plan,
+        credentials.as_ref(),
+        &args.build.store(),
+        config,
+    ))?;
     if let Some(note) = &plan.backend_note {
         log(&format!("building with {note}"));
     }
-    let runtime = super::runtime()?;
     if let Chosen::Hcloud(hcloud) = &chosen {
         runtime.block_on(preflight(hcloud, &mut plan, config, !args.no_reap, log))?;
     }
@@ -169,6 +175,60 @@ async fn preflight(
                 }
             }
             Err(e) => warn(&format!("the reap before the build failed: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// What the registry's credentials may do, asked before any server (registry::access): the image
+/// and the cache must be pushable (exit 2 otherwise, exit 4 when the registry cannot be asked);
+/// a history location the token may not use is a warning, since history never blocks a build.
+async fn check_registry_access(
+    plan: &Plan,
+    credentials: Option<&crate::registry::Credentials>,
+    store: &crate::history::StoreSpec,
+    config: &Config,
+) -> Result<(), Error> {
+    use crate::registry::access::{Action, Need, check};
+    let Some(registry) = &plan.build.registry else {
+        return Ok(());
+    };
+    let both = vec![Action::Pull, Action::Push];
+    let mut needs = vec![Need {
+        what: "image",
+        repository: plan.build.image_repo.clone(),
+        actions: both.clone(),
+    }];
+    if plan.cache_ref.is_some() {
+        needs.push(Need {
+            what: "cache",
+            repository: plan.build.cache_repository(),
+            actions: both.clone(),
+        });
+    }
+    if *store == crate::history::StoreSpec::Registry {
+        needs.push(Need {
+            what: "history",
+            repository: crate::history::registry::key_repository(
+                &config.registry.history,
+                &plan.history.key,
+            ),
+            actions: if plan.history.records {
+                both.clone()
+            } else {
+                vec![Action::Pull]
+            },
+        });
+    }
+    let results = check(registry, plan.build.insecure_registry, credentials, &needs).await;
+    for (need, result) in needs.iter().zip(results) {
+        match result {
+            Ok(()) => {}
+            Err(e) if need.what == "history" => warn(&format!(
+                "{e}; the build goes on without reading or recording history there"
+            )),
+            Err(e) if e.is_refusal() => return Err(Error::Usage(e.to_string())),
+            Err(e) => return Err(Error::Infrastructure(e.to_string())),
         }
     }
     Ok(())

@@ -2,7 +2,7 @@
 //!
 //! Layout: every sample is its own small OCI artifact, tagged `s<unix millis, 14 digits>-<8 hex
 //! random>` in the repository `<namespace>/<repo slug>/<key hash>` (namespace
-//! `buildkit-launcher/history` unless [`RegistryStore::with_namespace`] says otherwise). One
+//! `cache/buildkit-launcher/history`, inside the cache namespace, unless [`RegistryStore::with_namespace`] says otherwise). One
 //! repository per history key, so reading a key never touches another key's samples; the slug
 //! keeps it readable, the hash of (repo, dockerfile, target) keeps keys apart that slug alike.
 //! The artifact is an image manifest whose config and single layer are the OCI 1.1 empty
@@ -47,7 +47,7 @@ use super::{HistoryError, HistoryKey, HistoryStore, Outcome, Recent, Sample};
 use crate::registry::Credentials;
 
 /// Where the history repositories live unless told otherwise.
-pub const DEFAULT_NAMESPACE: &str = "buildkit-launcher/history";
+pub const DEFAULT_NAMESPACE: &str = "cache/buildkit-launcher/history";
 /// Samples kept per key: comfortably more than any percentile window.
 pub const DEFAULT_RETENTION: usize = 100;
 /// The manifest annotation holding the sample's JSON.
@@ -104,6 +104,16 @@ pub struct RegistryStore {
     pending: Mutex<Vec<String>>,
 }
 
+/// The repository holding `key`'s samples beneath `namespace`: `NAMESPACE/REPO-SLUG/KEY-HASH`.
+pub fn key_repository(namespace: &str, key: &HistoryKey) -> String {
+    format!(
+        "{}/{}/{}",
+        slug(namespace),
+        slug(&key.repo),
+        key_hash(&key.repo, &key.dockerfile, key.target.as_deref())
+    )
+}
+
 impl RegistryStore {
     /// History in `registry` (`host[:port]`; plain HTTP when `insecure`), keeping the newest
     /// `retention` samples per key (0: never prune).
@@ -123,7 +133,7 @@ impl RegistryStore {
         }
     }
 
-    /// Keep the repositories under `namespace` instead of `buildkit-launcher/history`, for
+    /// Keep the repositories under `namespace` instead of `cache/buildkit-launcher/history`, for
     /// registries that only accept repositories under an owner (`ghcr.io/OWNER/…`, Forgejo).
     /// Made a valid repository path the same way repo names are.
     pub fn with_namespace(mut self, namespace: &str) -> RegistryStore {
@@ -133,12 +143,7 @@ impl RegistryStore {
 
     /// The repository holding `key`'s samples: `NAMESPACE/REPO-SLUG/KEY-HASH`.
     pub fn repository(&self, key: &HistoryKey) -> String {
-        format!(
-            "{}/{}/{}",
-            self.namespace,
-            slug(&key.repo),
-            key_hash(&key.repo, &key.dockerfile, key.target.as_deref())
-        )
+        key_repository(&self.namespace, key)
     }
 
     fn repository_of(&self, sample: &Sample) -> String {

@@ -137,6 +137,6 @@ fn failures_read_envelopes_and_never_name_the_password() {
     assert!(!format!("{store:?}").contains("s3cret-pw"));
     assert_eq!(
         store.describe(),
-        "registry:r:5000/buildkit-launcher/history"
+        "registry:r:5000/cache/buildkit-launcher/history"
     );
 }

@@ -1,5 +1,8 @@
-//! The OCI registry, seen from the launcher: after a push, every tag must resolve to the digest
-//! the build reported. Uses `oci-client` (HEAD on the manifest, `Docker-Content-Digest`).
+//! The OCI registry, seen from the launcher: before any server, the build's credentials may do
+//! what the build will do ([`access`]); after a push, every tag must resolve to the digest the
+//! build reported (`oci-client`: HEAD on the manifest, `Docker-Content-Digest`).
+
+pub mod access;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
@@ -97,6 +100,21 @@ pub async fn verify_digests(
         }
     }
     Ok(())
+}
+
+/// An error and its sources on one line.
+pub(crate) fn one_line_error(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -1,0 +1,452 @@
+//! Before any server exists: may the build's own credentials do what the build will do?
+//!
+//! A registry with scoped bearer tokens (zot, Harbor, GHCR, Docker Hub, distribution with
+//! `auth.token`) grants per repository: a token scoped to `images/*` and `cache/*` may push the
+//! image and the cache but not read a history kept elsewhere. Finding that out at the push costs
+//! a whole build on a paid server, so [`check`] asks first, one repository at a time:
+//!
+//! - `GET /v2/` tells the scheme. With `Bearer realm=…,service=…`, the token service is asked for
+//!   exactly the scope the build needs (`repository:NAME:pull,push`), with the credentials the
+//!   build has. It answers 401 when it refuses the credentials; otherwise it issues a token with
+//!   the actions it grants (the distribution token spec: the `access` claim of the JWT), which is
+//!   compared with what is needed. A token that is not a readable JWT is tried instead.
+//! - Otherwise (no auth, HTTP basic), or to try an opaque token: pushing is probed by starting a
+//!   blob upload (`POST /v2/NAME/blobs/uploads/`, 202) and cancelling it (`DELETE` on the upload
+//!   URL); reading by listing tags (200, or 404 for a repository that does not exist yet).
+//!
+//! Every check gets a token of its own and drops it, so nothing here can expire during a build.
+
+use std::time::Duration;
+
+use base64::Engine;
+use reqwest::StatusCode;
+use reqwest::header::{LOCATION, WWW_AUTHENTICATE};
+
+use super::Credentials;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pull,
+    Push,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Pull => "pull",
+            Action::Push => "push",
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Action::Pull => "read",
+            Action::Push => "push to",
+        }
+    }
+}
+
+/// One repository the build will use, what for, and how.
+#[derive(Debug, Clone)]
+pub struct Need {
+    /// `image`, `cache` or `history`: named in messages.
+    pub what: &'static str,
+    pub repository: String,
+    pub actions: Vec<Action>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AccessError {
+    #[error(
+        "registry {registry}: the token service {realm} refused the credentials of user \"{user}\" (401 Unauthorized)"
+    )]
+    CredentialsRefused {
+        registry: String,
+        realm: String,
+        user: String,
+    },
+    #[error(
+        "registry {registry}: user \"{user}\" may not {} the {what} repository {repository} ({why})",
+        action.verb()
+    )]
+    Denied {
+        registry: String,
+        user: String,
+        what: &'static str,
+        repository: String,
+        action: Action,
+        why: String,
+    },
+    #[error("registry {registry}: cannot check permissions: {detail}")]
+    Unreachable { registry: String, detail: String },
+}
+
+impl AccessError {
+    /// Unreachable is infrastructure (exit 4); a refusal is a setting to fix (exit 2).
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, AccessError::Unreachable { .. })
+    }
+}
+
+enum Scheme {
+    Open,
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+/// Check every need; one result per need, in order.
+pub async fn check(
+    registry: &str,
+    insecure: bool,
+    credentials: Option<&Credentials>,
+    needs: &[Need],
+) -> Vec<Result<(), AccessError>> {
+    let unreachable = |detail: String| AccessError::Unreachable {
+        registry: registry.to_owned(),
+        detail,
+    };
+    let http = match reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .build()
+    {
+        Ok(http) => http,
+        Err(e) => {
+            return needs
+                .iter()
+                .map(|_| Err(unreachable(e.to_string())))
+                .collect();
+        }
+    };
+    let base = format!("{}://{registry}", if insecure { "http" } else { "https" });
+    let scheme = match http.get(format!("{base}/v2/")).send().await {
+        Ok(r) if r.status().is_success() => Scheme::Open,
+        Ok(r) if r.status() == StatusCode::UNAUTHORIZED => {
+            let challenge = r
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            match parse_bearer(&challenge) {
+                Some((realm, service)) => Scheme::Bearer { realm, service },
+                None => Scheme::Basic,
+            }
+        }
+        Ok(r) => {
+            let status = r.status();
+            return needs
+                .iter()
+                .map(|_| Err(unreachable(format!("GET /v2/ answered {status}"))))
+                .collect();
+        }
+        Err(e) => {
+            let detail = super::one_line_error(&e);
+            return needs
+                .iter()
+                .map(|_| Err(unreachable(detail.clone())))
+                .collect();
+        }
+    };
+    let ctx = Ctx {
+        http,
+        base,
+        registry: registry.to_owned(),
+        credentials,
+    };
+    let mut results = Vec::new();
+    for need in needs {
+        results.push(ctx.check_one(&scheme, need).await);
+    }
+    results
+}
+
+struct Ctx<'a> {
+    http: reqwest::Client,
+    base: String,
+    registry: String,
+    credentials: Option<&'a Credentials>,
+}
+
+enum Auth {
+    None,
+    Basic,
+    Bearer(String),
+}
+
+impl Ctx<'_> {
+    fn user(&self) -> String {
+        self.credentials
+            .map_or_else(|| "anonymous".to_owned(), |c| c.username.clone())
+    }
+
+    fn denied(&self, need: &Need, action: Action, why: String) -> AccessError {
+        AccessError::Denied {
+            registry: self.registry.clone(),
+            user: self.user(),
+            what: need.what,
+            repository: need.repository.clone(),
+            action,
+            why,
+        }
+    }
+
+    fn unreachable(&self, detail: String) -> AccessError {
+        AccessError::Unreachable {
+            registry: self.registry.clone(),
+            detail,
+        }
+    }
+
+    async fn check_one(&self, scheme: &Scheme, need: &Need) -> Result<(), AccessError> {
+        match scheme {
+            Scheme::Open => self.probe(need, &Auth::None).await,
+            Scheme::Basic => self.probe(need, &Auth::Basic).await,
+            Scheme::Bearer { realm, service } => {
+                let token = self.token(realm, service.as_deref(), need).await?;
+                match granted(&token, &need.repository) {
+                    Some(granted) => {
+                        match need.actions.iter().find(|a| {
+                            !granted.contains(&a.as_str().to_owned())
+                                && !granted.iter().any(|g| g == "*")
+                        }) {
+                            None => Ok(()),
+                            Some(missing) => Err(self.denied(
+                                need,
+                                *missing,
+                                if granted.is_empty() {
+                                    "the token service granted no access to it".to_owned()
+                                } else {
+                                    format!("the token service granted {} only", granted.join(","))
+                                },
+                            )),
+                        }
+                    }
+                    None => self.probe(need, &Auth::Bearer(token)).await,
+                }
+            }
+        }
+    }
+
+    /// A token for exactly this need's scope.
+    async fn token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        need: &Need,
+    ) -> Result<String, AccessError> {
+        let actions: Vec<&str> = need.actions.iter().map(|a| a.as_str()).collect();
+        let scope = format!("repository:{}:{}", need.repository, actions.join(","));
+        let mut query = vec![("scope", scope.as_str())];
+        if let Some(service) = service {
+            query.push(("service", service));
+        }
+        let mut request = self.http.get(realm).query(&query);
+        if let Some(c) = self.credentials {
+            request = request
+                .basic_auth(&c.username, Some(c.password.as_str()))
+                .query(&[("account", c.username.as_str())]);
+        }
+        let response = request.send().await.map_err(|e| {
+            self.unreachable(format!(
+                "token service {realm}: {}",
+                super::one_line_error(&e)
+            ))
+        })?;
+        match response.status() {
+            s if s.is_success() => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(AccessError::CredentialsRefused {
+                    registry: self.registry.clone(),
+                    realm: realm.to_owned(),
+                    user: self.user(),
+                });
+            }
+            s => return Err(self.unreachable(format!("token service {realm} answered {s}"))),
+        }
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| self.unreachable(format!("token service {realm}: {e}")))?;
+        body["token"]
+            .as_str()
+            .or_else(|| body["access_token"].as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| self.unreachable(format!("token service {realm} sent no token")))
+    }
+
+    fn with_auth(&self, request: reqwest::RequestBuilder, auth: &Auth) -> reqwest::RequestBuilder {
+        match (auth, self.credentials) {
+            (Auth::Basic, Some(c)) => request.basic_auth(&c.username, Some(c.password.as_str())),
+            (Auth::Bearer(token), _) => request.bearer_auth(token),
+            _ => request,
+        }
+    }
+
+    /// Try what the need asks for: start and cancel an upload to push, list tags to read.
+    async fn probe(&self, need: &Need, auth: &Auth) -> Result<(), AccessError> {
+        let refused = |status: StatusCode, action: Action| -> AccessError {
+            match (status, auth) {
+                (StatusCode::UNAUTHORIZED, Auth::Basic) if self.credentials.is_some() => {
+                    AccessError::CredentialsRefused {
+                        registry: self.registry.clone(),
+                        realm: format!("{}/v2/", self.base),
+                        user: self.user(),
+                    }
+                }
+                _ => self.denied(need, action, format!("the registry answered {status}")),
+            }
+        };
+        if need.actions.contains(&Action::Push) {
+            let url = format!("{}/v2/{}/blobs/uploads/", self.base, need.repository);
+            let response = self
+                .with_auth(self.http.post(&url), auth)
+                .header(reqwest::header::CONTENT_LENGTH, "0")
+                .send()
+                .await
+                .map_err(|e| self.unreachable(super::one_line_error(&e)))?;
+            match response.status() {
+                StatusCode::ACCEPTED => {
+                    // Cancel the upload we started; a registry that keeps it expires it.
+                    if let Some(location) = response
+                        .headers()
+                        .get(LOCATION)
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        let location = if location.starts_with('/') {
+                            format!("{}{location}", self.base)
+                        } else {
+                            location.to_owned()
+                        };
+                        let _ = self
+                            .with_auth(self.http.delete(location), auth)
+                            .send()
+                            .await;
+                    }
+                }
+                s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                    return Err(refused(s, Action::Push));
+                }
+                s => {
+                    return Err(self.unreachable(format!(
+                        "starting an upload to {} answered {s}",
+                        need.repository
+                    )));
+                }
+            }
+        }
+        if need.actions.contains(&Action::Pull) {
+            let url = format!("{}/v2/{}/tags/list", self.base, need.repository);
+            let response = self
+                .with_auth(self.http.get(&url), auth)
+                .send()
+                .await
+                .map_err(|e| self.unreachable(super::one_line_error(&e)))?;
+            match response.status() {
+                s if s.is_success() || s == StatusCode::NOT_FOUND => {}
+                s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                    return Err(refused(s, Action::Pull));
+                }
+                s => {
+                    return Err(self.unreachable(format!(
+                        "listing the tags of {} answered {s}",
+                        need.repository
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `Bearer realm="…",service="…",scope="…"` → (realm, service).
+fn parse_bearer(challenge: &str) -> Option<(String, Option<String>)> {
+    let rest = challenge.trim().strip_prefix("Bearer ")?;
+    let mut realm = None;
+    let mut service = None;
+    for part in split_params(rest) {
+        let Some((key, value)) = part.split_once('=') else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"').to_owned();
+        match key.trim().to_ascii_lowercase().as_str() {
+            "realm" => realm = Some(value),
+            "service" => service = Some(value),
+            _ => {}
+        }
+    }
+    realm.map(|r| (r, service))
+}
+
+/// Split `a="x,y",b=z` on the commas outside quotes.
+fn split_params(text: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    for c in text.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                current.push(c);
+            }
+            ',' if !quoted => parts.push(std::mem::take(&mut current)),
+            c => current.push(c),
+        }
+    }
+    parts.push(current);
+    parts
+}
+
+/// The actions a distribution-spec JWT grants on `repository`; `None` when the token is not a
+/// JWT with an `access` claim (then it has to be tried instead).
+fn granted(token: &str, repository: &str) -> Option<Vec<String>> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let access = claims.get("access")?.as_array()?;
+    Some(
+        access
+            .iter()
+            .filter(|a| a["type"] == "repository" && a["name"] == repository)
+            .flat_map(|a| a["actions"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenges_are_parsed_with_commas_inside_quotes() {
+        assert_eq!(
+            parse_bearer(
+                r#"Bearer realm="https://auth.example/token",service="zot",scope="repository:a:pull,push""#
+            ),
+            Some(("https://auth.example/token".into(), Some("zot".into())))
+        );
+        assert_eq!(parse_bearer(r#"Basic realm="x""#), None);
+    }
+
+    #[test]
+    fn granted_actions_come_from_the_access_claim() {
+        let claims = serde_json::json!({
+            "access": [
+                { "type": "repository", "name": "images/app", "actions": ["pull", "push"] },
+                { "type": "repository", "name": "other", "actions": ["*"] },
+            ]
+        });
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&claims).unwrap());
+        let token = format!("e30.{payload}.sig");
+        assert_eq!(granted(&token, "images/app").unwrap(), ["pull", "push"]);
+        assert_eq!(granted(&token, "cache/app").unwrap(), Vec::<String>::new());
+        assert_eq!(granted("opaque-token", "images/app"), None);
+    }
+}
