@@ -209,14 +209,16 @@ impl Ctx<'_> {
                 let token = self.token(realm, service.as_deref(), need).await?;
                 match granted(&token, &need.repository) {
                     Some(granted) => {
-                        match need.actions.iter().find(|a| {
-                            !granted.contains(&a.as_str().to_owned())
-                                && !granted.iter().any(|g| g == "*")
-                        }) {
+                        let has = |a: &Action| granted.iter().any(|g| g == a.as_str() || g == "*");
+                        // Name the push first: it is what the build is for.
+                        let missing = [Action::Push, Action::Pull]
+                            .into_iter()
+                            .find(|a| need.actions.contains(a) && !has(a));
+                        match missing {
                             None => Ok(()),
                             Some(missing) => Err(self.denied(
                                 need,
-                                *missing,
+                                missing,
                                 if granted.is_empty() {
                                     "the token service granted no access to it".to_owned()
                                 } else {

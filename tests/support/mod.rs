@@ -7,6 +7,7 @@ pub mod hcloud_sim;
 pub mod local_build;
 pub mod registry;
 pub mod runner;
+pub mod token_auth;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -13,8 +13,13 @@ pub struct Registry {
     pub addr: String,
     /// `user:password` when started with auth.
     credentials: Option<String>,
+    /// With scoped bearer tokens: the service that issues them (the tests' own reads use a
+    /// token it mints for the admin user).
+    tokens: Option<(std::sync::Arc<super::token_auth::TokenService>, String)>,
     child: Child,
     dir: tempfile::TempDir,
+    /// The htpasswd file's directory, with basic auth.
+    auth_dir: Option<tempfile::TempDir>,
 }
 
 impl Registry {
@@ -36,6 +41,21 @@ impl Registry {
     /// Basic auth from an htpasswd file (bcrypt, `htpasswd -Bbn`).
     pub fn start_with_auth(user: &str, password: &str) -> Registry {
         Registry::spawn(Some((user, password)), Ipv4Addr::LOCALHOST)
+    }
+
+    /// Scoped bearer tokens from `service` (distribution's `auth.token`); `admin` (a user of the
+    /// service with every grant) is whom the tests' own calls and the base image push act as.
+    pub fn start_with_tokens(
+        service: std::sync::Arc<super::token_auth::TokenService>,
+        admin: (&str, &str),
+    ) -> Registry {
+        let mut registry = Registry::spawn_with(
+            service.registry_auth_config(),
+            Some(format!("{}:{}", admin.0, admin.1)),
+            Ipv4Addr::LOCALHOST,
+        );
+        registry.tokens = Some((service, admin.0.to_owned()));
+        registry
     }
 
     /// Pushes `base/busybox:latest` (scripts/prepare-base-image) into this registry.
@@ -98,22 +118,37 @@ impl Registry {
         (status == 200).then_some(body)
     }
 
-    /// A plain HTTP/1.0 GET, with this registry's credentials when it has any.
+    /// A plain HTTP/1.0 GET, with this registry's credentials when it has any (a pull token
+    /// for the path's repository when it uses bearer tokens).
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
         let mut all: Vec<(&str, String)> =
             headers.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
-        if let Some(c) = &self.credentials {
-            all.push(("Authorization", format!("Basic {}", base64(c.as_bytes()))));
+        match (&self.tokens, &self.credentials) {
+            (Some((service, admin)), _) => {
+                let repo = path
+                    .strip_prefix("/v2/")
+                    .and_then(|p| {
+                        p.rsplit_once("/manifests/")
+                            .map(|(r, _)| r)
+                            .or_else(|| p.strip_suffix("/tags/list"))
+                    })
+                    .unwrap_or_default();
+                let token = service.mint(admin, &[format!("repository:{repo}:pull")]);
+                all.push(("Authorization", format!("Bearer {token}")));
+            }
+            (None, Some(c)) => {
+                all.push(("Authorization", format!("Basic {}", base64(c.as_bytes()))));
+            }
+            (None, None) => {}
         }
         http_get(&self.addr, path, &all)
     }
 
     fn spawn(auth: Option<(&str, &str)>, ip: Ipv4Addr) -> Registry {
-        require_tool("docker-registry", "docker-registry");
-        let dir = tempfile::Builder::new()
-            .prefix("test-registry-")
+        let dir_for_htpasswd = tempfile::Builder::new()
+            .prefix("test-registry-auth-")
             .tempdir()
-            .expect("temp dir for the registry");
+            .expect("temp dir for the registry's htpasswd");
         let mut auth_config = String::new();
         if let Some((user, password)) = auth {
             require_tool("htpasswd", "apache2-utils");
@@ -122,12 +157,24 @@ impl Registry {
                 .output()
                 .expect("run htpasswd");
             assert!(out.status.success(), "htpasswd failed");
-            std::fs::write(dir.path().join("htpasswd"), out.stdout).unwrap();
+            std::fs::write(dir_for_htpasswd.path().join("htpasswd"), out.stdout).unwrap();
             auth_config = format!(
                 "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
-                dir.path().join("htpasswd").display()
+                dir_for_htpasswd.path().join("htpasswd").display()
             );
         }
+        let mut registry =
+            Registry::spawn_with(auth_config, auth.map(|(u, p)| format!("{u}:{p}")), ip);
+        registry.auth_dir = Some(dir_for_htpasswd);
+        registry
+    }
+
+    fn spawn_with(auth_config: String, credentials: Option<String>, ip: Ipv4Addr) -> Registry {
+        require_tool("docker-registry", "docker-registry");
+        let dir = tempfile::Builder::new()
+            .prefix("test-registry-")
+            .tempdir()
+            .expect("temp dir for the registry");
         let config = dir.path().join("config.yml");
         let log_path = dir.path().join("registry.log");
         // The free port can be taken between probing and binding: try a few.
@@ -159,9 +206,11 @@ impl Registry {
                 if let Ok((200 | 401, _, _)) = http_get(&addr, "/v2/", &[]) {
                     return Registry {
                         addr,
-                        credentials: auth.map(|(u, p)| format!("{u}:{p}")),
+                        credentials,
+                        tokens: None,
                         child,
                         dir,
+                        auth_dir: None,
                     };
                 }
                 if child.try_wait().unwrap().is_some() {

@@ -245,7 +245,7 @@ impl RegistryStore {
             .await
             .map_err(fail)?;
         let listed = session.list_tags().await;
-        let Some(tags) = listed.map_err(|e| fail(e.message(session.user.as_deref())))? else {
+        let Some(tags) = listed.map_err(|e| fail(session.explain(&e)))? else {
             return Ok(Recent {
                 samples: Vec::new(),
                 warnings,
@@ -297,7 +297,7 @@ impl RegistryStore {
                     Err(e) if e.not_found() => {}
                     Err(e) => skipped.push(format!(
                         "{tag}: skipped, cannot read it: {}",
-                        e.message(session.user.as_deref())
+                        session.explain(&e)
                     )),
                 }
             }
@@ -329,7 +329,7 @@ impl RegistryStore {
         session
             .push(&tag, body)
             .await
-            .map_err(|e| fail(e.message(session.user.as_deref())))?;
+            .map_err(|e| fail(session.explain(&e)))?;
         if self.retention > 0 {
             let outcome = tokio::time::timeout(PRUNE_TIMEOUT, session.prune(self.retention))
                 .await

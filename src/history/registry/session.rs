@@ -46,6 +46,20 @@ impl Session {
         format!("{}/v2/{}/{path}", self.base, self.repository)
     }
 
+    /// What a failure means for a person. With a bearer token, a 401 or 403 from the registry
+    /// means the token service issued a token without this repository's scope (the
+    /// credentials themselves were accepted when the token was issued).
+    pub(super) fn explain(&self, failure: &Failure) -> String {
+        match (failure.status, &self.auth) {
+            (Some(status @ (401 | 403)), Auth::Bearer(_)) => format!(
+                "user \"{}\" may not use the repository {} (the token service did not grant its scope; HTTP {status})",
+                self.user.as_deref().unwrap_or("anonymous"),
+                self.repository
+            ),
+            _ => failure.message(self.user.as_deref()),
+        }
+    }
+
     /// A request, with credentials only when it goes to the registry itself.
     pub(super) fn request(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
         let request = self.http.request(method, url);
@@ -223,8 +237,7 @@ impl Session {
     /// refuses deletes costs one request, not one per sample; other failures leave that sample
     /// to the next prune, where it is again among the oldest.
     pub(super) async fn prune(&self, retention: usize) -> Result<(), String> {
-        let user = self.user.as_deref();
-        let Some(tags) = self.list_tags().await.map_err(|e| e.message(user))? else {
+        let Some(tags) = self.list_tags().await.map_err(|e| self.explain(&e))? else {
             return Ok(());
         };
         let mut tags: Vec<String> = tags.into_iter().filter(|t| is_sample_tag(t)).collect();
@@ -256,7 +269,6 @@ impl Session {
     /// with writes to the same tag too, leaving it listed but unknown (404 naming the `Tag`).
     /// Either is pointed at a tombstone manifest, which is then deleted like any sample.
     pub(super) async fn delete(&self, tag: &str) -> Result<(), Delete> {
-        let user = self.user.as_deref();
         let mut last = String::new();
         for attempt in 1..=DELETE_ATTEMPTS {
             if attempt > 1 {
@@ -273,14 +285,14 @@ impl Session {
                         failure.dangling() || (failure.not_found() && self.still_listed(tag).await);
                     if stuck {
                         if let Err(e) = self.put_manifest(tag, tombstone(tag)).await {
-                            last = e.message(user);
+                            last = self.explain(&e);
                         }
                         continue;
                     }
                     if failure.not_found() {
                         return Ok(());
                     }
-                    last = failure.message(user);
+                    last = self.explain(&failure);
                     continue;
                 }
             };
@@ -298,17 +310,17 @@ impl Session {
                 return Err(Delete::Refused(format!(
                     "the registry does not allow deleting manifests ({}); distribution needs \
                      storage.delete.enabled",
-                    failure.message(user)
+                    self.explain(&failure)
                 )));
             }
             if matches!(failure.status, Some(401 | 403)) {
                 return Err(Delete::Refused(format!(
                     "cannot delete {tag}: {}",
-                    failure.message(user)
+                    self.explain(&failure)
                 )));
             }
             // 404: deleted meanwhile, but was the tag untagged? The next look tells.
-            last = failure.message(user);
+            last = self.explain(&failure);
         }
         Err(Delete::Failed(format!("cannot delete {tag}: {last}")))
     }
