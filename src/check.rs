@@ -50,6 +50,8 @@ fn finding(severity: Severity, area: &'static str, message: String, fix: &str) -
 pub struct CheckInputs<'a> {
     pub config: &'a Config,
     pub registry: Option<&'a str>,
+    /// With `registry`: the image repository whose permissions to check.
+    pub repo: Option<&'a str>,
     pub insecure_registry: bool,
     pub credentials: Option<&'a Credentials>,
     pub history: Option<&'a dyn HistoryStore>,
@@ -114,6 +116,9 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
     }
     if let Some(registry) = inputs.registry {
         registry_findings(registry, inputs, &mut findings).await;
+        if let Some(repo) = inputs.repo {
+            access_findings(registry, repo, inputs, &mut findings).await;
+        }
     }
     if let Some(store) = inputs.history {
         let probe = HistoryKey {
@@ -278,6 +283,74 @@ async fn registry_findings(registry: &str, inputs: &CheckInputs<'_>, out: &mut V
             format!("{registry} is unreachable: {}", e.without_url()),
             "check --registry and --insecure-registry (plain HTTP), and that the registry runs",
         )),
+    }
+}
+
+/// What the credentials may do where a build of `repo` would push, cache and keep history
+/// (registry::access, the check every build makes before its first server).
+async fn access_findings(
+    registry: &str,
+    repo: &str,
+    inputs: &CheckInputs<'_>,
+    out: &mut Vec<Finding>,
+) {
+    use crate::registry::access::{AccessError, Action, Need, check};
+    let layout = &inputs.config.registry;
+    let both = vec![Action::Pull, Action::Push];
+    let history = crate::history::registry::key_repository(
+        &layout.history,
+        &HistoryKey {
+            repo: repo.to_owned(),
+            dockerfile: "Dockerfile".into(),
+            target: None,
+        },
+    );
+    let needs = [
+        Need {
+            what: "image",
+            repository: repo.to_owned(),
+            actions: both.clone(),
+        },
+        Need {
+            what: "cache",
+            repository: layout.cache_repo(repo),
+            actions: both.clone(),
+        },
+        Need {
+            what: "history",
+            repository: history,
+            actions: both,
+        },
+    ];
+    let results = check(
+        registry,
+        inputs.insecure_registry,
+        inputs.credentials,
+        &needs,
+    )
+    .await;
+    for (need, result) in needs.iter().zip(results) {
+        let e = match result {
+            Ok(()) => continue,
+            // Reachability is the registry finding's business.
+            Err(AccessError::Unreachable { .. }) => continue,
+            Err(e) => e,
+        };
+        out.push(if need.what == "history" {
+            finding(
+                Severity::Warning,
+                "registry permissions",
+                e.to_string(),
+                "grant the token pull and push on the history namespace (registry.history in the launcher config), or move that namespace under one it has; builds size from language defaults meanwhile",
+            )
+        } else {
+            finding(
+                Severity::High,
+                "registry permissions",
+                e.to_string(),
+                "grant the token pull and push on this repository in the registry or its token service, or build to a repository it has (registry.cache in the launcher config places the cache)",
+            )
+        });
     }
 }
 

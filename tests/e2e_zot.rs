@@ -278,3 +278,49 @@ fn history_the_token_may_not_read_is_a_warning_and_the_default_sizes() {
     assert_eq!(report["plan"]["source"], "default", "{report}");
     z.sim.assert_clean();
 }
+
+#[test]
+fn check_reports_the_permissions_per_location() {
+    let Some(z) = Zot::new("RUN true") else {
+        return;
+    };
+    let check = |repo: &str| {
+        let out = Launcher::new()
+            .env("HCLOUD_TOKEN", &z.sim.token)
+            .env("HCLOUD_ENDPOINT", &z.sim.endpoint)
+            .env("REGISTRY_PASSWORD", CI_PASSWORD)
+            .args([
+                "check",
+                "--json",
+                "--registry",
+                &z.registry.addr,
+                "--insecure-registry",
+            ])
+            .args(["--registry-user", "ci", "--repo", repo])
+            .run();
+        let findings: serde_json::Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}{}", out.stdout, out.stderr));
+        findings
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["area"] == "registry permissions")
+            .map(|f| {
+                (
+                    f["severity"].as_str().unwrap().to_owned(),
+                    f["message"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(check("images/app"), Vec::<(String, String)>::new());
+    let other = check("other/app");
+    assert_eq!(other.len(), 1, "{other:?}");
+    assert!(
+        other[0]
+            .1
+            .contains("may not push to the image repository other/app"),
+        "{other:?}"
+    );
+    assert_eq!(other[0].0, "high", "{other:?}");
+}

@@ -24,6 +24,11 @@ pub struct CheckArgs {
     #[arg(long)]
     pub insecure_registry: bool,
 
+    /// Image repository whose permissions to check: push to it and to its cache, read and
+    /// write its history location, with the credentials given (as a build of it would).
+    #[arg(long, value_name = "PATH")]
+    pub repo: Option<String>,
+
     /// Registry user; the password comes from REGISTRY_PASSWORD.
     #[arg(long, value_name = "NAME", env = "REGISTRY_USERNAME")]
     pub registry_user: Option<String>,
@@ -63,6 +68,7 @@ pub fn run(args: CheckArgs, config: &Config, out: &mut dyn Write) -> Result<Exit
         &CheckInputs {
             config,
             registry: args.registry.as_deref(),
+            repo: args.repo.as_deref(),
             insecure_registry: args.insecure_registry,
             credentials: credentials.as_ref(),
             history: store.as_deref(),
