@@ -102,7 +102,7 @@ pub async fn verify_digests(
     Ok(())
 }
 
-/// An error and its sources on one line.
+/// An error and its sources on one line (`error sending request…: connection refused`).
 pub(crate) fn one_line_error(e: &dyn std::error::Error) -> String {
     let mut line = e.to_string();
     let mut source = e.source();

@@ -37,6 +37,9 @@ pub struct User {
     pub grants: Vec<(String, Vec<String>)>,
 }
 
+/// (name, password, [(repository pattern, [actions])]).
+pub type UserSpec<'a> = (&'a str, &'a str, &'a [(&'a str, &'a [&'a str])]);
+
 struct Shared {
     users: BTreeMap<String, User>,
     key: jsonwebtoken::EncodingKey,
@@ -61,7 +64,7 @@ pub struct TokenService {
 
 impl TokenService {
     /// `users`: (name, password, [(pattern, [actions])]).
-    pub fn start(users: &[(&str, &str, &[(&str, &[&str])])]) -> TokenService {
+    pub fn start(users: &[UserSpec<'_>]) -> TokenService {
         let dir = tempfile::tempdir().expect("a directory for the token service's key");
         let key_path = dir.path().join("key.pem");
         let cert_path = dir.path().join("cert.pem");

@@ -506,19 +506,10 @@ pub(super) fn describe(e: &OciDistributionError, user: Option<&str>) -> String {
     Failure::of(e).message(user)
 }
 
-/// An error and its sources on one line (`error sending request…: connection refused`).
+/// An error and its sources on one line (`error sending request…: connection refused`), cut
+/// to a readable length.
 pub(super) fn chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = s.source();
-    }
-    one_line(&line)
+    one_line(&crate::registry::one_line_error(e))
 }
 
 /// Whitespace collapsed, cut to a readable length.
