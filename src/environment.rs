@@ -6,7 +6,8 @@
 //! scripts — would inherit them and show them in `/proc/PID/environ`. So `main` takes a
 //! [`snapshot`] before anything else runs, parses the command line (clap reads its `env`
 //! defaults then), and calls [`scrub`] while the process is still single-threaded: from then on
-//! the process environment holds only [`KEPT`], and the code reads variables through [`var`].
+//! the process environment holds only [`KEPT`] (no secret among them), and the code reads
+//! variables through [`var`].
 //! Children spawned by the launcher itself also get [`for_child`], explicitly.
 
 use std::collections::BTreeMap;
@@ -14,9 +15,37 @@ use std::sync::OnceLock;
 
 use zeroize::Zeroizing;
 
-/// What a child process may inherit: nothing secret, nothing from the pipeline.
-pub const KEPT: &[&str] = &[
+/// What a child process the launcher starts itself gets: nothing secret, nothing from the
+/// pipeline.
+pub const FOR_CHILDREN: &[&str] = &[
     "PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM",
+];
+
+/// What stays in the launcher's own environment after [`scrub`]: [`FOR_CHILDREN`], plus what its
+/// own HTTP clients read when they are built (an operator's proxy and CA bundle) and
+/// `RUST_BACKTRACE`. The ssh master, which the openssh crate spawns with the inherited
+/// environment, sees these too; none is a secret of the launcher's.
+pub const KEPT: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "USER",
+    "LOGNAME",
+    "TERM",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "RUST_BACKTRACE",
 ];
 
 static SNAPSHOT: OnceLock<BTreeMap<String, Zeroizing<String>>> = OnceLock::new();
@@ -72,9 +101,10 @@ pub fn with_prefixes(prefixes: &[&str]) -> BTreeMap<String, String> {
     }
 }
 
-/// The explicit environment of a child the launcher starts: [`KEPT`] as it is now.
+/// The explicit environment of a child the launcher starts: [`FOR_CHILDREN`] as it is now.
 pub fn for_child() -> Vec<(String, String)> {
-    KEPT.iter()
+    FOR_CHILDREN
+        .iter()
         .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
         .collect()
 }
@@ -86,7 +116,8 @@ mod tests {
     #[test]
     fn a_child_environment_holds_only_kept_names() {
         for (k, _) in for_child() {
-            assert!(KEPT.contains(&k.as_str()), "{k}");
+            assert!(FOR_CHILDREN.contains(&k.as_str()), "{k}");
         }
+        assert!(FOR_CHILDREN.iter().all(|k| KEPT.contains(k)));
     }
 }
