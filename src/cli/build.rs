@@ -135,7 +135,9 @@ async fn preflight(
         .check_ladder(plan.arch, config.ladder(plan.arch))
         .await
         .map_err(|e| match e {
-            LadderError::Unknown { .. } => Error::Usage(e.to_string()),
+            LadderError::Unknown { .. } | LadderError::NotSold { .. } => {
+                Error::Usage(e.to_string())
+            }
             LadderError::Api(e) => Error::Infrastructure(e.to_string()),
         })?;
     for name in &check.deprecated {

@@ -502,7 +502,11 @@ impl Provider for LocalProvider {
                     .ok()
                     .and_then(|t| serde_json::from_str(&t).ok())
                     .unwrap_or_default();
-            leases.push(LeaseInfo { id: name, labels });
+            leases.push(LeaseInfo {
+                name: name.clone(),
+                id: name,
+                labels,
+            });
         }
         leases.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(leases)
