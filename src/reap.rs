@@ -90,7 +90,12 @@ pub fn render(entries: &[Reaped], now: u64) -> String {
     if entries.is_empty() {
         return "no managed runners\n".to_owned();
     }
-    let width = entries.iter().map(|e| e.name.len()).max().unwrap_or(0).max(6);
+    let width = entries
+        .iter()
+        .map(|e| e.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     let mut out = format!(
         "{:<width$} {:<10} {:<8} {:<28} action\n",
         "runner", "id", "lease", "lease ends"
@@ -145,7 +150,10 @@ mod tests {
         assert!(text.contains("bkl-org-app-42-deadbeef"), "{text}");
         assert!(text.contains("expired 2 h 5 min ago"), "{text}");
         assert!(text.contains("expires in 10 min"), "{text}");
-        assert!(text.contains("no buildkit-launcher/expires label"), "{text}");
+        assert!(
+            text.contains("no buildkit-launcher/expires label"),
+            "{text}"
+        );
         assert!(text.contains("would delete"), "{text}");
     }
 }

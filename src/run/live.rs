@@ -87,7 +87,8 @@ impl LiveRunners {
         }
     }
 
-    /// Call the moment a runner id exists.
+    /// Call the moment a runner id exists (creates through [`LiveRunners::create`] do).
+    #[cfg(test)]
     pub fn register(&self, id: &str) {
         lock(&self.ids).ids.push(id.to_owned());
     }
@@ -107,7 +108,9 @@ impl LiveRunners {
             // Its create did not answer in time: it may exist all the same.
             match self.provider.find(&name).await {
                 Ok(Some(id)) => {
-                    log(&format!("runner {name} ({id}) was being created; destroying it"));
+                    log(&format!(
+                        "runner {name} ({id}) was being created; destroying it"
+                    ));
                     lock(&self.ids).ids.push(id);
                 }
                 Ok(None) => log(&format!(

@@ -220,7 +220,10 @@ impl ServerType {
     /// Sold in `location` now: listed there and not past `unavailable_after`.
     pub fn sold_in(&self, location: &str, now: std::time::SystemTime) -> bool {
         let listed = self.locations.is_empty() || self.locations.iter().any(|l| l.name == location);
-        listed && !self.deprecation_in(location).is_some_and(|d| d.is_over(now))
+        listed
+            && !self
+                .deprecation_in(location)
+                .is_some_and(|d| d.is_over(now))
     }
 
     /// Every location where it is sold now.

@@ -111,7 +111,11 @@ impl HcloudProvider {
                 // The refusal may be about the project key (deleted, or never registered):
                 // make sure it exists, then try once more.
                 key_checked = true;
-                if !self.ensure_project_key().await.map_err(|e| setup("register the project SSH key", e))? {
+                if !self
+                    .ensure_project_key()
+                    .await
+                    .map_err(|e| setup("register the project SSH key", e))?
+                {
                     return Err(setup("create a server", e));
                 }
             } else {
@@ -130,11 +134,7 @@ impl HcloudProvider {
 
     /// One create that cannot be lost: repeated only when certainly refused, or after the
     /// server was looked up by name and is not there.
-    async fn create_once(
-        &self,
-        name: &str,
-        body: &serde_json::Value,
-    ) -> Result<Created, ApiError> {
+    async fn create_once(&self, name: &str, body: &serde_json::Value) -> Result<Created, ApiError> {
         let mut repeats = 0u32;
         loop {
             let result = self
@@ -198,7 +198,10 @@ impl HcloudProvider {
                 Retry::Always,
             )
             .await?;
-        Ok(page.servers.into_iter().find(|s| s.name == name || s.name.is_empty()))
+        Ok(page
+            .servers
+            .into_iter()
+            .find(|s| s.name == name || s.name.is_empty()))
     }
 
     /// Make sure the project key exists; true when it had to be registered now (so a create
@@ -258,10 +261,10 @@ impl HcloudProvider {
     pub(super) async fn register_project_key(&self) -> Result<(), ApiError> {
         let throwaway = KeyPair::generate("buildkit-launcher project key (no private half kept)")
             .map_err(|e| ApiError::Decode {
-                method: "POST".into(),
-                path: "/ssh_keys".into(),
-                detail: e.to_string(),
-            })?;
+            method: "POST".into(),
+            path: "/ssh_keys".into(),
+            detail: e.to_string(),
+        })?;
         let body = serde_json::json!({
             "name": PROJECT_KEY,
             "public_key": throwaway.public_openssh,
