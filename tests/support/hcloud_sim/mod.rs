@@ -30,6 +30,7 @@
 mod api;
 mod catalog;
 mod client;
+pub mod cloud;
 mod faults;
 mod keys;
 mod labels;
@@ -199,6 +200,24 @@ impl HcloudSim {
             st.image_deprecations
                 .insert(id, "2026-10-01T00:00:00+00:00".into());
         }
+    }
+
+    /// Register an SSH key (a throwaway public key) called `name`.
+    pub fn add_ssh_key(&self, name: &str) {
+        let key = buildkit_launcher::provider::keys::KeyPair::generate(name)
+            .expect("an SSH key")
+            .public_openssh;
+        let reply = self.call(
+            "POST",
+            "/ssh_keys",
+            Some(&serde_json::json!({"name": name, "public_key": key})),
+        );
+        assert_eq!(reply.status, 201, "add_ssh_key: {}", reply.json);
+    }
+
+    /// Forget every SSH key of the project.
+    pub fn remove_ssh_keys(&self) {
+        self.state().ssh_keys.clear();
     }
 
     /// The project's SSH keys: (name, labels).

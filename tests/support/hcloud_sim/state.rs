@@ -82,6 +82,8 @@ pub(super) fn message_for(code: &str) -> &'static str {
         "unavailable" => "service temporarily unavailable",
         "resource_limit_exceeded" => "server limit reached",
         "token_readonly" => "the token is only allowed to perform GET requests",
+        // Scripted with `fail_location(l, "invalid_input")`: the type is not sold there.
+        "invalid_input" => "unsupported location for server type",
         "locked" => "resource is locked",
         "conflict" => "the resource has changed during the request, please retry",
         "timeout" => "the request could not be answered in time, please retry",
