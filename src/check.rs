@@ -63,12 +63,12 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
     for arch in [Arch::Amd64, Arch::Arm64] {
         match hcloud.check_ladder(arch, config.ladder(arch)).await {
             Ok(check) => {
-                for name in check.deprecated {
+                for (name, location, until) in check.deprecated {
                     findings.push(finding(
                         Severity::Warning,
                         "server types",
-                        format!("{name} (tiers.{arch}) is deprecated at Hetzner and will stop being sold there"),
-                        &format!("replace {} in tiers.{arch} of the launcher config with its successor", name.split(' ').next().unwrap_or(&name)),
+                        format!("{name} (tiers.{arch}) is deprecated at Hetzner in {location} and will not be sold there after {until}"),
+                        &format!("replace {name} in tiers.{arch} of the launcher config with its successor"),
                     ));
                 }
             }

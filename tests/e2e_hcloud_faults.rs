@@ -53,7 +53,8 @@ fn types_are_tried_only_where_sold_and_unsupported_location_means_the_next_one()
     assert_eq!(c.sim.last_create_request().unwrap()["location"], "nbg1");
     assert_eq!(c.calls("POST /servers"), 1);
     assert!(
-        out.stderr.contains("cx33 in nbg1 (not sold after"),
+        out.stderr
+            .contains("cx33 is deprecated at Hetzner in nbg1 (not sold there after"),
         "per-location deprecation warned: {}",
         out.stderr
     );

@@ -140,9 +140,9 @@ async fn preflight(
             }
             LadderError::Api(e) => Error::Infrastructure(e.to_string()),
         })?;
-    for name in &check.deprecated {
+    for (name, location, until) in &check.deprecated {
         warn(&format!(
-            "server type {name} is deprecated at Hetzner; replace it in tiers.{} of the launcher config",
+            "server type {name} is deprecated at Hetzner in {location} (not sold there after {until}); replace it in tiers.{} of the launcher config",
             plan.arch
         ));
     }

@@ -120,8 +120,9 @@ pub struct ServerType {
     pub prices: Vec<Price>,
     /// Where the type is sold, each with its own deprecation (the top-level one is being
     /// phased out since 2025-09).
+    /// `None` only in an older answer without the field; an empty list: sold nowhere.
     #[serde(default)]
-    pub locations: Vec<TypeLocation>,
+    pub locations: Option<Vec<TypeLocation>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,13 +206,13 @@ impl ServerType {
     /// The deprecation that applies in `location`: the per-location one; the top-level one
     /// only when the API lists no locations (an older answer).
     pub fn deprecation_in(&self, location: &str) -> Option<Deprecation> {
-        if self.locations.is_empty() {
+        let Some(locations) = &self.locations else {
             return self
                 .deprecation
                 .clone()
                 .and_then(|d| serde_json::from_value(d).ok());
-        }
-        self.locations
+        };
+        locations
             .iter()
             .find(|l| l.name == location)
             .and_then(|l| l.deprecation.clone())
@@ -219,7 +220,10 @@ impl ServerType {
 
     /// Sold in `location` now: listed there and not past `unavailable_after`.
     pub fn sold_in(&self, location: &str, now: std::time::SystemTime) -> bool {
-        let listed = self.locations.is_empty() || self.locations.iter().any(|l| l.name == location);
+        let listed = self
+            .locations
+            .as_ref()
+            .is_none_or(|ls| ls.iter().any(|l| l.name == location));
         listed
             && !self
                 .deprecation_in(location)
@@ -230,6 +234,7 @@ impl ServerType {
     pub fn sold_anywhere(&self, now: std::time::SystemTime) -> Vec<String> {
         self.locations
             .iter()
+            .flatten()
             .filter(|l| !l.deprecation.as_ref().is_some_and(|d| d.is_over(now)))
             .map(|l| l.name.clone())
             .collect()

@@ -34,10 +34,10 @@ pub use types::{LadderCheck, LadderError};
 /// How long a server may take to be deleted, and when its actions are first looked at.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const FIRST_DELETE_POLL: Duration = Duration::from_millis(500);
-/// The create action is first looked at after 1 s, then every 5 s stretching to 15 s.
+/// The create action is first looked at after 1 s, then every 10 s stretching to 30 s.
 const FIRST_CREATE_CHECK: Duration = Duration::from_secs(1);
-const CREATE_CHECK_EVERY: Duration = Duration::from_secs(5);
-const CREATE_CHECK_MAX: Duration = Duration::from_secs(15);
+const CREATE_CHECK_EVERY: Duration = Duration::from_secs(10);
+const CREATE_CHECK_MAX: Duration = Duration::from_secs(30);
 
 pub struct HcloudSettings {
     pub endpoint: String,
@@ -202,7 +202,7 @@ impl HcloudProvider {
     }
 
     /// Watch the create action (and its `next_actions`) of server `id` while SSH waits: one
-    /// `GET /actions?id=…` after 1 s, then every 5 s stretching to 15 s (slower still when the
+    /// `GET /actions?id=…` after 1 s, then every 10 s stretching to 30 s (slower still when the
     /// budget runs low). Returns `Ok` once all succeeded (or there is nothing to watch), an
     /// error as soon as one failed.
     pub async fn watch_create(&self, id: &str) -> Result<(), ApiError> {

@@ -16,9 +16,9 @@ use crate::config::{Arch, Tier};
 pub struct LadderCheck {
     /// Tier name → (net EUR/h, location of that price).
     pub prices: HashMap<String, (f64, String)>,
-    /// `cx33 in fsn1 (not sold after 2026-03-01)`: a tier deprecated in a configured location
-    /// where it is still sold.
-    pub deprecated: Vec<String>,
+    /// A tier deprecated in a configured location where it is still sold: (type, location,
+    /// the date after which it is not sold there).
+    pub deprecated: Vec<(String, String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,11 +116,9 @@ impl HcloudProvider {
             }
             for location in &usable {
                 if let Some(d) = t.deprecation_in(location) {
-                    check.deprecated.push(format!(
-                        "{} in {location} (not sold after {})",
-                        t.name,
-                        d.until()
-                    ));
+                    check
+                        .deprecated
+                        .push((t.name.clone(), location.clone(), d.until().to_owned()));
                 }
             }
             if let Some(price) = t.hourly_price(&usable[0]) {
