@@ -302,6 +302,20 @@ impl HcloudSim {
         id
     }
 
+    /// Mark an image `creating` (a snapshot still being taken) or `available`.
+    pub fn set_image_creating(&self, id: i64, creating: bool) {
+        let mut st = self.state();
+        let image = st
+            .images
+            .get_mut(&id)
+            .expect("set_image_creating: no such image");
+        image.status = if creating {
+            image::Status::Creating
+        } else {
+            image::Status::Available
+        };
+    }
+
     /// Set an image's `protection.delete` (a delete is then refused with 423 `protected`).
     pub fn protect_image(&self, id: i64, protected: bool) {
         let mut st = self.state();
