@@ -91,7 +91,12 @@ fn a_create_made_but_answered_5xx_timeout_or_a_dropped_connection_is_found_by_na
     ] {
         c.sim.after_create(&[fault]);
         let creates = c.calls("POST /servers");
+        let before = c.sim.total_calls();
         let out = c.build(&[]);
+        eprintln!(
+            "API requests for a build whose create answered {fault:?}: {}",
+            c.sim.total_calls() - before
+        );
         assert_eq!(out.code, 0, "{fault:?}: stderr:\n{}", out.stderr);
         assert_eq!(
             c.calls("POST /servers"),
@@ -154,8 +159,13 @@ fn a_build_that_starts_with_an_empty_budget_waits_about_a_second_per_request() {
     // The production retry policy, not the tests' fast one.
     std::fs::write(c.ctx.path().join("fast.ncl"), "{}").unwrap();
     c.sim.set_budget(3600, 0);
+    let before = c.sim.total_calls();
     let started = Instant::now();
     let out = c.build(&[]);
+    eprintln!(
+        "API requests (429s included) for a build starting with an empty budget: {}",
+        c.sim.total_calls() - before
+    );
     assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
     eprintln!(
         "wall time of a build starting with an empty budget: {:.1} s",
@@ -193,7 +203,12 @@ fn the_projects_quota_is_waited_for_and_then_named() {
         return;
     };
     c.sim.fail_quota(2);
+    let before = c.sim.total_calls();
     let out = c.build(&[]);
+    eprintln!(
+        "API requests for a build that waited out 2 quota refusals: {}",
+        c.sim.total_calls() - before
+    );
     assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
     assert!(
         out.stderr
@@ -222,7 +237,13 @@ fn a_create_action_failing_late_ends_the_attempt_without_the_ssh_wait() {
     };
     c.sim.action_delay(Duration::from_secs(3));
     c.sim.fail_create_actions(1);
+    let before = c.sim.total_calls();
     let out = c.build(&[]);
+    eprintln!(
+        "API requests for a build whose create action failed: {} ({:?})",
+        c.sim.total_calls() - before,
+        c.sim.calls()
+    );
     assert_eq!(out.code, 4, "stderr:\n{}", out.stderr);
     let error = c.report()["error"].as_str().unwrap().to_owned();
     assert!(error.contains("action_failed"), "{error}\n{}", out.stderr);
