@@ -48,12 +48,15 @@ pub struct HcloudSettings {
     pub retry: RetryPolicy,
 }
 
+/// A created server not yet ready: its create actions (and `next_actions`) and its address.
+type Pending = (Vec<i64>, Option<String>);
+
 pub struct HcloudProvider {
     api: ApiClient,
     locations: Vec<String>,
     golden_image: Option<String>,
     /// Servers created by this process and not yet ready: their create actions and address.
-    pending: Mutex<HashMap<String, (Vec<i64>, Option<String>)>>,
+    pending: Mutex<HashMap<String, Pending>>,
     /// Create actions to watch while SSH waits, by server id.
     booting: Mutex<HashMap<String, Vec<i64>>>,
     images: tokio::sync::Mutex<HashMap<Arch, i64>>,
