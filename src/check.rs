@@ -65,15 +65,21 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
     for arch in [Arch::Amd64, Arch::Arm64] {
         match hcloud.check_ladder(arch, config.ladder(arch)).await {
             Ok(check) => {
-                for name in check.deprecated {
+                for (name, location, until) in check.deprecated {
                     findings.push(finding(
                         Severity::Warning,
                         "server types",
-                        format!("{name} (tiers.{arch}) is deprecated at Hetzner and will stop being sold"),
+                        format!("{name} (tiers.{arch}) is deprecated at Hetzner in {location} and will not be sold there after {until}"),
                         &format!("replace {name} in tiers.{arch} of the launcher config with its successor"),
                     ));
                 }
             }
+            Err(e @ LadderError::NotSold { .. }) => findings.push(finding(
+                Severity::High,
+                "server types",
+                e.to_string(),
+                "add a location that sells it to hcloud.locations, or replace the type in the ladder",
+            )),
             Err(LadderError::Unknown { name, valid, .. }) => findings.push(finding(
                 Severity::High,
                 "server types",
@@ -98,6 +104,7 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
         }
     }
     if token_ok {
+        write_findings(hcloud, &mut findings).await;
         golden_findings(hcloud, config, &mut findings).await;
         expired_findings(hcloud, &mut findings).await;
         let rate = hcloud.rate_limit();
@@ -137,6 +144,26 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
     }
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
+}
+
+/// Reads succeeded; can the token write? A harmless write says (`probe_write`): a read-only
+/// token is refused with 403 `token_readonly`, and every build would be too.
+async fn write_findings(hcloud: &HcloudProvider, out: &mut Vec<Finding>) {
+    match hcloud.probe_write().await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some("token_readonly") => out.push(finding(
+            Severity::Critical,
+            "hcloud token",
+            "the token is read-only: builds could not create servers".into(),
+            "create a read & write API token in the Hetzner Cloud console and put it in HCLOUD_TOKEN",
+        )),
+        Err(e) => out.push(finding(
+            Severity::Warning,
+            "hcloud token",
+            format!("not verified that the token may write (the probe on the project SSH key failed: {e})"),
+            "make sure HCLOUD_TOKEN is a read & write token; builds fail with token_readonly otherwise",
+        )),
+    }
 }
 
 async fn golden_findings(hcloud: &HcloudProvider, config: &Config, out: &mut Vec<Finding>) {

@@ -6,12 +6,18 @@
 
 use serde::Serialize;
 
-use crate::provider::{LABEL_EXPIRES, LABEL_LEASE, Provider, ProviderError};
+use crate::provider::{
+    LABEL_EXPIRES, LABEL_LEASE, LABEL_REPO, Provider, ProviderError, human_duration,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Reaped {
     pub id: String,
+    /// The runner's name: it says which repository and pipeline it was for.
+    pub name: String,
     pub lease: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
     pub expires: Option<u64>,
     pub action: ReapAction,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -39,7 +45,9 @@ pub async fn reap(
         let expires = lease.expires();
         let mut entry = Reaped {
             id: lease.id.clone(),
+            name: lease.name.clone(),
             lease: lease.labels.get(LABEL_LEASE).cloned(),
+            repo: lease.labels.get(LABEL_REPO).cloned(),
             expires,
             action: ReapAction::Kept,
             error: None,
@@ -50,9 +58,11 @@ pub async fn reap(
             entry.action = ReapAction::WouldDelete;
         } else if expired {
             log(&format!(
-                "runner {} ({LABEL_EXPIRES}={}) has an expired lease; deleting it",
+                "runner {} ({}, lease {}) {}; deleting it",
+                lease.name,
                 lease.id,
-                expires.unwrap_or_default()
+                entry.lease.as_deref().unwrap_or("-"),
+                when(expires, now)
             ));
             match provider.destroy(&lease.id).await {
                 Ok(()) => entry.action = ReapAction::Deleted,
@@ -67,29 +77,83 @@ pub async fn reap(
     Ok(out)
 }
 
+/// `expired 2 h 5 min ago`, `expires in 12 min`, `no expiry label`.
+pub fn when(expires: Option<u64>, now: u64) -> String {
+    match expires {
+        Some(t) if t < now => format!("expired {} ago", human_duration(now - t)),
+        Some(t) => format!("expires in {}", human_duration(t - now)),
+        None => format!("no {LABEL_EXPIRES} label"),
+    }
+}
+
 pub fn render(entries: &[Reaped], now: u64) -> String {
     if entries.is_empty() {
         return "no managed runners\n".to_owned();
     }
-    let mut out = String::from("runner                 lease      expires              action\n");
+    let width = entries
+        .iter()
+        .map(|e| e.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let mut out = format!(
+        "{:<width$} {:<10} {:<8} {:<28} action\n",
+        "runner", "id", "lease", "lease ends"
+    );
     for e in entries {
-        let expires = match e.expires {
-            Some(t) if t < now => format!("{} s ago", now - t),
-            Some(t) => format!("in {} s", t - now),
-            None => "no expiry label".to_owned(),
-        };
         let action = match (e.action, &e.error) {
             (ReapAction::Failed, Some(err)) => format!("failed: {err}"),
-            (a, _) => format!("{a:?}")
-                .to_lowercase()
-                .replace("woulddelete", "would delete"),
+            (ReapAction::Deleted, _) => "deleted".to_owned(),
+            (ReapAction::WouldDelete, _) => "would delete".to_owned(),
+            (ReapAction::Kept, _) => "kept".to_owned(),
+            (ReapAction::Failed, None) => "failed".to_owned(),
         };
         out.push_str(&format!(
-            "{:<22} {:<10} {:<20} {action}\n",
+            "{:<width$} {:<10} {:<8} {:<28} {action}\n",
+            e.name,
             e.id,
             e.lease.as_deref().unwrap_or("-"),
-            expires
+            when(e.expires, now)
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_names_the_runner_its_lease_and_a_human_time() {
+        let now = 1_800_000_000;
+        let entry = |name: &str, expires, action| Reaped {
+            id: "1001".into(),
+            name: name.into(),
+            lease: Some("deadbeef".into()),
+            repo: None,
+            expires,
+            action,
+            error: None,
+        };
+        let text = render(
+            &[
+                entry(
+                    "bkl-org-app-42-deadbeef",
+                    Some(now - 2 * 3600 - 5 * 60),
+                    ReapAction::WouldDelete,
+                ),
+                entry("bkl-org-app-43-cafebabe", Some(now + 600), ReapAction::Kept),
+                entry("bkl-x-1-00000000", None, ReapAction::Kept),
+            ],
+            now,
+        );
+        assert!(text.contains("bkl-org-app-42-deadbeef"), "{text}");
+        assert!(text.contains("expired 2 h 5 min ago"), "{text}");
+        assert!(text.contains("expires in 10 min"), "{text}");
+        assert!(
+            text.contains("no buildkit-launcher/expires label"),
+            "{text}"
+        );
+        assert!(text.contains("would delete"), "{text}");
+    }
 }

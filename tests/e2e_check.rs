@@ -77,7 +77,13 @@ fn each_staged_cause_is_reported_with_its_severity() {
     }
     let sim = HcloudSim::start();
     golden(&sim, "amd64", &now_rfc3339(20)); // older than 14 days; arm64 has none
-    sim.deprecate_server_type("cx33");
+    // Deprecated in one configured location only (per location, as the API now reports it;
+    // the top-level deprecation stays null).
+    sim.deprecate_in("cx33", "nbg1", false);
+    // Sold in none of the configured locations.
+    for location in ["fsn1", "nbg1", "hel1"] {
+        sim.stop_selling("cax41", location);
+    }
     sim.add_server(
         "bkl-killed-1-deadbeef",
         &[
@@ -119,7 +125,16 @@ fn each_staged_cause_is_reported_with_its_severity() {
             &findings,
             "warning",
             "server types",
-            "cx33 (tiers.amd64) is deprecated"
+            "cx33 (tiers.amd64) is deprecated at Hetzner in nbg1"
+        ),
+        "{findings:#?}"
+    );
+    assert!(
+        has(
+            &findings,
+            "high",
+            "server types",
+            "\"cax41\" is not sold in any configured location"
         ),
         "{findings:#?}"
     );
@@ -208,6 +223,41 @@ fn an_invalid_token_is_critical() {
         !out.stdout.contains("not-the-simulators-token"),
         "the token never appears"
     );
+}
+
+#[test]
+fn a_readonly_token_is_critical_and_a_writable_one_registers_the_project_key() {
+    let sim = HcloudSim::start();
+    golden(&sim, "amd64", &now_rfc3339(2));
+    golden(&sim, "arm64", &now_rfc3339(3));
+    let out = Launcher::new()
+        .env("HCLOUD_TOKEN", sim.readonly_token())
+        .env("HCLOUD_ENDPOINT", &sim.endpoint)
+        .args(["check", "--json"])
+        .run();
+    let findings: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        has(
+            &findings,
+            "critical",
+            "hcloud token",
+            "the token is read-only"
+        ),
+        "{findings:#?}"
+    );
+    assert!(sim.ssh_keys().is_empty());
+    let (code, findings, stderr) = check(&sim, &[]);
+    assert_eq!((code, findings.len()), (0, 0), "{findings:#?}\n{stderr}");
+    assert_eq!(
+        sim.ssh_keys().len(),
+        1,
+        "the probe registered the project key"
+    );
+    // Once it exists, the probe rewrites its label: still one key, still no finding.
+    let (code, _, _) = check(&sim, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(sim.ssh_keys().len(), 1);
 }
 
 #[test]

@@ -38,10 +38,10 @@ impl Cloud {
             "{ hcloud.retry = { initial_delay_ms = 50, max_delay_ms = 400 } }",
         )
         .unwrap();
-        Cloud {
-            sim: HcloudSim::start(),
-            config,
-        }
+        let sim = HcloudSim::start();
+        // The project key earlier builds or bakes registered (a first one registers it).
+        sim.add_ssh_key("buildkit-launcher");
+        Cloud { sim, config }
     }
 
     fn run(&self, args: &[&str]) -> Outcome {
@@ -457,4 +457,53 @@ fn prune_keeps_exactly_the_newest_n_skips_protected_and_leaves_other_images() {
     assert_eq!(kept, [golden[0]]);
     assert!(c.snapshots().iter().any(|(id, _)| *id == golden[0]));
     assert!(c.snapshots().iter().any(|(id, _)| *id == protected));
+}
+
+#[test]
+fn prune_counts_only_available_snapshots_toward_keep() {
+    let (c, golden, _, _, _) = stocked();
+    // The newest is still being taken (a bake under way): it may fail, so it does not count.
+    c.sim.set_image_creating(golden[0], true);
+    let out = c.run(&["prune", "--keep", "2", "--dry-run", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let entries = json(&out);
+    let action = |id: i64| {
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id)
+            .map(|e| e["action"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    assert_eq!(
+        action(golden[0]),
+        "kept",
+        "a creating snapshot is never deleted"
+    );
+    assert_eq!(
+        (action(golden[1]), action(golden[2])),
+        ("kept".into(), "kept".into())
+    );
+    assert_eq!(action(golden[3]), "would_delete");
+}
+
+#[test]
+fn a_deprecated_base_image_is_still_found_with_a_warning() {
+    if !require_root_and_tools(TOOLS) {
+        return;
+    }
+    let release = Release::serve();
+    let c = Cloud::new();
+    c.sim.deprecate_image("debian-12");
+    let out = c.bake(&release.pin(None));
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains("image debian-12") && out.stderr.contains("is deprecated at Hetzner"),
+        "{}",
+        out.stderr
+    );
+    let create = c.sim.last_create_request().unwrap();
+    assert_eq!(create["ssh_keys"], serde_json::json!(["buildkit-launcher"]));
+    assert!(c.sim.servers().is_empty());
 }

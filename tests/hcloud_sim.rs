@@ -410,7 +410,22 @@ fn launcher_request(name: &str, location: &str) -> models::CreateServerRequest {
     request.labels = Some(labels(&lease, "test/repo", "cx23").into_iter().collect());
     request.user_data = Some(UserData::for_build(&keys).render());
     request.start_after_create = Some(true);
+    request.ssh_keys = Some(vec!["buildkit-launcher".into()]);
     request
+}
+
+/// The project key `launcher_request` names (a throwaway public key, as the launcher's).
+fn register_project_key(sim: &HcloudSim) {
+    let key = BuildKeys::generate("project")
+        .unwrap()
+        .client
+        .public_openssh;
+    let reply = sim.call(
+        "POST",
+        "/ssh_keys",
+        Some(&json!({"name": "buildkit-launcher", "public_key": key})),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.json);
 }
 
 fn needs_runners() -> bool {
@@ -423,6 +438,7 @@ fn a_created_server_is_a_reachable_sandbox_runner_until_deleted() {
         return;
     }
     let sim = HcloudSim::start();
+    register_project_key(&sim);
     let config = crate_config(&sim);
     let rt = runtime();
     let params = servers_api::CreateServerParams {
@@ -434,7 +450,8 @@ fn a_created_server_is_a_reachable_sandbox_runner_until_deleted() {
     let server = created.server;
     assert_eq!(server.status, server::Status::Initializing);
     assert_eq!(created.action.command, "create_server");
-    assert!(created.next_actions.is_empty() && created.root_password.is_none());
+    assert_eq!(created.next_actions[0].command, "start_server");
+    assert!(created.root_password.is_none(), "an SSH key was named");
     let ip = server.public_net.ipv4.as_ref().expect("an IPv4").ip.clone();
     assert!(ip.starts_with("127.0.0."), "{ip}");
     assert_eq!(
@@ -512,6 +529,7 @@ fn a_failed_create_action_leaves_an_off_server_without_runner() {
         return;
     }
     let sim = HcloudSim::start();
+    register_project_key(&sim);
     sim.fail_create_actions(1);
     let body = serde_json::to_value(launcher_request("bkl-test-repo-2-abc", "hel1")).unwrap();
     let reply = sim.call("POST", "/servers", Some(&body));
@@ -536,6 +554,7 @@ fn dropping_the_simulator_tears_its_runners_down() {
         return;
     }
     let sim = HcloudSim::start();
+    register_project_key(&sim);
     let body = serde_json::to_value(launcher_request("bkl-test-repo-3-abc", "fsn1")).unwrap();
     let reply = sim.call("POST", "/servers", Some(&body));
     assert_eq!(reply.status, 201, "{}", reply.json);

@@ -141,12 +141,14 @@ async fn preflight(
         .check_ladder(plan.arch, config.ladder(plan.arch))
         .await
         .map_err(|e| match e {
-            LadderError::Unknown { .. } => Error::Usage(e.to_string()),
+            LadderError::Unknown { .. } | LadderError::NotSold { .. } => {
+                Error::Usage(e.to_string())
+            }
             LadderError::Api(e) => Error::Infrastructure(e.to_string()),
         })?;
-    for name in &check.deprecated {
+    for (name, location, until) in &check.deprecated {
         warn(&format!(
-            "server type {name} is deprecated at Hetzner; replace it in tiers.{} of the launcher config",
+            "server type {name} is deprecated at Hetzner in {location} (not sold there after {until}); replace it in tiers.{} of the launcher config",
             plan.arch
         ));
     }

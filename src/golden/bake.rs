@@ -230,18 +230,28 @@ async fn bake_on(
         "creating bake server {name} ({}, {} from image {image})",
         s.tier.name, s.base_image
     ));
-    let id = hcloud.create(&spec).await?;
-    server.register(&id);
+    // Registered for deletion the moment its id exists, even if the bake is cancelled while
+    // the create is in flight.
+    let id = server.create(&spec).await?;
     let runner = hcloud.wait_ready(&id).await?;
     let mut progress = |line: String| (s.log)(&line);
-    let conn = Connection::connect(
+    let connect = Connection::connect(
         &runner,
         &keys.client.private_openssh,
         &keys.host.public_openssh,
         hcloud.connect_policy(),
         &mut progress,
-    )
-    .await?;
+    );
+    let watch = async {
+        match hcloud.watch_create(&id).await {
+            Ok(()) => std::future::pending().await,
+            Err(e) => e,
+        }
+    };
+    let conn = tokio::select! {
+        conn = connect => conn?,
+        failed = watch => return Err(failed.into()),
+    };
     (s.log)(&format!(
         "connected to {} (host key verified)",
         conn.address()

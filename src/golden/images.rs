@@ -177,8 +177,23 @@ pub fn plan(snapshots: &[Snapshot], keep: usize) -> Vec<PruneEntry> {
     let mut entries = Vec::new();
     for group in by_arch.values_mut() {
         sort_newest_first(group);
-        for (rank, s) in group.iter().enumerate() {
-            let action = match (rank < keep, s.protection.delete) {
+        // Only finished snapshots count toward `keep`: one still `creating` (a bake under
+        // way) may yet fail, and is not deleted either.
+        let mut rank = 0;
+        for s in group.iter() {
+            if s.status != "available" {
+                entries.push(PruneEntry {
+                    id: s.id,
+                    arch: s.arch().expect("grouped by arch"),
+                    buildkit: s.buildkit().to_owned(),
+                    created: s.created.clone(),
+                    action: PruneAction::Kept,
+                    error: None,
+                });
+                continue;
+            }
+            rank += 1;
+            let action = match (rank <= keep, s.protection.delete) {
                 (true, _) => PruneAction::Kept,
                 (false, true) => PruneAction::Protected,
                 (false, false) => PruneAction::WouldDelete,

@@ -16,6 +16,25 @@ pub struct UserData {
     pub ssh_deletekeys: bool,
     pub ssh_authorized_keys: Vec<String>,
     pub ssh_keys: SshKeys,
+    /// cloud-init's `chpasswd: {expire: true}`: the root password must be changed at the
+    /// first login. Never set by the launcher; it describes what Hetzner does to a server
+    /// created without `ssh_keys`, so that a sandbox runner can behave the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chpasswd: Option<Chpasswd>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Chpasswd {
+    #[serde(default)]
+    pub expire: bool,
+}
+
+impl UserData {
+    /// The root password is expired: Debian's sshd (PAM) then refuses every session without
+    /// a terminal, after authentication ("Password change required but no TTY available").
+    pub fn password_expired(&self) -> bool {
+        self.chpasswd.as_ref().is_some_and(|c| c.expire)
+    }
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +66,7 @@ impl UserData {
                 ed25519_private: keys.host.private_openssh.to_string(),
                 ed25519_public: keys.host.public_openssh.clone(),
             },
+            chpasswd: None,
         }
     }
 
@@ -81,5 +101,7 @@ mod tests {
         assert_eq!(back.ssh_authorized_keys[0], keys.client.public_openssh);
         assert_eq!(back.ssh_keys.ed25519_private, *keys.host.private_openssh);
         assert!(UserData::parse("disable_root: false").is_err());
+        assert!(!back.password_expired());
+        assert!(!text.contains("chpasswd"));
     }
 }

@@ -191,8 +191,13 @@ impl LocalProvider {
             .lock()
             .expect("sampler table lock")
             .insert(id.to_owned(), sampler);
-        fs::write(dir.join("sshd_config"), self.sshd_config(&dir, &host, port))
-            .map_err(fail("write its sshd config"))?;
+        let mut sshd_config = self.sshd_config(&dir, &host, port);
+        if user_data.password_expired() {
+            // What Debian's sshd with PAM does once the root password is expired: the key is
+            // accepted, then every session without a terminal prints this and ends (exit 1).
+            sshd_config.push_str(PAM_EXPIRED_PASSWORD);
+        }
+        fs::write(dir.join("sshd_config"), sshd_config).map_err(fail("write its sshd config"))?;
         fs::create_dir_all("/run/sshd").map_err(fail("create /run/sshd"))?;
 
         let log = fs::File::create(dir.join("sshd.log")).map_err(fail("open its sshd log"))?;
@@ -502,12 +507,20 @@ impl Provider for LocalProvider {
                     .ok()
                     .and_then(|t| serde_json::from_str(&t).ok())
                     .unwrap_or_default();
-            leases.push(LeaseInfo { id: name, labels });
+            leases.push(LeaseInfo {
+                name: name.clone(),
+                id: name,
+                labels,
+            });
         }
         leases.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(leases)
     }
 }
+
+/// The sshd setting that makes a sandbox runner refuse sessions the way OpenSSH's
+/// `do_pwchange` does for an expired password without a TTY.
+const PAM_EXPIRED_PASSWORD: &str = "ForceCommand printf '%s\\n' 'WARNING: Your password has expired.' 'Password change required but no TTY available.' >&2; exit 1\n";
 
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut f = fs::OpenOptions::new()

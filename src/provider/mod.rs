@@ -62,6 +62,9 @@ impl Lease {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LeaseInfo {
     pub id: String,
+    /// The runner's name (`bkl-<repo>-<pipeline>-<lease>` on Hetzner), so a person can tell
+    /// which build it was.
+    pub name: String,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -100,10 +103,33 @@ pub trait Provider: Send + Sync {
     async fn create(&self, spec: &RunnerSpec) -> Result<String, ProviderError>;
     /// Wait until the runner is booted and its sshd is started.
     async fn wait_ready(&self, id: &str) -> Result<Runner, ProviderError>;
+    /// Runs while SSH waits for the runner: an error as soon as the provider knows the boot
+    /// failed; `Ok` once it knows it did not (or cannot tell).
+    async fn watch_boot(&self, _id: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    /// The id of the runner called `name`, if one exists: for a create whose answer was lost
+    /// (or abandoned on cancellation).
+    async fn find(&self, _name: &str) -> Result<Option<String>, ProviderError> {
+        Ok(None)
+    }
     /// Delete the runner and confirm it is gone. Idempotent: an unknown id is already gone.
     async fn destroy(&self, id: &str) -> Result<(), ProviderError>;
     /// Every runner this provider manages, with its labels.
     async fn list_leases(&self) -> Result<Vec<LeaseInfo>, ProviderError>;
+}
+
+/// A span of seconds for people: `45 s`, `7 min`, `2 h 5 min`, `3 d 4 h`.
+pub fn human_duration(secs: u64) -> String {
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{secs} s"),
+        (0, 0, m) => format!("{m} min"),
+        (0, h, 0) => format!("{h} h"),
+        (0, h, m) => format!("{h} h {m} min"),
+        (d, 0, _) => format!("{d} d"),
+        (d, h, _) => format!("{d} d {h} h"),
+    }
 }
 
 pub fn unix_now() -> u64 {
@@ -205,6 +231,16 @@ mod tests {
         assert_eq!(l["buildkit-launcher/expires"], "1800000000");
         assert_eq!(l["buildkit-launcher/repo"], "org_app");
         assert_eq!(l["buildkit-launcher/tier"], "cx33");
+    }
+
+    #[test]
+    fn durations_read_like_a_person_would_say_them() {
+        assert_eq!(human_duration(42), "42 s");
+        assert_eq!(human_duration(7 * 60 + 5), "7 min");
+        assert_eq!(human_duration(2 * 3600), "2 h");
+        assert_eq!(human_duration(2 * 3600 + 5 * 60 + 9), "2 h 5 min");
+        assert_eq!(human_duration(3 * 86_400 + 4 * 3600 + 1), "3 d 4 h");
+        assert_eq!(human_duration(86_400), "1 d");
     }
 
     #[test]

@@ -47,8 +47,9 @@ pub async fn run(
         arch: plan.arch,
         user_data: UserData::for_build(&keys).render(),
     };
-    let id = ex.provider.create(&spec).await?;
-    live.register(&id);
+    // Registered for destruction by `live` the moment the id exists, even if this attempt is
+    // cancelled while the create is in flight.
+    let id = live.create(&spec).await?;
     record.runner = Some(id.clone());
     (ex.log)(&format!(
         "runner {id} ({}) created; waiting for it",
@@ -59,14 +60,25 @@ pub async fn run(
 
     let phase = Instant::now();
     let mut progress = |line: String| (ex.log)(&line);
-    let conn = Connection::connect(
+    let connect = Connection::connect(
         &runner,
         &keys.client.private_openssh,
         &keys.host.public_openssh,
         ex.connect.unwrap_or_else(|| ex.provider.connect_policy()),
         &mut progress,
-    )
-    .await?;
+    );
+    // While SSH waits, the provider watches the boot: a failed create ends the attempt now,
+    // not after the whole SSH budget.
+    let watch = async {
+        match ex.provider.watch_boot(&id).await {
+            Ok(()) => std::future::pending().await,
+            Err(e) => e,
+        }
+    };
+    let conn = tokio::select! {
+        conn = connect => conn?,
+        failed = watch => return Err(failed.into()),
+    };
     record.seconds.ssh = phase.elapsed().as_secs_f64();
     (ex.log)(&format!(
         "connected to {} (host key verified)",
@@ -75,8 +87,14 @@ pub async fn run(
 
     // The runner says where its home and work directory are (the golden image and sandbox
     // runners differ); the provider's values are the fallback.
-    let (home, workdir) = runner_paths(&conn, &runner.home, &runner.workdir).await;
     // Close the connection on every path out of here; the runner is destroyed anyway.
+    let (home, workdir) = match runner_paths(&conn, &runner.home, &runner.workdir).await {
+        Ok(paths) => paths,
+        Err(e) => {
+            conn.close().await;
+            return Err(e.into());
+        }
+    };
     let result = build_over(ex, &conn, &workdir, &home, record).await;
     conn.close().await;
     result
@@ -160,24 +178,26 @@ async fn build_over(
     Ok(Done { verdict, digest })
 }
 
-async fn runner_paths(conn: &Connection, home: &str, workdir: &str) -> (String, String) {
+/// The first command on the runner: its home and work directory. A runner that refuses
+/// commands (an sshd whose PAM wants a password change, for one) fails the attempt here, with
+/// what it said, instead of failing the build later as if the Dockerfile were wrong.
+async fn runner_paths(
+    conn: &Connection,
+    home: &str,
+    workdir: &str,
+) -> Result<(String, String), crate::transport::session::TransportError> {
     let script = format!(
         "printf '%s\\n%s\\n' \"$HOME\" \"${{BKL_RUNNER_WORKDIR:-{}}}\"",
         workdir
     );
-    match conn
-        .run_checked("ask the runner for its directories", &script, None)
-        .await
-    {
-        Ok(text) => {
-            let mut lines = text.lines().map(str::trim).filter(|l| l.starts_with('/'));
-            match (lines.next(), lines.next()) {
-                (Some(h), Some(w)) => (h.to_owned(), w.to_owned()),
-                _ => (home.to_owned(), workdir.to_owned()),
-            }
-        }
-        Err(_) => (home.to_owned(), workdir.to_owned()),
-    }
+    let text = conn
+        .run_checked("run a first command on the runner", &script, None)
+        .await?;
+    let mut lines = text.lines().map(str::trim).filter(|l| l.starts_with('/'));
+    Ok(match (lines.next(), lines.next()) {
+        (Some(h), Some(w)) => (h.to_owned(), w.to_owned()),
+        _ => (home.to_owned(), workdir.to_owned()),
+    })
 }
 
 async fn has_buildctl(conn: &Connection) -> bool {

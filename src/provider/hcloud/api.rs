@@ -29,9 +29,16 @@ pub struct ActionResponse {
     pub action: Action,
 }
 
+#[derive(Debug, Deserialize)]
+pub struct ActionsPage {
+    pub actions: Vec<Action>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Server {
     pub id: i64,
+    #[serde(default)]
+    pub name: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
@@ -55,6 +62,20 @@ pub struct Ip {
 pub struct CreateServerResponse {
     pub server: Server,
     pub action: Action,
+    /// Started by the create (`start_server`…): watched with it.
+    #[serde(default)]
+    pub next_actions: Vec<Action>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SshKey {
+    pub id: i64,
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SshKeysPage {
+    pub ssh_keys: Vec<SshKey>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +97,9 @@ pub struct Image {
     pub description: Option<String>,
     #[serde(default)]
     pub created: String,
+    /// When Hetzner deprecated the image (system images only); null while it is current.
+    #[serde(default)]
+    pub deprecated: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +118,48 @@ pub struct ServerType {
     pub deprecation: Option<serde_json::Value>,
     #[serde(default)]
     pub prices: Vec<Price>,
+    /// Where the type is sold, each with its own deprecation (the top-level one is being
+    /// phased out since 2025-09).
+    /// `None` only in an older answer without the field; an empty list: sold nowhere.
+    #[serde(default)]
+    pub locations: Option<Vec<TypeLocation>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TypeLocation {
+    pub name: String,
+    #[serde(default)]
+    pub deprecation: Option<Deprecation>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Deprecation {
+    #[serde(default)]
+    pub announced: String,
+    #[serde(default)]
+    pub unavailable_after: String,
+}
+
+impl Deprecation {
+    /// Past `unavailable_after`: no longer sold.
+    pub fn is_over(&self, now: std::time::SystemTime) -> bool {
+        parse_time(&self.unavailable_after).is_some_and(|t| t <= now)
+    }
+
+    /// The date part of `unavailable_after`, for messages.
+    pub fn until(&self) -> &str {
+        self.unavailable_after
+            .get(..10)
+            .unwrap_or(&self.unavailable_after)
+    }
+}
+
+/// RFC 3339 as the API writes it (`…+00:00` or `…Z`).
+pub fn parse_time(text: &str) -> Option<std::time::SystemTime> {
+    let normalized = text
+        .strip_suffix("+00:00")
+        .map_or(text.to_owned(), |t| format!("{t}Z"));
+    humantime::parse_rfc3339_weak(&normalized).ok()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,6 +203,43 @@ impl ServerType {
         self.deprecation.as_ref().is_some_and(|d| !d.is_null())
     }
 
+    /// The deprecation that applies in `location`: the per-location one; the top-level one
+    /// only when the API lists no locations (an older answer).
+    pub fn deprecation_in(&self, location: &str) -> Option<Deprecation> {
+        let Some(locations) = &self.locations else {
+            return self
+                .deprecation
+                .clone()
+                .and_then(|d| serde_json::from_value(d).ok());
+        };
+        locations
+            .iter()
+            .find(|l| l.name == location)
+            .and_then(|l| l.deprecation.clone())
+    }
+
+    /// Sold in `location` now: listed there and not past `unavailable_after`.
+    pub fn sold_in(&self, location: &str, now: std::time::SystemTime) -> bool {
+        let listed = self
+            .locations
+            .as_ref()
+            .is_none_or(|ls| ls.iter().any(|l| l.name == location));
+        listed
+            && !self
+                .deprecation_in(location)
+                .is_some_and(|d| d.is_over(now))
+    }
+
+    /// Every location where it is sold now.
+    pub fn sold_anywhere(&self, now: std::time::SystemTime) -> Vec<String> {
+        self.locations
+            .iter()
+            .flatten()
+            .filter(|l| !l.deprecation.as_ref().is_some_and(|d| d.is_over(now)))
+            .map(|l| l.name.clone())
+            .collect()
+    }
+
     /// Net hourly price in EUR in `location`, else the first listed.
     pub fn hourly_price(&self, location: &str) -> Option<(f64, String)> {
         let price = self
@@ -173,7 +276,28 @@ mod tests {
         )
         .unwrap();
         assert!(t.is_deprecated());
+        // No per-location list (an older answer): the top-level deprecation counts.
+        let now = parse_time("2026-06-01T00:00:00Z").unwrap();
+        assert!(!t.sold_in("fsn1", now));
         assert_eq!(t.hourly_price("hel1"), Some((0.007, "hel1".into())));
         assert_eq!(t.hourly_price("nbg1"), Some((0.006, "fsn1".into())));
+    }
+
+    #[test]
+    fn deprecation_and_availability_are_judged_per_location() {
+        let t: ServerType = serde_json::from_str(
+            r#"{"name": "cx33", "architecture": "x86", "deprecation": null, "prices": [],
+                "locations": [
+                  {"id": 1, "name": "fsn1", "deprecation": {"announced": "2026-01-01T00:00:00+00:00", "unavailable_after": "2026-03-01T00:00:00+00:00"}},
+                  {"id": 2, "name": "nbg1", "deprecation": {"announced": "2026-01-01T00:00:00+00:00", "unavailable_after": "2027-03-01T00:00:00+00:00"}},
+                  {"id": 3, "name": "hel1", "deprecation": null}]}"#,
+        )
+        .unwrap();
+        let now = parse_time("2026-06-01T00:00:00+00:00").unwrap();
+        assert!(!t.sold_in("fsn1", now), "past unavailable_after");
+        assert!(t.sold_in("nbg1", now) && t.deprecation_in("nbg1").is_some());
+        assert!(t.sold_in("hel1", now) && t.deprecation_in("hel1").is_none());
+        assert!(!t.sold_in("ash", now), "not listed: not sold");
+        assert_eq!(t.sold_anywhere(now), ["nbg1", "hel1"]);
     }
 }

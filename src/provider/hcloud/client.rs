@@ -61,25 +61,43 @@ impl ApiError {
         }
     }
 
-    /// Worth trying again: the request was refused for now, not for good.
-    pub fn is_transient(&self) -> bool {
+    /// The API certainly did not act on the request and asks to be asked again: `conflict`
+    /// and `rate_limit_exceeded`, the two codes hcloud-go's retry policy retries by code
+    /// (hcloud-go `hcloud/client_handler_retry.go`). Safe to repeat, even for a create.
+    pub fn is_refused_for_now(&self) -> bool {
         match self {
             ApiError::Api { status, code, .. } => {
-                *status == 429
-                    || *status >= 500
-                    || matches!(
-                        code.as_str(),
-                        "conflict" | "locked" | "timeout" | "unavailable" | "rate_limit_exceeded"
-                    )
+                *status == 429 || matches!(code.as_str(), "conflict" | "rate_limit_exceeded")
+            }
+            _ => false,
+        }
+    }
+
+    /// It is unknown whether the API acted on the request: a 5xx (bad gateway, `unavailable`,
+    /// `timeout`…) or a transport failure (connection dropped, no answer in time). hcloud-go
+    /// retries bad gateway, gateway timeout and network timeouts; for a read or a delete that is
+    /// harmless, for a create the caller must first look for what may have been made.
+    pub fn is_ambiguous(&self) -> bool {
+        match self {
+            ApiError::Api { status, code, .. } => {
+                *status >= 500 || matches!(code.as_str(), "timeout" | "unavailable")
             }
             ApiError::Transport { .. } => true,
             ApiError::Decode { .. } => false,
         }
     }
 
-    /// A transport failure leaves it unknown whether the server acted on the request.
-    pub fn is_ambiguous(&self) -> bool {
-        matches!(self, ApiError::Transport { .. })
+    /// Worth repeating an idempotent request (a read, a delete, a poll) for.
+    pub fn is_transient(&self) -> bool {
+        self.is_refused_for_now() || self.is_ambiguous() || self.code() == Some("locked")
+    }
+
+    /// The message, for one-line summaries.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::Api { code, message, .. } => format!("{code}: {message}"),
+            ApiError::Transport { detail, .. } | ApiError::Decode { detail, .. } => detail.clone(),
+        }
     }
 }
 
@@ -93,6 +111,22 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
+    /// ` (0 of 3600 requests left, full again in 60 min)`, for a log line; empty when unknown.
+    pub fn describe(&self) -> String {
+        match (self.remaining, self.limit) {
+            (Some(remaining), Some(limit)) => {
+                let full = self.reset.map_or(String::new(), |r| {
+                    format!(
+                        ", full again in {}",
+                        crate::provider::human_duration(r.saturating_sub(unix_now()))
+                    )
+                });
+                format!(" ({remaining} of {limit} requests left{full})")
+            }
+            _ => String::new(),
+        }
+    }
+
     /// Below a tenth of the budget: everyone polling should slow down.
     pub fn is_low(&self) -> bool {
         match (self.limit, self.remaining) {
@@ -140,6 +174,11 @@ impl ApiClient {
         })
     }
 
+    /// The retry policy (also the shape of the waits callers make around requests).
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
     pub fn rate_limit(&self) -> RateLimit {
         *self.rate.lock().expect("rate lock")
     }
@@ -164,22 +203,27 @@ impl ApiClient {
                 Ok(value) => return Ok(value),
                 Err(e) => e,
             };
-            let retryable = error.is_transient()
-                && (retry == Retry::Always || !error.is_ambiguous())
-                && self.policy.allows_another(attempt);
+            let retryable = match retry {
+                Retry::Always => error.is_transient(),
+                Retry::IfRefused => error.is_refused_for_now(),
+            } && self.policy.allows_another(attempt);
             if !retryable {
                 return Err(error);
             }
-            let mut delay = self.policy.delay_random(attempt);
-            if error.status() == Some(429) {
-                // Waiting for the reset beats hammering a spent budget, within the policy's cap.
-                if let Some(reset) = self.rate_limit().reset {
-                    let until = Duration::from_secs(reset.saturating_sub(unix_now()));
-                    delay = delay.max(until.min(self.policy.max_delay));
-                }
-            }
+            let delay = if error.status() == Some(429) {
+                // The budget refills one request a second: one is free again within about a
+                // second, whatever `RateLimit-Reset` (the time it is *full* again) says.
+                rate_limit_delay(&self.policy, attempt, rand::random::<f64>())
+            } else {
+                self.policy.delay_random(attempt)
+            };
+            let budget = if error.status() == Some(429) {
+                self.rate_limit().describe()
+            } else {
+                String::new()
+            };
             (self.log)(&format!(
-                "{error}; retrying in {:.1} s ({attempt}/{})",
+                "{error}{budget}; retrying in {:.1} s ({attempt}/{})",
                 delay.as_secs_f64(),
                 self.policy.max_attempts - 1
             ));
@@ -271,22 +315,33 @@ impl ApiClient {
     pub fn poll_interval(&self, base: Duration) -> Duration {
         let rate = self.rate_limit();
         if rate.remaining == Some(0) {
-            let until = rate.reset.map_or(base, |r| {
-                Duration::from_secs(r.saturating_sub(unix_now()).max(1))
-            });
-            return until.min(Duration::from_secs(60)).max(base);
+            // Spent: the next request is free in about a second (refill 1/s), not at the reset.
+            return base.max(rate_limit_delay(&self.policy, 1, rand::random::<f64>()));
         }
         if rate.is_low() { base * 4 } else { base }
     }
 }
+
+/// How long to wait after a 429 before retry number `retry`: at least a second (the refill
+/// interval), full jitter up to the policy's exponential delay (at least 2 s), so that the
+/// launchers of one project that all hit an empty budget do not come back in step.
+pub fn rate_limit_delay(policy: &RetryPolicy, retry: u32, unit: f64) -> Duration {
+    let floor = RATE_LIMIT_REFILL.as_secs_f64();
+    let top = policy.base_delay(retry).as_secs_f64().max(2.0 * floor);
+    Duration::from_secs_f64(floor + unit.clamp(0.0, 1.0) * (top - floor))
+}
+
+/// Hetzner refills the request budget at one request per second.
+pub const RATE_LIMIT_REFILL: Duration = Duration::from_secs(1);
 
 /// May a failed request be sent again?
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
     /// Reads, deletes, polls: repeating them is harmless.
     Always,
-    /// Creations: only when the API certainly refused the request (an HTTP error with a body);
-    /// after a transport failure the caller must first look for what may have been created.
+    /// Creations: only when the API certainly refused the request (`conflict`, 429); after a
+    /// 5xx, `timeout` or transport failure the caller must first look for what may have been
+    /// created (names are unique per project).
     IfRefused,
 }
 
@@ -343,6 +398,43 @@ mod tests {
         assert!(!api(412, "resource_unavailable").is_transient());
         assert!(!api(403, "resource_limit_exceeded").is_transient());
         assert!(!api(401, "unauthorized").is_transient());
+        assert!(!api(409, "uniqueness_error").is_transient());
+    }
+
+    #[test]
+    fn a_create_is_repeated_only_when_certainly_refused() {
+        assert!(api(409, "conflict").is_refused_for_now());
+        assert!(api(429, "rate_limit_exceeded").is_refused_for_now());
+        for (status, code) in [(502, "bad_gateway"), (503, "unavailable"), (504, "timeout")] {
+            let e = api(status, code);
+            assert!(!e.is_refused_for_now() && e.is_ambiguous(), "{code}");
+        }
+        let dropped = ApiError::Transport {
+            method: "POST".into(),
+            path: "/servers".into(),
+            detail: "connection closed before message completed".into(),
+        };
+        assert!(dropped.is_ambiguous() && !dropped.is_refused_for_now());
+        assert!(!api(409, "uniqueness_error").is_ambiguous());
+    }
+
+    #[test]
+    fn after_a_429_the_wait_is_about_a_second_jittered_never_the_reset() {
+        let p = RetryPolicy::API;
+        for i in 0..=100 {
+            let unit = f64::from(i) / 100.0;
+            let first = rate_limit_delay(&p, 1, unit).as_secs_f64();
+            assert!((1.0..=2.0 + 1e-9).contains(&first), "{first}");
+            let fast = RetryPolicy {
+                initial_delay: Duration::from_millis(50),
+                max_delay: Duration::from_millis(400),
+                ..p
+            };
+            assert!(rate_limit_delay(&fast, 3, unit) >= RATE_LIMIT_REFILL);
+        }
+        // Launchers drawing different numbers come back at different times.
+        assert_ne!(rate_limit_delay(&p, 1, 0.1), rate_limit_delay(&p, 1, 0.9));
+        assert!(rate_limit_delay(&p, 10, 1.0) <= p.max_delay);
     }
 
     #[test]

@@ -32,8 +32,10 @@ impl HcloudProvider {
             let image_arch = resp["image"]["architecture"].as_str().unwrap_or_default();
             return Ok((image_arch == hetzner_arch(arch)).then_some(id));
         }
+        // Without include_deprecated=true a deprecated system image is not listed at all, and
+        // the weekly bake would stop the day debian-12 is deprecated.
         let path = format!(
-            "/images?name={}&architecture={}",
+            "/images?name={}&architecture={}&include_deprecated=true",
             encode(name),
             hetzner_arch(arch)
         );
@@ -41,7 +43,17 @@ impl HcloudProvider {
             .api
             .call(Method::GET, &path, None, Retry::Always)
             .await?;
-        Ok(page.images.first().map(|i| i.id))
+        let Some(image) = page.images.first() else {
+            return Ok(None);
+        };
+        if let Some(since) = image.deprecated.as_deref() {
+            (self.log)(&format!(
+                "warning: image {name} ({}) is deprecated at Hetzner since {}; move --base-image to its successor",
+                image.id,
+                since.get(..10).unwrap_or(since)
+            ));
+        }
+        Ok(Some(image.id))
     }
 
     /// Power server `id` off and wait until it is off. This is a hard stop, like pulling the
@@ -129,7 +141,7 @@ impl HcloudProvider {
         let mut page = Some(1);
         while let Some(n) = page {
             let path = format!(
-                "/images?type=snapshot&sort=created:desc&label_selector={}&per_page=50&page={n}",
+                "/images?type=snapshot&sort=created:desc&sort=id:desc&label_selector={}&per_page=50&page={n}",
                 encode(selector)
             );
             let resp: Page<T> = self

@@ -1,15 +1,18 @@
 //! The Hetzner Cloud provider: production runners.
 //!
 //! A runner is a server created from the newest golden snapshot of its architecture (or
-//! `--golden-image`), with the per-build cloud-init user data, the lease labels and name, the
-//! tier's server type, in the first configured location with capacity (`resource_unavailable`
-//! or `placement_error` → the next one). Waiting polls the create action at a pace that stretches
-//! when the project's request budget runs low. Destroy deletes and confirms (action success, or
-//! 404: already gone), retrying transient failures.
+//! `--golden-image`), with the per-build cloud-init user data, the project SSH key, the lease
+//! labels and name, the tier's server type, in the first configured location that sells the
+//! type and has capacity (`create.rs`; the ladder and locations per type: `types.rs`). While
+//! SSH waits, the create action is re-checked at a modest pace ([`HcloudProvider::watch_boot`]),
+//! at a pace that stretches when the project's request budget runs low. Destroy deletes and
+//! confirms (action success, or 404: already gone), retrying transient failures.
 
 pub mod api;
 pub mod client;
+mod create;
 mod images;
+mod types;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,15 +24,20 @@ use zeroize::Zeroizing;
 
 use super::{LABEL_MANAGED_BY, LeaseInfo, MANAGED_BY, Provider, ProviderError, Runner, RunnerSpec};
 use crate::backend::REMOTE_WORKDIR;
-use crate::config::{Arch, Tier};
+use crate::config::Arch;
 use crate::retry::RetryPolicy;
 use crate::runner::ConnectPolicy;
 pub use client::{ApiClient, ApiError, DEFAULT_ENDPOINT, Retry};
+pub use create::PROJECT_KEY;
+pub use types::{LadderCheck, LadderError};
 
 /// How long a server may take to be deleted, and when its actions are first looked at.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const FIRST_DELETE_POLL: Duration = Duration::from_millis(500);
+/// The create action is first looked at after 1 s, then every 10 s stretching to 30 s.
 const FIRST_CREATE_CHECK: Duration = Duration::from_secs(1);
+const CREATE_CHECK_EVERY: Duration = Duration::from_secs(10);
+const CREATE_CHECK_MAX: Duration = Duration::from_secs(30);
 
 pub struct HcloudSettings {
     pub endpoint: String,
@@ -40,36 +48,23 @@ pub struct HcloudSettings {
     pub retry: RetryPolicy,
 }
 
+/// A created server not yet ready: its create actions (and `next_actions`) and its address.
+type Pending = (Vec<i64>, Option<String>);
+
 pub struct HcloudProvider {
     api: ApiClient,
     locations: Vec<String>,
     golden_image: Option<String>,
-    /// Servers created by this process and not yet ready: their create action and address.
-    pending: Mutex<HashMap<String, (i64, Option<String>)>>,
+    /// Servers created by this process and not yet ready: their create actions and address.
+    pending: Mutex<HashMap<String, Pending>>,
+    /// Create actions to watch while SSH waits, by server id.
+    booting: Mutex<HashMap<String, Vec<i64>>>,
     images: tokio::sync::Mutex<HashMap<Arch, i64>>,
+    /// `GET /server_types`, read once per run.
+    types: tokio::sync::Mutex<Option<Vec<api::ServerType>>>,
+    /// Server type → the configured locations that sell it (from the ladder check).
+    sold: Mutex<HashMap<String, Vec<String>>>,
     log: Arc<dyn Fn(&str) + Send + Sync>,
-}
-
-/// What `GET /server_types` says about a ladder.
-#[derive(Debug, Default)]
-pub struct LadderCheck {
-    /// Tier name → (net EUR/h, location of that price).
-    pub prices: HashMap<String, (f64, String)>,
-    pub deprecated: Vec<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LadderError {
-    #[error(
-        "tiers.{arch}: server type \"{name}\" does not exist at Hetzner; valid {arch} types are {valid}"
-    )]
-    Unknown {
-        arch: Arch,
-        name: String,
-        valid: String,
-    },
-    #[error(transparent)]
-    Api(#[from] ApiError),
 }
 
 impl HcloudProvider {
@@ -89,7 +84,10 @@ impl HcloudProvider {
             locations: settings.locations,
             golden_image: settings.golden_image,
             pending: Mutex::new(HashMap::new()),
+            booting: Mutex::new(HashMap::new()),
             images: tokio::sync::Mutex::new(HashMap::new()),
+            types: tokio::sync::Mutex::new(None),
+            sold: Mutex::new(HashMap::new()),
             log,
         })
     }
@@ -107,54 +105,6 @@ impl HcloudProvider {
     /// What the last response said about the project's request budget.
     pub fn rate_limit(&self) -> client::RateLimit {
         self.api.rate_limit()
-    }
-
-    /// Check the ladder's types exist (exit 2 otherwise) and note deprecated ones; one request.
-    pub async fn check_ladder(
-        &self,
-        arch: Arch,
-        ladder: &[Tier],
-    ) -> Result<LadderCheck, LadderError> {
-        let mut types = Vec::new();
-        let mut page = Some(1);
-        while let Some(n) = page {
-            let resp: api::ServerTypesPage = self
-                .api
-                .call(
-                    Method::GET,
-                    &format!("/server_types?per_page=50&page={n}"),
-                    None,
-                    Retry::Always,
-                )
-                .await?;
-            page = api::Meta::next_page(&resp.meta);
-            types.extend(resp.server_types);
-        }
-        let hetzner_arch = hetzner_arch(arch);
-        let mut check = LadderCheck::default();
-        for tier in ladder {
-            let Some(t) = types.iter().find(|t| t.name == tier.name) else {
-                let mut valid: Vec<&str> = types
-                    .iter()
-                    .filter(|t| t.architecture == hetzner_arch && !t.is_deprecated())
-                    .map(|t| t.name.as_str())
-                    .collect();
-                valid.sort_unstable();
-                return Err(LadderError::Unknown {
-                    arch,
-                    name: tier.name.clone(),
-                    valid: valid.join(", "),
-                });
-            };
-            if t.is_deprecated() {
-                check.deprecated.push(t.name.clone());
-            }
-            let location = self.locations.first().map_or("fsn1", String::as_str);
-            if let Some(price) = t.hourly_price(location) {
-                check.prices.insert(t.name.clone(), price);
-            }
-        }
-        Ok(check)
     }
 
     /// The golden snapshot to boot from: `--golden-image`, else the newest labelled one.
@@ -254,42 +204,51 @@ impl HcloudProvider {
         }
     }
 
-    /// One poll of an action after a short wait: an error ends it, anything else is fine.
-    async fn check_action(&self, id: i64, what: &str) -> Result<(), ApiError> {
-        tokio::time::sleep(self.api.poll_interval(FIRST_CREATE_CHECK)).await;
-        let resp: api::ActionResponse = self
-            .api
-            .call(Method::GET, &format!("/actions/{id}"), None, Retry::Always)
-            .await?;
-        match (resp.action.status.as_str(), resp.action.error) {
-            ("error", error) => {
-                let (code, message) = error.map_or_else(
+    /// Watch the create action (and its `next_actions`) of server `id` while SSH waits: one
+    /// `GET /actions?id=…` after 1 s, then every 10 s stretching to 30 s (slower still when the
+    /// budget runs low). Returns `Ok` once all succeeded (or there is nothing to watch), an
+    /// error as soon as one failed.
+    pub async fn watch_create(&self, id: &str) -> Result<(), ApiError> {
+        let actions = self
+            .booting
+            .lock()
+            .expect("booting lock")
+            .remove(id)
+            .unwrap_or_default();
+        if actions.is_empty() {
+            return Ok(());
+        }
+        let query: Vec<String> = actions.iter().map(|a| format!("id={a}")).collect();
+        let path = format!("/actions?{}", query.join("&"));
+        let mut interval = FIRST_CREATE_CHECK;
+        loop {
+            tokio::time::sleep(self.api.poll_interval(interval)).await;
+            interval = if interval < CREATE_CHECK_EVERY {
+                CREATE_CHECK_EVERY
+            } else {
+                (interval * 3 / 2).min(CREATE_CHECK_MAX)
+            };
+            let page: api::ActionsPage = self
+                .api
+                .call(Method::GET, &path, None, Retry::Always)
+                .await?;
+            if let Some(failed) = page.actions.iter().find(|a| a.status == "error") {
+                let (code, message) = failed.error.clone().map_or_else(
                     || ("action_failed".to_owned(), "no detail".to_owned()),
                     |e| (e.code, e.message),
                 );
-                Err(ApiError::Api {
+                return Err(ApiError::Api {
                     method: "GET".into(),
-                    path: format!("/actions/{id} ({what})"),
+                    path: format!("/actions/{} (create the server)", failed.id),
                     status: 200,
                     code,
                     message,
-                })
+                });
             }
-            _ => Ok(()),
+            if page.actions.iter().all(|a| a.status == "success") {
+                return Ok(());
+            }
         }
-    }
-
-    async fn find_by_name(&self, name: &str) -> Result<Option<api::Server>, ApiError> {
-        let page: api::ServersPage = self
-            .api
-            .call(
-                Method::GET,
-                &format!("/servers?name={}", encode(name)),
-                None,
-                Retry::Always,
-            )
-            .await?;
-        Ok(page.servers.into_iter().next())
     }
 }
 
@@ -308,90 +267,35 @@ impl Provider for HcloudProvider {
     }
 
     async fn create(&self, spec: &RunnerSpec) -> Result<String, ProviderError> {
-        let image = self.golden_image(spec.arch).await?;
-        let mut refused = Vec::new();
-        for location in &self.locations {
-            let body = serde_json::json!({
-                "name": spec.name,
-                "server_type": spec.tier.name,
-                "image": image.to_string(),
-                "location": location,
-                "user_data": spec.user_data,
-                "labels": spec.labels,
-                "start_after_create": true,
-            });
-            match self
-                .api
-                .call::<api::CreateServerResponse>(
-                    Method::POST,
-                    "/servers",
-                    Some(&body),
-                    Retry::IfRefused,
-                )
-                .await
-            {
-                Ok(resp) => {
-                    let id = resp.server.id.to_string();
-                    let host = address(&resp.server.public_net);
-                    self.pending
-                        .lock()
-                        .expect("pending lock")
-                        .insert(id.clone(), (resp.action.id, host));
-                    (self.log)(&format!(
-                        "server {id} ({}, {location}) is being created",
-                        spec.tier.name
-                    ));
-                    return Ok(id);
-                }
-                Err(e) if matches!(e.code(), Some("resource_unavailable" | "placement_error")) => {
-                    (self.log)(&format!(
-                        "no capacity for {} in {location} ({}); trying the next location",
-                        spec.tier.name,
-                        e.code().unwrap_or_default()
-                    ));
-                    refused.push(format!("{location}: {}", e.code().unwrap_or_default()));
-                }
-                Err(e) if e.is_ambiguous() => {
-                    // The request may have created the server: find it by its unique name.
-                    if let Ok(Some(server)) = self.find_by_name(&spec.name).await {
-                        let id = server.id.to_string();
-                        let host = address(&server.public_net);
-                        self.pending
-                            .lock()
-                            .expect("pending lock")
-                            .insert(id.clone(), (0, host));
-                        return Ok(id);
-                    }
-                    return Err(setup("create a server", e));
-                }
-                Err(e) => return Err(setup("create a server", e)),
-            }
-        }
-        Err(ProviderError::Setup {
-            action: "create a server",
-            detail: format!(
-                "no capacity for {} in any configured location ({})",
-                spec.tier.name,
-                refused.join(", ")
-            ),
-        })
+        self.create_server(spec).await
+    }
+
+    async fn find(&self, name: &str) -> Result<Option<String>, ProviderError> {
+        self.find_by_name(name)
+            .await
+            .map(|s| s.map(|s| s.id.to_string()))
+            .map_err(|e| setup("look a server up by name", e))
+    }
+
+    async fn watch_boot(&self, id: &str) -> Result<(), ProviderError> {
+        self.watch_create(id)
+            .await
+            .map_err(|e| runner_error(id, "boot", e))
     }
 
     async fn wait_ready(&self, id: &str) -> Result<Runner, ProviderError> {
-        let (action, host) = self
+        let (actions, host) = self
             .pending
             .lock()
             .expect("pending lock")
             .remove(id)
-            .unwrap_or((0, None));
-        if action != 0 {
-            // One look at the create action, to fail fast when Hetzner could not create the
-            // server. Readiness itself is SSH answering with the build's host key: the
-            // connection attempts cost no API requests, polling would.
-            self.check_action(action, "create the server")
-                .await
-                .map_err(|e| runner_error(id, "boot", e))?;
-        }
+            .unwrap_or_default();
+        // Readiness is SSH answering with the build's host key (connection attempts cost no
+        // API requests); the create actions are watched meanwhile (`watch_boot`).
+        self.booting
+            .lock()
+            .expect("booting lock")
+            .insert(id.to_owned(), actions);
         let host = match host {
             Some(host) => host,
             None => {
@@ -447,7 +351,7 @@ impl Provider for HcloudProvider {
         let mut page = Some(1);
         while let Some(n) = page {
             let path = format!(
-                "/servers?label_selector={}&per_page=50&page={n}",
+                "/servers?label_selector={}&sort=id:asc&per_page=50&page={n}",
                 encode(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"))
             );
             let resp: api::ServersPage = self
@@ -465,6 +369,7 @@ impl Provider for HcloudProvider {
                     })
                     .map(|s| LeaseInfo {
                         id: s.id.to_string(),
+                        name: s.name,
                         labels: s.labels,
                     }),
             );

@@ -19,9 +19,11 @@ use hcloud::models::{self, Meta, Pagination, image};
 use serde::Serialize;
 
 use super::catalog;
+use super::keys;
 use super::labels::{Requirement, parse_selector, selects};
 use super::servers;
 use super::state::{self, ApiError, ImageRec, State, action_model, image_model, take};
+use super::strict;
 
 /// What every handler shares: the state and the provider that realizes servers.
 #[derive(Clone)]
@@ -52,6 +54,11 @@ pub(super) fn router(shared: Shared) -> Router {
             get(servers::get).delete(servers::delete),
         )
         .route("/v1/servers/{id}/actions/{action}", post(servers::action))
+        .route("/v1/ssh_keys", get(keys::list).post(keys::create))
+        .route(
+            "/v1/ssh_keys/{id}",
+            get(keys::get).put(keys::update).delete(keys::delete),
+        )
         .route("/v1/actions", get(list_actions))
         .route("/v1/actions/{id}", get(get_action))
         .fallback(|| async { error(ApiError::new("not_found", "not found")) })
@@ -95,8 +102,15 @@ async fn gate(AxumState(sh): AxumState<Shared>, req: Request, next: Next) -> Res
         st.requests
             .push((Instant::now(), format!("{method} {path}{query}")));
         st.bucket.refill();
-        if bearer.as_deref() != Some(format!("Bearer {}", st.token).as_str()) {
+        let readonly = bearer.as_deref() == Some(format!("Bearer {}", st.readonly_token).as_str());
+        if bearer.as_deref() != Some(format!("Bearer {}", st.token).as_str()) && !readonly {
             Some(ApiError::new("unauthorized", "unable to authenticate"))
+        } else if readonly && method != axum::http::Method::GET {
+            // A read-only token may only GET (API reference, "Errors": `token_readonly`).
+            Some(ApiError::new(
+                "token_readonly",
+                state::message_for("token_readonly"),
+            ))
         } else if take(&mut st.faults.burst_429) || !st.bucket.take() {
             Some(ApiError::new(
                 "rate_limit_exceeded",
@@ -211,12 +225,15 @@ pub(super) fn sort_by<T>(
 // ---- catalogue ----------------------------------------------------------------------------
 
 async fn list_server_types(AxumState(sh): AxumState<Shared>, Query(q): Q) -> Response {
+    if let Err(e) = strict::sort_fields(&q, &["id", "name"]) {
+        return error(e);
+    }
     let st = sh.state();
     let names = param(&q, "name");
     let types: Vec<_> = catalog::SERVER_TYPES
         .iter()
         .filter(|t| names.is_empty() || names.contains(&t.name))
-        .map(|t| catalog::server_type_model(t, &st.deprecations))
+        .map(|t| catalog::server_type_model(t, &st.sales))
         .collect();
     let (types, meta) = paginate(types, &q);
     ok(
@@ -233,7 +250,7 @@ async fn get_server_type(AxumState(sh): AxumState<Shared>, Path(id): Path<String
     {
         Some(t) => ok(
             StatusCode::OK,
-            models::GetServerTypeResponse::new(catalog::server_type_model(t, &st.deprecations)),
+            models::GetServerTypeResponse::new(catalog::server_type_model(t, &st.sales)),
         ),
         None => error(ApiError::not_found("server type", id)),
     }
@@ -266,6 +283,19 @@ async fn list_images(AxumState(sh): AxumState<Shared>, Query(q): Q) -> Response 
         param(&q, "name"),
     );
     let statuses = param(&q, "status");
+    for check in [
+        strict::one_of(&q, "type", strict::IMAGE_TYPES),
+        strict::one_of(&q, "status", strict::IMAGE_STATUSES),
+        strict::one_of(&q, "include_deprecated", &["true", "false"]),
+        strict::sort_fields(&q, &["id", "name", "created", "description"]),
+    ] {
+        if let Err(e) = check {
+            return error(e);
+        }
+    }
+    // Deprecated images are listed only with include_deprecated=true (API reference, "List
+    // Images").
+    let with_deprecated = param(&q, "include_deprecated").contains(&"true");
     let st = sh.state();
     let mut images: Vec<&ImageRec> = st
         .images
@@ -275,7 +305,9 @@ async fn list_images(AxumState(sh): AxumState<Shared>, Query(q): Q) -> Response 
         .filter(|i| name.is_empty() || i.name.as_deref().is_some_and(|n| name.contains(&n)))
         .filter(|i| statuses.is_empty() || statuses.contains(&state::enum_text(&i.status).as_str()))
         .filter(|i| selects(&selector, &i.labels))
+        .filter(|i| with_deprecated || !st.image_deprecations.contains_key(&i.id))
         .collect();
+    strict::unspecified_order(&q, &mut images);
     sort_by(&mut images, &q, |i, field| match field {
         "id" => Some(format!("{:020}", i.id)),
         "name" => i.name.clone(),
@@ -286,7 +318,14 @@ async fn list_images(AxumState(sh): AxumState<Shared>, Query(q): Q) -> Response 
         ),
         _ => None,
     });
-    let images: Vec<_> = images.into_iter().map(image_model).collect();
+    let images: Vec<_> = images
+        .into_iter()
+        .map(|i| {
+            let mut model = image_model(i);
+            model.deprecated = st.image_deprecations.get(&i.id).cloned();
+            model
+        })
+        .collect();
     let (images, meta) = paginate(images, &q);
     ok(
         StatusCode::OK,

@@ -7,8 +7,15 @@
 //! cax41 0.0433, as seen in public tool output) and only need to be plausible. cx22/cx32 were
 //! deprecated on 2025-10-16 and not orderable after 2025-12-31. Location coordinates and cities
 //! are Hetzner's. The ids of the new types are made up.
+//!
+//! Types are sold per location: `server_types[].locations[]` lists where, each entry with its
+//! own `deprecation`; the top-level `deprecated`/`deprecation` are being phased out (Hetzner
+//! changelog, 2025-09: "server type deprecation per location"), and asking for a type in a
+//! location that does not sell it (or past its `unavailable_after` there) is 400
+//! `invalid_input` "unsupported location for server type". [`Sales`] scripts both.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
 
 use hcloud::models::server_type::{CpuType, StorageType};
 use hcloud::models::{
@@ -108,26 +115,63 @@ fn price(net: f64) -> Price {
     Price::new(format!("{:.10}", net * 1.19), format!("{net:.10}"))
 }
 
-/// The deprecation of a type: the catalogue's own, or one scripted with `deprecate_server_type`.
-pub(super) fn deprecation(
-    spec: &TypeSpec,
-    scripted: &BTreeMap<String, (String, String)>,
-) -> Option<(String, String)> {
-    scripted
+/// What is sold where, as scripted by a test.
+#[derive(Default)]
+pub(super) struct Sales {
+    /// Type → (announced, unavailable_after) in every location (`deprecate_server_type`).
+    pub deprecations: BTreeMap<String, (String, String)>,
+    /// (type, location) → (announced, unavailable_after) there only.
+    pub per_location: BTreeMap<(String, String), (String, String)>,
+    /// (type, location) not sold at all.
+    pub not_sold: BTreeSet<(String, String)>,
+}
+
+/// The deprecation of a type everywhere: the catalogue's own, or a scripted one.
+pub(super) fn deprecation(spec: &TypeSpec, sales: &Sales) -> Option<(String, String)> {
+    sales
+        .deprecations
         .get(spec.name)
         .cloned()
         .or_else(|| spec.deprecated.map(|(a, u)| (a.to_owned(), u.to_owned())))
 }
 
-pub(super) fn server_type_model(
+/// The deprecation of a type in one location.
+pub(super) fn deprecation_in(
     spec: &TypeSpec,
-    scripted: &BTreeMap<String, (String, String)>,
-) -> ServerType {
-    let deprecation = deprecation(spec, scripted)
+    location: &str,
+    sales: &Sales,
+) -> Option<(String, String)> {
+    sales
+        .per_location
+        .get(&(spec.name.to_owned(), location.to_owned()))
+        .cloned()
+        .or_else(|| deprecation(spec, sales))
+}
+
+/// Can `spec` be ordered in `location` now?
+pub(super) fn sold_in(spec: &TypeSpec, location: &str, sales: &Sales) -> bool {
+    !sales
+        .not_sold
+        .contains(&(spec.name.to_owned(), location.to_owned()))
+        && !deprecation_in(spec, location, sales).is_some_and(|(_, until)| {
+            super::state::parse_time(&until).is_some_and(|t| t <= SystemTime::now())
+        })
+}
+
+pub(super) fn server_type_model(spec: &TypeSpec, sales: &Sales) -> ServerType {
+    let deprecation = deprecation(spec, sales)
         .map(|(announced, unavailable_after)| DeprecationInfo::new(announced, unavailable_after));
     let locations = LOCATIONS
         .iter()
-        .map(|l| ServerTypeLocation::new(deprecation.clone(), l.0, l.1.into()))
+        .filter(|l| {
+            !sales
+                .not_sold
+                .contains(&(spec.name.to_owned(), l.1.to_owned()))
+        })
+        .map(|l| {
+            let here = deprecation_in(spec, l.1, sales).map(|(a, u)| DeprecationInfo::new(a, u));
+            ServerTypeLocation::new(here, l.0, l.1.into())
+        })
         .collect();
     let prices = LOCATIONS
         .iter()

@@ -9,7 +9,16 @@
 //! drop (every sandbox runner it realized is torn down). `state.rs` holds the records and the
 //! API's rules, `labels.rs` label syntax and selectors, `api.rs` the HTTP side (gate,
 //! catalogue, images, actions), `servers.rs` the servers and their runners, `catalog.rs`
-//! server types, prices and locations, `client.rs` a tiny raw-HTTP client for tests.
+//! server types, prices and locations (sold and deprecated per location), `keys.rs` SSH keys,
+//! `faults.rs` the scripted faults and the request budget, `strict.rs` the closed enums,
+//! unspecified order and paging rules, `client.rs` a tiny raw-HTTP client for tests.
+//!
+//! As strict as the real API where the launcher's correctness depends on it; each file says
+//! where its behaviour comes from (hcloud-go, hcloud-python, the API reference). A server
+//! created without `ssh_keys` gets a root password and a sandbox whose sshd refuses every
+//! session the way Debian's PAM does for an expired password. Every realized server is a
+//! machine of its own: own sshd, address, memory cgroup, work directory, home and buildah
+//! storage (`LocalProvider`), so no test passes thanks to another server's cache.
 //!
 //! ```ignore
 //! let sim = HcloudSim::start();
@@ -21,9 +30,15 @@
 mod api;
 mod catalog;
 mod client;
+pub mod cloud;
+mod faults;
+mod keys;
 mod labels;
 mod servers;
 mod state;
+mod strict;
+
+pub use faults::AfterCreate;
 
 #[allow(unused_imports)] // not every test binary uses the client
 pub use client::{Reply, encode};
@@ -134,6 +149,86 @@ impl HcloudSim {
         st.bucket.refill = per_second.max(0.0);
     }
 
+    /// A token of the same project that may only read (`token_readonly` on anything else).
+    pub fn readonly_token(&self) -> String {
+        self.state().readonly_token.clone()
+    }
+
+    /// The next creates are made and then answered as scripted, one entry per create.
+    pub fn after_create(&self, script: &[AfterCreate]) {
+        self.state().faults.after_create = script.to_vec();
+    }
+
+    /// The next `n` creates are refused with 403 `resource_limit_exceeded` (the project's
+    /// server quota).
+    pub fn fail_quota(&self, n: u32) {
+        self.state().faults.quota = n;
+    }
+
+    /// `server_type` is not sold in `location` (not listed there; a create there is 400
+    /// `invalid_input` "unsupported location for server type").
+    pub fn stop_selling(&self, server_type: &str, location: &str) {
+        self.state()
+            .sales
+            .not_sold
+            .insert((server_type.into(), location.into()));
+    }
+
+    /// `server_type` is deprecated in `location` only: announced a month ago, unavailable
+    /// after now (`over`) or in a month.
+    pub fn deprecate_in(&self, server_type: &str, location: &str, over: bool) {
+        let now = SystemTime::now();
+        let month = Duration::from_secs(30 * 86_400);
+        let until = if over { now } else { now + month };
+        self.state().sales.per_location.insert(
+            (server_type.into(), location.into()),
+            (state::rfc3339(now - month), state::rfc3339(until)),
+        );
+    }
+
+    /// Deprecate the system image `name` (both architectures): it is listed only with
+    /// `include_deprecated=true`.
+    pub fn deprecate_image(&self, name: &str) {
+        let mut st = self.state();
+        let ids: Vec<i64> = st
+            .images
+            .values()
+            .filter(|i| i.name.as_deref() == Some(name))
+            .map(|i| i.id)
+            .collect();
+        for id in ids {
+            st.image_deprecations
+                .insert(id, "2026-10-01T00:00:00+00:00".into());
+        }
+    }
+
+    /// Register an SSH key (a throwaway public key) called `name`.
+    pub fn add_ssh_key(&self, name: &str) {
+        let key = buildkit_launcher::provider::keys::KeyPair::generate(name)
+            .expect("an SSH key")
+            .public_openssh;
+        let reply = self.call(
+            "POST",
+            "/ssh_keys",
+            Some(&serde_json::json!({"name": name, "public_key": key})),
+        );
+        assert_eq!(reply.status, 201, "add_ssh_key: {}", reply.json);
+    }
+
+    /// Forget every SSH key of the project.
+    pub fn remove_ssh_keys(&self) {
+        self.state().ssh_keys.clear();
+    }
+
+    /// The project's SSH keys: (name, labels).
+    pub fn ssh_keys(&self) -> Vec<(String, BTreeMap<String, String>)> {
+        self.state()
+            .ssh_keys
+            .values()
+            .map(|k| (k.name.clone(), k.labels.clone()))
+            .collect()
+    }
+
     /// The next `n` authenticated requests get 429 `rate_limit_exceeded`, whatever the budget.
     pub fn fail_next_requests_with_429(&self, n: u32) {
         self.state().faults.burst_429 = n;
@@ -207,6 +302,20 @@ impl HcloudSim {
         id
     }
 
+    /// Mark an image `creating` (a snapshot still being taken) or `available`.
+    pub fn set_image_creating(&self, id: i64, creating: bool) {
+        let mut st = self.state();
+        let image = st
+            .images
+            .get_mut(&id)
+            .expect("set_image_creating: no such image");
+        image.status = if creating {
+            image::Status::Creating
+        } else {
+            image::Status::Available
+        };
+    }
+
     /// Set an image's `protection.delete` (a delete is then refused with 423 `protected`).
     pub fn protect_image(&self, id: i64, protected: bool) {
         let mut st = self.state();
@@ -274,7 +383,7 @@ impl HcloudSim {
         );
         let now = SystemTime::now();
         let announced = now - Duration::from_secs(30 * 86_400);
-        self.state().deprecations.insert(
+        self.state().sales.deprecations.insert(
             name.into(),
             (state::rfc3339(announced), state::rfc3339(now)),
         );
@@ -317,13 +426,18 @@ impl HcloudSim {
         self.state().realized.iter().cloned().collect()
     }
 
-    /// Nothing left behind: no server, and of every runner ever realized no directory, no
-    /// cgroup and no sshd.
+    /// Nothing left behind: no server, no SSH key but the launcher's one project key, and of
+    /// every runner ever realized no directory, no cgroup and no sshd.
     pub fn assert_clean(&self) {
         let servers = self.servers();
         assert!(
             servers.is_empty(),
             "servers left in the simulator: {servers:?}"
+        );
+        let keys: Vec<String> = self.ssh_keys().into_iter().map(|(n, _)| n).collect();
+        assert!(
+            keys.iter().all(|k| k == "buildkit-launcher"),
+            "SSH keys left in the simulator: {keys:?}"
         );
         self.assert_no_runner_left();
     }

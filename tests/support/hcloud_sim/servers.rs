@@ -11,11 +11,13 @@ use axum::extract::{Path, Query, State as AxumState};
 use axum::http::StatusCode;
 use axum::response::Response;
 use buildkit_launcher::config::{Arch, Tier};
+use buildkit_launcher::provider::cloud_init::{Chpasswd, UserData};
 use buildkit_launcher::provider::{LABEL_EXPIRES, Lease, Provider, RunnerSpec};
 use hcloud::models::{self, Architecture, image, server};
 use serde_json::{Value, json};
 
 use super::api::{Q, Shared, error, id_of, ok, paginate, param, selector_filter, sort_by};
+use super::faults::AfterCreate;
 use super::labels::{labels_field, selects};
 use super::state::{self, ApiError, CreatePlan, ImageRec, ServerRec, action_model};
 use super::state::{image_model, now_rfc3339, take};
@@ -25,6 +27,14 @@ pub(super) async fn list(AxumState(sh): AxumState<Shared>, Query(q): Q) -> Respo
         Ok(s) => s,
         Err(e) => return error(e),
     };
+    for check in [
+        super::strict::one_of(&q, "status", super::strict::SERVER_STATUSES),
+        super::strict::sort_fields(&q, &["id", "name", "created"]),
+    ] {
+        if let Err(e) = check {
+            return error(e);
+        }
+    }
     let (names, statuses) = (param(&q, "name"), param(&q, "status"));
     let st = sh.state();
     let mut servers: Vec<&ServerRec> = st
@@ -34,6 +44,7 @@ pub(super) async fn list(AxumState(sh): AxumState<Shared>, Query(q): Q) -> Respo
         .filter(|s| statuses.is_empty() || statuses.contains(&state::enum_text(&s.status).as_str()))
         .filter(|s| selects(&selector, &s.labels))
         .collect();
+    super::strict::unspecified_order(&q, &mut servers);
     sort_by(&mut servers, &q, |s, field| match field {
         "id" | "created" => Some(format!("{:020}", s.id)),
         "name" => Some(s.name.clone()),
@@ -59,12 +70,15 @@ pub(super) async fn get(AxumState(sh): AxumState<Shared>, Path(id): Path<String>
     }
 }
 
+/// `POST /servers`. The server is made (and realized) before the answer, so the scripted
+/// after-create faults (`faults.rs`) leave a server that exists although the client heard
+/// otherwise, as on the real API.
 pub(super) async fn create(AxumState(sh): AxumState<Shared>, body: Bytes) -> Response {
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return error(ApiError::new("json_error", format!("invalid JSON: {e}"))),
     };
-    let (plan, id) = {
+    let (mut plan, id, after) = {
         let mut st = sh.state();
         st.last_create = Some(request.clone());
         let plan = match st.plan_create(&request) {
@@ -72,6 +86,7 @@ pub(super) async fn create(AxumState(sh): AxumState<Shared>, body: Bytes) -> Res
             Err(e) => return error(e),
         };
         let id = st.alloc_id();
+        let after = (!st.faults.after_create.is_empty()).then(|| st.faults.after_create.remove(0));
         // Reserve the name now; the record gets its runner and address once realized.
         let record = ServerRec {
             id,
@@ -90,9 +105,24 @@ pub(super) async fn create(AxumState(sh): AxumState<Shared>, body: Bytes) -> Res
             locked: false,
         };
         st.servers.insert(id, record);
-        (plan, id)
+        (plan, id, after)
     };
-    let (runner, ip) = match realize(&sh, id, &plan).await {
+    // No `ssh_keys`: Hetzner sets a random root password, returns it, e-mails it to the
+    // project owner and expires it (API reference, "Create a Server": `root_password`).
+    let root_password = plan
+        .ssh_keys
+        .is_empty()
+        .then(|| format!("{:016x}", rand::random::<u64>()));
+    if root_password.is_some() {
+        plan.user_data = expire_root_password(&plan.user_data);
+    }
+    // A create whose action will fail never boots: nothing answers SSH.
+    let realized = if plan.fail_action {
+        Ok((None, NEVER_BOOTS.to_owned()))
+    } else {
+        realize(&sh, id, &plan).await.map(|(r, ip)| (Some(r), ip))
+    };
+    let (runner, ip) = match realized {
         Ok(r) => r,
         Err(message) => {
             eprintln!("hcloud simulator: {message}");
@@ -105,20 +135,26 @@ pub(super) async fn create(AxumState(sh): AxumState<Shared>, body: Bytes) -> Res
         match st.servers.get_mut(&id) {
             None => None,
             Some(server) => {
-                server.runner = Some(runner.clone());
+                server.runner = runner.clone();
                 server.ipv4 = plan.ipv4.then_some(ip);
                 let action = st.new_action("create_server", vec![(id, "server")]);
+                let start = st.new_action("start_server", vec![(id, "server")]);
                 let server = st.server_model(&st.servers[&id]);
-                let action_model = action_model(&st.actions[&action]);
-                let body =
-                    models::CreateServerResponse::new(action_model, Vec::new(), None, server);
-                Some((body, action))
+                let body = models::CreateServerResponse::new(
+                    action_model(&st.actions[&action]),
+                    vec![action_model(&st.actions[&start])],
+                    root_password.clone(),
+                    server,
+                );
+                Some((body, action, start))
             }
         }
     };
-    let Some((body, action)) = created else {
+    let Some((body, action, start_action)) = created else {
         // Deleted (found by a listing) while being realized.
-        teardown(&sh, runner).await;
+        if let Some(runner) = runner {
+            teardown(&sh, runner).await;
+        }
         return error(ApiError::new("conflict", state::message_for("conflict")));
     };
     let (fail, start) = (plan.fail_action, plan.start);
@@ -126,9 +162,12 @@ pub(super) async fn create(AxumState(sh): AxumState<Shared>, body: Bytes) -> Res
     tokio::spawn(async move {
         let delay = sh2.state().actions[&action].delay;
         tokio::time::sleep(delay).await;
-        let ready = sh2.provider.wait_ready(&runner).await;
-        let failed = fail || ready.is_err();
-        if failed {
+        let ready = match &runner {
+            Some(runner) => sh2.provider.wait_ready(runner).await.is_ok(),
+            None => false,
+        };
+        let failed = fail || !ready;
+        if failed && let Some(runner) = runner {
             // The runner goes first: once the action reports, the server is unreachable.
             teardown(&sh2, runner).await;
         }
@@ -142,9 +181,50 @@ pub(super) async fn create(AxumState(sh): AxumState<Shared>, body: Bytes) -> Res
                 s.runner = None;
             }
         }
-        st.finish_action(action, failed.then_some(("action_failed", "Action failed")));
+        let outcome = failed.then_some(("action_failed", "Action failed"));
+        st.finish_action(action, outcome);
+        st.finish_action(start_action, outcome);
     });
-    ok(StatusCode::CREATED, body)
+    match after {
+        None => ok(StatusCode::CREATED, body),
+        Some(AfterCreate::Fail(code)) => error(ApiError::new(code, state::message_for(code))),
+        Some(AfterCreate::Slow(delay)) => {
+            tokio::time::sleep(delay).await;
+            ok(StatusCode::CREATED, body)
+        }
+        Some(AfterCreate::Drop) => dropped_connection(),
+    }
+}
+
+/// An address where nothing listens: the server of a failed create.
+const NEVER_BOOTS: &str = "127.255.0.1";
+
+/// Headers, then the connection breaks before the body: the client cannot tell whether the
+/// server was made.
+pub(super) fn dropped_connection() -> Response {
+    let stream = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "simulated connection drop",
+        ))
+    });
+    Response::builder()
+        .status(StatusCode::CREATED)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from_stream(stream))
+        .expect("a response")
+}
+
+/// The user data as a server without `ssh_keys` behaves: the root password is expired
+/// (`chpasswd: {expire: true}`), so the sandbox's sshd refuses sessions as PAM does.
+fn expire_root_password(user_data: &str) -> String {
+    match UserData::parse(user_data) {
+        Ok(mut data) => {
+            data.chpasswd = Some(Chpasswd { expire: true });
+            data.render()
+        }
+        Err(_) => user_data.to_owned(),
+    }
 }
 
 /// Realize a server as a sandbox runner listening on `127.0.0.N:22`; returns (runner, address).

@@ -15,6 +15,8 @@ use hcloud::models::{action, image, server};
 use serde_json::{Value, json};
 
 use super::catalog::{self, TypeSpec};
+pub(super) use super::faults::{Bucket, Faults};
+use super::keys::SshKeyRec;
 use super::labels::{labels_field, valid_hostname};
 
 /// Hetzner's limit for `user_data`.
@@ -79,60 +81,14 @@ pub(super) fn message_for(code: &str) -> &'static str {
         "rate_limit_exceeded" => "limit of 3600 requests per hour reached",
         "unavailable" => "service temporarily unavailable",
         "resource_limit_exceeded" => "server limit reached",
+        "token_readonly" => "the token is only allowed to perform GET requests",
+        // Scripted with `fail_location(l, "invalid_input")`: the type is not sold there.
+        "invalid_input" => "unsupported location for server type",
         "locked" => "resource is locked",
         "conflict" => "the resource has changed during the request, please retry",
         "timeout" => "the request could not be answered in time, please retry",
         _ => "simulated error",
     }
-}
-
-/// Per-token bucket: `tokens` refill at `refill` per second up to `limit`.
-pub(super) struct Bucket {
-    pub limit: u32,
-    pub tokens: f64,
-    pub refill: f64,
-    pub last: Instant,
-}
-
-impl Bucket {
-    pub fn refill(&mut self) {
-        let now = Instant::now();
-        let gained = now.duration_since(self.last).as_secs_f64() * self.refill;
-        self.tokens = (self.tokens + gained).min(f64::from(self.limit));
-        self.last = now;
-    }
-
-    pub fn take(&mut self) -> bool {
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (unix seconds when full).
-    pub fn headers(&self) -> (u32, u32, u64) {
-        let missing = (f64::from(self.limit) - self.tokens).max(0.0);
-        let wait = if missing == 0.0 {
-            0
-        } else if self.refill > 0.0 {
-            (missing / self.refill).ceil() as u64
-        } else {
-            86_400
-        };
-        (self.limit, self.tokens.floor() as u32, unix_now() + wait)
-    }
-}
-
-#[derive(Default)]
-pub(super) struct Faults {
-    pub burst_429: u32,
-    pub fail_5xx: u32,
-    pub locations: BTreeMap<String, String>,
-    pub fail_deletes: u32,
-    pub fail_delete_actions: u32,
-    pub fail_create_actions: u32,
 }
 
 pub(super) struct ServerRec {
@@ -215,8 +171,14 @@ pub(super) struct State {
     pub servers: BTreeMap<i64, ServerRec>,
     pub images: BTreeMap<i64, ImageRec>,
     pub actions: BTreeMap<i64, ActionRec>,
-    /// Server type name → (announced, unavailable_after), from `deprecate_server_type`.
-    pub deprecations: BTreeMap<String, (String, String)>,
+    /// What is sold where (`deprecate_server_type`, `stop_selling`, `deprecate_in`).
+    pub sales: catalog::Sales,
+    /// SSH keys of the project.
+    pub ssh_keys: BTreeMap<i64, SshKeyRec>,
+    /// A second token of the project, read-only (`token_readonly` on anything but GET).
+    pub readonly_token: String,
+    /// System images deprecated by a test: id → when.
+    pub image_deprecations: BTreeMap<i64, String>,
     pub faults: Faults,
     pub action_delay: Duration,
     pub bucket: Bucket,
@@ -241,10 +203,13 @@ pub(super) struct CreatePlan {
     pub ipv6: bool,
     pub start: bool,
     pub fail_action: bool,
+    /// The public keys of the `ssh_keys` named (empty: a root password is set instead).
+    pub ssh_keys: Vec<String>,
 }
 
 impl State {
     pub fn new(token: String) -> State {
+        let token_for_readonly = token.clone();
         let mut images = BTreeMap::new();
         for &(id, name, arch, version) in catalog::SYSTEM_IMAGES {
             images.insert(
@@ -271,7 +236,10 @@ impl State {
             servers: BTreeMap::new(),
             images,
             actions: BTreeMap::new(),
-            deprecations: BTreeMap::new(),
+            sales: catalog::Sales::default(),
+            ssh_keys: BTreeMap::new(),
+            readonly_token: format!("{token_for_readonly}-readonly"),
+            image_deprecations: BTreeMap::new(),
             faults: Faults::default(),
             action_delay: Duration::from_millis(100),
             bucket: Bucket {
@@ -407,13 +375,43 @@ impl State {
             .get("start_after_create")
             .and_then(Value::as_bool)
             .unwrap_or(true);
-        if let Some((_, until)) = catalog::deprecation(spec, &self.deprecations)
-            && parse_time(&until).is_some_and(|t| t <= SystemTime::now())
-        {
+        if !catalog::sold_in(spec, &location, &self.sales) {
             return Err(ApiError::new(
                 "invalid_input",
                 "unsupported location for server type",
             ));
+        }
+        // `ssh_keys`: ids or names of the project's keys. Without any, Hetzner sets a root
+        // password (returned as `root_password`, e-mailed to the owner, expired).
+        let mut ssh_keys = Vec::new();
+        match body.get("ssh_keys") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(refs)) => {
+                for r in refs {
+                    let text = match r {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        _ => {
+                            return Err(ApiError::invalid_field(
+                                "ssh_keys",
+                                "must be ids or names",
+                            ));
+                        }
+                    };
+                    let key = self
+                        .ssh_keys
+                        .values()
+                        .find(|k| k.name == text || k.id.to_string() == text)
+                        .ok_or_else(|| {
+                            ApiError::invalid_field(
+                                "ssh_keys",
+                                format!("SSH key '{text}' not found"),
+                            )
+                        })?;
+                    ssh_keys.push(key.public_key.clone());
+                }
+            }
+            Some(_) => return Err(ApiError::invalid_field("ssh_keys", "must be a list")),
         }
         if self.servers.values().any(|s| s.name == name) {
             return Err(ApiError::new(
@@ -423,6 +421,12 @@ impl State {
         }
         if let Some(code) = self.faults.locations.get(&location) {
             return Err(ApiError::new(code, message_for(code)));
+        }
+        if take(&mut self.faults.quota) {
+            return Err(ApiError::new(
+                "resource_limit_exceeded",
+                message_for("resource_limit_exceeded"),
+            ));
         }
         let fail_action = take(&mut self.faults.fail_create_actions);
         Ok(CreatePlan {
@@ -436,6 +440,7 @@ impl State {
             ipv6,
             start,
             fail_action,
+            ssh_keys,
         })
     }
 
@@ -486,7 +491,7 @@ impl State {
             ServerProtection::new(false, false),
             ServerPublicNet::new(Vec::new(), ipv4, ipv6),
             false,
-            catalog::server_type_model(s.server_type, &self.deprecations),
+            catalog::server_type_model(s.server_type, &self.sales),
             s.status,
         );
         model.load_balancers = Some(Vec::new());

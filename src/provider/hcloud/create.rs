@@ -1,0 +1,294 @@
+//! `POST /servers` as Hetzner really answers it.
+//!
+//! - **Never without an SSH key.** Every create names the project key [`PROJECT_KEY`]: without
+//!   one Hetzner sets an expired root password, e-mails it to the project owner, and Debian's
+//!   sshd (PAM) then refuses every non-interactive session. The key is registered once per
+//!   project (a throwaway public key whose private half is never kept: the per-build key in
+//!   the cloud-init user data is what the launcher logs in with) and reused by name, so the
+//!   happy path costs no extra request. It is looked up (and registered when missing) only
+//!   when a create is refused for a reason other than capacity, location, quota or rate.
+//! - **Per location.** Only locations that sell the type are tried; `resource_unavailable`,
+//!   `placement_error` and 400 `invalid_input` "unsupported location for server type" move
+//!   on to the next one.
+//! - **Never lost.** After a 5xx, `timeout` or a transport failure the server may exist: it is
+//!   looked up by its unique name before the create is repeated, and a `uniqueness_error` on
+//!   a repeat means the first one made it (found by name, and used).
+//! - **Quota.** 403 `resource_limit_exceeded` (the project's server or IP limit: too many
+//!   builds at once) waits for a slot with bounded backoff, then fails naming the quota.
+
+use reqwest::Method;
+
+use super::{
+    ApiError, HcloudProvider, ProviderError, Retry, RunnerSpec, address, api, encode, setup,
+};
+use crate::provider::keys::KeyPair;
+use crate::provider::{LABEL_MANAGED_BY, MANAGED_BY};
+
+/// The name of the one SSH key the launcher registers in a project and names on every create.
+pub const PROJECT_KEY: &str = "buildkit-launcher";
+
+/// Tries when the project's quota is reached: about 5 minutes with the default policy
+/// (1, 2, 4 … 60 s), a few seconds with a test's fast one.
+const QUOTA_TRIES: u32 = 10;
+
+/// A created (or found) server.
+pub(super) struct Created {
+    pub server: api::Server,
+    /// The create action and its `next_actions` (empty when the server was found by name).
+    pub actions: Vec<i64>,
+}
+
+impl HcloudProvider {
+    pub(super) async fn create_server(&self, spec: &RunnerSpec) -> Result<String, ProviderError> {
+        let image = self.golden_image(spec.arch).await?;
+        let locations = self.locations_for(&spec.tier.name);
+        let mut refused = Vec::new();
+        let mut key_checked = false;
+        let mut quota_waits = 0;
+        let mut next = 0;
+        while let Some(location) = locations.get(next) {
+            let body = serde_json::json!({
+                "name": spec.name,
+                "server_type": spec.tier.name,
+                "image": image.to_string(),
+                "location": location,
+                "user_data": spec.user_data,
+                "labels": spec.labels,
+                "ssh_keys": [PROJECT_KEY],
+                "start_after_create": true,
+            });
+            let e = match self.create_once(&spec.name, &body).await {
+                Ok(created) => {
+                    let id = created.server.id.to_string();
+                    let host = address(&created.server.public_net);
+                    self.pending
+                        .lock()
+                        .expect("pending lock")
+                        .insert(id.clone(), (created.actions, host));
+                    (self.log)(&format!(
+                        "server {id} ({}, {location}) is being created",
+                        spec.tier.name
+                    ));
+                    return Ok(id);
+                }
+                Err(e) => e,
+            };
+            let code = e.code().unwrap_or_default().to_owned();
+            if matches!(code.as_str(), "resource_unavailable" | "placement_error") {
+                (self.log)(&format!(
+                    "no capacity for {} in {location} ({code}); trying the next location",
+                    spec.tier.name
+                ));
+                refused.push(format!("{location}: {code}"));
+                next += 1;
+            } else if is_unsupported_location(&e) {
+                (self.log)(&format!(
+                    "{} is not sold in {location}; trying the next location",
+                    spec.tier.name
+                ));
+                refused.push(format!("{location}: not sold there"));
+                next += 1;
+            } else if code == "resource_limit_exceeded" {
+                quota_waits += 1;
+                if quota_waits >= QUOTA_TRIES {
+                    return Err(ProviderError::Setup {
+                        action: "create a server",
+                        detail: format!(
+                            "the project's quota is reached ({}) and no slot freed up in {quota_waits} tries; raise the server limit in the Hetzner Cloud console or run fewer builds at once",
+                            e.message()
+                        ),
+                    });
+                }
+                let delay = self.api.policy().delay_random(quota_waits);
+                (self.log)(&format!(
+                    "the project's quota is reached ({}); waiting {:.1} s for a slot ({quota_waits}/{})",
+                    e.message(),
+                    delay.as_secs_f64(),
+                    QUOTA_TRIES - 1
+                ));
+                tokio::time::sleep(delay).await;
+            } else if !key_checked && e.status().is_some_and(|s| (400..500).contains(&s)) {
+                // The refusal may be about the project key (deleted, or never registered):
+                // make sure it exists, then try once more.
+                key_checked = true;
+                if !self
+                    .ensure_project_key()
+                    .await
+                    .map_err(|e| setup("register the project SSH key", e))?
+                {
+                    return Err(setup("create a server", e));
+                }
+            } else {
+                return Err(setup("create a server", e));
+            }
+        }
+        Err(ProviderError::Setup {
+            action: "create a server",
+            detail: format!(
+                "no capacity for {} in any configured location ({})",
+                spec.tier.name,
+                refused.join(", ")
+            ),
+        })
+    }
+
+    /// One create that cannot be lost: repeated only when certainly refused, or after the
+    /// server was looked up by name and is not there.
+    async fn create_once(&self, name: &str, body: &serde_json::Value) -> Result<Created, ApiError> {
+        let mut repeats = 0u32;
+        loop {
+            let result = self
+                .api
+                .call::<api::CreateServerResponse>(
+                    Method::POST,
+                    "/servers",
+                    Some(body),
+                    Retry::IfRefused,
+                )
+                .await;
+            match result {
+                Ok(resp) => {
+                    let mut actions = vec![resp.action.id];
+                    actions.extend(resp.next_actions.iter().map(|a| a.id));
+                    return Ok(Created {
+                        server: resp.server,
+                        actions,
+                    });
+                }
+                Err(e) if e.is_ambiguous() => {
+                    (self.log)(&format!(
+                        "{e}; the server may exist: looking for {name} before creating again"
+                    ));
+                    if let Some(server) = self.find_by_name(name).await? {
+                        (self.log)(&format!("server {} ({name}) exists: using it", server.id));
+                        return Ok(Created {
+                            server,
+                            actions: Vec::new(),
+                        });
+                    }
+                    repeats += 1;
+                    if !self.api.policy().allows_another(repeats) {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(self.api.policy().delay_random(repeats)).await;
+                }
+                Err(e) if repeats > 0 && e.code() == Some("uniqueness_error") => {
+                    // An earlier try made it after all (it was not yet listed when looked for).
+                    return match self.find_by_name(name).await? {
+                        Some(server) => Ok(Created {
+                            server,
+                            actions: Vec::new(),
+                        }),
+                        None => Err(e),
+                    };
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The server called `name`, if it exists (names are unique per project).
+    pub async fn find_by_name(&self, name: &str) -> Result<Option<api::Server>, ApiError> {
+        let page: api::ServersPage = self
+            .api
+            .call(
+                Method::GET,
+                &format!("/servers?name={}", encode(name)),
+                None,
+                Retry::Always,
+            )
+            .await?;
+        Ok(page
+            .servers
+            .into_iter()
+            .find(|s| s.name == name || s.name.is_empty()))
+    }
+
+    /// Make sure the project key exists; true when it had to be registered now (so a create
+    /// refused for its lack is worth repeating). Another launcher registering it at the same
+    /// moment (`uniqueness_error`) is as good.
+    pub async fn ensure_project_key(&self) -> Result<bool, ApiError> {
+        let page: api::SshKeysPage = self
+            .api
+            .call(
+                Method::GET,
+                &format!("/ssh_keys?name={}", encode(PROJECT_KEY)),
+                None,
+                Retry::Always,
+            )
+            .await?;
+        if page.ssh_keys.iter().any(|k| k.name == PROJECT_KEY) {
+            return Ok(false);
+        }
+        self.register_project_key().await?;
+        Ok(true)
+    }
+
+    /// Prove the token may write, harmlessly (for `check`): register the project key when it is
+    /// missing (builds need it anyway), else `PUT` its own `managed-by` label back onto it. A
+    /// read-only token is refused with 403 `token_readonly`. Returns what was written.
+    pub async fn probe_write(&self) -> Result<&'static str, ApiError> {
+        let page: api::SshKeysPage = self
+            .api
+            .call(
+                Method::GET,
+                &format!("/ssh_keys?name={}", encode(PROJECT_KEY)),
+                None,
+                Retry::Always,
+            )
+            .await?;
+        match page.ssh_keys.iter().find(|k| k.name == PROJECT_KEY) {
+            None => {
+                self.register_project_key().await?;
+                Ok("registered the project SSH key")
+            }
+            Some(key) => {
+                let body = serde_json::json!({ "labels": { LABEL_MANAGED_BY: MANAGED_BY } });
+                self.api
+                    .call::<serde_json::Value>(
+                        Method::PUT,
+                        &format!("/ssh_keys/{}", key.id),
+                        Some(&body),
+                        Retry::Always,
+                    )
+                    .await?;
+                Ok("updated the project SSH key's label")
+            }
+        }
+    }
+
+    /// `POST /ssh_keys` with a throwaway public key (its private half is dropped here).
+    pub(super) async fn register_project_key(&self) -> Result<(), ApiError> {
+        let throwaway = KeyPair::generate("buildkit-launcher project key (no private half kept)")
+            .map_err(|e| ApiError::Decode {
+            method: "POST".into(),
+            path: "/ssh_keys".into(),
+            detail: e.to_string(),
+        })?;
+        let body = serde_json::json!({
+            "name": PROJECT_KEY,
+            "public_key": throwaway.public_openssh,
+            "labels": { LABEL_MANAGED_BY: MANAGED_BY },
+        });
+        drop(throwaway);
+        match self
+            .api
+            .call::<serde_json::Value>(Method::POST, "/ssh_keys", Some(&body), Retry::IfRefused)
+            .await
+        {
+            Ok(_) => {
+                (self.log)(&format!(
+                    "registered the project SSH key \"{PROJECT_KEY}\" (no server is created without one)"
+                ));
+                Ok(())
+            }
+            Err(e) if e.code() == Some("uniqueness_error") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// 400 `invalid_input` "unsupported location for server type": not sold there.
+fn is_unsupported_location(e: &ApiError) -> bool {
+    e.code() == Some("invalid_input") && e.message().contains("unsupported location")
+}

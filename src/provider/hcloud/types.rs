@@ -1,0 +1,145 @@
+//! What `GET /server_types` says about a ladder (one request per run, cached): that each tier
+//! exists, where it is sold among the configured locations (`server_types[].locations[]`, not
+//! past `unavailable_after`), where it is deprecated, and its price. The create then tries
+//! only the locations that sell the type.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use reqwest::Method;
+
+use super::{ApiError, HcloudProvider, Retry, api, hetzner_arch};
+use crate::config::{Arch, Tier};
+
+/// What `GET /server_types` says about a ladder.
+#[derive(Debug, Default)]
+pub struct LadderCheck {
+    /// Tier name → (net EUR/h, location of that price).
+    pub prices: HashMap<String, (f64, String)>,
+    /// A tier deprecated in a configured location where it is still sold: (type, location,
+    /// the date after which it is not sold there).
+    pub deprecated: Vec<(String, String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LadderError {
+    #[error(
+        "tiers.{arch}: server type \"{name}\" does not exist at Hetzner; valid {arch} types are {valid}"
+    )]
+    Unknown {
+        arch: Arch,
+        name: String,
+        valid: String,
+    },
+    #[error(
+        "tiers.{arch}: server type \"{name}\" is not sold in any configured location ({configured}); it is sold in {sold}: add one of them to hcloud.locations (or --location)"
+    )]
+    NotSold {
+        arch: Arch,
+        name: String,
+        configured: String,
+        sold: String,
+    },
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+impl HcloudProvider {
+    /// Every server type, read once per run (paged, stable order).
+    async fn server_types(&self) -> Result<Vec<api::ServerType>, ApiError> {
+        let mut cache = self.types.lock().await;
+        if let Some(types) = cache.as_ref() {
+            return Ok(types.clone());
+        }
+        let mut types = Vec::new();
+        let mut page = Some(1);
+        while let Some(n) = page {
+            let resp: api::ServerTypesPage = self
+                .api
+                .call(
+                    Method::GET,
+                    &format!("/server_types?sort=id:asc&per_page=50&page={n}"),
+                    None,
+                    Retry::Always,
+                )
+                .await?;
+            page = api::Meta::next_page(&resp.meta);
+            types.extend(resp.server_types);
+        }
+        *cache = Some(types.clone());
+        Ok(types)
+    }
+
+    /// Check the ladder's types exist and are sold in a configured location (exit 2
+    /// otherwise), note where they are deprecated, and remember per type the locations to try.
+    pub async fn check_ladder(
+        &self,
+        arch: Arch,
+        ladder: &[Tier],
+    ) -> Result<LadderCheck, LadderError> {
+        let types = self.server_types().await?;
+        let now = SystemTime::now();
+        let mut check = LadderCheck::default();
+        for tier in ladder {
+            let Some(t) = types.iter().find(|t| t.name == tier.name) else {
+                let mut valid: Vec<&str> = types
+                    .iter()
+                    .filter(|t| t.architecture == hetzner_arch(arch))
+                    .filter(|t| self.locations.iter().any(|l| t.sold_in(l, now)))
+                    .map(|t| t.name.as_str())
+                    .collect();
+                valid.sort_unstable();
+                return Err(LadderError::Unknown {
+                    arch,
+                    name: tier.name.clone(),
+                    valid: valid.join(", "),
+                });
+            };
+            let usable: Vec<String> = self
+                .locations
+                .iter()
+                .filter(|l| t.sold_in(l, now))
+                .cloned()
+                .collect();
+            if usable.is_empty() {
+                let sold = t.sold_anywhere(now);
+                return Err(LadderError::NotSold {
+                    arch,
+                    name: t.name.clone(),
+                    configured: self.locations.join(", "),
+                    sold: if sold.is_empty() {
+                        "no location any more".into()
+                    } else {
+                        sold.join(", ")
+                    },
+                });
+            }
+            for location in &usable {
+                if let Some(d) = t.deprecation_in(location) {
+                    check
+                        .deprecated
+                        .push((t.name.clone(), location.clone(), d.until().to_owned()));
+                }
+            }
+            if let Some(price) = t.hourly_price(&usable[0]) {
+                check.prices.insert(t.name.clone(), price);
+            }
+            self.sold
+                .lock()
+                .expect("sold lock")
+                .insert(t.name.clone(), usable);
+        }
+        Ok(check)
+    }
+
+    /// The configured locations to try for `server_type`: those that sell it, once the ladder
+    /// was checked; all of them otherwise.
+    pub(super) fn locations_for(&self, server_type: &str) -> Vec<String> {
+        self.sold
+            .lock()
+            .expect("sold lock")
+            .get(server_type)
+            .cloned()
+            .unwrap_or_else(|| self.locations.clone())
+    }
+}

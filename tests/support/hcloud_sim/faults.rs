@@ -1,0 +1,83 @@
+//! The scripted faults of the Hetzner Cloud API simulator (a test double of Hetzner's API, not
+//! the real thing) and its request budget.
+//!
+//! Where each behaviour comes from:
+//! - the budget: 3600 requests an hour per project, refilled at one a second; every answer
+//!   carries `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`, the last being the
+//!   unix time at which the budget is *full* again (Hetzner Cloud API reference, "Rate
+//!   Limiting"); over it: 429 `rate_limit_exceeded`.
+//! - a create that succeeds and then answers 5xx or `timeout`, is slow, or loses its
+//!   connection: what makes `POST /servers` non-idempotent for clients (hcloud-go retries
+//!   only `conflict`, `rate_limit_exceeded`, bad gateway, gateway timeout and network timeouts:
+//!   `hcloud/client_handler_retry.go`).
+//! - 403 `resource_limit_exceeded`: the project's server (or IP) quota (API reference,
+//!   "Errors").
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::state::unix_now;
+
+/// Per-token bucket: `tokens` refill at `refill` per second up to `limit`.
+pub(super) struct Bucket {
+    pub limit: u32,
+    pub tokens: f64,
+    pub refill: f64,
+    pub last: Instant,
+}
+
+impl Bucket {
+    pub fn refill(&mut self) {
+        let now = Instant::now();
+        let gained = now.duration_since(self.last).as_secs_f64() * self.refill;
+        self.tokens = (self.tokens + gained).min(f64::from(self.limit));
+        self.last = now;
+    }
+
+    pub fn take(&mut self) -> bool {
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (unix seconds when full).
+    pub fn headers(&self) -> (u32, u32, u64) {
+        let missing = (f64::from(self.limit) - self.tokens).max(0.0);
+        let wait = if missing == 0.0 {
+            0
+        } else if self.refill > 0.0 {
+            (missing / self.refill).ceil() as u64
+        } else {
+            86_400
+        };
+        (self.limit, self.tokens.floor() as u32, unix_now() + wait)
+    }
+}
+
+/// What happens to a `POST /servers` after the server was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterCreate {
+    /// Answer with this error code (`unavailable` 503, `timeout` 504, `bad_gateway` 502…).
+    Fail(&'static str),
+    /// Answer 201 after this long.
+    Slow(Duration),
+    /// Send the status line and drop the connection before the body.
+    Drop,
+}
+
+#[derive(Default)]
+pub(super) struct Faults {
+    pub burst_429: u32,
+    pub fail_5xx: u32,
+    pub locations: BTreeMap<String, String>,
+    pub fail_deletes: u32,
+    pub fail_delete_actions: u32,
+    pub fail_create_actions: u32,
+    /// The next creates: made, then answered like this (one entry per create).
+    pub after_create: Vec<AfterCreate>,
+    /// The next `n` creates are refused with 403 `resource_limit_exceeded`.
+    pub quota: u32,
+}
