@@ -9,6 +9,7 @@ use std::process::Command;
 use buildkit_launcher::history::registry::RegistryStore;
 use buildkit_launcher::history::{HistoryStore, Outcome, Sample};
 use support::hcloud_sim::HcloudSim;
+use support::hcloud_sim::cloud::GOLDEN;
 use support::registry::{Registry, require_root_and_tools};
 use support::{BIN, Context};
 
@@ -71,14 +72,7 @@ fn a_plugin_build_from_settings_alone_and_history_that_resizes_the_next_build() 
         return;
     }
     let sim = HcloudSim::start();
-    sim.add_snapshot(
-        "amd64",
-        &[
-            ("buildkit-launcher/role", "golden"),
-            ("buildkit-launcher/arch", "amd64"),
-        ],
-        "2026-11-20T00:00:00+00:00",
-    );
+    sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
     let registry = Registry::start().with_base_image();
     let dockerfile = format!(
         "FROM {}\nARG GREETING\nRUN echo \"$GREETING\" > /greeting.txt\n",

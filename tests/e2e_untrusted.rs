@@ -11,6 +11,7 @@ mod support;
 use std::process::Command;
 
 use support::hcloud_sim::HcloudSim;
+use support::hcloud_sim::cloud::GOLDEN;
 use support::{BIN, Context, Launcher};
 
 const OUTSIDE: &str = "OUTSIDE-MARKER-91be";
@@ -26,14 +27,7 @@ struct Attack {
 impl Attack {
     fn new() -> Attack {
         let sim = HcloudSim::start();
-        sim.add_snapshot(
-            "amd64",
-            &[
-                ("buildkit-launcher/role", "golden"),
-                ("buildkit-launcher/arch", "amd64"),
-            ],
-            "2026-11-20T00:00:00+00:00",
-        );
+        sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
         let ctx = Context::new().file(".build-spec.ncl", GREEDY_SPEC);
         std::fs::create_dir(ctx.path().join(".git")).unwrap();
         let outside = tempfile::tempdir().unwrap();

@@ -8,6 +8,7 @@ mod support;
 use std::sync::Arc;
 
 use support::hcloud_sim::HcloudSim;
+use support::hcloud_sim::cloud::GOLDEN;
 use support::registry::{Registry, require_root_and_tools};
 use support::token_auth::TokenService;
 use support::{Context, Launcher};
@@ -55,14 +56,7 @@ impl Zot {
             Registry::start_with_tokens(tokens.clone(), ("admin", "fake-admin-password"))
                 .with_base_image();
         let sim = HcloudSim::start();
-        sim.add_snapshot(
-            "amd64",
-            &[
-                ("buildkit-launcher/role", "golden"),
-                ("buildkit-launcher/arch", "amd64"),
-            ],
-            "2026-11-20T00:00:00+00:00",
-        );
+        sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
         let ctx = Context::new()
             .file(
                 "Dockerfile",
