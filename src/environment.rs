@@ -52,13 +52,17 @@ static SNAPSHOT: OnceLock<BTreeMap<String, Zeroizing<String>>> = OnceLock::new()
 
 /// Read the whole environment into memory (values that are not UTF-8 are skipped).
 pub fn snapshot() {
-    let _ = SNAPSHOT.set(
-        std::env::vars_os()
-            .filter_map(|(k, v)| {
-                Some((k.into_string().ok()?, Zeroizing::new(v.into_string().ok()?)))
-            })
-            .collect(),
-    );
+    snapshot_with(Vec::new());
+}
+
+/// The same, with `extra` variables that exist only in the launcher's memory (the values of a
+/// plugin's `build_secrets`, which [`var`] finds like any other).
+pub fn snapshot_with(extra: Vec<(String, Zeroizing<String>)>) {
+    let mut vars: BTreeMap<String, Zeroizing<String>> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, Zeroizing::new(v.into_string().ok()?))))
+        .collect();
+    vars.extend(extra);
+    let _ = SNAPSHOT.set(vars);
 }
 
 /// Remove every variable but [`KEPT`] from the process environment.

@@ -13,8 +13,20 @@ fn main() -> ExitCode {
     }
     // Untrusted Nickel files are evaluated by a child of this very binary.
     ncl::sandbox::enable("/proc/self/exe".into());
-    environment::snapshot();
     let env = environment::with_prefixes(&["PLUGIN_", "CI_"]);
+    // A plugin's build_secrets live in the launcher's memory only, beside the environment.
+    let build_secrets = if plugin::detected(&args, &env) {
+        match plugin::build_secrets(&env) {
+            Ok(secrets) => secrets,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    environment::snapshot_with(build_secrets);
     // Woodpecker runs the plugin with no arguments: its settings become a `build` command line.
     let args = if plugin::detected(&args, &env) {
         let policy = match buildkit_launcher::policy::Policy::current() {

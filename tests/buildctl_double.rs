@@ -180,6 +180,8 @@ fn request(registry: &Registry, tags: &[&str]) -> BuildRequest {
         insecure_registry: true,
         cache: CacheMode::Off,
         cache_repo: String::new(),
+        labels: Vec::new(),
+        dry_run: false,
     }
 }
 

@@ -30,8 +30,76 @@ fn steps(doc: &Value) -> Vec<&Value> {
             step.get("settings").is_some() != step.get("commands").is_some(),
             "a step has settings (plugin) or commands, not both: {step:?}"
         );
+        if step.get("settings").is_some() {
+            // Woodpecker's schema for a plugin step (schema.json, "plugin_step"): no
+            // `environment` (its linter: "Should not configure both `environment` and
+            // `settings`"), no `commands`, no `secrets`.
+            for key in step.as_mapping().unwrap().keys() {
+                let key = key.as_str().unwrap();
+                assert!(
+                    PLUGIN_STEP_KEYS.contains(&key),
+                    "a plugin step may not have `{key}`: {step:?}"
+                );
+            }
+        }
+        if let Some(when) = step.get("when") {
+            check_when(when);
+        }
+    }
+    if let Some(when) = doc.get("when") {
+        check_when(when);
     }
     steps.iter().collect()
+}
+
+/// The keys Woodpecker accepts on a plugin step.
+const PLUGIN_STEP_KEYS: &[&str] = &[
+    "name",
+    "image",
+    "pull",
+    "settings",
+    "when",
+    "depends_on",
+    "failure",
+    "backend_options",
+];
+
+/// A `when` (a filter or a list of them): known filter keys, known events.
+fn check_when(when: &Value) {
+    const KEYS: &[&str] = &[
+        "event", "branch", "ref", "cron", "status", "path", "repo", "instance", "matrix",
+        "evaluate",
+    ];
+    const EVENTS: &[&str] = &[
+        "push",
+        "pull_request",
+        "pull_request_closed",
+        "pull_request_metadata",
+        "tag",
+        "release",
+        "deployment",
+        "cron",
+        "manual",
+    ];
+    let filters: Vec<&Value> = match when.as_sequence() {
+        Some(list) => list.iter().collect(),
+        None => vec![when],
+    };
+    for filter in filters {
+        for (key, value) in filter.as_mapping().expect("a when filter is a map") {
+            let key = key.as_str().unwrap();
+            assert!(KEYS.contains(&key), "unknown when filter `{key}`");
+            if key == "event" {
+                let events: Vec<&str> = match value.as_sequence() {
+                    Some(list) => list.iter().filter_map(Value::as_str).collect(),
+                    None => value.as_str().into_iter().collect(),
+                };
+                for event in events {
+                    assert!(EVENTS.contains(&event), "unknown event `{event}`");
+                }
+            }
+        }
+    }
 }
 
 fn is_secret(v: &Value) -> bool {
@@ -105,6 +173,27 @@ fn the_build_step_maps_every_setting_to_a_flag() {
         let mut env = BTreeMap::new();
         for (key, value) in settings {
             let key = key.as_str().unwrap().to_ascii_uppercase();
+            // A map of secrets (build_secrets): Woodpecker resolves each from_secret inside it.
+            if let Some(map) = value.as_mapping().filter(|m| m.values().all(is_secret)) {
+                assert!(
+                    plugin::SECRET_SETTINGS.contains(&key.as_str()),
+                    "{key} holds from_secret values but is not read as a secret"
+                );
+                let resolved: BTreeMap<String, String> = map
+                    .keys()
+                    .map(|k| {
+                        (
+                            k.as_str().unwrap().to_owned(),
+                            "fake-secret-value".to_owned(),
+                        )
+                    })
+                    .collect();
+                env.insert(
+                    format!("PLUGIN_{key}"),
+                    serde_json::to_string(&resolved).unwrap(),
+                );
+                continue;
+            }
             if is_secret(value) {
                 assert!(
                     plugin::SECRET_SETTINGS.contains(&key.as_str()),
@@ -127,8 +216,12 @@ fn the_build_step_maps_every_setting_to_a_flag() {
             .collect();
         assert!(
             joined.contains(&"--secret".into())
-                && joined.contains(&"id=npmrc,env=NPM_TOKEN".into()),
+                && joined.contains(&"id=npmrc,env=BKL_BUILD_SECRET_npmrc".into()),
             "{joined:?}"
+        );
+        assert!(
+            !joined.iter().any(|a| a.contains("fake-secret-value")),
+            "a secret value in the argument list: {joined:?}"
         );
         assert!(joined.contains(&"VERSION=dev".into()), "{joined:?}");
         assert!(

@@ -24,12 +24,19 @@ pub fn script(req: &BuildRequest, paths: &RemotePaths) -> String {
     for (k, v) in &req.build_args {
         bud.push_str(&format!(" --build-arg {}", q(&format!("{k}={v}"))));
     }
+    for (k, v) in &req.labels {
+        bud.push_str(&format!(" --label {}", q(&format!("{k}={v}"))));
+    }
     for secret in &req.secrets {
         let spec = format!("id={},src={}", secret.id, paths.secret(&secret.id));
         bud.push_str(&format!(" --secret {}", q(&spec)));
     }
     if let (Some(cache), true) = (req.cache_ref(), req.cache != CacheMode::Off) {
-        bud.push_str(&format!(" --cache-to {0} --cache-from {0}", q(&cache)));
+        // A dry run reads the cache but writes nothing to the registry.
+        if req.pushes() {
+            bud.push_str(&format!(" --cache-to {}", q(&cache)));
+        }
+        bud.push_str(&format!(" --cache-from {}", q(&cache)));
     }
     for image in req.images() {
         bud.push_str(&format!(" -t {}", q(&image)));
@@ -42,7 +49,7 @@ pub fn script(req: &BuildRequest, paths: &RemotePaths) -> String {
         "auth=\"$HOME/.docker/config.json\"; [ -f \"$auth\" ] || { auth=\"$HOME/.bkl-no-auth.json\"; echo '{}' > \"$auth\"; }".to_owned(),
         format!("{bud} || exit $?"),
     ];
-    if req.registry.is_some() {
+    if req.pushes() {
         for image in req.images() {
             lines.push(format!(
                 "buildah push --authfile \"$auth\"{tls} --digestfile {} {} {} || exit $?",
@@ -65,6 +72,37 @@ mod tests {
     use super::*;
     use crate::backend::{Backend, SecretRef};
 
+    fn request() -> BuildRequest {
+        BuildRequest {
+            backend: Backend::Buildah,
+            dockerfile: "Dockerfile".into(),
+            target: None,
+            build_args: Vec::new(),
+            secrets: Vec::new(),
+            platform: "linux/amd64".into(),
+            registry: Some("127.0.0.1:5000".into()),
+            image_repo: "org/app".into(),
+            tags: vec!["latest".into()],
+            insecure_registry: true,
+            cache: CacheMode::Max,
+            cache_repo: String::new(),
+            labels: Vec::new(),
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn labels_and_a_dry_run() {
+        let mut req = request();
+        req.labels = vec![("team".into(), "a b".into())];
+        req.dry_run = true;
+        let s = script(&req, &RemotePaths::new("/w"));
+        assert!(s.contains("--label 'team=a b'"), "{s}");
+        assert!(!s.contains("buildah push"), "a dry run pushes nothing: {s}");
+        assert!(!s.contains("--cache-to"), "nor exports its cache: {s}");
+        assert!(s.contains("--cache-from"), "{s}");
+    }
+
     #[test]
     fn script_builds_pushes_every_tag_and_records_the_digest() {
         let req = BuildRequest {
@@ -83,6 +121,8 @@ mod tests {
             insecure_registry: true,
             cache: CacheMode::Max,
             cache_repo: String::new(),
+            labels: Vec::new(),
+            dry_run: false,
         };
         let s = script(&req, &RemotePaths::new("/w"));
         assert!(s.contains("buildah bud --layers --isolation chroot"), "{s}");

@@ -121,6 +121,9 @@ pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
     for (k, v) in &req.build_args {
         a.extend(["--opt".into(), format!("build-arg:{k}={v}")]);
     }
+    for (k, v) in &req.labels {
+        a.extend(["--opt".into(), format!("label:{k}={v}")]);
+    }
     for secret in &req.secrets {
         a.extend([
             "--secret".into(),
@@ -130,7 +133,7 @@ pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
     // buildctl parses --output as CSV: several names need one quoted field.
     let names = req.images().join(",");
     let mut output = format!("type=image,\"name={names}\"");
-    if req.registry.is_some() {
+    if req.pushes() {
         output.push_str(",push=true");
         if req.insecure_registry {
             output.push_str(",registry.insecure=true");
@@ -150,9 +153,14 @@ pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
         } else {
             ""
         };
+        // A dry run reads the cache but writes nothing to the registry.
+        if req.pushes() {
+            a.extend([
+                "--export-cache".into(),
+                format!("type=registry,ref={cache},mode={mode}{insecure}"),
+            ]);
+        }
         a.extend([
-            "--export-cache".into(),
-            format!("type=registry,ref={cache},mode={mode}{insecure}"),
             "--import-cache".into(),
             format!("type=registry,ref={cache}{insecure}"),
         ]);
@@ -192,6 +200,8 @@ mod tests {
             insecure_registry: false,
             cache: CacheMode::Max,
             cache_repo: String::new(),
+            labels: Vec::new(),
+            dry_run: false,
         }
     }
 
@@ -215,6 +225,21 @@ mod tests {
             !a.contains("NPM_TOKEN"),
             "only the id and a file path appear"
         );
+    }
+
+    #[test]
+    fn labels_and_a_dry_run() {
+        let mut r = request();
+        r.labels = vec![("org.opencontainers.image.revision".into(), "abc".into())];
+        r.dry_run = true;
+        let a = args(&r, &paths()).join(" ");
+        assert!(
+            a.contains("--opt label:org.opencontainers.image.revision=abc"),
+            "{a}"
+        );
+        assert!(a.contains(",push=false"), "a dry run pushes nothing: {a}");
+        assert!(!a.contains("--export-cache"), "nor exports its cache: {a}");
+        assert!(a.contains("--import-cache"), "but reads it: {a}");
     }
 
     #[test]

@@ -127,6 +127,10 @@ pub struct BuildRequest {
     /// The cache's repository path (config `registry.cache`); set by the plan. Empty:
     /// `cache/<image_repo>`.
     pub cache_repo: String,
+    /// Image labels (`--label`, and the standard OCI labels in a pipeline).
+    pub labels: Vec<(String, String)>,
+    /// Build, push nothing: no image push, no cache export, nothing verified.
+    pub dry_run: bool,
 }
 
 impl BuildRequest {
@@ -137,6 +141,11 @@ impl BuildRequest {
             None => self.image_repo.clone(),
         };
         self.tags.iter().map(|t| format!("{base}:{t}")).collect()
+    }
+
+    /// Whether the image is pushed (a registry, and not a dry run).
+    pub fn pushes(&self) -> bool {
+        self.registry.is_some() && !self.dry_run
     }
 
     /// `<registry>/<cache repository>`, when a registry cache applies.

@@ -51,6 +51,31 @@ pub struct BuildArgs {
     #[arg(long = "tag", value_name = "TAG", value_parser = parse_tag)]
     pub tags: Vec<String>,
 
+    /// Tags from the pipeline, as plugin-docker-buildx makes them: on a git tag v1.2.3 the tags
+    /// 1.2.3, 1.2 and 1; on the default branch latest; on any other branch the build is
+    /// skipped. --tag values are added to them.
+    #[arg(long)]
+    pub auto_tag: bool,
+
+    /// Read the tags from this file (one per line or comma-separated, as plugin-docker-buildx
+    /// reads .tags), instead of --tag.
+    #[arg(long, value_name = "FILE")]
+    pub tags_file: Option<PathBuf>,
+
+    /// Image label KEY=VALUE; repeat for several. In a pipeline the standard OCI labels
+    /// (org.opencontainers.image.source, revision, created, url, version) are added too.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = super::pipeline::parse_label)]
+    pub labels: Vec<(String, String)>,
+
+    /// Leave out the standard OCI labels taken from the pipeline.
+    #[arg(long)]
+    pub no_default_labels: bool,
+
+    /// Build on the runner but push nothing and verify nothing in the registry (no registry
+    /// credentials needed): what pull requests usually run.
+    #[arg(long)]
+    pub dry_run: bool,
+
     /// Build argument KEY=VALUE; repeat for several.
     #[arg(long = "build-arg", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub build_args: Vec<(String, String)>,
@@ -170,11 +195,17 @@ impl BuildArgs {
             self.target.as_deref(),
         );
         let repo = key.repo.clone();
-        let tags = if self.tags.is_empty() {
-            vec!["latest".to_owned()]
+        let facts = super::pipeline::Facts::from_environment();
+        let (tags, skip) = self.tags(&facts)?;
+        let mut labels = if self.no_default_labels || facts == super::pipeline::Facts::default() {
+            Vec::new()
         } else {
-            self.tags.clone()
+            super::pipeline::default_labels(&facts, std::time::SystemTime::now())
         };
+        for (k, v) in &self.labels {
+            labels.retain(|(key, _)| key != k);
+            labels.push((k.clone(), v.clone()));
+        }
         let pull_request = crate::environment::var("CI_PIPELINE_EVENT")
             .is_some_and(|e| crate::plan::PULL_REQUEST_EVENTS.contains(&e.as_str()));
         Ok(PlanRequest {
@@ -182,6 +213,7 @@ impl BuildArgs {
             key,
             arch: self.arch,
             pull_request,
+            skip,
             build: BuildRequest {
                 backend: self.backend,
                 dockerfile: self.dockerfile.clone(),
@@ -195,8 +227,46 @@ impl BuildArgs {
                 insecure_registry: self.insecure_registry,
                 cache: self.cache,
                 cache_repo: String::new(),
+                labels,
+                dry_run: self.dry_run,
             },
         })
+    }
+
+    /// The image tags (`--tags-file`, else `--auto-tag` and `--tag`, else `latest`), and why
+    /// the build is skipped when `--auto-tag` finds nothing to tag.
+    fn tags(&self, facts: &super::pipeline::Facts) -> Result<(Vec<String>, Option<String>), Error> {
+        let checked = |source: &str, tags: Vec<String>| -> Result<Vec<String>, Error> {
+            let mut out: Vec<String> = Vec::new();
+            for tag in tags {
+                parse_tag(&tag).map_err(|e| Error::Usage(format!("{source}: {e}")))?;
+                if !out.contains(&tag) {
+                    out.push(tag);
+                }
+            }
+            Ok(out)
+        };
+        if let Some(file) = &self.tags_file {
+            let tags = super::pipeline::read_tags_file(file).map_err(Error::Usage)?;
+            return Ok((
+                checked(&format!("--tags-file {}", file.display()), tags)?,
+                None,
+            ));
+        }
+        if self.auto_tag {
+            return match super::pipeline::auto_tags(facts).map_err(Error::Usage)? {
+                super::pipeline::AutoTags::Tags(mut tags) => {
+                    tags.extend(self.tags.iter().cloned());
+                    Ok((checked("--auto-tag", tags)?, None))
+                }
+                super::pipeline::AutoTags::Skip(why) => Ok((vec!["latest".to_owned()], Some(why))),
+            };
+        }
+        if self.tags.is_empty() {
+            Ok((vec!["latest".to_owned()], None))
+        } else {
+            Ok((self.tags.clone(), None))
+        }
     }
 
     pub fn store(&self) -> StoreSpec {

@@ -49,6 +49,11 @@ pub struct BuildCommandArgs {
 pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
     // Everything that can be wrong with the input is found before anything is spawned.
     let mut request = args.build.request()?;
+    if let Some(why) = &request.skip {
+        // plugin-docker-buildx's auto_tag on a branch that is not the default: nothing to do.
+        writeln!(out, "{why}").map_err(Error::Output)?;
+        return Ok(Exit::Success);
+    }
     let backend_note = super::provider::resolve_backend(
         args.provider.provider,
         &args.provider.local_tools,
@@ -195,6 +200,9 @@ async fn check_registry_access(
     let Some(registry) = &plan.build.registry else {
         return Ok(());
     };
+    if plan.dry_run {
+        return Ok(());
+    }
     let both = vec![Action::Pull, Action::Push];
     let mut needs = vec![Need {
         what: "image",
@@ -260,9 +268,9 @@ fn enforce_policy(
                 what.join(", ")
             )));
         }
-        if !policy.pull_requests.push && plan.build.registry.is_some() {
+        if !policy.pull_requests.push && plan.build.pushes() {
             return Err(Error::Usage(format!(
-                "CI_PIPELINE_EVENT: a pull-request build may not push under the operator policy ({}); leave out the registry for pull requests or set pull_requests.push",
+                "CI_PIPELINE_EVENT: a pull-request build may not push under the operator policy ({}); build pull requests with dry_run (--dry-run), or set pull_requests.push",
                 policy.origin
             )));
         }

@@ -32,6 +32,10 @@ pub struct PlanArgs {
 
 pub fn run(args: PlanArgs, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
     let mut request = args.build.request()?;
+    if let Some(why) = &request.skip {
+        writeln!(out, "{why}").map_err(Error::Output)?;
+        return Ok(Exit::Success);
+    }
     let note = resolve_backend(args.provider, &args.local_tools, &mut request.build);
     let store = args.build.open_store(config, args.build.credentials()?)?;
     let facts = gather(&request, config, store.as_ref())?;

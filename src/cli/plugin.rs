@@ -27,9 +27,55 @@ const ALIASES: &[(&str, &str)] = &[
     ("SECRETS", "SECRET"),
     ("LOCATIONS", "LOCATION"),
     ("USERNAME", "REGISTRY_USER"),
+    ("LABELS", "LABEL"),
 ];
 /// Secret values read from the environment where they are needed; never turned into flags.
-pub const SECRET_SETTINGS: &[&str] = &["HCLOUD_TOKEN", "PASSWORD", "REGISTRY_PASSWORD"];
+pub const SECRET_SETTINGS: &[&str] = &[
+    "HCLOUD_TOKEN",
+    "PASSWORD",
+    "REGISTRY_PASSWORD",
+    "BUILD_SECRETS",
+];
+
+/// The name a `build_secrets` value is known by inside the launcher (never a real environment
+/// variable: see [`build_secrets`]).
+fn build_secret_var(id: &str) -> String {
+    format!("BKL_BUILD_SECRET_{id}")
+}
+
+/// `build_secrets: { npmrc: { from_secret: npm_token } }`: Woodpecker resolves `from_secret`
+/// inside settings maps and masks the values in the log, and hands the map over as JSON in
+/// `PLUGIN_BUILD_SECRETS`. The values become build secrets by id; they never enter an argument
+/// list (`argv` names them by id only) and are read from the launcher's own memory
+/// (`environment::snapshot_with`).
+pub fn build_secrets(
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<(String, zeroize::Zeroizing<String>)>, String> {
+    let Some(raw) = env
+        .get("PLUGIN_BUILD_SECRETS")
+        .filter(|v| !v.trim().is_empty())
+    else {
+        return Ok(Vec::new());
+    };
+    let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(raw).map_err(|_| {
+        "PLUGIN_BUILD_SECRETS: expected a map of secret ids to values (build_secrets: { npmrc: { from_secret: npm_token } })".to_owned()
+    })?;
+    map.into_iter()
+        .map(|(id, value)| {
+            format!("id={id},env=X")
+                .parse::<crate::backend::SecretRef>()
+                .map_err(|e| format!("PLUGIN_BUILD_SECRETS: {e}"))?;
+            match value {
+                serde_json::Value::String(s) => {
+                    Ok((build_secret_var(&id), zeroize::Zeroizing::new(s)))
+                }
+                _ => Err(format!(
+                    "PLUGIN_BUILD_SECRETS: the value of {id} must be a string (a from_secret)"
+                )),
+            }
+        })
+        .collect()
+}
 
 /// Is this a plugin run: no arguments, and plugin settings or a Woodpecker workspace present?
 pub fn detected(args: &[OsString], env: &BTreeMap<String, String>) -> bool {
@@ -124,6 +170,10 @@ pub fn argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsStr
             .unwrap_or_else(|| crate::provider::hcloud::DEFAULT_ENDPOINT.to_owned());
         args.extend(["--hcloud-endpoint".to_owned(), endpoint]);
     }
+    for (var, _) in build_secrets(env)? {
+        let id = var.trim_start_matches("BKL_BUILD_SECRET_");
+        args.extend(["--secret".to_owned(), format!("id={id},env={var}")]);
+    }
     // In a plugin container history must outlive the container: keep it in the registry.
     if !history_given {
         args.extend(["--history".to_owned(), "registry".to_owned()]);
@@ -162,7 +212,7 @@ fn split_list(flag: &str, value: &str) -> Result<Vec<String>, String> {
     }
     let starts_item = |piece: &str| match flag {
         "secret" => piece.starts_with("id="),
-        "build-arg" => piece.contains('='),
+        "build-arg" | "label" => piece.contains('='),
         _ => true,
     };
     let mut items: Vec<String> = Vec::new();
@@ -300,6 +350,45 @@ mod tests {
             .map(|s| s.into_string().unwrap())
             .collect();
         assert_eq!(a[1..4], ["--config", "/etc/bkl.ncl", "build"]);
+    }
+
+    #[test]
+    fn build_secrets_become_secret_ids_never_arguments() {
+        let e = env(&[(
+            "PLUGIN_BUILD_SECRETS",
+            r#"{"npmrc":"fake-value-1","pip.conf":"fake-value-2"}"#,
+        )]);
+        let a = argv(&e, &Policy::default())
+            .unwrap()
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            a.contains("--secret id=npmrc,env=BKL_BUILD_SECRET_npmrc"),
+            "{a}"
+        );
+        assert!(
+            a.contains("--secret id=pip.conf,env=BKL_BUILD_SECRET_pip.conf"),
+            "{a}"
+        );
+        assert!(!a.contains("fake-value"), "{a}");
+        let values = build_secrets(&e).unwrap();
+        assert_eq!(values[0].0, "BKL_BUILD_SECRET_npmrc");
+        assert_eq!(values[0].1.as_str(), "fake-value-1");
+        for bad in [r#"{"npmrc":1}"#, r#"["npmrc"]"#, r#"{"a b":"x"}"#] {
+            let err = build_secrets(&env(&[("PLUGIN_BUILD_SECRETS", bad)])).unwrap_err();
+            assert!(err.starts_with("PLUGIN_BUILD_SECRETS: "), "{err}");
+            assert!(!err.contains("fake"), "{err}");
+        }
+    }
+
+    #[test]
+    fn labels_lists_and_maps() {
+        let a = args(&[("PLUGIN_LABELS", r#"{"team":"a,b","tier":"1"}"#)]).join(" ");
+        assert!(a.contains("--label team=a,b --label tier=1"), "{a}");
+        let a = args(&[("PLUGIN_LABELS", "team=a,b,tier=1")]).join(" ");
+        assert!(a.contains("--label team=a,b --label tier=1"), "{a}");
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct PlanRequest {
     pub build: BuildRequest,
     /// A pull-request pipeline (`CI_PIPELINE_EVENT`): history is read, never written.
     pub pull_request: bool,
+    /// `--auto-tag` found nothing to tag on this branch: nothing to build, and why.
+    pub skip: Option<String>,
 }
 
 /// Woodpecker's pull-request events (`CI_PIPELINE_EVENT`).
@@ -143,6 +145,8 @@ pub struct Plan {
     pub context: PathBuf,
     pub dockerfile: String,
     pub images: Vec<String>,
+    /// Built on the runner, nothing pushed (`--dry-run`).
+    pub dry_run: bool,
     pub cache_ref: Option<String>,
     pub commands: Vec<String>,
     /// Why the build tool differs from the one asked for (`--backend`), when it does.
@@ -231,6 +235,7 @@ impl Plan {
             context: req.context.clone(),
             dockerfile: build.dockerfile.clone(),
             images: build.images(),
+            dry_run: build.dry_run,
             cache_ref: build.cache_ref(),
             commands,
             backend_note: None,

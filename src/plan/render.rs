@@ -59,6 +59,7 @@ pub fn render_human(plan: &Plan) -> String {
         ),
     );
     let push = match &plan.build.registry {
+        Some(_) if plan.dry_run => "not pushed: dry run",
         Some(_) => "pushed",
         None => "not pushed: no --registry given",
     };

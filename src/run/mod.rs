@@ -175,6 +175,10 @@ async fn verify(ex: &Executor<'_>, digest: Option<&str>) -> Result<(), String> {
     let Some(registry) = &ex.plan.build.registry else {
         return Ok(());
     };
+    if ex.plan.dry_run {
+        (ex.log)("dry run: nothing was pushed, nothing to verify");
+        return Ok(());
+    }
     let Some(digest) = digest else {
         return Err("the build reported no image digest (metadata file missing or empty)".into());
     };

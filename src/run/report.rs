@@ -127,6 +127,11 @@ impl RunReport {
     pub fn render_human(&self) -> String {
         let mut out = String::new();
         let _ = match (&self.outcome, &self.error) {
+            (RunOutcome::Success, _) if self.plan.dry_run => writeln!(
+                out,
+                "build succeeded (dry run, nothing pushed): {}",
+                self.plan.images.join(", "),
+            ),
             (RunOutcome::Success, _) => writeln!(
                 out,
                 "build succeeded: {}{}",

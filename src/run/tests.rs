@@ -69,6 +69,7 @@ fn plan(dir: &std::path::Path) -> Plan {
     let config = Config::defaults();
     let req = PlanRequest {
         pull_request: false,
+        skip: None,
         context: dir.to_owned(),
         key: HistoryKey {
             repo: "org/app".into(),
@@ -89,6 +90,8 @@ fn plan(dir: &std::path::Path) -> Plan {
             insecure_registry: false,
             cache: CacheMode::Off,
             cache_repo: String::new(),
+            labels: Vec::new(),
+            dry_run: false,
         },
     };
     let facts = Facts {

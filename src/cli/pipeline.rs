@@ -1,0 +1,269 @@
+//! What a build takes from the Woodpecker pipeline besides settings: tags derived from the git
+//! ref (`auto_tag`), a tags file written by an earlier step (`tags_file`), and the standard OCI
+//! labels (`org.opencontainers.image.*`).
+//!
+//! `auto_tag` follows plugin-docker-buildx (and drone-docker before it), so that pipelines move
+//! over unchanged: on a tag event `v1.2.3` gives `1.2.3`, `1.2`, `1`; a `0.x` version gives
+//! `0.x.y` and `0.x` only; a pre-release or build-metadata version gives itself alone; a tag that
+//! is no semantic version, and a push to the default branch, give `latest`. Any other branch gives
+//! nothing: the build is skipped, as plugin-docker-buildx skips it.
+
+use std::path::Path;
+
+/// The pipeline facts `auto_tag` and the default labels read (Woodpecker's `CI_*`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    pub tag: Option<String>,
+    pub branch: Option<String>,
+    pub default_branch: Option<String>,
+    pub sha: Option<String>,
+    pub repo_url: Option<String>,
+}
+
+impl Facts {
+    pub fn from_environment() -> Facts {
+        let var = |name: &str| crate::environment::var(name).filter(|v| !v.trim().is_empty());
+        Facts {
+            tag: var("CI_COMMIT_TAG"),
+            branch: var("CI_COMMIT_BRANCH"),
+            default_branch: var("CI_REPO_DEFAULT_BRANCH"),
+            sha: var("CI_COMMIT_SHA"),
+            repo_url: var("CI_REPO_URL").or_else(|| var("CI_REPO_CLONE_URL")),
+        }
+    }
+}
+
+/// What `auto_tag` makes of the pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AutoTags {
+    Tags(Vec<String>),
+    /// Not a tag and not the default branch: nothing to build (why, in words).
+    Skip(String),
+}
+
+pub fn auto_tags(facts: &Facts) -> Result<AutoTags, String> {
+    if let Some(tag) = &facts.tag {
+        return Ok(AutoTags::Tags(version_tags(tag)));
+    }
+    match (&facts.branch, &facts.default_branch) {
+        (Some(branch), Some(default)) if branch == default => {
+            Ok(AutoTags::Tags(vec!["latest".to_owned()]))
+        }
+        (Some(branch), Some(default)) => Ok(AutoTags::Skip(format!(
+            "auto_tag: {branch} is not the default branch {default} and this is not a tag event, so there is nothing to tag; the build is skipped (as plugin-docker-buildx does)"
+        ))),
+        _ => Err(
+            "auto_tag needs the pipeline's CI_COMMIT_TAG, or CI_COMMIT_BRANCH and CI_REPO_DEFAULT_BRANCH (Woodpecker sets them); at a terminal, use --tag"
+                .to_owned(),
+        ),
+    }
+}
+
+/// The tags of a git tag, plugin-docker-buildx's way.
+pub fn version_tags(git_tag: &str) -> Vec<String> {
+    let version = git_tag.strip_prefix('v').unwrap_or(git_tag);
+    let (core, metadata) = match version.split_once('+') {
+        Some((core, meta)) => (core, Some(meta)),
+        None => (version, None),
+    };
+    let (core, prerelease) = match core.split_once('-') {
+        Some((core, pre)) => (core, Some(pre)),
+        None => (core, None),
+    };
+    let parts: Vec<&str> = core.split('.').collect();
+    let numeric = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if parts.len() != 3 || !parts.iter().all(numeric) {
+        return vec!["latest".to_owned()];
+    }
+    if prerelease.is_some() || metadata.is_some() {
+        // A docker tag cannot hold '+'.
+        return vec![version.replace('+', "-")];
+    }
+    let (major, minor, patch) = (parts[0], parts[1], parts[2]);
+    let full = format!("{major}.{minor}.{patch}");
+    let minor_tag = format!("{major}.{minor}");
+    if major.trim_start_matches('0').is_empty() {
+        vec![minor_tag, full]
+    } else {
+        vec![major.to_owned(), minor_tag, full]
+    }
+}
+
+/// The most of a tags file that is read.
+const MAX_TAGS_FILE_BYTES: u64 = 64 * 1024;
+
+/// Tags from a file (one per line, or comma-separated), as plugin-docker-buildx reads `.tags`.
+/// The file is the repository's (or an earlier step's): a regular file, read without blocking.
+pub fn read_tags_file(path: &Path) -> Result<Vec<String>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = path.display();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("--tags-file {shown}: cannot read: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("--tags-file {shown}: cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("--tags-file {shown}: not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(MAX_TAGS_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("--tags-file {shown}: cannot read: {e}"))?;
+    if text.len() as u64 > MAX_TAGS_FILE_BYTES {
+        return Err(format!("--tags-file {shown}: larger than 64 KiB"));
+    }
+    let tags: Vec<String> = text
+        .split(['\n', ','])
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if tags.is_empty() {
+        return Err(format!("--tags-file {shown}: holds no tag"));
+    }
+    Ok(tags)
+}
+
+/// The standard OCI labels the pipeline can fill in (`created` is `now`, RFC 3339).
+pub fn default_labels(facts: &Facts, now: std::time::SystemTime) -> Vec<(String, String)> {
+    let mut labels = Vec::new();
+    let mut add = |key: &str, value: &Option<String>| {
+        if let Some(value) = value {
+            labels.push((format!("org.opencontainers.image.{key}"), value.clone()));
+        }
+    };
+    let source = facts
+        .repo_url
+        .as_ref()
+        .map(|u| u.trim_end_matches(".git").to_owned());
+    add("source", &source);
+    add("url", &source);
+    add("revision", &facts.sha);
+    add(
+        "version",
+        &facts
+            .tag
+            .as_ref()
+            .map(|t| t.strip_prefix('v').unwrap_or(t).to_owned()),
+    );
+    labels.push((
+        "org.opencontainers.image.created".to_owned(),
+        humantime::format_rfc3339_seconds(now).to_string(),
+    ));
+    labels
+}
+
+/// `KEY=VALUE` for `--label`: a key of printable characters without spaces or `=`.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v))
+            if !k.is_empty() && k.chars().all(|c| c.is_ascii_graphic()) && !v.contains('\n') =>
+        {
+            Ok((k.to_owned(), v.to_owned()))
+        }
+        _ => Err(format!(
+            "\"{s}\" is not a label KEY=VALUE (the key: printable characters without spaces)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_tags_follow_plugin_docker_buildx() {
+        assert_eq!(version_tags("v1.2.3"), ["1", "1.2", "1.2.3"]);
+        assert_eq!(version_tags("1.2.3"), ["1", "1.2", "1.2.3"]);
+        assert_eq!(version_tags("v0.4.1"), ["0.4", "0.4.1"]);
+        assert_eq!(version_tags("v1.2.3-rc.1"), ["1.2.3-rc.1"]);
+        assert_eq!(version_tags("v1.2.3+build.5"), ["1.2.3-build.5"]);
+        assert_eq!(version_tags("release-7"), ["latest"]);
+        assert_eq!(version_tags("v1.2"), ["latest"]);
+        assert_eq!(version_tags("v10.20.30"), ["10", "10.20", "10.20.30"]);
+    }
+
+    #[test]
+    fn auto_tags_from_the_pipeline() {
+        let tag = Facts {
+            tag: Some("v2.0.1".into()),
+            branch: Some("main".into()),
+            default_branch: Some("main".into()),
+            ..Facts::default()
+        };
+        assert_eq!(
+            auto_tags(&tag).unwrap(),
+            AutoTags::Tags(vec!["2".into(), "2.0".into(), "2.0.1".into()])
+        );
+        let main = Facts {
+            tag: None,
+            ..tag.clone()
+        };
+        assert_eq!(
+            auto_tags(&main).unwrap(),
+            AutoTags::Tags(vec!["latest".into()])
+        );
+        let feature = Facts {
+            branch: Some("feature/x".into()),
+            ..main.clone()
+        };
+        assert!(
+            matches!(auto_tags(&feature).unwrap(), AutoTags::Skip(why) if why.contains("feature/x"))
+        );
+        assert!(
+            auto_tags(&Facts::default())
+                .unwrap_err()
+                .contains("CI_COMMIT_TAG")
+        );
+    }
+
+    #[test]
+    fn default_labels_say_what_the_pipeline_knows() {
+        let facts = Facts {
+            tag: Some("v1.0.0".into()),
+            sha: Some("abc123".into()),
+            repo_url: Some("https://git.example/org/app.git".into()),
+            ..Facts::default()
+        };
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_780_000_000);
+        let labels = default_labels(&facts, now);
+        let get = |k: &str| {
+            labels
+                .iter()
+                .find(|(key, _)| key == &format!("org.opencontainers.image.{k}"))
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("source"), Some("https://git.example/org/app"));
+        assert_eq!(get("revision"), Some("abc123"));
+        assert_eq!(get("version"), Some("1.0.0"));
+        assert_eq!(get("created"), Some("2026-05-28T20:26:40Z"));
+        let bare = default_labels(&Facts::default(), now);
+        assert_eq!(
+            bare.len(),
+            1,
+            "only created without pipeline facts: {bare:?}"
+        );
+    }
+
+    #[test]
+    fn labels_and_tags_files_are_checked() {
+        assert!(parse_label("a.b=c d").is_ok());
+        assert!(parse_label("=x").is_err());
+        assert!(parse_label("a b=x").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(".tags");
+        std::fs::write(&file, "1.2.3\nlatest,edge\n\n").unwrap();
+        assert_eq!(read_tags_file(&file).unwrap(), ["1.2.3", "latest", "edge"]);
+        std::fs::write(&file, "\n").unwrap();
+        assert!(read_tags_file(&file).unwrap_err().contains("holds no tag"));
+        assert!(
+            read_tags_file(dir.path())
+                .unwrap_err()
+                .contains("not a regular file")
+        );
+    }
+}
