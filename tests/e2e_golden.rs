@@ -507,3 +507,24 @@ fn a_deprecated_base_image_is_still_found_with_a_warning() {
     assert_eq!(create["ssh_keys"], serde_json::json!(["buildkit-launcher"]));
     assert!(c.sim.servers().is_empty());
 }
+
+#[test]
+fn a_snapshot_whose_answer_is_lost_is_found_by_its_labels_not_made_twice() {
+    if !require_root_and_tools(TOOLS) {
+        return;
+    }
+    let release = Release::serve();
+    let c = Cloud::new();
+    // The snapshot is made, but the answer is a 503: repeating the request blindly would make a
+    // second golden snapshot (and bill it).
+    c.sim.after_create_image(&["unavailable"]);
+    let out = c.bake(&release.pin(None));
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert!(out.stderr.contains("but snapshot"), "{}", out.stderr);
+    let snapshots = c.snapshots();
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert_eq!(json(&out)["snapshot"], snapshots[0].0);
+    assert_eq!(snapshots[0].1.status, "available");
+    assert_eq!(c.calls("POST /servers/{id}/actions/create_image"), 1);
+    c.sim.assert_clean();
+}

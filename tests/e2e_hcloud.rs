@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::BIN;
-use support::hcloud_sim::cloud::{Cloud, tiers};
+use support::hcloud_sim::cloud::Cloud;
+use support::local_build::outcomes as tiers;
 
 #[test]
 fn a_build_through_the_api_succeeds_in_at_most_8_requests_and_leaves_no_server() {

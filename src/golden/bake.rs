@@ -263,10 +263,15 @@ async fn bake_on(
     (s.log)(&format!("powering server {id} off"));
     hcloud.power_off(&id).await?;
     (s.log)(&format!("snapshotting server {id}: {description}"));
-    let (snapshot, action) = hcloud
+    let started = hcloud
         .start_snapshot(&id, description, snapshot_labels)
         .await?;
-    if let Err(e) = hcloud.wait_for_snapshot(action).await {
+    let snapshot = started.image;
+    let waited = match started.action {
+        Some(action) => hcloud.wait_for_snapshot(action).await,
+        None => hcloud.wait_for_image(snapshot).await,
+    };
+    if let Err(e) = waited {
         // A half-made snapshot with golden labels must not be picked by a build.
         if let Err(d) = hcloud.delete_image(snapshot).await {
             (s.log)(&format!(

@@ -208,16 +208,7 @@ impl HcloudProvider {
     /// refused for its lack is worth repeating). Another launcher registering it at the same
     /// moment (`uniqueness_error`) is as good.
     pub async fn ensure_project_key(&self) -> Result<bool, ApiError> {
-        let page: api::SshKeysPage = self
-            .api
-            .call(
-                Method::GET,
-                &format!("/ssh_keys?name={}", encode(PROJECT_KEY)),
-                None,
-                Retry::Always,
-            )
-            .await?;
-        if page.ssh_keys.iter().any(|k| k.name == PROJECT_KEY) {
+        if self.find_project_key().await?.is_some() {
             return Ok(false);
         }
         self.register_project_key().await?;
@@ -228,16 +219,7 @@ impl HcloudProvider {
     /// missing (builds need it anyway), else `PUT` its own `managed-by` label back onto it. A
     /// read-only token is refused with 403 `token_readonly`. Returns what was written.
     pub async fn probe_write(&self) -> Result<&'static str, ApiError> {
-        let page: api::SshKeysPage = self
-            .api
-            .call(
-                Method::GET,
-                &format!("/ssh_keys?name={}", encode(PROJECT_KEY)),
-                None,
-                Retry::Always,
-            )
-            .await?;
-        match page.ssh_keys.iter().find(|k| k.name == PROJECT_KEY) {
+        match self.find_project_key().await? {
             None => {
                 self.register_project_key().await?;
                 Ok("registered the project SSH key")
@@ -255,6 +237,20 @@ impl HcloudProvider {
                 Ok("updated the project SSH key's label")
             }
         }
+    }
+
+    /// The project key, looked up by its name.
+    async fn find_project_key(&self) -> Result<Option<api::SshKey>, ApiError> {
+        let page: api::SshKeysPage = self
+            .api
+            .call(
+                Method::GET,
+                &format!("/ssh_keys?name={}", encode(PROJECT_KEY)),
+                None,
+                Retry::Always,
+            )
+            .await?;
+        Ok(page.ssh_keys.into_iter().find(|k| k.name == PROJECT_KEY))
     }
 
     /// `POST /ssh_keys` with a throwaway public key (its private half is dropped here).

@@ -9,6 +9,31 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 const FIRST_SNAPSHOT_POLL: Duration = Duration::from_secs(2);
 const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
+/// A snapshot being made: its image, and its create action when the API's answer arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartedSnapshot {
+    pub image: i64,
+    pub action: Option<i64>,
+}
+
+fn started_from(id: &str, resp: &serde_json::Value) -> Result<StartedSnapshot, ApiError> {
+    let decode = |field: &str| ApiError::Decode {
+        method: "POST".into(),
+        path: format!("/servers/{id}/actions/create_image"),
+        detail: format!("no {field} in the answer"),
+    };
+    Ok(StartedSnapshot {
+        image: resp["image"]["id"]
+            .as_i64()
+            .ok_or_else(|| decode("image.id"))?,
+        action: Some(
+            resp["action"]["id"]
+                .as_i64()
+                .ok_or_else(|| decode("action.id"))?,
+        ),
+    })
+}
+
 impl HcloudProvider {
     /// Boot this provider's `arch` runners from image `image` instead of the golden snapshot
     /// (the golden-image bake starts from a base system image such as debian-12).
@@ -77,41 +102,100 @@ impl HcloudProvider {
         .await
     }
 
-    /// Start a snapshot of server `id`; returns the new image's id and the action creating it
-    /// (see [`HcloudProvider::wait_for_snapshot`]).
+    /// Start a snapshot of server `id`: the new image's id, and the action creating it when
+    /// the answer said (see [`HcloudProvider::wait_for_snapshot`]).
+    ///
+    /// `create_image` is not idempotent, and an answer that was lost (5xx, `timeout`, a dropped
+    /// connection: [`ApiError::is_ambiguous`]) may come after the image was made. So the
+    /// snapshot is then looked up by its labels (unique per bake: `buildkit-launcher/created`)
+    /// before the request is made once more; one that exists is waited for by its status.
     pub async fn start_snapshot(
         &self,
         id: &str,
         description: &str,
         labels: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(i64, i64), ApiError> {
+    ) -> Result<StartedSnapshot, ApiError> {
         let body = serde_json::json!({
             "type": "snapshot",
             "description": description,
             "labels": labels,
         });
-        // Not repeated after a transport failure: that could make two snapshots.
-        let resp: serde_json::Value = self
-            .api
-            .call(
-                Method::POST,
-                &format!("/servers/{id}/actions/create_image"),
-                Some(&body),
-                Retry::IfRefused,
-            )
-            .await?;
-        let decode = |field: &str| ApiError::Decode {
-            method: "POST".into(),
-            path: format!("/servers/{id}/actions/create_image"),
-            detail: format!("no {field} in the answer"),
-        };
-        let image = resp["image"]["id"]
-            .as_i64()
-            .ok_or_else(|| decode("image.id"))?;
-        let action = resp["action"]["id"]
-            .as_i64()
-            .ok_or_else(|| decode("action.id"))?;
-        Ok((image, action))
+        let selector = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut last = None;
+        for _ in 0..2 {
+            match self
+                .api
+                .call::<serde_json::Value>(
+                    Method::POST,
+                    &format!("/servers/{id}/actions/create_image"),
+                    Some(&body),
+                    Retry::IfRefused,
+                )
+                .await
+            {
+                Ok(resp) => return started_from(id, &resp),
+                Err(e) if e.is_ambiguous() => {
+                    #[derive(serde::Deserialize)]
+                    struct Found {
+                        id: i64,
+                    }
+                    let found: Vec<Found> = self.list_snapshots(&selector).await?;
+                    if let Some(image) = found.first() {
+                        (self.log)(&format!(
+                            "the snapshot request was answered {}, but snapshot {} exists: waiting for it",
+                            e.message(),
+                            image.id
+                        ));
+                        return Ok(StartedSnapshot {
+                            image: image.id,
+                            action: None,
+                        });
+                    }
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("two ambiguous answers"))
+    }
+
+    /// Wait for image `id` to become `available` (a snapshot whose create action is unknown).
+    pub async fn wait_for_image(&self, id: i64) -> Result<(), ApiError> {
+        let started = Instant::now();
+        let mut interval = FIRST_SNAPSHOT_POLL;
+        loop {
+            tokio::time::sleep(self.api.poll_interval(interval)).await;
+            interval = (interval * 3 / 2).min(Duration::from_secs(10));
+            let resp: serde_json::Value = self
+                .api
+                .call(Method::GET, &format!("/images/{id}"), None, Retry::Always)
+                .await?;
+            match resp["image"]["status"].as_str() {
+                Some("available") => return Ok(()),
+                Some("creating") => {}
+                other => {
+                    return Err(ApiError::Decode {
+                        method: "GET".into(),
+                        path: format!("/images/{id}"),
+                        detail: format!("the snapshot is {}", other.unwrap_or("gone")),
+                    });
+                }
+            }
+            if started.elapsed() > SNAPSHOT_TIMEOUT {
+                return Err(ApiError::Transport {
+                    method: "GET".into(),
+                    path: format!("/images/{id}"),
+                    detail: format!(
+                        "the snapshot did not become available within {} s",
+                        SNAPSHOT_TIMEOUT.as_secs()
+                    ),
+                });
+            }
+        }
     }
 
     /// Wait for a snapshot's create action (Hetzner copies the whole disk: minutes).

@@ -102,17 +102,3 @@ impl Cloud {
         self.sim.calls().get(endpoint).copied().unwrap_or(0)
     }
 }
-
-pub fn tiers(report: &serde_json::Value) -> Vec<(String, String)> {
-    report["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["tier"].as_str().unwrap().to_owned(),
-                a["outcome"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}

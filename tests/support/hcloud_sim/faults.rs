@@ -80,4 +80,7 @@ pub(super) struct Faults {
     pub after_create: Vec<AfterCreate>,
     /// The next `n` creates are refused with 403 `resource_limit_exceeded`.
     pub quota: u32,
+    /// The next `create_image` actions: the snapshot is made, then answered with this error
+    /// code (one entry per request).
+    pub after_create_image: Vec<&'static str>,
 }

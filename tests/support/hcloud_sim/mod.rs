@@ -155,6 +155,12 @@ impl HcloudSim {
     }
 
     /// The next creates are made and then answered as scripted, one entry per create.
+    /// The next `create_image` requests make their snapshot and then answer with these error
+    /// codes (`unavailable`, `timeout`, …), one per request.
+    pub fn after_create_image(&self, codes: &[&'static str]) {
+        self.state().faults.after_create_image = codes.to_vec();
+    }
+
     pub fn after_create(&self, script: &[AfterCreate]) {
         self.state().faults.after_create = script.to_vec();
     }

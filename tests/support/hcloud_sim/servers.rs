@@ -463,6 +463,14 @@ pub(super) async fn action(
         );
     }
     let delay = st.actions[&action].delay;
+    // A snapshot that is being made, answered with a 5xx or `timeout` all the same: Hetzner
+    // may act on a request whose answer is lost (FACTS.md; hcloud-go retries such answers
+    // only for idempotent requests).
+    let lost_answer = if image.is_some() && !st.faults.after_create_image.is_empty() {
+        Some(st.faults.after_create_image.remove(0))
+    } else {
+        None
+    };
     drop(st);
     let sh2 = sh.clone();
     tokio::spawn(async move {
@@ -476,5 +484,8 @@ pub(super) async fn action(
         }
         st.finish_action(action, None);
     });
+    if let Some(code) = lost_answer {
+        return error(ApiError::new(code, state::message_for(code)));
+    }
     ok(StatusCode::CREATED, body)
 }
