@@ -182,6 +182,9 @@ fn request(registry: &Registry, tags: &[&str]) -> BuildRequest {
         cache_repo: String::new(),
         labels: Vec::new(),
         dry_run: false,
+        no_cache: false,
+        sbom: false,
+        provenance: None,
     }
 }
 

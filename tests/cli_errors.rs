@@ -286,3 +286,63 @@ fn spec_check_of_a_bad_file() {
 fn path(ctx: &Context, name: &str) -> String {
     Path::new(ctx.path()).join(name).display().to_string()
 }
+
+#[test]
+fn pipeline_settings_that_cannot_work_are_exit_2() {
+    let ctx = Context::new();
+    let line = plan_error(&ctx, &["--backend", "buildah", "--sbom"]);
+    assert!(
+        line.contains("attestations need the buildctl backend"),
+        "{line}"
+    );
+    let line = plan_error(&ctx, &["--build-arg-from-env", "BKL_TEST_SURELY_UNSET"]);
+    assert!(
+        line.contains("--build-arg-from-env BKL_TEST_SURELY_UNSET: the environment variable"),
+        "{line}"
+    );
+    // A flag value clap refuses: clap's own message (first line) and exit 2.
+    let out = Launcher::new()
+        .args([
+            "plan",
+            "--history",
+            "none",
+            "--label",
+            "no key",
+            "--context",
+        ])
+        .args([ctx.path()])
+        .run();
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("is not a label KEY=VALUE"),
+        "{}",
+        out.stderr
+    );
+    let tags = ctx.path().join(".tags");
+    std::fs::write(&tags, "1.0\nnot a tag\n").unwrap();
+    let line = plan_error(&ctx, &["--tags-file", tags.to_str().unwrap()]);
+    assert!(line.contains("\"not a tag\" is not a tag"), "{line}");
+}
+
+#[test]
+fn build_args_from_env_and_no_cache_reach_the_command() {
+    let ctx = Context::new();
+    let out = Launcher::new()
+        .env("BKL_TEST_VERSION", "1.2.3")
+        .args(["plan", "--history", "none", "--context"])
+        .args([ctx.path()])
+        .args([
+            "--build-arg-from-env",
+            "BKL_TEST_VERSION",
+            "--no-cache",
+            "--dry-run",
+        ])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("build-arg:BKL_TEST_VERSION=1.2.3"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("--no-cache"), "{}", out.stdout);
+}

@@ -36,7 +36,16 @@ fn a_dry_run_builds_on_a_server_and_pushes_nothing() {
     let Some(c) = Cloud::new("RUN echo built > /built.txt") else {
         return;
     };
-    let out = c.build(&["--dry-run", "--tag", "latest"]);
+    // With the other build options the double checks: no cache, attestations.
+    let out = c.build(&[
+        "--dry-run",
+        "--tag",
+        "latest",
+        "--no-cache",
+        "--sbom",
+        "--provenance",
+        "max",
+    ]);
     assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
     assert!(
         out.stdout

@@ -27,6 +27,9 @@ pub fn script(req: &BuildRequest, paths: &RemotePaths) -> String {
     for (k, v) in &req.labels {
         bud.push_str(&format!(" --label {}", q(&format!("{k}={v}"))));
     }
+    if req.no_cache {
+        bud.push_str(" --no-cache");
+    }
     for secret in &req.secrets {
         let spec = format!("id={},src={}", secret.id, paths.secret(&secret.id));
         bud.push_str(&format!(" --secret {}", q(&spec)));
@@ -88,6 +91,9 @@ mod tests {
             cache_repo: String::new(),
             labels: Vec::new(),
             dry_run: false,
+            no_cache: false,
+            sbom: false,
+            provenance: None,
         }
     }
 
@@ -123,6 +129,9 @@ mod tests {
             cache_repo: String::new(),
             labels: Vec::new(),
             dry_run: false,
+            no_cache: false,
+            sbom: false,
+            provenance: None,
         };
         let s = script(&req, &RemotePaths::new("/w"));
         assert!(s.contains("buildah bud --layers --isolation chroot"), "{s}");

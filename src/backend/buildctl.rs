@@ -124,6 +124,16 @@ pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
     for (k, v) in &req.labels {
         a.extend(["--opt".into(), format!("label:{k}={v}")]);
     }
+    // Attestations: the frontend's `attest:` options (BuildKit frontend/dockerui/config.go).
+    if req.sbom {
+        a.extend(["--opt".into(), "attest:sbom=".into()]);
+    }
+    if let Some(mode) = &req.provenance {
+        a.extend(["--opt".into(), format!("attest:provenance=mode={mode}")]);
+    }
+    if req.no_cache {
+        a.push("--no-cache".into());
+    }
     for secret in &req.secrets {
         a.extend([
             "--secret".into(),
@@ -202,6 +212,9 @@ mod tests {
             cache_repo: String::new(),
             labels: Vec::new(),
             dry_run: false,
+            no_cache: false,
+            sbom: false,
+            provenance: None,
         }
     }
 
@@ -224,6 +237,19 @@ mod tests {
         assert!(
             !a.contains("NPM_TOKEN"),
             "only the id and a file path appear"
+        );
+    }
+
+    #[test]
+    fn no_cache_and_attestations() {
+        let mut r = request();
+        r.no_cache = true;
+        r.sbom = true;
+        r.provenance = Some("max".into());
+        let a = args(&r, &paths()).join(" ");
+        assert!(
+            a.contains("--opt attest:sbom= --opt attest:provenance=mode=max --no-cache"),
+            "{a}"
         );
     }
 

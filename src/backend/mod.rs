@@ -131,6 +131,11 @@ pub struct BuildRequest {
     pub labels: Vec<(String, String)>,
     /// Build, push nothing: no image push, no cache export, nothing verified.
     pub dry_run: bool,
+    /// Ignore every cache while building.
+    pub no_cache: bool,
+    /// Attestations (buildctl only): an SBOM, provenance of mode `min` or `max`.
+    pub sbom: bool,
+    pub provenance: Option<String>,
 }
 
 impl BuildRequest {

@@ -98,6 +98,28 @@ pub struct BuildArgs {
     #[arg(long, value_enum, default_value = "max")]
     pub cache: CacheMode,
 
+    /// Build every step anew, ignoring any cache (the registry cache is still written).
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Pass the launcher's environment variable NAME as the build argument NAME (repeatable
+    /// or comma-separated), as plugin-docker-buildx's build_args_from_env.
+    #[arg(
+        long = "build-arg-from-env",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub build_args_from_env: Vec<String>,
+
+    /// Attach an SBOM attestation (BuildKit's attest:sbom; buildctl backend only).
+    #[arg(long)]
+    pub sbom: bool,
+
+    /// Attach a provenance attestation of this mode (BuildKit's attest:provenance; buildctl
+    /// backend only).
+    #[arg(long, value_name = "MODE", value_parser = ["min", "max"])]
+    pub provenance: Option<String>,
+
     /// Build tool on the runner.
     #[arg(long, value_enum, default_value = "buildctl")]
     pub backend: Backend,
@@ -206,6 +228,15 @@ impl BuildArgs {
             labels.retain(|(key, _)| key != k);
             labels.push((k.clone(), v.clone()));
         }
+        let mut build_args = self.build_args.clone();
+        for name in &self.build_args_from_env {
+            let value = crate::environment::var(name).ok_or_else(|| {
+                Error::Usage(format!(
+                    "--build-arg-from-env {name}: the environment variable {name} is not set"
+                ))
+            })?;
+            build_args.push((name.clone(), value));
+        }
         let pull_request = crate::environment::var("CI_PIPELINE_EVENT")
             .is_some_and(|e| crate::plan::PULL_REQUEST_EVENTS.contains(&e.as_str()));
         Ok(PlanRequest {
@@ -218,7 +249,7 @@ impl BuildArgs {
                 backend: self.backend,
                 dockerfile: self.dockerfile.clone(),
                 target: self.target.clone(),
-                build_args: self.build_args.clone(),
+                build_args,
                 secrets: self.secrets.clone(),
                 platform: String::new(), // set by the plan from the chosen arch
                 registry: self.registry.clone(),
@@ -229,6 +260,9 @@ impl BuildArgs {
                 cache_repo: String::new(),
                 labels,
                 dry_run: self.dry_run,
+                no_cache: self.no_cache,
+                sbom: self.sbom,
+                provenance: self.provenance.clone(),
             },
         })
     }

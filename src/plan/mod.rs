@@ -58,6 +58,8 @@ pub enum PlanError {
     MissingContext(PathBuf),
     #[error(transparent)]
     Context(#[from] crate::transport::dockerignore::DockerignoreError),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("--dockerfile {0}: must be a relative path inside the context")]
     DockerfileOutside(String),
     #[error(transparent)]
@@ -175,6 +177,13 @@ pub struct HistoryInfo {
 impl Plan {
     /// Decide. Pure: everything read from outside is in `facts`.
     pub fn new(req: &PlanRequest, config: &Config, facts: &Facts) -> Result<Plan, PlanError> {
+        if req.build.backend == backend::Backend::Buildah
+            && (req.build.sbom || req.build.provenance.is_some())
+        {
+            return Err(PlanError::Unsupported(
+                "--sbom/--provenance: attestations need the buildctl backend (BuildKit); buildah cannot make them".into(),
+            ));
+        }
         let sizing = sizing::decide(&SizingInput {
             config,
             arch_flag: req.arch,

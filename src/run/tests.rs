@@ -92,6 +92,9 @@ fn plan(dir: &std::path::Path) -> Plan {
             cache_repo: String::new(),
             labels: Vec::new(),
             dry_run: false,
+            no_cache: false,
+            sbom: false,
+            provenance: None,
         },
     };
     let facts = Facts {
