@@ -66,7 +66,7 @@ pub struct Cli {
 pub enum Command {
     /// Show what a build would do — size and why, server type, retry type, cost, commands —
     /// without touching any cloud.
-    Plan(plan::PlanArgs),
+    Plan(Box<plan::PlanArgs>),
     /// Build and push an image on a throwaway runner sized by the plan, retry once on the
     /// next size if it runs out of memory, and always destroy the runner.
     Build(Box<build::BuildCommandArgs>),
@@ -97,7 +97,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let exit = match cli.command {
-        Command::Plan(args) => plan::run(args, &config, &mut out),
+        Command::Plan(args) => plan::run(*args, &config, &mut out),
         Command::Build(args) => build::run(*args, &config, &mut out),
         Command::Reap(args) => reap::run(*args, &config, &mut out),
         Command::Check(args) => check::run(*args, &config, &mut out),
