@@ -321,9 +321,8 @@ async fn access_findings(
     inputs: &CheckInputs<'_>,
     out: &mut Vec<Finding>,
 ) {
-    use crate::registry::access::{AccessError, Action, Need, check};
+    use crate::registry::access::{AccessError, build_needs, check};
     let layout = &inputs.config.registry;
-    let both = vec![Action::Pull, Action::Push];
     let history = crate::history::registry::key_repository(
         &layout.history,
         &HistoryKey {
@@ -332,23 +331,7 @@ async fn access_findings(
             target: None,
         },
     );
-    let needs = [
-        Need {
-            what: "image",
-            repository: repo.to_owned(),
-            actions: both.clone(),
-        },
-        Need {
-            what: "cache",
-            repository: layout.cache_repo(repo),
-            actions: both.clone(),
-        },
-        Need {
-            what: "history",
-            repository: history,
-            actions: both,
-        },
-    ];
+    let needs = build_needs(repo, Some(layout.cache_repo(repo)), Some((history, true)));
     let results = check(
         registry,
         inputs.insecure_registry,

@@ -196,40 +196,26 @@ async fn check_registry_access(
     store: &crate::history::StoreSpec,
     config: &Config,
 ) -> Result<(), Error> {
-    use crate::registry::access::{Action, Need, check};
+    use crate::registry::access::{build_needs, check};
     let Some(registry) = &plan.build.registry else {
         return Ok(());
     };
     if plan.dry_run {
         return Ok(());
     }
-    let both = vec![Action::Pull, Action::Push];
-    let mut needs = vec![Need {
-        what: "image",
-        repository: plan.build.image_repo.clone(),
-        actions: both.clone(),
-    }];
-    if plan.cache_ref.is_some() {
-        needs.push(Need {
-            what: "cache",
-            repository: plan.build.cache_repository(),
-            actions: both.clone(),
-        });
-    }
-    if *store == crate::history::StoreSpec::Registry {
-        needs.push(Need {
-            what: "history",
-            repository: crate::history::registry::key_repository(
-                &config.registry.history,
-                &plan.history.key,
-            ),
-            actions: if plan.history.records {
-                both.clone()
-            } else {
-                vec![Action::Pull]
-            },
-        });
-    }
+    let history = (*store == crate::history::StoreSpec::Registry).then(|| {
+        (
+            crate::history::registry::key_repository(&config.registry.history, &plan.history.key),
+            plan.history.records,
+        )
+    });
+    let needs = build_needs(
+        &plan.build.image_repo,
+        plan.cache_ref
+            .is_some()
+            .then(|| plan.build.cache_repository()),
+        history,
+    );
     let results = check(registry, plan.build.insecure_registry, credentials, &needs).await;
     for (need, result) in needs.iter().zip(results) {
         match result {

@@ -55,6 +55,37 @@ pub struct Need {
     pub actions: Vec<Action>,
 }
 
+/// What a build of `image` needs: pull and push on the image repository, on its cache
+/// repository when it has one, and on its history repository when history is kept in the
+/// registry (pull only when the build records no sample).
+pub fn build_needs(
+    image: &str,
+    cache: Option<String>,
+    history: Option<(String, bool)>,
+) -> Vec<Need> {
+    let both = vec![Action::Pull, Action::Push];
+    let mut needs = vec![Need {
+        what: "image",
+        repository: image.to_owned(),
+        actions: both.clone(),
+    }];
+    if let Some(cache) = cache {
+        needs.push(Need {
+            what: "cache",
+            repository: cache,
+            actions: both.clone(),
+        });
+    }
+    if let Some((repository, records)) = history {
+        needs.push(Need {
+            what: "history",
+            repository,
+            actions: if records { both } else { vec![Action::Pull] },
+        });
+    }
+    needs
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AccessError {
     #[error(
