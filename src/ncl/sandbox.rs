@@ -97,16 +97,23 @@ pub(super) fn evaluate(
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     let (tx, rx) = mpsc::sync_channel(1);
+    // Both pipes are drained to the end (what is past the caps is thrown away), so that the
+    // child can never block on a full pipe. (Nickel's `std.trace` writes to the program's trace
+    // sink, `io::sink` by default, so a spec cannot print; stderr carries panic messages.)
     std::thread::spawn(move || {
+        let mut stdout = stdout;
         let mut bytes = Vec::new();
-        let _ = stdout.take(MAX_ANSWER_BYTES).read_to_end(&mut bytes);
+        let _ = (&mut stdout).take(MAX_ANSWER_BYTES).read_to_end(&mut bytes);
+        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
         let _ = tx.send(bytes);
     });
     // Only read to tell a memory cap from a stack overflow; never shown.
     let stderr_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.take(64 * 1024).read_to_string(&mut text);
-        text
+        let mut stderr = stderr;
+        let mut bytes = Vec::new();
+        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut bytes);
+        let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+        String::from_utf8_lossy(&bytes).into_owned()
     });
     let answer = rx.recv_timeout(timeout);
     if answer.is_err() {
