@@ -112,26 +112,13 @@ mod tests {
     #[test]
     fn script_builds_pushes_every_tag_and_records_the_digest() {
         let req = BuildRequest {
-            backend: Backend::Buildah,
-            dockerfile: "Dockerfile".into(),
-            target: None,
             build_args: vec![("A".into(), "b c".into())],
             secrets: vec![SecretRef {
                 id: "npm".into(),
                 env: "NPM_TOKEN".into(),
             }],
-            platform: "linux/amd64".into(),
-            registry: Some("127.0.0.1:5000".into()),
-            image_repo: "org/app".into(),
             tags: vec!["1".into(), "latest".into()],
-            insecure_registry: true,
-            cache: CacheMode::Max,
-            cache_repo: String::new(),
-            labels: Vec::new(),
-            dry_run: false,
-            no_cache: false,
-            sbom: false,
-            provenance: None,
+            ..request()
         };
         let s = script(&req, &RemotePaths::new("/w"));
         assert!(s.contains("buildah bud --layers --isolation chroot"), "{s}");
