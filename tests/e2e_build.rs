@@ -115,11 +115,7 @@ fn sigterm_during_the_build_is_exit_5_and_the_runner_is_gone_within_5_s() {
     };
     let mut child = start_until_running(&f);
     let sent = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    support::sigterm(&child);
     let status = child.wait().unwrap();
     let elapsed = sent.elapsed();
     assert_eq!(status.code(), Some(5));

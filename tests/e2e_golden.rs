@@ -277,11 +277,7 @@ fn sigterm_during_provisioning_deletes_the_server_and_exits_5() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(c.sim.servers().len(), 1);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    support::sigterm(&child);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(5));
     assert!(c.snapshots().is_empty());

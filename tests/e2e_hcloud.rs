@@ -166,11 +166,7 @@ fn sigterm_mid_build_sends_the_delete_within_2_s() {
     };
     let mut child = start_until_running(&c);
     let sent = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    support::sigterm(&child);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(5));
     let delete = c

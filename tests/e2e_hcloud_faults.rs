@@ -134,11 +134,7 @@ fn sigterm_while_the_create_is_in_flight_still_deletes_the_server() {
     }
     assert_eq!(c.calls("POST /servers"), 1, "the create was sent");
     let sent = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    support::sigterm(&child);
     let status = child.wait().unwrap();
     let took = sent.elapsed();
     assert_eq!(status.code(), Some(5));

@@ -10,17 +10,9 @@ use buildkit_launcher::history::registry::RegistryStore;
 use buildkit_launcher::history::{HistoryStore, Outcome, Sample};
 use support::hcloud_sim::HcloudSim;
 use support::hcloud_sim::cloud::GOLDEN;
+use support::local_build::TOOLS;
 use support::registry::{Registry, require_root_and_tools};
 use support::{BIN, Context};
-
-const TOOLS: &[&str] = &[
-    "sshd",
-    "ssh",
-    "rsync",
-    "buildah",
-    "docker-registry",
-    "busybox",
-];
 
 fn plugin_build(
     sim: &HcloudSim,

@@ -9,19 +9,11 @@ use std::sync::Arc;
 
 use support::hcloud_sim::HcloudSim;
 use support::hcloud_sim::cloud::GOLDEN;
+use support::local_build::TOOLS;
 use support::registry::{Registry, require_root_and_tools};
 use support::token_auth::TokenService;
 use support::{Context, Launcher};
 
-const TOOLS: &[&str] = &[
-    "sshd",
-    "ssh",
-    "rsync",
-    "buildah",
-    "docker-registry",
-    "busybox",
-    "openssl",
-];
 const CI_PASSWORD: &str = "fake-ci-password";
 
 struct Zot {
@@ -33,7 +25,8 @@ struct Zot {
 
 impl Zot {
     fn new(dockerfile_body: &str) -> Option<Zot> {
-        if !require_root_and_tools(TOOLS) {
+        // A local build, and openssl for the token service's key.
+        if !require_root_and_tools(TOOLS) || !require_root_and_tools(&["openssl"]) {
             return None;
         }
         let tokens = Arc::new(TokenService::start(&[

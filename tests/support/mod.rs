@@ -196,3 +196,12 @@ pub fn spawn_until(cmd: &mut Command, needle: &str) -> std::process::Child {
         }
     }
 }
+
+/// Send SIGTERM to `child` (a launcher under test), as Woodpecker does on cancel.
+pub fn sigterm(child: &std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("send SIGTERM");
+}

@@ -6,14 +6,8 @@ use super::HcloudSim;
 use crate::support::registry::{Registry, require_root_and_tools};
 use crate::support::{Context, Launcher};
 
-pub const TOOLS: &[&str] = &[
-    "sshd",
-    "ssh",
-    "rsync",
-    "buildah",
-    "docker-registry",
-    "busybox",
-];
+/// What a build on a sandbox runner needs (the same as a local build).
+pub use crate::support::local_build::TOOLS;
 pub const GOLDEN: &[(&str, &str)] = &[
     ("buildkit-launcher/role", "golden"),
     ("buildkit-launcher/arch", "amd64"),
