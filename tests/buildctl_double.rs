@@ -179,12 +179,7 @@ fn request(registry: &Registry, tags: &[&str]) -> BuildRequest {
         tags: tags.iter().map(|t| (*t).to_owned()).collect(),
         insecure_registry: true,
         cache: CacheMode::Off,
-        cache_repo: String::new(),
-        labels: Vec::new(),
-        dry_run: false,
-        no_cache: false,
-        sbom: false,
-        provenance: None,
+        ..Default::default()
     }
 }
 

@@ -88,12 +88,7 @@ mod tests {
             tags: vec!["latest".into()],
             insecure_registry: true,
             cache: CacheMode::Max,
-            cache_repo: String::new(),
-            labels: Vec::new(),
-            dry_run: false,
-            no_cache: false,
-            sbom: false,
-            provenance: None,
+            ..Default::default()
         }
     }
 

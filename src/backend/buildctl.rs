@@ -209,12 +209,7 @@ mod tests {
             tags: vec!["1.2".into(), "latest".into()],
             insecure_registry: false,
             cache: CacheMode::Max,
-            cache_repo: String::new(),
-            labels: Vec::new(),
-            dry_run: false,
-            no_cache: false,
-            sbom: false,
-            provenance: None,
+            ..Default::default()
         }
     }
 

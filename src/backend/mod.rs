@@ -45,18 +45,20 @@ pub fn script(req: &BuildRequest, paths: &RemotePaths) -> String {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
+    #[default]
     Buildctl,
     Buildah,
 }
 
 /// Registry cache export mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum CacheMode {
     /// Export every layer, including intermediate stages (best hit rate).
+    #[default]
     Max,
     /// Export only the final image's layers.
     Min,
@@ -106,8 +108,9 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// What to build and where to push it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// What to build and where to push it. `Default` is the command line's defaults (buildctl,
+/// cache `max`) with nothing else set; the launcher itself names every field (cli/args.rs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct BuildRequest {
     pub backend: Backend,
     /// Dockerfile path relative to the context root.

@@ -89,12 +89,7 @@ fn plan(dir: &std::path::Path) -> Plan {
             tags: vec!["latest".into()],
             insecure_registry: false,
             cache: CacheMode::Off,
-            cache_repo: String::new(),
-            labels: Vec::new(),
-            dry_run: false,
-            no_cache: false,
-            sbom: false,
-            provenance: None,
+            ..Default::default()
         },
     };
     let facts = Facts {
