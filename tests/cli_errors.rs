@@ -320,7 +320,19 @@ fn pipeline_settings_that_cannot_work_are_exit_2() {
     );
     let tags = ctx.path().join(".tags");
     std::fs::write(&tags, "1.0\nnot a tag\n").unwrap();
-    let line = plan_error(&ctx, &["--tags-file", tags.to_str().unwrap()]);
+    let out = Launcher::new()
+        .current_dir(ctx.path())
+        .args([
+            "plan",
+            "--history",
+            "none",
+            "--tags-file",
+            ".tags",
+            "--context",
+            ".",
+        ])
+        .run();
+    let line = out.assert_one_line_error(2);
     assert!(line.contains("\"not a tag\" is not a tag"), "{line}");
 }
 

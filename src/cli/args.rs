@@ -58,7 +58,8 @@ pub struct BuildArgs {
     pub auto_tag: bool,
 
     /// Read the tags from this file (one per line or comma-separated, as plugin-docker-buildx
-    /// reads .tags), instead of --tag.
+    /// reads .tags), instead of --tag: a path relative to the current directory (the
+    /// workspace), reached through no symlink.
     #[arg(long, value_name = "FILE")]
     pub tags_file: Option<PathBuf>,
 
@@ -281,7 +282,12 @@ impl BuildArgs {
             Ok(out)
         };
         if let Some(file) = &self.tags_file {
-            let tags = super::pipeline::read_tags_file(file).map_err(Error::Usage)?;
+            let workspace = std::env::current_dir().map_err(|e| {
+                Error::Usage(format!(
+                    "--tags-file: the current directory is unreadable: {e}"
+                ))
+            })?;
+            let tags = super::pipeline::read_tags_file(&workspace, file).map_err(Error::Usage)?;
             return Ok((
                 checked(&format!("--tags-file {}", file.display()), tags)?,
                 None,

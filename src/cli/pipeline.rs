@@ -93,15 +93,37 @@ pub fn version_tags(git_tag: &str) -> Vec<String> {
 const MAX_TAGS_FILE_BYTES: u64 = 64 * 1024;
 
 /// Tags from a file (one per line, or comma-separated), as plugin-docker-buildx reads `.tags`.
-/// The file is the repository's (or an earlier step's): a regular file, read without blocking.
-pub fn read_tags_file(path: &Path) -> Result<Vec<String>, String> {
+///
+/// The file and its path are the repository's (the setting is in the pipeline file), and a bad
+/// tag is quoted in the error: so `rel` must lead, from `root` (the workspace), through real
+/// directories to a regular file, no symlink on the way, read without blocking. Otherwise a
+/// `tags_file` pointing at `/etc/shadow` would print its first line.
+pub fn read_tags_file(root: &Path, rel: &Path) -> Result<Vec<String>, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let shown = path.display();
+    let shown = rel.display();
+    if rel.is_absolute()
+        || rel.components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
+    {
+        return Err(format!(
+            "--tags-file {shown}: must be a path inside the workspace, relative and without '..'"
+        ));
+    }
+    match crate::transport::dockerignore::plain_file(root, rel) {
+        Ok(Some(())) => {}
+        Ok(None) => return Err(format!("--tags-file {shown}: no such file")),
+        Err(e) => return Err(format!("--tags-file {e}")),
+    }
+    let path = root.join(rel);
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
         .map_err(|e| format!("--tags-file {shown}: cannot read: {e}"))?;
     let meta = file
         .metadata()
@@ -255,15 +277,26 @@ mod tests {
         assert!(parse_label("=x").is_err());
         assert!(parse_label("a b=x").is_err());
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join(".tags");
+        let root = dir.path();
+        let file = root.join(".tags");
+        let read = |rel: &str| read_tags_file(root, Path::new(rel));
         std::fs::write(&file, "1.2.3\nlatest,edge\n\n").unwrap();
-        assert_eq!(read_tags_file(&file).unwrap(), ["1.2.3", "latest", "edge"]);
+        assert_eq!(read(".tags").unwrap(), ["1.2.3", "latest", "edge"]);
         std::fs::write(&file, "\n").unwrap();
-        assert!(read_tags_file(&file).unwrap_err().contains("holds no tag"));
-        assert!(
-            read_tags_file(dir.path())
-                .unwrap_err()
-                .contains("not a regular file")
-        );
+        assert!(read(".tags").unwrap_err().contains("holds no tag"));
+        std::fs::create_dir(root.join("d")).unwrap();
+        assert!(read("d").unwrap_err().contains("not a regular file"));
+        // What the pipeline names may not lead out of the workspace.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "OUTSIDE-LINE\n").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), root.join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("dir")).unwrap();
+        for bad in ["link", "dir/secret", "../x", "/etc/hostname"] {
+            let err = read(bad).unwrap_err();
+            assert!(!err.contains("OUTSIDE-LINE"), "{bad}: {err}");
+            assert!(err.starts_with("--tags-file "), "{bad}: {err}");
+        }
+        assert!(read("link").unwrap_err().contains("symlink"));
+        assert!(read("/etc/hostname").unwrap_err().contains("relative"));
     }
 }

@@ -13,7 +13,7 @@ pub const MAX_IGNORE_BYTES: u64 = 1024 * 1024;
 /// Is `rel` (relative to `context`) a regular file reached through real directories only?
 /// `Ok(None)` when nothing is there; an error for a symlink anywhere on the way, or anything
 /// but a regular file at the end.
-pub(super) fn plain_file(context: &Path, rel: &Path) -> Result<Option<()>, DockerignoreError> {
+pub fn plain_file(context: &Path, rel: &Path) -> Result<Option<()>, DockerignoreError> {
     let mut at = context.to_path_buf();
     let mut components = rel.components().peekable();
     while let Some(component) = components.next() {

@@ -520,5 +520,5 @@ mod files;
 #[cfg(test)]
 mod tests;
 
-pub use files::MAX_IGNORE_BYTES;
-use files::{plain_file, read_rules};
+use files::read_rules;
+pub use files::{MAX_IGNORE_BYTES, plain_file};
