@@ -132,6 +132,7 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
             repo: "buildkit-launcher/check".into(),
             dockerfile: "Dockerfile".into(),
             target: None,
+            arch: crate::config::Arch::Amd64,
         };
         if let Err(e) = store.recent(&probe, 1) {
             findings.push(finding(
@@ -329,6 +330,7 @@ async fn access_findings(
             repo: repo.to_owned(),
             dockerfile: "Dockerfile".into(),
             target: None,
+            arch: crate::config::Arch::Amd64,
         },
     );
     let needs = build_needs(repo, Some(layout.cache_repo(repo)), Some((history, true)));

@@ -29,10 +29,31 @@ pub enum Arch {
 }
 
 impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Arch::Amd64 => "amd64",
             Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The OCI platform a runner of this architecture builds natively: `linux/amd64`.
+    pub fn platform(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "linux/amd64",
+            Arch::Arm64 => "linux/arm64",
+        }
+    }
+
+    /// `linux/amd64`, `linux/arm64` (and its default variant `linux/arm64/v8`, which BuildKit
+    /// normalizes to `linux/arm64`): the platforms Hetzner has servers for. `None` for any
+    /// other platform.
+    pub fn from_platform(platform: &str) -> Option<Arch> {
+        match platform {
+            "linux/amd64" => Some(Arch::Amd64),
+            "linux/arm64" | "linux/arm64/v8" => Some(Arch::Arm64),
+            _ => None,
         }
     }
 }

@@ -180,6 +180,7 @@ mod tests {
             lang: Some(lang.into()),
             tier: None,
             peak_memory_mib: peak,
+            arch: None,
             duration_s: d,
             outcome: Default::default(),
         }

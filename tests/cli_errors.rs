@@ -185,7 +185,7 @@ fn spec_evaluation_is_bounded_in_time() {
 fn arch_flag_conflicting_with_the_spec() {
     let ctx = Context::new().file(".build-spec.ncl", "{ arch = \"arm64\" }");
     let line = plan_error(&ctx, &["--arch", "amd64"]);
-    insta::assert_snapshot!(line, @"error: [CTX]/.build-spec.ncl: arch: the spec asks for arm64 but --arch says amd64; remove one of them");
+    insta::assert_snapshot!(line, @"error: [CTX]/.build-spec.ncl: arch: the spec asks for arm64 but --arch/--platform asks for amd64; remove one of them");
 }
 
 #[test]

@@ -86,6 +86,7 @@ fn a_plugin_build_from_settings_alone_and_history_that_resizes_the_next_build() 
                 lang: Some("generic".into()),
                 tier: Some("cx43".into()),
                 peak_memory_mib: 7000,
+                arch: None,
                 duration_s: 100.0,
                 outcome: Outcome::Ok,
             })

@@ -111,6 +111,7 @@ impl Zot {
             repo: "org/app".into(),
             dockerfile: "Dockerfile".into(),
             target: None,
+            arch: buildkit_launcher::config::Arch::Amd64,
         };
         let repo = buildkit_launcher::history::registry::key_repository(
             "cache/buildkit-launcher/history",

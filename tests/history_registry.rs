@@ -20,6 +20,7 @@ fn key(repo: &str, dockerfile: &str) -> HistoryKey {
         repo: repo.into(),
         dockerfile: dockerfile.into(),
         target: None,
+        arch: buildkit_launcher::config::Arch::Amd64,
     }
 }
 
@@ -32,6 +33,7 @@ fn sample(key: &HistoryKey, peak: u64, outcome: Outcome) -> Sample {
         lang: Some("rust".into()),
         tier: Some("cx33".into()),
         peak_memory_mib: peak,
+        arch: None,
         duration_s: 60.0,
         outcome,
     }

@@ -33,12 +33,25 @@ pub fn listed_workers(output: &str) -> Vec<String> {
     }
 }
 
+/// Whether a `debug workers` row (`ID PLATFORMS`, platforms comma-separated) lists `platform`
+/// (BuildKit normalizes linux/arm64/v8 to linux/arm64).
+fn builds(row: &str, platform: &str) -> bool {
+    row.split_whitespace().nth(1).is_some_and(|list| {
+        list.split(',')
+            .any(|p| p == platform || p.strip_suffix("/v8") == Some(platform))
+    })
+}
+
 /// Wait until buildkitd on the runner lists a worker: at most `timeout_s` seconds (plus a
 /// margin for buildctl itself), one progress line before and one after. `Err` is the reason,
 /// naming buildkitd, for an infrastructure verdict.
+/// Wait until buildkitd on the runner lists a worker that builds `platform` natively (or
+/// under emulation the runner was given): a runner of the wrong architecture would otherwise
+/// build an image that no index may list as this platform.
 pub async fn wait_ready(
     conn: &Connection,
     timeout_s: u64,
+    platform: &str,
     log: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<(), String> {
     log(&format!(
@@ -65,6 +78,12 @@ pub async fn wait_ready(
     };
     let workers = listed_workers(&output);
     match workers.first() {
+        Some(_) if !platform.is_empty() && !workers.iter().any(|w| builds(w, platform)) => {
+            Err(format!(
+                "buildkitd on the runner has no worker for {platform} (it lists: {}); the runner is not of that architecture",
+                workers.join("; ")
+            ))
+        }
         Some(worker) => {
             log(&format!(
                 "buildkitd is ready after {:.1} s: worker {worker}",
@@ -141,8 +160,17 @@ pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
         ]);
     }
     // buildctl parses --output as CSV: several names need one quoted field.
-    let names = req.images().join(",");
-    let mut output = format!("type=image,\"name={names}\"");
+    let mut output = if req.by_digest && req.pushes() {
+        // One platform of several: the image by digest under no tag, its canonical name
+        // (`repo@digest`) in the metadata (BuildKit exporter/containerimage/opts.go); the
+        // launcher pushes the index under the tags.
+        format!(
+            "type=image,\"name={}\",push-by-digest=true,name-canonical=true",
+            req.repository()
+        )
+    } else {
+        format!("type=image,\"name={}\"", req.images().join(","))
+    };
     if req.pushes() {
         output.push_str(",push=true");
         if req.insecure_registry {
@@ -264,6 +292,36 @@ mod tests {
     }
 
     #[test]
+    fn one_platform_of_several_pushes_by_digest_with_its_own_cache_tag() {
+        let mut r = request();
+        r.by_digest = true;
+        r.platform = "linux/arm64".into();
+        let a = args(&r, &paths()).join(" ");
+        assert!(
+            a.contains("--output type=image,\"name=zot.example:5000/org/app\",push-by-digest=true,name-canonical=true,push=true"),
+            "{a}"
+        );
+        assert!(a.contains("--opt platform=linux/arm64"), "{a}");
+        assert!(
+            a.contains(
+                "--export-cache type=registry,ref=zot.example:5000/cache/org/app:arm64,mode=max"
+            ),
+            "{a}"
+        );
+        assert!(
+            a.contains("--import-cache type=registry,ref=zot.example:5000/cache/org/app:arm64"),
+            "{a}"
+        );
+        // A dry run pushes nothing, by digest or otherwise.
+        r.dry_run = true;
+        let a = args(&r, &paths()).join(" ");
+        assert!(
+            a.contains(",push=false") && !a.contains("push-by-digest"),
+            "{a}"
+        );
+    }
+
+    #[test]
     fn cache_off_and_insecure_registry() {
         let mut r = request();
         r.cache = CacheMode::Off;
@@ -280,6 +338,9 @@ mod tests {
             listed_workers(table),
             ["w5ksz5t1ubb6u9dauqc1v8s9r linux/amd64,linux/amd64/v2"]
         );
+        assert!(builds(&listed_workers(table)[0], "linux/amd64"));
+        assert!(!builds(&listed_workers(table)[0], "linux/arm64"));
+        assert!(builds("w1 linux/arm64/v8,linux/arm/v7", "linux/arm64"));
         assert!(listed_workers("ID\tPLATFORMS\n").is_empty());
         assert!(listed_workers("").is_empty());
         assert!(listed_workers("error: failed to list workers").is_empty());

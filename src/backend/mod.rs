@@ -120,6 +120,9 @@ pub struct BuildRequest {
     pub secrets: Vec<SecretRef>,
     /// `linux/amd64` or `linux/arm64`.
     pub platform: String,
+    /// One platform of several: push the image by digest only, under no tag (the launcher
+    /// then pushes one index under every tag).
+    pub by_digest: bool,
     /// `host[:port]`; without it the image is built but not pushed.
     pub registry: Option<String>,
     /// Repository path in the registry (`org/app`).
@@ -142,12 +145,17 @@ pub struct BuildRequest {
 }
 
 impl BuildRequest {
-    /// Every image reference the build produces.
-    pub fn images(&self) -> Vec<String> {
-        let base = match &self.registry {
+    /// `<registry>/<repo>`, the image's repository without a tag.
+    pub fn repository(&self) -> String {
+        match &self.registry {
             Some(registry) => format!("{registry}/{}", self.image_repo),
             None => self.image_repo.clone(),
-        };
+        }
+    }
+
+    /// Every image reference the build produces.
+    pub fn images(&self) -> Vec<String> {
+        let base = self.repository();
         self.tags.iter().map(|t| format!("{base}:{t}")).collect()
     }
 
@@ -156,11 +164,20 @@ impl BuildRequest {
         self.registry.is_some() && !self.dry_run
     }
 
-    /// `<registry>/<cache repository>`, when a registry cache applies.
+    /// `<registry>/<cache repository>[:<arch>]`, when a registry cache applies.
+    ///
+    /// BuildKit keeps one cache manifest per reference, so two architectures exporting to one
+    /// reference would each overwrite the other's cache: every architecture but amd64 (whose
+    /// cache stays where it was before platforms existed) has its own tag. buildah keeps cache
+    /// images by content in a repository and takes no tag.
     pub fn cache_ref(&self) -> Option<String> {
+        let tag = match (self.backend, self.platform.strip_prefix("linux/")) {
+            (Backend::Buildctl, Some(arch)) if arch != "amd64" => format!(":{arch}"),
+            _ => String::new(),
+        };
         match (&self.registry, self.cache) {
             (Some(registry), CacheMode::Max | CacheMode::Min) => {
-                Some(format!("{registry}/{}", self.cache_repository()))
+                Some(format!("{registry}/{}{tag}", self.cache_repository()))
             }
             _ => None,
         }

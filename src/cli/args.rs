@@ -34,6 +34,17 @@ pub struct BuildArgs {
     #[arg(long, value_enum)]
     pub arch: Option<Arch>,
 
+    /// Build for this platform, linux/amd64 or linux/arm64; repeat (or comma-separate) for
+    /// both: each is built natively on a runner of its own architecture, at the same time,
+    /// and one image index goes under every tag. One platform is the same as --arch.
+    #[arg(
+        long = "platform",
+        value_name = "PLATFORM",
+        value_delimiter = ',',
+        value_parser = parse_platform
+    )]
+    pub platforms: Vec<Arch>,
+
     /// Project name for the history key when CI_REPO is not set (default: the context
     /// directory's name).
     #[arg(long, value_name = "NAME")]
@@ -124,6 +135,14 @@ pub struct BuildArgs {
     /// Build tool on the runner.
     #[arg(long, value_enum, default_value = "buildctl")]
     pub backend: Backend,
+}
+
+fn parse_platform(s: &str) -> Result<Arch, String> {
+    Arch::from_platform(s.trim()).ok_or_else(|| {
+        format!(
+            "\"{s}\" is not a platform Hetzner has servers for; use linux/amd64 (x86) or linux/arm64 (ARM)"
+        )
+    })
 }
 
 fn parse_store(s: &str) -> Result<StoreSpec, String> {
@@ -238,12 +257,14 @@ impl BuildArgs {
             })?;
             build_args.push((name.clone(), value));
         }
+        let (arch, platforms) = self.platforms()?;
         let pull_request = crate::environment::var("CI_PIPELINE_EVENT")
             .is_some_and(|e| crate::plan::PULL_REQUEST_EVENTS.contains(&e.as_str()));
         Ok(PlanRequest {
             context,
             key,
-            arch: self.arch,
+            arch,
+            platforms,
             pull_request,
             skip,
             build: BuildRequest {
@@ -253,6 +274,7 @@ impl BuildArgs {
                 build_args,
                 secrets: self.secrets.clone(),
                 platform: String::new(), // set by the plan from the chosen arch
+                by_digest: false,        // set by the plan for one platform of several
                 registry: self.registry.clone(),
                 image_repo: self.repo.clone().unwrap_or_else(|| repo_slug(&repo)),
                 tags,
@@ -266,6 +288,34 @@ impl BuildArgs {
                 provenance: self.provenance.clone(),
             },
         })
+    }
+
+    /// `--arch` and `--platform`: one platform is an `--arch`; several are returned as such.
+    fn platforms(&self) -> Result<(Option<Arch>, Vec<Arch>), Error> {
+        let mut platforms: Vec<Arch> = Vec::new();
+        for arch in &self.platforms {
+            if platforms.contains(arch) {
+                return Err(Error::Usage(format!(
+                    "--platform: {} is named twice",
+                    arch.platform()
+                )));
+            }
+            platforms.push(*arch);
+        }
+        match (self.arch, platforms.as_slice()) {
+            (arch, []) => Ok((arch, Vec::new())),
+            (None, [one]) => Ok((Some(*one), Vec::new())),
+            (Some(arch), [one]) if arch == *one => Ok((Some(arch), Vec::new())),
+            (Some(arch), _) => Err(Error::Usage(format!(
+                "--arch {arch} and --platform {} disagree; use one of them",
+                platforms
+                    .iter()
+                    .map(|a| a.platform())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ))),
+            (None, _) => Ok((None, platforms)),
+        }
     }
 
     /// The image tags (`--tags-file`, else `--auto-tag` and `--tag`, else `latest`), and why
@@ -358,6 +408,8 @@ pub fn history_key(
         repo,
         dockerfile: dockerfile.to_owned(),
         target: target.map(str::to_owned),
+        // The plan sets the architecture it decides on (spec, flag or default).
+        arch: Arch::Amd64,
     }
 }
 

@@ -12,7 +12,7 @@ use super::provider::{Chosen, ProviderArgs};
 use super::{BuildArgs, warn};
 use crate::config::Config;
 use crate::exit::{Error, Exit};
-use crate::plan::{Plan, gather};
+use crate::plan::{BuildPlan, Plan};
 use crate::provider::hcloud::{HcloudProvider, LadderError};
 use crate::run::{Executor, execute};
 
@@ -61,14 +61,12 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     );
     let credentials = args.build.credentials()?;
     let store = args.build.open_store(config, credentials.clone())?;
-    let facts = gather(&request, config, store.as_ref())?;
-    for warning in &facts.warnings {
-        warn(warning);
+    let mut plan = BuildPlan::new(&request, config, store.as_ref(), &mut |w| warn(w))?;
+    for one in plan.plans_mut() {
+        one.backend_note = backend_note.clone();
     }
-    let mut plan = Plan::new(&request, config, &facts)?;
-    plan.backend_note = backend_note;
-    let secrets = read_secrets(&plan)?;
-    enforce_policy(&plan, credentials.is_some(), &secrets)?;
+    let secrets = read_secrets(plan.first())?;
+    enforce_policy(plan.first(), credentials.is_some(), &secrets)?;
     let stale = crate::transport::session::remove_stale_key_dirs();
     if stale > 0 {
         warn(&format!(
@@ -88,23 +86,39 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
         &args.build.store(),
         config,
     ))?;
-    if let Some(note) = &plan.backend_note {
+    if let Some(note) = &plan.first().backend_note {
         log(&format!("building with {note}"));
     }
     if let Chosen::Hcloud(hcloud) = &chosen {
-        runtime.block_on(preflight(hcloud, &mut plan, config, !args.no_reap, log))?;
+        if plan.several() && hcloud.golden_image_is_an_id() {
+            return Err(Error::Usage(
+                "--golden-image: a snapshot id is one architecture's; several platforms need a label selector (or none: the newest golden snapshot of each architecture)".into(),
+            ));
+        }
+        let reap_first = !args.no_reap;
+        runtime.block_on(async {
+            for one in plan.plans_mut() {
+                preflight(hcloud, one, config).await?;
+            }
+            if reap_first {
+                reap(hcloud, log).await;
+            }
+            Ok::<(), Error>(())
+        })?;
     }
     let provider = chosen.as_dyn();
     let report = runtime.block_on(async {
         let cancel = CancellationToken::new();
         super::watch_signals(cancel.clone(), "the build and destroying the runner");
-        log(&format!(
-            "building {} on {} ({}, provider {})",
-            plan.history.key,
-            plan.tier,
-            plan.arch,
-            provider.name()
-        ));
+        for one in &plan.platforms {
+            log(&format!(
+                "building {} on {} ({}, provider {})",
+                one.history.key,
+                one.tier,
+                one.build.platform,
+                provider.name()
+            ));
+        }
         let executor = Executor {
             plan: &plan,
             provider,
@@ -135,13 +149,7 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
 /// Before the first server: the ladder's types exist (exit 2 otherwise, nothing created),
 /// deprecated ones are named, the API's prices replace the reference table, and expired
 /// runners of earlier, killed builds are reaped.
-async fn preflight(
-    hcloud: &HcloudProvider,
-    plan: &mut Plan,
-    config: &Config,
-    reap_first: bool,
-    log: &(dyn Fn(&str) + Send + Sync),
-) -> Result<(), Error> {
+async fn preflight(hcloud: &HcloudProvider, plan: &mut Plan, config: &Config) -> Result<(), Error> {
     let check = hcloud
         .check_ladder(plan.arch, config.ladder(plan.arch))
         .await
@@ -170,52 +178,78 @@ async fn preflight(
         }
         plan.use_api_price(*price, location);
     }
-    if reap_first {
-        match crate::reap::reap(hcloud, crate::provider::unix_now(), false, log).await {
-            Ok(entries) => {
-                let deleted = entries
-                    .iter()
-                    .filter(|e| e.action == crate::reap::ReapAction::Deleted)
-                    .count();
-                if deleted > 0 {
-                    log(&format!("reaped {deleted} runner(s) with expired leases"));
-                }
-            }
-            Err(e) => warn(&format!("the reap before the build failed: {e}")),
-        }
+    if let Some(retry) = &mut plan.retry_server
+        && let Some((price, _)) = check.prices.get(&retry.name)
+    {
+        retry.price_eur_per_hour = Some(*price);
+    }
+    // The snapshot the runners boot from, found now: none is a usage error, before any server.
+    match hcloud.missing_golden_image(plan.arch).await {
+        Ok(None) => {}
+        Ok(Some(why)) => return Err(Error::Usage(format!("{}: {why}", plan.build.platform))),
+        Err(e) => return Err(Error::Infrastructure(e.to_string())),
     }
     Ok(())
+}
+
+/// Expired runners of earlier, killed builds go first (cheap; a failure is a warning).
+async fn reap(hcloud: &HcloudProvider, log: &(dyn Fn(&str) + Send + Sync)) {
+    match crate::reap::reap(hcloud, crate::provider::unix_now(), false, log).await {
+        Ok(entries) => {
+            let deleted = entries
+                .iter()
+                .filter(|e| e.action == crate::reap::ReapAction::Deleted)
+                .count();
+            if deleted > 0 {
+                log(&format!("reaped {deleted} runner(s) with expired leases"));
+            }
+        }
+        Err(e) => warn(&format!("the reap before the build failed: {e}")),
+    }
 }
 
 /// What the registry's credentials may do, asked before any server (registry::access): the image
 /// and the cache must be pushable (exit 2 otherwise, exit 4 when the registry cannot be asked);
 /// a history location the token may not use is a warning, since history never blocks a build.
 async fn check_registry_access(
-    plan: &Plan,
+    plans: &BuildPlan,
     credentials: Option<&crate::registry::Credentials>,
     store: &crate::history::StoreSpec,
     config: &Config,
 ) -> Result<(), Error> {
     use crate::registry::access::{build_needs, check};
+    let plan = plans.first();
     let Some(registry) = &plan.build.registry else {
         return Ok(());
     };
     if plan.dry_run {
         return Ok(());
     }
-    let history = (*store == crate::history::StoreSpec::Registry).then(|| {
-        (
-            crate::history::registry::key_repository(&config.registry.history, &plan.history.key),
-            plan.history.records,
-        )
-    });
-    let needs = build_needs(
-        &plan.build.image_repo,
-        plan.cache_ref
-            .is_some()
-            .then(|| plan.build.cache_repository()),
-        history,
-    );
+    let mut needs = Vec::new();
+    // Every platform pushes to the same image and cache repositories (the cache by its own
+    // tag), and keeps its own history key.
+    for one in &plans.platforms {
+        let history = (*store == crate::history::StoreSpec::Registry).then(|| {
+            (
+                crate::history::registry::key_repository(
+                    &config.registry.history,
+                    &one.history.key,
+                ),
+                one.history.records,
+            )
+        });
+        for need in build_needs(
+            &one.build.image_repo,
+            one.cache_ref
+                .is_some()
+                .then(|| one.build.cache_repository()),
+            history,
+        ) {
+            if !needs.contains(&need) {
+                needs.push(need);
+            }
+        }
+    }
     let results = check(registry, plan.build.insecure_registry, credentials, &needs).await;
     for (need, result) in needs.iter().zip(results) {
         match result {

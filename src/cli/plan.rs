@@ -9,7 +9,7 @@ use super::provider::{ProviderKind, resolve_backend};
 use super::{BuildArgs, warn};
 use crate::config::Config;
 use crate::exit::{Error, Exit};
-use crate::plan::{Plan, gather, render_human};
+use crate::plan::BuildPlan;
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -38,17 +38,15 @@ pub fn run(args: PlanArgs, config: &Config, out: &mut dyn Write) -> Result<Exit,
     }
     let note = resolve_backend(args.provider, &args.local_tools, &mut request.build);
     let store = args.build.open_store(config, args.build.credentials()?)?;
-    let facts = gather(&request, config, store.as_ref())?;
-    for warning in &facts.warnings {
-        warn(warning);
+    let mut plan = BuildPlan::new(&request, config, store.as_ref(), &mut |w| warn(w))?;
+    for one in plan.plans_mut() {
+        one.backend_note = note.clone();
     }
-    let mut plan = Plan::new(&request, config, &facts)?;
-    plan.backend_note = note;
     if args.json {
         let json = serde_json::to_string_pretty(&plan).expect("a Plan always serializes");
         writeln!(out, "{json}").map_err(Error::Output)?;
     } else {
-        write!(out, "{}", render_human(&plan)).map_err(Error::Output)?;
+        write!(out, "{}", plan.render_human()).map_err(Error::Output)?;
     }
     Ok(Exit::Success)
 }

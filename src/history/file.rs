@@ -126,6 +126,7 @@ mod tests {
             lang: Some("rust".into()),
             tier: Some("cx33".into()),
             peak_memory_mib: peak,
+            arch: None,
             duration_s: 60.0,
             outcome,
         }
@@ -136,6 +137,7 @@ mod tests {
             repo: repo.into(),
             dockerfile: "Dockerfile".into(),
             target: None,
+            arch: crate::config::Arch::Amd64,
         }
     }
 

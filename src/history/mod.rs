@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Arch;
 pub use file::FileStore;
 
 /// One finished build, one JSON line. Also the `simulate` trace format, where `tier` and
@@ -26,6 +27,11 @@ pub struct Sample {
     pub lang: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
+    /// The runner's architecture. Absent in samples written before the architecture was part
+    /// of the key (and in `simulate` traces): those count as `amd64`, the only architecture
+    /// most of them can have had (see [`HistoryKey::matches`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<Arch>,
     pub peak_memory_mib: u64,
     pub duration_s: f64,
     #[serde(default)]
@@ -41,20 +47,25 @@ pub enum Outcome {
     Failed,
 }
 
-/// What history is kept per: (repo, dockerfile[, target]).
+/// What history is kept per: (repo, dockerfile[, target], arch). An arm64 build of the same
+/// Dockerfile is its own key: another compiler, other memory needs, another ladder.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct HistoryKey {
     pub repo: String,
     pub dockerfile: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    pub arch: Arch,
 }
 
 impl HistoryKey {
+    /// A sample without an architecture counts as `amd64` (written before the architecture
+    /// was part of the key).
     pub fn matches(&self, sample: &Sample) -> bool {
         self.repo == sample.repo
             && self.dockerfile == sample.dockerfile
             && self.target == sample.target
+            && self.arch == sample.arch.unwrap_or(Arch::Amd64)
     }
 }
 
@@ -63,6 +74,9 @@ impl std::fmt::Display for HistoryKey {
         write!(f, "{} ({}", self.repo, self.dockerfile)?;
         if let Some(target) = &self.target {
             write!(f, ", target {target}")?;
+        }
+        if self.arch != Arch::Amd64 {
+            write!(f, ", {}", self.arch)?;
         }
         f.write_str(")")
     }

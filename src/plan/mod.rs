@@ -5,6 +5,7 @@
 //! real run cannot drift apart.
 
 mod render;
+mod several;
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,7 @@ use crate::sizing::rules::{billed_hours, nearest_rank};
 use crate::sizing::{self, Language, LoadedSpec, Sizing, SizingError, SizingInput, Source};
 
 pub use render::render_human;
+pub use several::BuildPlan;
 
 /// What the user asked for, after argument parsing.
 #[derive(Debug, Clone)]
@@ -24,11 +26,34 @@ pub struct PlanRequest {
     pub context: PathBuf,
     pub key: HistoryKey,
     pub arch: Option<Arch>,
+    /// `--platform` naming several: one plan (and runner) per architecture. Empty otherwise
+    /// (a single platform is `arch`).
+    pub platforms: Vec<Arch>,
     pub build: BuildRequest,
     /// A pull-request pipeline (`CI_PIPELINE_EVENT`): history is read, never written.
     pub pull_request: bool,
     /// `--auto-tag` found nothing to tag on this branch: nothing to build, and why.
     pub skip: Option<String>,
+}
+
+impl PlanRequest {
+    /// One request per platform: each of several `--platform`s as its `--arch`, pushing by
+    /// digest; otherwise just this one.
+    pub fn per_platform(&self) -> Vec<PlanRequest> {
+        if self.platforms.len() < 2 {
+            return vec![self.clone()];
+        }
+        self.platforms
+            .iter()
+            .map(|&arch| {
+                let mut one = self.clone();
+                one.arch = Some(arch);
+                one.platforms = Vec::new();
+                one.build.by_digest = true;
+                one
+            })
+            .collect()
+    }
 }
 
 /// Woodpecker's pull-request events (`CI_PIPELINE_EVENT`).
@@ -40,6 +65,8 @@ pub const PULL_REQUEST_EVENTS: &[&str] = &[
 
 /// What sizing reads from disk and history, gathered once.
 pub struct Facts {
+    /// The history key, with the architecture decided (flag, spec or default).
+    pub key: HistoryKey,
     pub spec: Option<LoadedSpec>,
     pub language: Language,
     pub language_marker: Option<&'static str>,
@@ -99,9 +126,13 @@ pub fn gather(
         None
     };
     let (language, language_marker) = Language::detect(&req.context);
+    let key = HistoryKey {
+        arch: sizing::choose_arch(req.arch, spec.as_ref(), config.default_arch)?,
+        ..req.key.clone()
+    };
     // History never blocks a build: a store that cannot be read (a registry token scoped to
     // images and cache only, a registry down) is a warning, and sizing goes on without it.
-    let (recent, history_unreadable) = match store.recent(&req.key, config.sizing.window) {
+    let (recent, history_unreadable) = match store.recent(&key, config.sizing.window) {
         Ok(recent) => (recent, false),
         Err(e) => (
             crate::history::Recent {
@@ -114,6 +145,7 @@ pub fn gather(
         ),
     };
     Ok(Facts {
+        key,
         spec,
         language,
         language_marker,
@@ -184,13 +216,18 @@ impl Plan {
                 "--sbom/--provenance: attestations need the buildctl backend (BuildKit); buildah cannot make them".into(),
             ));
         }
+        if req.build.backend == backend::Backend::Buildah && req.build.by_digest {
+            return Err(PlanError::Unsupported(
+                "--platform: several platforms need the buildctl backend (BuildKit pushes each by digest for the image index); buildah cannot".into(),
+            ));
+        }
         let sizing = sizing::decide(&SizingInput {
             config,
             arch_flag: req.arch,
             spec: facts.spec.as_ref(),
             language: facts.language,
             language_marker: facts.language_marker,
-            key: &req.key,
+            key: &facts.key,
             history: &facts.history,
             history_unreadable: facts.history_unreadable,
         })?;
@@ -203,7 +240,7 @@ impl Plan {
         let hours = billed_hours(expected_s);
         let (estimated_cost_eur, cost_basis) = cost(&sizing, hours);
         let mut build = req.build.clone();
-        build.platform = format!("linux/{}", sizing.arch);
+        build.platform = sizing.arch.platform().to_owned();
         build.cache_repo = config.registry.cache_repo(&build.image_repo);
         let paths = RemotePaths::new(REMOTE_WORKDIR);
         let mut commands = vec![format!(
@@ -236,7 +273,7 @@ impl Plan {
             timeout_minutes: sizing.timeout_minutes,
             history: HistoryInfo {
                 store: facts.history_store.clone(),
-                key: req.key.clone(),
+                key: facts.key.clone(),
                 billed_hours: hours,
                 records: !req.pull_request,
             },

@@ -60,6 +60,7 @@ pub fn render_human(plan: &Plan) -> String {
     );
     let push = match &plan.build.registry {
         Some(_) if plan.dry_run => "not pushed: dry run",
+        Some(_) if plan.build.by_digest => "this platform pushed by digest, listed in the index",
         Some(_) => "pushed",
         None => "not pushed: no --registry given",
     };

@@ -191,7 +191,7 @@ impl LocalProvider {
             .lock()
             .expect("sampler table lock")
             .insert(id.to_owned(), sampler);
-        let mut sshd_config = self.sshd_config(&dir, &host, port);
+        let mut sshd_config = self.sshd_config(&dir, &host, port, spec.arch);
         if user_data.password_expired() {
             // What Debian's sshd with PAM does once the root password is expired: the key is
             // accepted, then every session without a terminal prints this and ends (exit 1).
@@ -250,7 +250,9 @@ impl LocalProvider {
         Ok(())
     }
 
-    fn sshd_config(&self, dir: &Path, host: &str, port: u16) -> String {
+    /// `BKL_RUNNER_ARCH` is the architecture the runner was made for (a sandbox standing in
+    /// for an ARM server says arm64; its tools run on this machine's CPU all the same).
+    fn sshd_config(&self, dir: &Path, host: &str, port: u16, arch: crate::config::Arch) -> String {
         let mut path: Vec<String> = vec![dir.join("bin").display().to_string()];
         path.extend(self.extra_path.iter().map(|p| p.display().to_string()));
         path.extend(RUNNER_SYSTEM_PATH.map(String::from));
@@ -269,7 +271,7 @@ impl LocalProvider {
              PrintMotd no\n\
              MaxSessions 64\n\
              MaxStartups 64\n\
-             SetEnv PATH={} HOME={d}/home TMPDIR={d}/tmp CONTAINERS_STORAGE_CONF={d}/storage/storage.conf BUILDAH_ISOLATION=chroot BKL_RUNNER_WORKDIR={d}/work BKL_ROOT={d}/root\n",
+             SetEnv PATH={} HOME={d}/home TMPDIR={d}/tmp CONTAINERS_STORAGE_CONF={d}/storage/storage.conf BUILDAH_ISOLATION=chroot BKL_RUNNER_WORKDIR={d}/work BKL_ROOT={d}/root BKL_RUNNER_ARCH={arch}\n",
             path.join(":")
         )
     }

@@ -47,7 +47,7 @@ impl Action {
 }
 
 /// One repository the build will use, what for, and how.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Need {
     /// `image`, `cache` or `history`: named in messages.
     pub what: &'static str,

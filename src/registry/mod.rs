@@ -3,6 +3,7 @@
 //! build reported (`oci-client`: HEAD on the manifest, `Docker-Content-Digest`).
 
 pub mod access;
+pub mod index;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
@@ -43,12 +44,49 @@ pub enum RegistryError {
     BadReference { image: String, detail: String },
     #[error("{image}: cannot read its manifest from the registry: {detail}")]
     Unreachable { image: String, detail: String },
+    #[error("{image}: cannot push the image index: {detail}")]
+    Push { image: String, detail: String },
+    #[error("{image}: built for {found}, not for {expected}; it is not listed in the index")]
+    WrongPlatform {
+        image: String,
+        expected: String,
+        found: String,
+    },
     #[error("{image}: resolves to {found}, not to {expected} that the build reported")]
     Mismatch {
         image: String,
         expected: String,
         found: String,
     },
+}
+
+/// A client for `registry` (plain HTTP to it when `insecure`).
+pub(crate) fn client(registry: &str, insecure: bool) -> Client {
+    let protocol = if insecure {
+        ClientProtocol::HttpsExcept(vec![registry.to_owned()])
+    } else {
+        ClientProtocol::Https
+    };
+    Client::new(ClientConfig {
+        protocol,
+        ..ClientConfig::default()
+    })
+}
+
+pub(crate) fn auth(credentials: Option<&Credentials>) -> RegistryAuth {
+    match credentials {
+        Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.to_string()),
+        None => RegistryAuth::Anonymous,
+    }
+}
+
+pub(crate) fn parse(image: &str) -> Result<Reference, RegistryError> {
+    image
+        .parse()
+        .map_err(|e: oci_client::ParseError| RegistryError::BadReference {
+            image: image.to_owned(),
+            detail: e.to_string(),
+        })
 }
 
 /// Check that every image resolves to `digest`.
@@ -59,27 +97,10 @@ pub async fn verify_digests(
     insecure: bool,
     credentials: Option<&Credentials>,
 ) -> Result<(), RegistryError> {
-    let protocol = if insecure {
-        ClientProtocol::HttpsExcept(vec![registry.to_owned()])
-    } else {
-        ClientProtocol::Https
-    };
-    let client = Client::new(ClientConfig {
-        protocol,
-        ..ClientConfig::default()
-    });
-    let auth = match credentials {
-        Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.to_string()),
-        None => RegistryAuth::Anonymous,
-    };
+    let client = client(registry, insecure);
+    let auth = auth(credentials);
     for image in images {
-        let reference: Reference =
-            image
-                .parse()
-                .map_err(|e: oci_client::ParseError| RegistryError::BadReference {
-                    image: image.clone(),
-                    detail: e.to_string(),
-                })?;
+        let reference = parse(image)?;
         let found = client
             .fetch_manifest_digest(&reference, &auth)
             .await

@@ -12,7 +12,7 @@ use crate::transport::session::{Connection, RemoteExit};
 
 use super::live::LiveRunners;
 use super::report::AttemptReport;
-use super::{Executor, lease_seconds};
+use super::{Platform, lease_seconds};
 
 pub struct Done {
     pub verdict: Verdict,
@@ -30,12 +30,12 @@ pub enum AttemptError {
 }
 
 pub async fn run(
-    ex: &Executor<'_>,
+    p: &Platform<'_>,
     tier: &Tier,
     live: &LiveRunners,
     record: &mut AttemptReport,
 ) -> Result<Done, AttemptError> {
-    let plan = ex.plan;
+    let (ex, plan) = (p.ex, p.plan);
     let phase = Instant::now();
     let lease = Lease::new(lease_seconds(plan));
     let keys = BuildKeys::generate(&lease.id)?;
@@ -51,7 +51,7 @@ pub async fn run(
     // cancelled while the create is in flight.
     let id = live.create(&spec).await?;
     record.runner = Some(id.clone());
-    (ex.log)(&format!(
+    (p.log)(&format!(
         "runner {id} ({}) created; waiting for it",
         spec.name
     ));
@@ -59,7 +59,8 @@ pub async fn run(
     record.seconds.spawn = phase.elapsed().as_secs_f64();
 
     let phase = Instant::now();
-    let mut progress = |line: String| (ex.log)(&line);
+    let log = p.log.as_ref();
+    let mut progress = |line: String| log(&line);
     let connect = Connection::connect(
         &runner,
         &keys.client.private_openssh,
@@ -80,7 +81,7 @@ pub async fn run(
         failed = watch => return Err(failed.into()),
     };
     record.seconds.ssh = phase.elapsed().as_secs_f64();
-    (ex.log)(&format!(
+    (p.log)(&format!(
         "connected to {} (host key verified)",
         conn.address()
     ));
@@ -95,19 +96,19 @@ pub async fn run(
             return Err(e.into());
         }
     };
-    let result = build_over(ex, &conn, &workdir, &home, record).await;
+    let result = build_over(p, &conn, &workdir, &home, record).await;
     conn.close().await;
     result
 }
 
 async fn build_over(
-    ex: &Executor<'_>,
+    p: &Platform<'_>,
     conn: &Connection,
     workdir: &str,
     home: &str,
     record: &mut AttemptReport,
 ) -> Result<Done, AttemptError> {
-    let plan = ex.plan;
+    let (ex, plan) = (p.ex, p.plan);
     let paths = RemotePaths::new(workdir);
     let phase = Instant::now();
     // Credentials and secrets travel over stdin into 0600 files: never in an argument list.
@@ -124,19 +125,33 @@ async fn build_over(
         .sync(&plan.context, &plan.context_entries, &paths.context())
         .await?;
     record.seconds.sync = phase.elapsed().as_secs_f64();
-    (ex.log)(&format!(
+    (p.log)(&format!(
         "context sent: {} entries, {} bytes",
         stats.entries, stats.bytes
     ));
 
     let mut request = plan.build.clone();
     if request.backend == Backend::Buildctl && !has_buildctl(conn).await {
-        (ex.log)("buildctl is not on the runner; building with buildah");
+        if request.by_digest {
+            // buildah cannot push by digest for the index: this runner cannot do its share.
+            return Ok(Done {
+                verdict: Verdict::Lost {
+                    reason: "buildctl is not on the runner, and a platform of several needs it (the image is pushed by digest for the index)".into(),
+                },
+                digest: None,
+            });
+        }
+        (p.log)("buildctl is not on the runner; building with buildah");
         request.backend = Backend::Buildah;
     }
     if request.backend == Backend::Buildctl
-        && let Err(reason) =
-            backend::buildctl::wait_ready(conn, plan.buildkitd_ready_timeout_s, ex.log).await
+        && let Err(reason) = backend::buildctl::wait_ready(
+            conn,
+            plan.buildkitd_ready_timeout_s,
+            &request.platform,
+            p.log.as_ref(),
+        )
+        .await
     {
         return Ok(Done {
             verdict: Verdict::Lost { reason },
@@ -145,7 +160,7 @@ async fn build_over(
     }
     let script = backend::script(&request, &paths);
     let phase = Instant::now();
-    let build = conn.run(&script, None, ex.output);
+    let build = conn.run(&script, None, p.output.as_ref());
     let (exit, tail) = match plan.timeout_minutes {
         Some(minutes) => match tokio::time::timeout(Duration::from_secs(minutes * 60), build).await
         {

@@ -19,6 +19,7 @@ pub mod report;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
@@ -26,7 +27,7 @@ use crate::backend::classify::Verdict;
 use crate::config::Tier;
 use crate::exit::Exit;
 use crate::history::{HistoryStore, Outcome, Sample};
-use crate::plan::Plan;
+use crate::plan::{BuildPlan, Plan};
 use crate::provider::Provider;
 use crate::registry::{self, Credentials};
 use crate::transport::session::ConnectPolicy;
@@ -35,7 +36,8 @@ pub use report::{AttemptReport, RunReport};
 
 /// Everything a build needs besides its plan.
 pub struct Executor<'a> {
-    pub plan: &'a Plan,
+    /// One plan, or one per platform (run at the same time).
+    pub plan: &'a BuildPlan,
     pub provider: Arc<dyn Provider>,
     pub credentials: Option<Credentials>,
     /// Build secrets: id and value (read from the environment by the caller).
@@ -51,39 +53,264 @@ pub struct Executor<'a> {
     pub output: &'a (dyn Fn(&str) + Send + Sync),
 }
 
+type Line<'a> = Box<dyn Fn(&str) + Send + Sync + 'a>;
+
+/// One platform's share of a build: its plan, and its progress and output lines (named by the
+/// platform when there are several).
+pub(crate) struct Platform<'a> {
+    pub ex: &'a Executor<'a>,
+    pub plan: &'a Plan,
+    pub log: Line<'a>,
+    pub output: Line<'a>,
+}
+
+impl<'a> Platform<'a> {
+    fn new(ex: &'a Executor<'a>, plan: &'a Plan) -> Platform<'a> {
+        let (log, output) = (ex.log, ex.output);
+        if !ex.plan.several() {
+            return Platform {
+                ex,
+                plan,
+                log: Box::new(log),
+                output: Box::new(output),
+            };
+        }
+        let name = plan.build.platform.as_str();
+        Platform {
+            ex,
+            plan,
+            log: Box::new(move |line| log(&format!("{name}: {line}"))),
+            output: Box::new(move |line| output(&format!("{name} │ {line}"))),
+        }
+    }
+}
+
 /// Lease length: the build's timeout plus room for boot, sync and destroy.
 fn lease_seconds(plan: &Plan) -> u64 {
     plan.timeout_minutes.unwrap_or(120) * 60 + 15 * 60
 }
 
+/// What one platform's attempts came to.
+struct PlatformRun {
+    attempts: Vec<AttemptReport>,
+    digest: Option<String>,
+    /// The last attempt's verdict; `None` when it was stopped (cancelled) before one.
+    verdict: Option<Verdict>,
+    error: Option<String>,
+    samples: Vec<Sample>,
+}
+
+impl PlatformRun {
+    fn succeeded(&self) -> bool {
+        matches!(self.verdict, Some(Verdict::Ok))
+    }
+}
+
+/// Run the plan: every platform at the same time, each on runners of its own. One platform
+/// failing stops the others (their runners are destroyed at once); SIGINT/SIGTERM (`cancel`)
+/// stops them all. History samples are recorded once every runner is gone.
 pub async fn execute(ex: &Executor<'_>, cancel: CancellationToken) -> RunReport {
-    let live = LiveRunners::new(ex.provider.clone());
-    let mut tiers: Vec<Tier> = vec![ex.plan.server.clone()];
-    tiers.extend(ex.plan.retry_server.clone());
-    let mut attempts: Vec<AttemptReport> = Vec::new();
+    let stop = cancel.child_token();
+    let several = ex.plan.several();
+    let runs: Vec<PlatformRun> = join_all(ex.plan.platforms.iter().map(|plan| {
+        let stop = &stop;
+        async move {
+            let platform = Platform::new(ex, plan);
+            let run = run_platform(&platform, stop).await;
+            if !run.succeeded() && !stop.is_cancelled() {
+                if several {
+                    (platform.log)(
+                        "failed; stopping the other platforms and destroying their runners",
+                    );
+                }
+                stop.cancel();
+            }
+            run
+        }
+    }))
+    .await;
+    let cancelled = cancel.is_cancelled();
+
+    let named = |plan: &Plan, message: &str| {
+        if several {
+            format!("{}: {message}", plan.build.platform)
+        } else {
+            message.to_owned()
+        }
+    };
+    let failed = ex
+        .plan
+        .platforms
+        .iter()
+        .zip(&runs)
+        .find(|(_, run)| run.verdict.is_some() && !run.succeeded());
+    let mut exit = match (cancelled, failed) {
+        (true, _) => Exit::Cancelled,
+        (false, Some((_, run))) => match &run.verdict {
+            Some(Verdict::Oom { .. }) => Exit::OutOfMemory,
+            Some(Verdict::Failed { .. }) => Exit::BuildFailed,
+            _ => Exit::Infrastructure,
+        },
+        (false, None) if runs.iter().all(PlatformRun::succeeded) => Exit::Success,
+        (false, None) => Exit::Infrastructure,
+    };
+    let mut error = match (cancelled, failed) {
+        (true, _) => Some(format!(
+            "cancelled (SIGINT/SIGTERM); {} destroyed",
+            if several {
+                "every runner was"
+            } else {
+                "the runner was"
+            }
+        )),
+        (false, Some((plan, run))) => run.error.as_deref().map(|e| named(plan, e)),
+        (false, None) => None,
+    };
     let mut digest = None;
-    let mut error = None;
-    let mut final_verdict = None;
-    let mut cancelled = false;
+    if exit == Exit::Success {
+        match finish(ex, &runs).await {
+            Ok(d) => digest = d,
+            Err(message) => {
+                exit = Exit::Infrastructure;
+                error = Some(message);
+            }
+        }
+    }
+    let attempts: Vec<AttemptReport> = runs.iter().flat_map(|r| r.attempts.clone()).collect();
+    if let Some(failed) = attempts.iter().find(|a| !a.destroyed && a.runner.is_some()) {
+        exit = Exit::NotDestroyed;
+        error = Some(format!(
+            "runner {} could not be confirmed destroyed: {}; it carries lease labels, so `reap` will find it",
+            failed.runner.as_deref().unwrap_or("?"),
+            failed.destroy_error.as_deref().unwrap_or("unknown error")
+        ));
+    }
+    for sample in runs.iter().flat_map(|r| &r.samples) {
+        if let Err(e) = ex.history.append(sample) {
+            (ex.log)(&format!(
+                "warning: the history sample was not recorded: {e}"
+            ));
+        }
+    }
+    let platforms = if several {
+        ex.plan
+            .platforms
+            .iter()
+            .zip(&runs)
+            .map(|(plan, run)| report::PlatformReport {
+                platform: plan.build.platform.clone(),
+                outcome: match &run.verdict {
+                    Some(v) => report::AttemptOutcome::from(v),
+                    None => report::AttemptOutcome::Cancelled,
+                },
+                digest: run.digest.clone(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let error = error.map(|e| mask_secrets(&e, ex));
+    let mut report = RunReport::new(ex.plan, exit, digest, attempts, error, ex.provider.name());
+    report.platforms = platforms;
+    report
+}
+
+/// After every platform succeeded: verify what was pushed; the digest the tags name (the one
+/// image's, or the index's).
+async fn finish(ex: &Executor<'_>, runs: &[PlatformRun]) -> Result<Option<String>, String> {
+    let first = ex.plan.first();
+    let Some(registry) = &first.build.registry else {
+        return Ok(runs[0].digest.clone());
+    };
+    if ex.plan.dry_run() {
+        (ex.log)("dry run: nothing was pushed, nothing to verify");
+        return Ok(runs[0].digest.clone());
+    }
+    let mut parts = Vec::new();
+    for (plan, run) in ex.plan.platforms.iter().zip(runs) {
+        let Some(digest) = &run.digest else {
+            return Err(format!(
+                "{}the build reported no image digest (metadata file missing or empty)",
+                if ex.plan.several() {
+                    format!("{}: ", plan.build.platform)
+                } else {
+                    String::new()
+                }
+            ));
+        };
+        parts.push(registry::index::Part {
+            platform: plan.build.platform.clone(),
+            digest: digest.clone(),
+        });
+    }
+    if !ex.plan.several() {
+        (ex.log)(&format!(
+            "verifying {} tag(s) in {registry}",
+            first.images.len()
+        ));
+        return registry::verify_digests(
+            &first.images,
+            &parts[0].digest,
+            registry,
+            first.build.insecure_registry,
+            ex.credentials.as_ref(),
+        )
+        .await
+        .map(|()| Some(parts[0].digest.clone()))
+        .map_err(|e| e.to_string());
+    }
+    (ex.log)(&format!(
+        "pushing one image index of {} platforms under {} tag(s) in {registry}, then verifying it",
+        parts.len(),
+        first.images.len()
+    ));
+    let digest = registry::index::push_index(
+        &first.build.repository(),
+        &first.images,
+        &parts,
+        registry,
+        first.build.insecure_registry,
+        ex.credentials.as_ref(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    (ex.log)(&format!("image index {digest} verified under every tag"));
+    Ok(Some(digest))
+}
+
+/// One platform's attempts: its tier, then once more on the next tier after running out of
+/// memory. Every attempt's runner is destroyed before the next step, whatever happened.
+async fn run_platform(p: &Platform<'_>, stop: &CancellationToken) -> PlatformRun {
+    let plan = p.plan;
+    let live = LiveRunners::new(p.ex.provider.clone());
+    let mut tiers: Vec<Tier> = vec![plan.server.clone()];
+    tiers.extend(plan.retry_server.clone());
+    let mut run = PlatformRun {
+        attempts: Vec::new(),
+        digest: None,
+        verdict: None,
+        error: None,
+        samples: Vec::new(),
+    };
 
     for (n, tier) in tiers.iter().enumerate() {
-        (ex.log)(&format!(
+        (p.log)(&format!(
             "attempt {}/{} on {} ({} MiB)",
             n + 1,
             tiers.len(),
             tier.name,
             tier.memory_mib
         ));
-        let mut record = AttemptReport::new(&tier.name);
-        let run = attempt::run(ex, tier, &live, &mut record);
+        let mut record = AttemptReport::new(&tier.name, &plan.build.platform);
+        let attempt = attempt::run(p, tier, &live, &mut record);
         let result = tokio::select! {
             biased;
-            _ = cancel.cancelled() => None,
-            result = run => Some(result),
+            _ = stop.cancelled() => None,
+            result = attempt => Some(result),
         };
         // Whatever happened, the runner goes now (a dropped attempt left it registered).
         let destroy_started = std::time::Instant::now();
-        for (id, outcome) in live.destroy_all(ex.log).await {
+        for (id, outcome) in live.destroy_all(p.log.as_ref()).await {
             record.runner.get_or_insert(id.clone());
             match outcome {
                 Ok(()) => record.destroyed = true,
@@ -94,107 +321,49 @@ pub async fn execute(ex: &Executor<'_>, cancel: CancellationToken) -> RunReport 
             }
         }
         record.seconds.destroy = destroy_started.elapsed().as_secs_f64();
+        record.set_cost(tier.price_eur_per_hour);
         let Some(result) = result else {
             record.outcome = report::AttemptOutcome::Cancelled;
-            attempts.push(record);
-            cancelled = true;
+            run.attempts.push(record);
+            run.verdict = None;
             break;
         };
         let verdict = match result {
             Ok(done) => {
-                digest = done.digest;
+                run.digest = done.digest;
                 done.verdict
             }
-            Err(e) => {
-                let message = e.to_string();
-                error = Some(message.clone());
-                Verdict::Lost { reason: message }
-            }
+            Err(e) => Verdict::Lost {
+                reason: e.to_string(),
+            },
         };
         record.outcome = report::AttemptOutcome::from(&verdict);
-        append_history(ex, tier, &record, &verdict);
-        attempts.push(record);
+        run.samples.extend(sample(p, tier, &record, &verdict));
+        run.attempts.push(record);
         let retry = matches!(verdict, Verdict::Oom { .. }) && n + 1 < tiers.len();
-        match &verdict {
+        run.error = match &verdict {
             Verdict::Oom { evidence } if retry => {
-                (ex.log)(&format!(
+                (p.log)(&format!(
                     "out of memory on {} ({evidence}); retrying once on {}",
                     tier.name,
                     tiers[n + 1].name
                 ));
+                None
             }
-            Verdict::Oom { evidence } => {
-                error = Some(format!(
-                    "out of memory on {}, the last allowed tier: {evidence}",
-                    tier.name
-                ));
-            }
-            Verdict::Failed { reason } => error = Some(format!("the build failed: {reason}")),
-            Verdict::Lost { reason } => error = Some(reason.clone()),
-            Verdict::Ok => {}
-        }
-        final_verdict = Some(verdict);
+            Verdict::Oom { evidence } => Some(format!(
+                "out of memory on {}, the last allowed tier: {evidence}",
+                tier.name
+            )),
+            Verdict::Failed { reason } => Some(format!("the build failed: {reason}")),
+            Verdict::Lost { reason } => Some(reason.clone()),
+            Verdict::Ok => None,
+        };
+        run.verdict = Some(verdict);
         if !retry {
             break;
         }
     }
-
-    let mut exit = match (&final_verdict, cancelled) {
-        (_, true) => Exit::Cancelled,
-        (Some(Verdict::Ok), _) => Exit::Success,
-        (Some(Verdict::Oom { .. }), _) => Exit::OutOfMemory,
-        (Some(Verdict::Failed { .. }), _) => Exit::BuildFailed,
-        (Some(Verdict::Lost { .. }), _) | (None, _) => Exit::Infrastructure,
-    };
-    if cancelled {
-        error = Some("cancelled (SIGINT/SIGTERM); the runner was destroyed".into());
-    }
-    if exit == Exit::Success {
-        match verify(ex, digest.as_deref()).await {
-            Ok(()) => {}
-            Err(message) => {
-                exit = Exit::Infrastructure;
-                error = Some(message);
-            }
-        }
-    }
-    if let Some(failed) = attempts.iter().find(|a| !a.destroyed && a.runner.is_some()) {
-        exit = Exit::NotDestroyed;
-        error = Some(format!(
-            "runner {} could not be confirmed destroyed: {}; it carries lease labels, so `reap` will find it",
-            failed.runner.as_deref().unwrap_or("?"),
-            failed.destroy_error.as_deref().unwrap_or("unknown error")
-        ));
-    }
-    let error = error.map(|e| mask_secrets(&e, ex));
-    RunReport::new(ex.plan, exit, digest, attempts, error, ex.provider.name())
-}
-
-/// Every tag must resolve to the digest the build reported.
-async fn verify(ex: &Executor<'_>, digest: Option<&str>) -> Result<(), String> {
-    let Some(registry) = &ex.plan.build.registry else {
-        return Ok(());
-    };
-    if ex.plan.dry_run {
-        (ex.log)("dry run: nothing was pushed, nothing to verify");
-        return Ok(());
-    }
-    let Some(digest) = digest else {
-        return Err("the build reported no image digest (metadata file missing or empty)".into());
-    };
-    (ex.log)(&format!(
-        "verifying {} tag(s) in {registry}",
-        ex.plan.images.len()
-    ));
-    registry::verify_digests(
-        &ex.plan.images,
-        digest,
-        registry,
-        ex.plan.build.insecure_registry,
-        ex.credentials.as_ref(),
-    )
-    .await
-    .map_err(|e| e.to_string())
+    run
 }
 
 /// Every known secret value (build secrets, the registry password) replaced in `text`: a
@@ -212,40 +381,38 @@ fn mask_secrets(text: &str, ex: &Executor<'_>) -> String {
     text
 }
 
-fn append_history(ex: &Executor<'_>, tier: &Tier, record: &AttemptReport, verdict: &Verdict) {
+/// The history sample an attempt makes, if it makes one.
+fn sample(
+    p: &Platform<'_>,
+    tier: &Tier,
+    record: &AttemptReport,
+    verdict: &Verdict,
+) -> Option<Sample> {
     // A pull request must not teach the sizer: one big PR build would size the next
     // default-branch builds (ARCHITECTURE.md, "Trust boundaries").
-    if !ex.plan.history.records {
-        return;
+    if !p.plan.history.records {
+        return None;
     }
-    let (Some(peak), outcome) = (
-        record.peak_memory_mib,
-        match verdict {
-            Verdict::Ok => Outcome::Ok,
-            Verdict::Oom { .. } => Outcome::Oom,
-            Verdict::Failed { .. } => Outcome::Failed,
-            Verdict::Lost { .. } => return,
-        },
-    ) else {
-        return;
+    let peak = record.peak_memory_mib?;
+    let outcome = match verdict {
+        Verdict::Ok => Outcome::Ok,
+        Verdict::Oom { .. } => Outcome::Oom,
+        Verdict::Failed { .. } => Outcome::Failed,
+        Verdict::Lost { .. } => return None,
     };
-    let key = &ex.plan.history.key;
-    let sample = Sample {
+    let key = &p.plan.history.key;
+    Some(Sample {
         ts: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         repo: key.repo.clone(),
         dockerfile: key.dockerfile.clone(),
         target: key.target.clone(),
-        lang: Some(ex.plan.language.as_str().to_owned()),
+        lang: Some(p.plan.language.as_str().to_owned()),
         tier: Some(tier.name.clone()),
+        arch: Some(key.arch),
         peak_memory_mib: peak,
         duration_s: (record.seconds.build * 10.0).round() / 10.0,
         outcome,
-    };
-    if let Err(e) = ex.history.append(&sample) {
-        (ex.log)(&format!(
-            "warning: the history sample was not recorded: {e}"
-        ));
-    }
+    })
 }
 
 /// Bounded retry of a destroy: transient failures happen, a leaked runner costs money.

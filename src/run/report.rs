@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::backend::classify::Verdict;
 use crate::exit::Exit;
-use crate::plan::Plan;
+use crate::plan::BuildPlan;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,6 +50,8 @@ pub struct Seconds {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AttemptReport {
+    /// `linux/amd64`: with several platforms, each platform's attempts follow each other.
+    pub platform: String,
     pub tier: String,
     pub outcome: AttemptOutcome,
     pub runner: Option<String>,
@@ -58,11 +60,15 @@ pub struct AttemptReport {
     pub destroy_error: Option<String>,
     pub peak_memory_mib: Option<u64>,
     pub seconds: Seconds,
+    /// What the runner cost: its lifetime in started hours × the tier's hourly price (Hetzner
+    /// bills per started hour); `None` without a runner or a price.
+    pub cost_eur: Option<f64>,
 }
 
 impl AttemptReport {
-    pub fn new(tier: &str) -> AttemptReport {
+    pub fn new(tier: &str, platform: &str) -> AttemptReport {
         AttemptReport {
+            platform: platform.to_owned(),
             tier: tier.to_owned(),
             outcome: AttemptOutcome::Lost,
             runner: None,
@@ -70,8 +76,27 @@ impl AttemptReport {
             destroy_error: None,
             peak_memory_mib: None,
             seconds: Seconds::default(),
+            cost_eur: None,
         }
     }
+
+    /// The runner's cost at `price` EUR per started hour, once its seconds are known.
+    pub fn set_cost(&mut self, price: Option<f64>) {
+        let s = &self.seconds;
+        let lived = s.spawn + s.ssh + s.sync + s.build + s.destroy;
+        self.cost_eur = match (&self.runner, price) {
+            (Some(_), Some(price)) => Some((lived / 3600.0).ceil().max(1.0) * price),
+            _ => None,
+        };
+    }
+}
+
+/// One platform of several: how it ended and the digest its runner pushed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlatformReport {
+    pub platform: String,
+    pub outcome: AttemptOutcome,
+    pub digest: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,15 +108,20 @@ pub struct RunReport {
     pub provider: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    pub plan: Plan,
+    pub plan: BuildPlan,
+    /// Several platforms: each one's outcome and pushed digest (`digest` above is the index's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<PlatformReport>,
     pub attempts: Vec<AttemptReport>,
+    /// The sum of the attempts' costs, when every runner's price is known.
+    pub cost_eur: Option<f64>,
     #[serde(skip)]
     pub exit: Exit,
 }
 
 impl RunReport {
     pub fn new(
-        plan: &Plan,
+        plan: &BuildPlan,
         exit: Exit,
         digest: Option<String>,
         attempts: Vec<AttemptReport>,
@@ -106,10 +136,15 @@ impl RunReport {
             Exit::Infrastructure | Exit::NotDestroyed | Exit::Usage => RunOutcome::Infrastructure,
         };
         let images = if exit == Exit::Success {
-            plan.images.clone()
+            plan.images().to_vec()
         } else {
             Vec::new()
         };
+        let cost_eur = attempts
+            .iter()
+            .filter(|a| a.runner.is_some())
+            .map(|a| a.cost_eur)
+            .sum();
         RunReport {
             outcome,
             exit_code: exit as u8,
@@ -118,19 +153,23 @@ impl RunReport {
             provider: provider.to_owned(),
             error,
             plan: plan.clone(),
+            platforms: Vec::new(),
             attempts,
+            cost_eur,
             exit,
         }
     }
 
-    /// The human summary: the result in a sentence, then one row per attempt.
+    /// The human summary: the result in a sentence, then one row per attempt, then the cost.
     pub fn render_human(&self) -> String {
         let mut out = String::new();
+        let several = self.plan.several();
+        let index = if several { "image index " } else { "" };
         let _ = match (&self.outcome, &self.error) {
-            (RunOutcome::Success, _) if self.plan.dry_run => writeln!(
+            (RunOutcome::Success, _) if self.plan.dry_run() => writeln!(
                 out,
                 "build succeeded (dry run, nothing pushed): {}",
-                self.plan.images.join(", "),
+                self.plan.images().join(", "),
             ),
             (RunOutcome::Success, _) => writeln!(
                 out,
@@ -138,15 +177,16 @@ impl RunReport {
                 self.images.join(", "),
                 self.digest
                     .as_ref()
-                    .map(|d| format!(" ({d})"))
+                    .map(|d| format!(" ({index}{d})"))
                     .unwrap_or_default()
             ),
             (_, Some(error)) => writeln!(out, "build {}: {error}", outcome_word(self.outcome)),
             (_, None) => writeln!(out, "build {}", outcome_word(self.outcome)),
         };
+        let platform_head = if several { "platform     " } else { "" };
         let _ = writeln!(
             out,
-            "\n  #  tier    outcome    peak MiB   spawn     ssh    sync    build  destroy  runner"
+            "\n  #  {platform_head}tier    outcome    peak MiB   spawn     ssh    sync    build  destroy  runner"
         );
         for (i, a) in self.attempts.iter().enumerate() {
             let s = &a.seconds;
@@ -155,9 +195,14 @@ impl RunReport {
                 (Some(r), false) => format!("{r} (NOT destroyed)"),
                 (None, _) => "-".to_owned(),
             };
+            let platform = if several {
+                format!("{:<12} ", a.platform)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "  {:<2} {:<7} {:<10} {:>8} {:>6.1}s {:>6.1}s {:>6.1}s {:>7.1}s {:>7.1}s  {runner}",
+                "  {:<2} {platform}{:<7} {:<10} {:>8} {:>6.1}s {:>6.1}s {:>6.1}s {:>7.1}s {:>7.1}s  {runner}",
                 i + 1,
                 a.tier,
                 format!("{:?}", a.outcome).to_lowercase(),
@@ -169,6 +214,17 @@ impl RunReport {
                 s.build,
                 s.destroy,
             );
+        }
+        let runners = self.attempts.iter().filter(|a| a.runner.is_some()).count();
+        if runners > 0 {
+            let _ = match self.cost_eur {
+                Some(eur) => writeln!(
+                    out,
+                    "\n  cost: {eur:.4} EUR for {runners} runner{} (each billed per started hour)",
+                    if runners == 1 { "" } else { "s" }
+                ),
+                None => writeln!(out, "\n  cost: unknown (a tier has no known price)"),
+            };
         }
         out
     }

@@ -64,7 +64,7 @@ impl Provider for FakeProvider {
     }
 }
 
-fn plan(dir: &std::path::Path) -> Plan {
+fn plan(dir: &std::path::Path) -> BuildPlan {
     std::fs::write(dir.join("Dockerfile"), "FROM scratch\n").unwrap();
     let config = Config::defaults();
     let req = PlanRequest {
@@ -75,8 +75,10 @@ fn plan(dir: &std::path::Path) -> Plan {
             repo: "org/app".into(),
             dockerfile: "Dockerfile".into(),
             target: None,
+            arch: crate::config::Arch::Amd64,
         },
         arch: None,
+        platforms: Vec::new(),
         build: BuildRequest {
             backend: Backend::Buildah,
             dockerfile: "Dockerfile".into(),
@@ -93,6 +95,7 @@ fn plan(dir: &std::path::Path) -> Plan {
         },
     };
     let facts = Facts {
+        key: req.key.clone(),
         spec: None,
         language: Language::Generic,
         language_marker: None,
@@ -102,7 +105,7 @@ fn plan(dir: &std::path::Path) -> Plan {
         context_entries: vec![],
         history_unreadable: false,
     };
-    Plan::new(&req, &config, &facts).unwrap()
+    BuildPlan::one(Plan::new(&req, &config, &facts).unwrap())
 }
 
 async fn run_with(provider: Arc<FakeProvider>, cancel: CancellationToken) -> RunReport {

@@ -65,7 +65,7 @@ pub enum SizingError {
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(
-        "{}: arch: the spec asks for {spec} but --arch says {flag}; remove one of them",
+        "{}: arch: the spec asks for {spec} but --arch/--platform asks for {flag}; remove one of them",
         path.display()
     )]
     ArchConflict {
@@ -75,21 +75,29 @@ pub enum SizingError {
     },
 }
 
+/// The runner's architecture: `--arch` (or this platform of `--platform`), else the spec's
+/// `arch`, else the config's `default_arch`. A flag and a spec that disagree are an error.
+pub fn choose_arch(
+    flag: Option<Arch>,
+    spec: Option<&LoadedSpec>,
+    default: Arch,
+) -> Result<Arch, SizingError> {
+    let spec_arch = spec.and_then(|s| s.spec.arch());
+    match (flag, spec_arch, spec) {
+        (Some(flag), Some(spec), Some(loaded)) if flag != spec => Err(SizingError::ArchConflict {
+            path: loaded.path.clone(),
+            spec,
+            flag,
+        }),
+        (Some(flag), _, _) => Ok(flag),
+        (None, Some(spec), _) => Ok(spec),
+        (None, None, _) => Ok(default),
+    }
+}
+
 pub fn decide(input: &SizingInput<'_>) -> Result<Sizing, SizingError> {
     let config = input.config;
-    let spec_arch = input.spec.and_then(|s| s.spec.arch());
-    let arch = match (input.arch_flag, spec_arch, input.spec) {
-        (Some(flag), Some(spec), Some(loaded)) if flag != spec => {
-            return Err(SizingError::ArchConflict {
-                path: loaded.path.clone(),
-                spec,
-                flag,
-            });
-        }
-        (Some(flag), _, _) => flag,
-        (None, Some(spec), _) => spec,
-        (None, None, _) => config.default_arch,
-    };
+    let arch = choose_arch(input.arch_flag, input.spec, config.default_arch)?;
     let ladder = config.ladder(arch);
     let policy = &config.sizing;
     let peaks: Vec<u64> = input.history.iter().map(|s| s.peak_memory_mib).collect();
@@ -218,6 +226,7 @@ mod tests {
             repo: "org/app".into(),
             dockerfile: "Dockerfile".into(),
             target: None,
+            arch: Arch::Amd64,
         }
     }
 
@@ -234,6 +243,7 @@ mod tests {
                 peak_memory_mib: p,
                 duration_s: 100.0,
                 outcome: Default::default(),
+                arch: None,
             })
             .collect()
     }
@@ -349,7 +359,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("the spec asks for arm64 but --arch says amd64"),
+            err.contains("the spec asks for arm64 but --arch/--platform asks for amd64"),
             "{err}"
         );
     }

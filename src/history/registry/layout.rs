@@ -133,7 +133,9 @@ pub(super) fn slug(text: &str) -> String {
 
 /// 12 hex digits of FNV-1a 64 over (repo, dockerfile, target), length-prefixed so no two keys
 /// feed the same bytes. Stable: it names repositories that outlive any one version.
-pub(super) fn key_hash(repo: &str, dockerfile: &str, target: Option<&str>) -> String {
+/// The key's part of its repository name. amd64 keys hash as they did before the architecture
+/// was part of the key (their samples stay where they are); other architectures add theirs.
+pub(super) fn key_hash(repo: &str, dockerfile: &str, target: Option<&str>, arch: Arch) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
         for &b in bytes {
@@ -150,6 +152,10 @@ pub(super) fn key_hash(repo: &str, dockerfile: &str, target: Option<&str>) -> St
             }
             None => feed(&[0]),
         }
+    }
+    if arch != Arch::Amd64 {
+        feed(&[2]);
+        feed(arch.as_str().as_bytes());
     }
     format!("{hash:016x}")[..12].to_owned()
 }

@@ -44,6 +44,7 @@ use tokio::task::JoinSet;
 use zeroize::Zeroizing;
 
 use super::{HistoryError, HistoryKey, HistoryStore, Outcome, Recent, Sample};
+use crate::config::Arch;
 use crate::registry::Credentials;
 
 /// Where the history repositories live unless told otherwise.
@@ -110,7 +111,7 @@ pub fn key_repository(namespace: &str, key: &HistoryKey) -> String {
         "{}/{}/{}",
         slug(namespace),
         slug(&key.repo),
-        key_hash(&key.repo, &key.dockerfile, key.target.as_deref())
+        key_hash(&key.repo, &key.dockerfile, key.target.as_deref(), key.arch)
     )
 }
 
@@ -151,6 +152,7 @@ impl RegistryStore {
             repo: sample.repo.clone(),
             dockerfile: sample.dockerfile.clone(),
             target: sample.target.clone(),
+            arch: sample.arch.unwrap_or(Arch::Amd64),
         })
     }
 

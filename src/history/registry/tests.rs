@@ -11,6 +11,7 @@ fn sample() -> Sample {
         lang: Some("rust".into()),
         tier: Some("cx33".into()),
         peak_memory_mib: 4000,
+        arch: None,
         duration_s: 60.0,
         outcome: Outcome::Ok,
     }
@@ -49,13 +50,17 @@ fn regex_like_component(c: &str) -> bool {
 #[test]
 fn key_hashes_are_stable_and_tell_keys_apart() {
     // Pinned: changing it would orphan every history in every registry.
-    assert_eq!(key_hash("acme/app", "Dockerfile", None), "7f9618eeaa38");
+    assert_eq!(
+        key_hash("acme/app", "Dockerfile", None, Arch::Amd64),
+        "7f9618eeaa38"
+    );
     let all = [
-        key_hash("acme/app", "Dockerfile", None),
-        key_hash("acme/app", "Dockerfile", Some("")),
-        key_hash("acme/app", "Dockerfile", Some("prod")),
-        key_hash("acme/ap", "pDockerfile", None),
-        key_hash("Acme/App", "Dockerfile", None),
+        key_hash("acme/app", "Dockerfile", None, Arch::Amd64),
+        key_hash("acme/app", "Dockerfile", Some(""), Arch::Amd64),
+        key_hash("acme/app", "Dockerfile", Some("prod"), Arch::Amd64),
+        key_hash("acme/ap", "pDockerfile", None, Arch::Amd64),
+        key_hash("Acme/App", "Dockerfile", None, Arch::Amd64),
+        key_hash("acme/app", "Dockerfile", None, Arch::Arm64),
     ];
     let distinct: std::collections::HashSet<_> = all.iter().collect();
     assert_eq!(distinct.len(), all.len(), "{all:?}");

@@ -31,6 +31,9 @@ pub use client::{ApiClient, ApiError, DEFAULT_ENDPOINT, Retry};
 pub use create::PROJECT_KEY;
 pub use types::{LadderCheck, LadderError};
 
+/// The action of a [`ProviderError::Setup`] that means no golden snapshot matches.
+const FIND_GOLDEN: &str = "find a golden snapshot";
+
 /// How long a server may take to be deleted, and when its actions are first looked at.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const FIRST_DELETE_POLL: Duration = Duration::from_millis(500);
@@ -107,6 +110,27 @@ impl HcloudProvider {
         self.api.rate_limit()
     }
 
+    /// Before any server: a golden snapshot for `arch` exists. `Ok(Some(why))` when none does
+    /// (a usage error: bake one, or fix `--golden-image`); `Err` when the API cannot be asked.
+    /// The answer is kept, so the create asks nothing more.
+    pub async fn missing_golden_image(&self, arch: Arch) -> Result<Option<String>, ProviderError> {
+        match self.golden_image(arch).await {
+            Ok(_) => Ok(None),
+            Err(ProviderError::Setup {
+                action: FIND_GOLDEN,
+                detail,
+            }) => Ok(Some(detail)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `--golden-image` is one snapshot id (one architecture), not a selector.
+    pub fn golden_image_is_an_id(&self) -> bool {
+        self.golden_image
+            .as_deref()
+            .is_some_and(|g| g.parse::<i64>().is_ok())
+    }
+
     /// The golden snapshot to boot from: `--golden-image`, else the newest labelled one.
     async fn golden_image(&self, arch: Arch) -> Result<i64, ProviderError> {
         let mut cache = self.images.lock().await;
@@ -135,7 +159,7 @@ impl HcloudProvider {
             .await
             .map_err(|e| setup("look up the golden snapshot", e))?;
         let image = page.images.first().ok_or_else(|| ProviderError::Setup {
-            action: "find a golden snapshot",
+            action: FIND_GOLDEN,
             detail: format!(
                 "no {arch} snapshot matches \"{selector}\"; bake one with `buildkit-launcher golden-image build --arch {arch}`"
             ),
