@@ -29,6 +29,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("USERNAME", "REGISTRY_USER"),
     ("LABELS", "LABEL"),
     ("BUILD_ARGS_FROM_ENV", "BUILD_ARG_FROM_ENV"),
+    ("PLATFORMS", "PLATFORM"),
 ];
 /// Secret values read from the environment where they are needed; never turned into flags.
 pub const SECRET_SETTINGS: &[&str] = &[
