@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use buildkit_launcher::cli::{self, Cli, plugin};
 use buildkit_launcher::{environment, ncl};
 use clap::Parser;
+use clap::error::ErrorKind;
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -46,7 +47,10 @@ fn main() -> ExitCode {
     } else {
         args
     };
-    let cli = Cli::parse_from(args);
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     // SAFETY: still single-threaded: no runtime, no helper thread has started yet.
     unsafe { environment::scrub() };
     match cli::run(cli) {
@@ -54,6 +58,25 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("error: {}", error.one_line());
             ExitCode::from(error.exit() as u8)
+        }
+    }
+}
+
+/// `--help` and `--version` print as clap makes them; a bad command line is one line (clap's
+/// own first line, which names the flag and the value) and exit 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        _ => {
+            let text = e.render().to_string();
+            let line = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("error: bad arguments");
+            eprintln!("{line}");
+            ExitCode::from(2)
         }
     }
 }

@@ -1,0 +1,333 @@
+//! Several platforms through the Hetzner API simulator: one native runner per architecture (an
+//! x86 and an ARM server up at the same time), each pushing by digest, one OCI image index
+//! under every tag; SIGTERM destroys both; an OOM retries only its own platform; a dry run
+//! pushes nothing; bad platform input is exit 2 before any server.
+//!
+//! A foreign platform builds without emulation when no step executes: `FROM scratch` + `COPY`.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::BIN;
+use support::hcloud_sim::cloud::Cloud;
+
+const BOTH: &str = "linux/amd64,linux/arm64";
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// A simulator world with an arm64 golden snapshot too, and a Dockerfile both platforms build.
+fn cloud(dockerfile: &str) -> Option<Cloud> {
+    let c = Cloud::new("")?;
+    let mut labels = support::hcloud_sim::cloud::GOLDEN.to_vec();
+    labels[1] = ("buildkit-launcher/arch", "arm64");
+    c.sim
+        .add_snapshot("arm64", &labels, "2026-11-20T00:00:00+00:00");
+    let dockerfile = dockerfile.replace("{base}", &c.registry.base_image());
+    std::fs::write(c.ctx.path().join("Dockerfile"), dockerfile).unwrap();
+    std::fs::write(c.ctx.path().join("hello.txt"), "hello\n").unwrap();
+    Some(c)
+}
+
+const SCRATCH: &str = "FROM scratch\nCOPY hello.txt /hello.txt\n";
+
+/// JSON of `GET /v2/{repo}/manifests/{reference}` with `accept`.
+fn manifest(c: &Cloud, repo: &str, reference: &str, accept: &str) -> (u16, serde_json::Value) {
+    let (status, _, body) = c
+        .registry
+        .get(
+            &format!("/v2/{repo}/manifests/{reference}"),
+            &[("Accept", accept)],
+        )
+        .unwrap();
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+fn spawn(c: &Cloud, extra: &[&str]) -> std::process::Child {
+    Command::new(BIN)
+        .args(c.args())
+        .args(extra)
+        .env("HCLOUD_TOKEN", &c.sim.token)
+        .env("HCLOUD_ENDPOINT", &c.sim.endpoint)
+        .env("TMPDIR", c.tmp.path())
+        .env_remove("CI_REPO")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start buildkit-launcher")
+}
+
+#[test]
+fn two_platforms_build_at_the_same_time_on_native_servers_under_one_index() {
+    let Some(c) = cloud(SCRATCH) else {
+        return;
+    };
+    let mut child = spawn(&c, &["--platform", BOTH, "--tag", "1.0", "--tag", "latest"]);
+    // Watch the simulator while the build runs: the most servers alive at once, and their types.
+    let mut most = 0;
+    let mut types = std::collections::BTreeSet::new();
+    let status = loop {
+        let servers = c.sim.servers();
+        most = most.max(servers.len());
+        types.extend(servers.into_iter().map(|s| s.server_type));
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    assert_eq!(most, 2, "both servers were up at the same time");
+    assert_eq!(
+        types.into_iter().collect::<Vec<_>>(),
+        ["cax21", "cx33"],
+        "one ARM and one x86 server"
+    );
+    let report = c.report();
+    assert_eq!(report["outcome"], "success");
+    let attempts = report["attempts"].as_array().unwrap();
+    let platforms: Vec<(&str, &str)> = attempts
+        .iter()
+        .map(|a| (a["platform"].as_str().unwrap(), a["tier"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        platforms,
+        [("linux/amd64", "cx33"), ("linux/arm64", "cax21")]
+    );
+    assert_eq!(report["plan"]["platforms"].as_array().unwrap().len(), 2);
+    // The summary's cost is the sum of both runners' (the API's prices, one started hour each).
+    let cost = report["cost_eur"].as_f64().unwrap();
+    assert!((cost - (0.0128 + 0.0112)).abs() < 1e-9, "{cost}");
+
+    // Every tag names one index listing both platforms; the report gives its digest.
+    let index_digest = report["digest"].as_str().unwrap();
+    for tag in ["1.0", "latest"] {
+        let (status, index) = manifest(&c, "e2e/app", tag, INDEX);
+        assert_eq!(status, 200, "{index}");
+        assert_eq!(index["mediaType"], INDEX);
+        assert_eq!(
+            c.registry.manifest_digest("e2e/app", tag).as_deref(),
+            None,
+            "a tag names the index, not an image manifest"
+        );
+        let listed: Vec<String> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["platform"]["architecture"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(listed, ["amd64", "arm64"]);
+        // Each listed manifest's config says the architecture the index claims for it.
+        for (m, arch) in index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(["amd64", "arm64"])
+        {
+            let digest = m["digest"].as_str().unwrap();
+            let (status, image) = manifest(
+                &c,
+                "e2e/app",
+                digest,
+                "application/vnd.oci.image.manifest.v1+json",
+            );
+            assert_eq!(status, 200);
+            let config = image["config"]["digest"].as_str().unwrap();
+            let (_, _, body) = c
+                .registry
+                .get(&format!("/v2/e2e/app/blobs/{config}"), &[])
+                .unwrap();
+            let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(config["architecture"], arch);
+        }
+    }
+    assert!(
+        stderr.contains(&format!("image index {index_digest} verified")),
+        "{stderr}"
+    );
+    // Only the two tags exist: each platform pushed by digest, under no tag of its own.
+    let tags: serde_json::Value =
+        serde_json::from_str(&c.registry.tags("e2e/app").unwrap()).unwrap();
+    let mut tags: Vec<&str> = tags["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    tags.sort();
+    assert_eq!(tags, ["1.0", "latest"]);
+    // Each architecture has its own history key.
+    let history = std::fs::read_to_string(c.ctx.path().join("history.jsonl")).unwrap();
+    let archs: Vec<String> = history
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["arch"].to_string())
+        .collect();
+    assert_eq!(archs, ["\"amd64\"", "\"arm64\""], "{history}");
+    c.sim.assert_clean();
+}
+
+#[test]
+fn sigterm_during_a_two_platform_build_destroys_both_servers_within_2_s() {
+    let Some(c) = cloud(SCRATCH) else {
+        return;
+    };
+    // Both servers exist and are still booting when the signal comes.
+    c.sim.action_delay(Duration::from_secs(60));
+    let mut child = spawn(&c, &["--platform", BOTH]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.sim.servers().len() < 2 {
+        assert!(Instant::now() < deadline, "two servers never existed");
+        assert!(child.try_wait().unwrap().is_none(), "the build ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = Instant::now();
+    support::sigterm(&child);
+    let status = child.wait().unwrap();
+    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    assert_eq!(status.code(), Some(5), "stderr:\n{stderr}");
+    let deletes: Vec<Duration> = c
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|(_, r)| r.starts_with("DELETE /servers/"))
+        .map(|(at, _)| at.saturating_duration_since(sent))
+        .collect();
+    assert_eq!(deletes.len(), 2, "{stderr}");
+    assert!(
+        deletes.iter().all(|d| *d < Duration::from_secs(2)),
+        "DELETEs came {deletes:?} after SIGTERM"
+    );
+    let report = c.report();
+    assert!(
+        report["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["outcome"] == "cancelled" && a["destroyed"] == true),
+        "{report}"
+    );
+    c.sim.assert_clean();
+}
+
+#[test]
+fn out_of_memory_on_one_platform_retries_only_that_platform() {
+    // amd64 runs a step that needs 350 MiB (more than cx23's sandbox share of 256 MiB); arm64
+    // only copies (buildah skips the stage it does not use).
+    let Some(c) = cloud(
+        "ARG TARGETARCH\n\
+         FROM {base} AS build-amd64\n\
+         RUN dd if=/dev/zero of=/dev/null bs=350M count=1\n\
+         FROM scratch AS build-arm64\n\
+         FROM build-${TARGETARCH}\n\
+         COPY hello.txt /hello.txt\n",
+    ) else {
+        return;
+    };
+    std::fs::write(c.ctx.path().join(".build-spec.ncl"), "{ memory_gb = 4 }").unwrap();
+    let out = c.build(&["--platform", BOTH]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    let report = c.report();
+    let attempts: Vec<(String, String, String)> = report["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["platform"].as_str().unwrap().to_owned(),
+                a["tier"].as_str().unwrap().to_owned(),
+                a["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("linux/amd64", "cx23", "oom"),
+        ("linux/amd64", "cx33", "ok"),
+        ("linux/arm64", "cax11", "ok"),
+    ];
+    assert_eq!(
+        attempts,
+        expected.map(|(p, t, o)| (p.to_owned(), t.to_owned(), o.to_owned()))
+    );
+    assert_eq!(c.calls("POST /servers"), 3);
+    assert_eq!(c.calls("DELETE /servers/{id}"), 3);
+    c.sim.assert_clean();
+}
+
+#[test]
+fn a_two_platform_dry_run_builds_both_and_pushes_nothing() {
+    let Some(c) = cloud(SCRATCH) else {
+        return;
+    };
+    let out = c.build(&["--platform", BOTH, "--dry-run"]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert!(
+        out.stdout
+            .starts_with("build succeeded (dry run, nothing pushed)"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(c.report()["attempts"].as_array().unwrap().len(), 2);
+    assert_eq!(c.registry.tags("e2e/app"), None, "a dry run pushed");
+    c.sim.assert_clean();
+}
+
+#[test]
+fn bad_platform_input_is_exit_2_before_any_server() {
+    let Some(c) = cloud(SCRATCH) else {
+        return;
+    };
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--platform", "linux/s390x"],
+            "\"linux/s390x\" is not a platform Hetzner has servers for",
+        ),
+        (
+            &["--platform", "linux/arm/v7"],
+            "use linux/amd64 (x86) or linux/arm64 (ARM)",
+        ),
+        (
+            &["--platform", "linux/amd64,linux/amd64"],
+            "--platform: linux/amd64 is named twice",
+        ),
+        (
+            &["--platform", BOTH, "--arch", "arm64"],
+            "--arch arm64 and --platform linux/amd64,linux/arm64 disagree",
+        ),
+        (
+            &["--platform", BOTH, "--backend", "buildah"],
+            "several platforms need the buildctl backend",
+        ),
+        (
+            &["--platform", BOTH, "--golden-image", "4711"],
+            "--golden-image: a snapshot id is one architecture's",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = c.build(args);
+        let line = out.assert_one_line_error(2);
+        assert!(line.contains(expected), "{args:?}: {line}");
+    }
+    assert_eq!(c.calls("POST /servers"), 0);
+    c.sim.assert_clean();
+}
+
+#[test]
+fn a_platform_without_a_golden_snapshot_is_exit_2_before_any_server() {
+    // Only the amd64 snapshot exists.
+    let Some(c) = Cloud::new("") else {
+        return;
+    };
+    std::fs::write(c.ctx.path().join("Dockerfile"), SCRATCH).unwrap();
+    std::fs::write(c.ctx.path().join("hello.txt"), "hello\n").unwrap();
+    let out = c.build(&["--platform", BOTH]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    // The amd64 snapshot's progress line comes first; the error is the last line.
+    let line = out.stderr.lines().last().unwrap();
+    assert!(
+        line.contains("error: linux/arm64: no arm64 snapshot matches")
+            && line.contains("golden-image build --arch arm64"),
+        "{line}"
+    );
+    assert_eq!(c.calls("POST /servers"), 0);
+    c.sim.assert_clean();
+}
