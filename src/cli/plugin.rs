@@ -8,7 +8,8 @@
 //! Woodpecker joins lists with commas and sends maps as JSON. Values may contain commas (a build
 //! arg `A=x,y`, a secret `id=npm,env=NPM_TOKEN`), so lists are split with care: a JSON array or
 //! object is used as is; otherwise a piece that cannot start an item (no `=` for key=value
-//! lists, not `id=` for secrets) continues the previous one.
+//! lists, not `id=` for secrets, a key the cache before it lacks for caches) continues the
+//! previous one.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -211,6 +212,10 @@ fn split_list(flag: &str, value: &str) -> Result<Vec<String>, String> {
             })
             .collect());
     }
+    if matches!(flag, "cache-from" | "cache-to") {
+        // `type=registry,ref=…,mode=…` holds commas of its own.
+        return Ok(crate::backend::cache::split(value));
+    }
     let starts_item = |piece: &str| match flag {
         "secret" => piece.starts_with("id="),
         "build-arg" | "label" => piece.contains('='),
@@ -382,6 +387,29 @@ mod tests {
             assert!(err.starts_with("PLUGIN_BUILD_SECRETS: "), "{err}");
             assert!(!err.contains("fake"), "{err}");
         }
+    }
+
+    #[test]
+    fn cache_lists_keep_buildkits_commas() {
+        let a = args(&[
+            (
+                "PLUGIN_CACHE_TO",
+                "type=registry,ref=zot.example/cache/a:main,mode=min,zot.example/cache/b",
+            ),
+            (
+                "PLUGIN_CACHE_FROM",
+                r#"["type=registry,ref=zot.example/cache/a:main","other.example/c"]"#,
+            ),
+        ])
+        .join(" ");
+        assert!(
+            a.contains("--cache-to type=registry,ref=zot.example/cache/a:main,mode=min --cache-to zot.example/cache/b"),
+            "{a}"
+        );
+        assert!(
+            a.contains("--cache-from type=registry,ref=zot.example/cache/a:main --cache-from other.example/c"),
+            "{a}"
+        );
     }
 
     #[test]

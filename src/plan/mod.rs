@@ -150,6 +150,8 @@ pub struct Plan {
     /// Built on the runner, nothing pushed (`--dry-run`).
     pub dry_run: bool,
     pub cache_ref: Option<String>,
+    /// `--cache-to` / `--cache-from` beside the default cache.
+    pub extra_caches: backend::cache::ExtraCaches,
     pub commands: Vec<String>,
     /// Why the build tool differs from the one asked for (`--backend`), when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -205,6 +207,8 @@ impl Plan {
         let mut build = req.build.clone();
         build.platform = format!("linux/{}", sizing.arch);
         build.cache_repo = config.registry.cache_repo(&build.image_repo);
+        backend::cache::settle(&mut build, &config.registry.history)
+            .map_err(PlanError::Unsupported)?;
         let paths = RemotePaths::new(REMOTE_WORKDIR);
         let mut commands = vec![format!(
             "rsync --archive {}/ root@<runner>:{}/   # honours .dockerignore",
@@ -246,6 +250,7 @@ impl Plan {
             images: build.images(),
             dry_run: build.dry_run,
             cache_ref: build.cache_ref(),
+            extra_caches: backend::cache::ExtraCaches::of(&build),
             commands,
             backend_note: None,
             buildkitd_ready_timeout_s: ready_timeout_s,
