@@ -188,7 +188,8 @@ async fn preflight(
 }
 
 /// What the registry's credentials may do, asked before any server (registry::access): the image
-/// and the cache must be pushable (exit 2 otherwise, exit 4 when the registry cannot be asked);
+/// and the caches must be pushable, extra caches read there readable (exit 2 otherwise, exit 4
+/// when the registry cannot be asked);
 /// a history location the token may not use is a warning, since history never blocks a build.
 async fn check_registry_access(
     plan: &Plan,
@@ -196,7 +197,7 @@ async fn check_registry_access(
     store: &crate::history::StoreSpec,
     config: &Config,
 ) -> Result<(), Error> {
-    use crate::registry::access::{build_needs, check};
+    use crate::registry::access::{build_needs, cache_needs, check};
     let Some(registry) = &plan.build.registry else {
         return Ok(());
     };
@@ -209,13 +210,34 @@ async fn check_registry_access(
             plan.history.records,
         )
     });
-    let needs = build_needs(
+    let mut needs = build_needs(
         &plan.build.image_repo,
         plan.cache_ref
             .is_some()
             .then(|| plan.build.cache_repository()),
         history,
     );
+    // Extra caches in this registry (cache::settle keeps every export here); the others are
+    // read anonymously by the runner, and the launcher never contacts them.
+    let own = |r: &&crate::backend::cache::CacheRef| r.host.eq_ignore_ascii_case(registry);
+    let exports: Vec<String> = plan
+        .build
+        .cache_to
+        .iter()
+        .map(|e| &e.reference)
+        .filter(own)
+        .map(|r| r.path.clone())
+        .collect();
+    let imports: Vec<String> = plan
+        .build
+        .cache_from
+        .iter()
+        .map(|i| &i.reference)
+        .filter(own)
+        .map(|r| r.path.clone())
+        .collect();
+    let extra = cache_needs(&exports, &imports, &needs);
+    needs.extend(extra);
     let results = check(registry, plan.build.insecure_registry, credentials, &needs).await;
     for (need, result) in needs.iter().zip(results) {
         match result {
