@@ -437,7 +437,7 @@ pub fn settle(req: &mut BuildRequest, history: &str) -> Result<(), String> {
             .find(|(_, r)| r.tag.is_some());
         if let Some((direction, r)) = tagged {
             return Err(format!(
-                "{} {r}: buildah takes a cache repository without a tag (it tags each step's cache image itself); drop the tag or use the buildctl backend",
+                "{} \"{r}\": buildah takes a cache repository without a tag (it tags each step's cache image itself); drop the tag or use the buildctl backend",
                 direction.setting()
             ));
         }
@@ -448,24 +448,24 @@ pub fn settle(req: &mut BuildRequest, history: &str) -> Result<(), String> {
         let setting = Direction::To.setting();
         let Some(own) = registry.as_deref() else {
             return Err(format!(
-                "{setting} {r}: needs --registry: a cache is written only to the build's own registry"
+                "{setting} \"{r}\": needs --registry: a cache is written only to the build's own registry"
             ));
         };
         if !r.in_registry(Some(own)) {
             return Err(format!(
-                "{setting} {r}: not in the build's registry {own}; a cache is written only where the build's credentials go (cache_from may read another registry)"
+                "{setting} \"{r}\": not in the build's registry {own}; a cache is written only where the build's credentials go (cache_from may read another registry)"
             ));
         }
         if r.path == req.image_repo && req.tags.iter().any(|t| t == r.tag_or_latest()) {
             return Err(format!(
-                "{setting} {r}: would overwrite the image {own}/{}:{}",
+                "{setting} \"{r}\": would overwrite the image {own}/{}:{}",
                 req.image_repo,
                 r.tag_or_latest()
             ));
         }
         if r.path == history || r.path.starts_with(&format!("{history}/")) {
             return Err(format!(
-                "{setting} {r}: inside the history namespace {history} (registry.history in the launcher config)"
+                "{setting} \"{r}\": inside the history namespace {history} (registry.history in the launcher config)"
             ));
         }
         if seen.iter().any(|s| s.same_target(r)) {
@@ -474,7 +474,7 @@ pub fn settle(req: &mut BuildRequest, history: &str) -> Result<(), String> {
             } else {
                 "is given twice"
             };
-            return Err(format!("{setting} {r}: {why}"));
+            return Err(format!("{setting} \"{r}\": {why}"));
         }
         seen.push(r.clone());
     }
