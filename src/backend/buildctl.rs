@@ -178,10 +178,7 @@ pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
     // Extra caches: references the launcher parsed (backend::cache), written out afresh, so
     // nothing of the setting's text reaches this CSV. Only the build's registry is insecure.
     let insecure = |r: &super::cache::CacheRef| {
-        if req.insecure_registry
-            && r.host
-                .eq_ignore_ascii_case(req.registry.as_deref().unwrap_or_default())
-        {
+        if req.insecure_registry && r.in_registry(req.registry.as_deref()) {
             ",registry.insecure=true"
         } else {
             ""

@@ -32,7 +32,7 @@ pub const MAX_EXTRA: usize = 8;
 /// A cache's registry reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheRef {
-    /// `HOST[:PORT]`, as written.
+    /// `HOST[:PORT]`, as written (compared as written: `ZOT.example` is not `zot.example`).
     pub host: String,
     /// The repository path (`cache/org/app`).
     pub path: String,
@@ -114,13 +114,15 @@ impl CacheRef {
 
     /// Do both name the same manifest in BuildKit's terms?
     fn same_target(&self, other: &CacheRef) -> bool {
-        self.host.eq_ignore_ascii_case(&other.host)
+        self.host == other.host
             && self.path == other.path
             && self.tag_or_latest() == other.tag_or_latest()
     }
 
-    fn in_registry(&self, registry: Option<&str>) -> bool {
-        registry.is_some_and(|r| self.host.eq_ignore_ascii_case(r))
+    /// Is this in the build's registry, spelled as `--registry` spells it? Only then do the
+    /// build's credentials (keyed by that spelling on the runner) and `--insecure-registry` apply.
+    pub fn in_registry(&self, registry: Option<&str>) -> bool {
+        registry.is_some_and(|r| self.host == r)
     }
 }
 

@@ -195,6 +195,7 @@ fn exports_stay_in_the_build_registry_and_off_its_images_and_history() {
             "not in the build's registry zot.example:5000",
         ),
         ("zot.example/cache/app", "not in the build's registry"),
+        ("ZOT.example:5000/cache/app", "not in the build's registry"),
         (
             "zot.example:5000/org/app",
             "would overwrite the image zot.example:5000/org/app:latest",
@@ -248,9 +249,10 @@ fn imports_from_other_registries_are_anonymous_and_repeats_are_read_once() {
         &[],
         &[
             "other.example/pub/cache:main",
-            "ZOT.example:5000/cache/x",
+            "zot.example:5000/cache/x",
             "zot.example:5000/cache/x:latest",
             "zot.example:5000/cache/org/app",
+            "ZOT.example:5000/cache/y",
         ],
     )
     .unwrap();
@@ -263,7 +265,9 @@ fn imports_from_other_registries_are_anonymous_and_repeats_are_read_once() {
         from,
         [
             ("other.example/pub/cache:main".to_owned(), true),
-            ("ZOT.example:5000/cache/x".to_owned(), false),
+            ("zot.example:5000/cache/x".to_owned(), false),
+            // another spelling: the runner's credentials are keyed by --registry's
+            ("ZOT.example:5000/cache/y".to_owned(), true),
         ]
     );
 }

@@ -219,7 +219,7 @@ async fn check_registry_access(
     );
     // Extra caches in this registry (cache::settle keeps every export here); the others are
     // read anonymously by the runner, and the launcher never contacts them.
-    let own = |r: &&crate::backend::cache::CacheRef| r.host.eq_ignore_ascii_case(registry);
+    let own = |r: &&crate::backend::cache::CacheRef| r.in_registry(Some(registry));
     let exports: Vec<String> = plan
         .build
         .cache_to
