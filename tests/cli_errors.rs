@@ -358,3 +358,43 @@ fn build_args_from_env_and_no_cache_reach_the_command() {
     );
     assert!(out.stdout.contains("--no-cache"), "{}", out.stdout);
 }
+
+#[test]
+fn cache_settings_that_cannot_work_are_exit_2() {
+    let ctx = Context::new();
+    let registry = ["--registry", "127.0.0.1:9"];
+    let line = plan_error(
+        &ctx,
+        &[&registry[..], &["--cache-to", "type=s3,bucket=x"]].concat(),
+    );
+    insta::assert_snapshot!(line, @r#"error: --cache-to (cache_to) "type=s3,bucket=x": type="s3" is not accepted: only type=registry (local, gha, s3, azblob and inline caches write or read outside the registry)"#);
+    let line = plan_error(&ctx, &["--cache-to", "127.0.0.1:9/c"]);
+    insta::assert_snapshot!(line, @r#"error: --cache-to (cache_to) "127.0.0.1:9/c": needs --registry: a cache is written only to the build's own registry"#);
+    // buildah 1.28 takes one untagged repository each way.
+    let buildah = [&registry[..], &["--backend", "buildah"]].concat();
+    let line = plan_error(
+        &ctx,
+        &[&buildah[..], &["--cache-from", "127.0.0.1:9/c:main"]].concat(),
+    );
+    assert!(
+        line.contains("buildah takes a cache repository without a tag"),
+        "{line}"
+    );
+    let line = plan_error(
+        &ctx,
+        &[&buildah[..], &["--cache-to", "127.0.0.1:9/c"]].concat(),
+    );
+    assert!(line.contains("one cache repository each way"), "{line}");
+    let out = Launcher::new()
+        .args(["plan", "--history", "none", "--context"])
+        .args([ctx.path()])
+        .args(&buildah)
+        .args(["--cache", "off", "--cache-to", "127.0.0.1:9/c"])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("--cache-to 127.0.0.1:9/c"),
+        "{}",
+        out.stdout
+    );
+}

@@ -34,6 +34,50 @@ fn plan_of_the_example_explains_the_spec() {
 }
 
 #[test]
+fn plan_shows_the_extra_caches_and_what_a_dry_run_leaves_out() {
+    let example = repo_dir().join("examples/hello");
+    let plan = |extra: &[&str]| {
+        Launcher::new()
+            .args(["plan", "--history", "none", "--context"])
+            .args([&example])
+            .args(["--registry", "localhost:5000", "--insecure-registry"])
+            .args([
+                "--cache-to",
+                "localhost:5000/cache/hello:main,type=registry,ref=localhost:5000/cache/hello-min,mode=min",
+                "--cache-from",
+                "localhost:5000/cache/hello:main",
+                "--cache-from",
+                "mirror.example/pub/cache",
+            ])
+            .args(extra)
+            .run()
+            .redact(&[(&example, "[EXAMPLE]")])
+    };
+    let out = plan(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!("plan_extra_caches_human", out.stdout);
+    let out = plan(&["--json", "--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        json["extra_caches"],
+        serde_json::json!({
+            "to": [
+                {"ref": "localhost:5000/cache/hello:main", "mode": "max"},
+                {"ref": "localhost:5000/cache/hello-min", "mode": "min"},
+            ],
+            "from": [
+                {"ref": "localhost:5000/cache/hello:main", "anonymous": false},
+                {"ref": "mirror.example/pub/cache", "anonymous": true},
+            ],
+        })
+    );
+    let commands = json["commands"].to_string();
+    assert!(!commands.contains("--export-cache"), "{commands}");
+    assert_eq!(commands.matches("--import-cache").count(), 3, "{commands}");
+}
+
+#[test]
 fn plan_for_the_local_provider_shows_the_tool_its_runner_really_has() {
     let example = repo_dir().join("examples/hello");
     let plan = |tools: &[&str]| {

@@ -1,6 +1,7 @@
 //! What Woodpecker users of plugin-docker-buildx expect, end to end through the Hetzner API
-//! simulator: a dry run pushes nothing, `auto_tag` and labels come from the pipeline, a branch
-//! `auto_tag` has nothing for is skipped without a server, and `build_secrets` reach the build.
+//! simulator: a dry run pushes nothing, extra registry caches are written and read, `auto_tag`
+//! and labels come from the pipeline, a branch `auto_tag` has nothing for is skipped without a
+//! server, and `build_secrets` reach the build.
 
 mod support;
 
@@ -36,7 +37,8 @@ fn a_dry_run_builds_on_a_server_and_pushes_nothing() {
     let Some(c) = Cloud::new("RUN echo built > /built.txt") else {
         return;
     };
-    // With the other build options the double checks: no cache, attestations.
+    let extra = format!("{}/cache/e2e/extra", c.registry.addr);
+    // With the other build options the double checks: no cache, attestations, an extra cache.
     let out = c.build(&[
         "--dry-run",
         "--tag",
@@ -45,6 +47,8 @@ fn a_dry_run_builds_on_a_server_and_pushes_nothing() {
         "--sbom",
         "--provenance",
         "max",
+        "--cache-to",
+        &extra,
     ]);
     assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
     assert!(
@@ -66,6 +70,48 @@ fn a_dry_run_builds_on_a_server_and_pushes_nothing() {
         None,
         "a dry run exported its cache"
     );
+    assert_eq!(
+        c.registry.tags("cache/e2e/extra"),
+        None,
+        "a dry run exported an extra cache"
+    );
+    c.sim.assert_clean();
+}
+
+#[test]
+fn an_extra_cache_is_written_to_the_builds_registry_and_read_by_a_later_build() {
+    let Some(c) = Cloud::new("RUN echo ran-$((40+2)) | tee /ran") else {
+        return;
+    };
+    let extra = format!("{}/cache/e2e/shared:main", c.registry.addr);
+    let out = c.build(&["--cache-to", &format!("type=registry,ref={extra},mode=max")]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert!(out.stderr.contains("ran-42"), "{}", out.stderr);
+    assert_eq!(
+        c.report()["plan"]["extra_caches"]["to"][0]["ref"].as_str(),
+        Some(extra.as_str())
+    );
+    for repo in ["cache/e2e/shared", "cache/e2e/app"] {
+        let tags = c.registry.tags(repo).unwrap_or_default();
+        assert!(tags.contains("\"tags\":[\""), "no cache in {repo}: {tags}");
+    }
+    c.sim.assert_clean();
+
+    // A later build on a new server, its default cache off: the RUN step comes from the extra
+    // cache alone.
+    let out = c.build(&["--cache", "off", "--cache-from", &extra]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert!(
+        !out.stderr.contains("ran-42"),
+        "the RUN step ran again:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("Cache pulled from remote"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(c.report()["plan"]["cache_ref"], serde_json::Value::Null);
     c.sim.assert_clean();
 }
 

@@ -302,3 +302,94 @@ fn a_policy_that_is_itself_wrong_is_exit_2() {
     let line = a.assert_refused_before_any_request(&out, "bad policy");
     assert!(line.contains("policy.ncl"), "{line}");
 }
+
+#[test]
+fn cache_settings_that_would_write_elsewhere_or_smuggle_attributes_cost_no_server() {
+    let a = Attack::new();
+    // (setting, value, what the one line says); the build's registry is 127.0.0.1:9 and its
+    // image 127.0.0.1:9/org/attack:latest.
+    let cases = [
+        (
+            "PLUGIN_CACHE_TO",
+            "type=local,dest=/etc",
+            "type=\"local\" is not accepted",
+        ),
+        (
+            "PLUGIN_CACHE_FROM",
+            "type=local,src=/root/.ssh",
+            "type=\"local\" is not accepted",
+        ),
+        (
+            "PLUGIN_CACHE_TO",
+            "type=gha,url=http://203.0.113.7/",
+            "type=\"gha\" is not accepted",
+        ),
+        (
+            "PLUGIN_CACHE_TO",
+            "type=registry,ref=127.0.0.1:9/c,dest=/x",
+            "unknown key \"dest\"",
+        ),
+        (
+            "PLUGIN_CACHE_TO",
+            "type=registry,\"ref=127.0.0.1:9/c,registry.insecure=true\"",
+            "quotes are not accepted",
+        ),
+        (
+            "PLUGIN_CACHE_TO",
+            "127.0.0.1:9/c$(touch /tmp/bkl-pwned)",
+            "not a repository path",
+        ),
+        (
+            "PLUGIN_CACHE_TO",
+            "127.0.0.1:9/c\nerror: a forged line",
+            "not a repository path",
+        ),
+        (
+            "PLUGIN_CACHE_TO",
+            "evil.example:5000/loot",
+            "not in the build's registry 127.0.0.1:9",
+        ),
+        (
+            "PLUGIN_CACHE_TO",
+            "127.0.0.1:9/org/attack",
+            "would overwrite the image",
+        ),
+        (
+            "PLUGIN_CACHE_TO",
+            "127.0.0.1:9/cache/buildkit-launcher/history/org/attack",
+            "inside the history namespace",
+        ),
+        (
+            "PLUGIN_CACHE_FROM",
+            "org/app:cache",
+            "would mean Docker Hub",
+        ),
+        (
+            "PLUGIN_CACHE_FROM",
+            "type=registry,ref=127.0.0.1:9/c,mode=max",
+            "mode is for cache_to",
+        ),
+    ];
+    for (key, value, expect) in cases {
+        let out = plugin(&a, &pinned(&a, ""), &[(key, value)]);
+        let line = a.assert_refused_before_any_request(&out, value);
+        let setting = if key == "PLUGIN_CACHE_TO" {
+            "cache_to"
+        } else {
+            "cache_from"
+        };
+        assert!(line.contains(setting), "{value}: {line}");
+        assert!(line.contains(expect), "{value}: {line}");
+    }
+    // The same at the command line, and a list far longer than any build needs.
+    let out = a.build(&["--cache-to", "type=local,dest=/tmp/x"]);
+    let line = a.assert_refused_before_any_request(&out, "--cache-to");
+    assert!(line.starts_with("error: --cache-to (cache_to) "), "{line}");
+    let many = (0..20)
+        .map(|i| format!("127.0.0.1:9/c{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = a.build(&["--cache-from", &many]);
+    let line = a.assert_refused_before_any_request(&out, "many");
+    assert!(line.contains("at most 8 extra caches, got 20"), "{line}");
+}

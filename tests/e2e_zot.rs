@@ -171,6 +171,43 @@ fn a_repository_outside_the_tokens_scope_is_refused_before_any_server() {
 }
 
 #[test]
+fn extra_caches_outside_the_tokens_scope_are_refused_before_any_server() {
+    let Some(z) = Zot::new("RUN echo built > /built.txt") else {
+        return;
+    };
+    let r = &z.registry.addr;
+    // Pushing a cache needs push there, as the default cache does.
+    let out = z.build(
+        "images/app",
+        &["--cache-to", &format!("{r}/other/cache:main")],
+    );
+    let line = out.assert_one_line_error(2);
+    assert!(
+        line.contains("user \"ci\" may not push to the cache repository other/cache"),
+        "{line}"
+    );
+    // Reading one in the build's registry needs pull (base/* has pull only: enough to read).
+    let out = z.build(
+        "images/app",
+        &["--cache-from", &format!("{r}/other/cache,{r}/base/busybox")],
+    );
+    let line = out.assert_one_line_error(2);
+    assert!(
+        line.contains("user \"ci\" may not read the cache repository other/cache"),
+        "{line}"
+    );
+    assert_eq!(z.sim.total_calls(), 0, "{:?}", z.sim.calls());
+    // A dry run writes no cache, so push there is not asked for.
+    let out = z.build(
+        "images/app",
+        &["--cache-to", &format!("{r}/base/cache"), "--dry-run"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(z.registry.tags("base/cache"), None);
+    z.sim.assert_clean();
+}
+
+#[test]
 fn wrong_credentials_are_named_as_such() {
     let Some(z) = Zot::new("RUN echo built > /built.txt") else {
         return;

@@ -1,6 +1,7 @@
 //! The `buildah` backend: the same build as buildctl's, daemonless (`bud --layers`, registry
-//! cache to and from `<registry>/cache/<repo>`, a push per tag, the digest in the same metadata
-//! file buildctl writes). It is what the local provider uses where BuildKit is absent.
+//! cache to and from `<registry>/cache/<repo>` or one extra cache each way, a push per tag, the
+//! digest in the same metadata file buildctl writes). It is what the local provider uses where
+//! BuildKit is absent.
 
 use super::{BuildRequest, CacheMode, RemotePaths};
 use crate::transport::session::shell_quote;
@@ -34,11 +35,25 @@ pub fn script(req: &BuildRequest, paths: &RemotePaths) -> String {
         let spec = format!("id={},src={}", secret.id, paths.secret(&secret.id));
         bud.push_str(&format!(" --secret {}", q(&spec)));
     }
-    if let (Some(cache), true) = (req.cache_ref(), req.cache != CacheMode::Off) {
-        // A dry run reads the cache but writes nothing to the registry.
-        if req.pushes() {
+    // Repositories, without tags: buildah tags each step's cache image itself. buildah 1.28
+    // keeps only the last of several --cache-to/--cache-from, so cache::settle has left at most
+    // one each way (the default cache, or an extra one when it is off).
+    let default = req.cache_ref().filter(|_| req.cache != CacheMode::Off);
+    let to = default
+        .iter()
+        .cloned()
+        .chain(req.cache_to.iter().map(|e| e.reference.repository()));
+    let from = default
+        .iter()
+        .cloned()
+        .chain(req.cache_from.iter().map(|i| i.reference.repository()));
+    // A dry run reads the cache but writes nothing to the registry.
+    if req.pushes() {
+        for cache in to {
             bud.push_str(&format!(" --cache-to {}", q(&cache)));
         }
+    }
+    for cache in from {
         bud.push_str(&format!(" --cache-from {}", q(&cache)));
     }
     for image in req.images() {
@@ -102,6 +117,23 @@ mod tests {
         assert!(!s.contains("buildah push"), "a dry run pushes nothing: {s}");
         assert!(!s.contains("--cache-to"), "nor exports its cache: {s}");
         assert!(s.contains("--cache-from"), "{s}");
+    }
+
+    #[test]
+    fn an_extra_cache_replaces_the_default_one_when_it_is_off() {
+        let mut req = request();
+        req.cache = CacheMode::Off;
+        req.cache_to = crate::backend::cache::exports(&["127.0.0.1:5000/cache/x".into()]).unwrap();
+        req.cache_from =
+            crate::backend::cache::imports(&["type=registry,ref=127.0.0.1:5000/cache/y".into()])
+                .unwrap();
+        crate::backend::cache::settle(&mut req, "h").unwrap();
+        let s = script(&req, &RemotePaths::new("/w"));
+        assert!(
+            s.contains("--cache-to 127.0.0.1:5000/cache/x --cache-from 127.0.0.1:5000/cache/y"),
+            "{s}"
+        );
+        assert_eq!(s.matches("--cache-").count(), 2, "{s}");
     }
 
     #[test]

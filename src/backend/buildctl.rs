@@ -203,6 +203,35 @@ pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
             format!("type=registry,ref={cache}{insecure}"),
         ]);
     }
+    // Extra caches: references the launcher parsed (backend::cache), written out afresh, so
+    // nothing of the setting's text reaches this CSV. Only the build's registry is insecure.
+    let insecure = |r: &super::cache::CacheRef| {
+        if req.insecure_registry && r.in_registry(req.registry.as_deref()) {
+            ",registry.insecure=true"
+        } else {
+            ""
+        }
+    };
+    if req.pushes() {
+        for export in &req.cache_to {
+            let r = &export.reference;
+            a.extend([
+                "--export-cache".into(),
+                format!(
+                    "type=registry,ref={r},mode={}{}",
+                    super::cache::mode_name(export.mode),
+                    insecure(r)
+                ),
+            ]);
+        }
+    }
+    for import in &req.cache_from {
+        let r = &import.reference;
+        a.extend([
+            "--import-cache".into(),
+            format!("type=registry,ref={r}{}", insecure(r)),
+        ]);
+    }
     a.extend([
         "--progress".into(),
         "plain".into(),
@@ -329,6 +358,56 @@ mod tests {
         let a = args(&r, &paths()).join(" ");
         assert!(!a.contains("cache"));
         assert!(a.contains("push=true,registry.insecure=true"));
+    }
+
+    #[test]
+    fn extra_caches_add_one_option_each_and_a_dry_run_exports_none() {
+        let mut r = request();
+        r.insecure_registry = true;
+        r.cache_to = crate::backend::cache::exports(&[
+            "zot.example:5000/cache/org/app:main,type=registry,ref=zot.example:5000/c/b,mode=min"
+                .into(),
+        ])
+        .unwrap();
+        r.cache_from = crate::backend::cache::imports(&[
+            "zot.example:5000/cache/org/app:main,other.example/pub/cache".into(),
+        ])
+        .unwrap();
+        crate::backend::cache::settle(&mut r, "cache/buildkit-launcher/history").unwrap();
+        let a = args(&r, &paths());
+        let values = |flag: &str| -> Vec<String> {
+            a.windows(2)
+                .filter(|w| w[0] == flag)
+                .map(|w| w[1].clone())
+                .collect()
+        };
+        assert_eq!(
+            values("--export-cache"),
+            [
+                "type=registry,ref=zot.example:5000/cache/org/app,mode=max,registry.insecure=true",
+                "type=registry,ref=zot.example:5000/cache/org/app:main,mode=max,registry.insecure=true",
+                "type=registry,ref=zot.example:5000/c/b,mode=min,registry.insecure=true",
+            ]
+        );
+        assert_eq!(
+            values("--import-cache"),
+            [
+                "type=registry,ref=zot.example:5000/cache/org/app,registry.insecure=true",
+                "type=registry,ref=zot.example:5000/cache/org/app:main,registry.insecure=true",
+                // another registry is not the one --insecure-registry speaks of
+                "type=registry,ref=other.example/pub/cache",
+            ]
+        );
+        r.dry_run = true;
+        let a = args(&r, &paths()).join(" ");
+        assert!(!a.contains("--export-cache"), "{a}");
+        assert_eq!(a.matches("--import-cache").count(), 3, "{a}");
+        // --cache off turns off only the default cache.
+        r.dry_run = false;
+        r.cache = CacheMode::Off;
+        let a = args(&r, &paths()).join(" ");
+        assert_eq!(a.matches("--export-cache").count(), 2, "{a}");
+        assert!(!a.contains("ref=zot.example:5000/cache/org/app,"), "{a}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod buildah;
 pub mod buildctl;
+pub mod cache;
 pub mod classify;
 
 use serde::Serialize;
@@ -62,7 +63,7 @@ pub enum CacheMode {
     Max,
     /// Export only the final image's layers.
     Min,
-    /// No registry cache at all.
+    /// No default registry cache (extra `--cache-to`/`--cache-from` caches stay).
     Off,
 }
 
@@ -142,6 +143,10 @@ pub struct BuildRequest {
     /// Attestations (buildctl only): an SBOM, provenance of mode `min` or `max`.
     pub sbom: bool,
     pub provenance: Option<String>,
+    /// Extra registry caches beside the default one (`--cache-to`, `--cache-from`; checked by
+    /// [`cache::settle`]). Written only when the build pushes.
+    pub cache_to: Vec<cache::CacheExport>,
+    pub cache_from: Vec<cache::CacheImport>,
 }
 
 impl BuildRequest {

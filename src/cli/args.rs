@@ -114,6 +114,18 @@ pub struct BuildArgs {
     #[arg(long)]
     pub no_cache: bool,
 
+    /// Also export the build cache here, beside the default cache (repeatable or
+    /// comma-separated): HOST[:PORT]/PATH[:TAG] or type=registry,ref=REF[,mode=min|max] (mode
+    /// default max). Only in the build's --registry; a dry run writes none.
+    #[arg(long, value_name = "REF")]
+    pub cache_to: Vec<String>,
+
+    /// Also import the build cache from here (repeatable or comma-separated):
+    /// HOST[:PORT]/PATH[:TAG] or type=registry,ref=REF. Another registry than --registry is
+    /// read anonymously.
+    #[arg(long, value_name = "REF")]
+    pub cache_from: Vec<String>,
+
     /// Pass the launcher's environment variable NAME as the build argument NAME (repeatable
     /// or comma-separated), as plugin-docker-buildx's build_args_from_env.
     #[arg(
@@ -286,6 +298,9 @@ impl BuildArgs {
                 no_cache: self.no_cache,
                 sbom: self.sbom,
                 provenance: self.provenance.clone(),
+                cache_to: crate::backend::cache::exports(&self.cache_to).map_err(Error::Usage)?,
+                cache_from: crate::backend::cache::imports(&self.cache_from)
+                    .map_err(Error::Usage)?,
             },
         })
     }

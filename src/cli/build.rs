@@ -209,7 +209,8 @@ async fn reap(hcloud: &HcloudProvider, log: &(dyn Fn(&str) + Send + Sync)) {
 }
 
 /// What the registry's credentials may do, asked before any server (registry::access): the image
-/// and the cache must be pushable (exit 2 otherwise, exit 4 when the registry cannot be asked);
+/// and the caches must be pushable, extra caches read there readable (exit 2 otherwise, exit 4
+/// when the registry cannot be asked);
 /// a history location the token may not use is a warning, since history never blocks a build.
 async fn check_registry_access(
     plans: &BuildPlan,
@@ -217,7 +218,7 @@ async fn check_registry_access(
     store: &crate::history::StoreSpec,
     config: &Config,
 ) -> Result<(), Error> {
-    use crate::registry::access::{build_needs, check};
+    use crate::registry::access::{build_needs, cache_needs, check};
     let plan = plans.first();
     let Some(registry) = &plan.build.registry else {
         return Ok(());
@@ -250,6 +251,27 @@ async fn check_registry_access(
             }
         }
     }
+    // Extra caches in this registry (cache::settle keeps every export here); the others are
+    // read anonymously by the runner, and the launcher never contacts them.
+    let own = |r: &&crate::backend::cache::CacheRef| r.in_registry(Some(registry));
+    let exports: Vec<String> = plan
+        .build
+        .cache_to
+        .iter()
+        .map(|e| &e.reference)
+        .filter(own)
+        .map(|r| r.path.clone())
+        .collect();
+    let imports: Vec<String> = plan
+        .build
+        .cache_from
+        .iter()
+        .map(|i| &i.reference)
+        .filter(own)
+        .map(|r| r.path.clone())
+        .collect();
+    let extra = cache_needs(&exports, &imports, &needs);
+    needs.extend(extra);
     let results = check(registry, plan.build.insecure_registry, credentials, &needs).await;
     for (need, result) in needs.iter().zip(results) {
         match result {

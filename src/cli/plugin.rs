@@ -8,7 +8,8 @@
 //! Woodpecker joins lists with commas and sends maps as JSON. Values may contain commas (a build
 //! arg `A=x,y`, a secret `id=npm,env=NPM_TOKEN`), so lists are split with care: a JSON array or
 //! object is used as is; otherwise a piece that cannot start an item (no `=` for key=value
-//! lists, not `id=` for secrets) continues the previous one.
+//! lists, not `id=` for secrets, a key the cache before it lacks for caches) continues the
+//! previous one.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -190,6 +191,9 @@ pub fn argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsStr
 /// One list setting's items.
 fn split_list(flag: &str, value: &str) -> Result<Vec<String>, String> {
     let trimmed = value.trim();
+    if matches!(flag, "cache-from" | "cache-to") {
+        return cache_items(trimmed);
+    }
     if trimmed.starts_with('{') {
         let map: BTreeMap<String, serde_json::Value> =
             serde_json::from_str(trimmed).map_err(|e| format!("not a valid JSON object: {e}"))?;
@@ -228,6 +232,37 @@ fn split_list(flag: &str, value: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(items.into_iter().filter(|i| !i.is_empty()).collect())
+}
+
+/// A cache list's items: `type=registry,ref=…,mode=…` holds commas of its own
+/// (backend::cache::split), and a map (`cache_to: { type: registry, ref: … }`) is one cache,
+/// alone or in a list.
+fn cache_items(value: &str) -> Result<Vec<String>, String> {
+    let joined = |map: serde_json::Map<String, serde_json::Value>| -> String {
+        map.into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let item = |v: serde_json::Value| match v {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Object(map) => joined(map),
+        other => other.to_string(),
+    };
+    if value.starts_with('{') {
+        let map =
+            serde_json::from_str(value).map_err(|e| format!("not a valid JSON object: {e}"))?;
+        return Ok(vec![joined(map)]);
+    }
+    if value.starts_with('[') {
+        let items: Vec<serde_json::Value> =
+            serde_json::from_str(value).map_err(|e| format!("not a valid JSON array: {e}"))?;
+        return Ok(items.into_iter().map(item).collect());
+    }
+    Ok(crate::backend::cache::split(value))
 }
 
 /// A secret setting, from its usual variable or its plugin twin (`HCLOUD_TOKEN`,
@@ -383,6 +418,51 @@ mod tests {
             assert!(err.starts_with("PLUGIN_BUILD_SECRETS: "), "{err}");
             assert!(!err.contains("fake"), "{err}");
         }
+    }
+
+    #[test]
+    fn cache_lists_keep_buildkits_commas() {
+        let a = args(&[
+            (
+                "PLUGIN_CACHE_TO",
+                "type=registry,ref=zot.example/cache/a:main,mode=min,zot.example/cache/b",
+            ),
+            (
+                "PLUGIN_CACHE_FROM",
+                r#"["type=registry,ref=zot.example/cache/a:main","other.example/c"]"#,
+            ),
+        ])
+        .join(" ");
+        assert!(
+            a.contains("--cache-to type=registry,ref=zot.example/cache/a:main,mode=min --cache-to zot.example/cache/b"),
+            "{a}"
+        );
+        assert!(
+            a.contains("--cache-from type=registry,ref=zot.example/cache/a:main --cache-from other.example/c"),
+            "{a}"
+        );
+        // A YAML map is one cache, alone or in a list.
+        let a = args(&[
+            (
+                "PLUGIN_CACHE_TO",
+                r#"{"type":"registry","ref":"zot.example/cache/a","mode":"min"}"#,
+            ),
+            (
+                "PLUGIN_CACHE_FROM",
+                r#"[{"type":"registry","ref":"zot.example/cache/a"},"other.example/c"]"#,
+            ),
+        ])
+        .join(" ");
+        assert!(
+            a.contains("--cache-to mode=min,ref=zot.example/cache/a,type=registry"),
+            "{a}"
+        );
+        assert!(
+            a.contains(
+                "--cache-from ref=zot.example/cache/a,type=registry --cache-from other.example/c"
+            ),
+            "{a}"
+        );
     }
 
     #[test]

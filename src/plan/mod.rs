@@ -50,6 +50,23 @@ impl PlanRequest {
                 one.arch = Some(arch);
                 one.platforms = Vec::new();
                 one.build.by_digest = true;
+                // Two platforms exporting to one cache reference would overwrite each other's
+                // cache: as with the default cache, every architecture but amd64 gets its own
+                // tag (`:v1` → `:v1-arm64`, none → `:latest-arm64`). Imports follow, so each
+                // platform reads what it wrote.
+                if arch != Arch::Amd64 {
+                    let own = |r: &mut crate::backend::cache::CacheRef| {
+                        r.tag = Some(format!("{}-{arch}", r.tag_or_latest()));
+                    };
+                    one.build
+                        .cache_to
+                        .iter_mut()
+                        .for_each(|e| own(&mut e.reference));
+                    one.build
+                        .cache_from
+                        .iter_mut()
+                        .for_each(|i| own(&mut i.reference));
+                }
                 one
             })
             .collect()
@@ -182,6 +199,8 @@ pub struct Plan {
     /// Built on the runner, nothing pushed (`--dry-run`).
     pub dry_run: bool,
     pub cache_ref: Option<String>,
+    /// `--cache-to` / `--cache-from` beside the default cache.
+    pub extra_caches: backend::cache::ExtraCaches,
     pub commands: Vec<String>,
     /// Why the build tool differs from the one asked for (`--backend`), when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -242,6 +261,8 @@ impl Plan {
         let mut build = req.build.clone();
         build.platform = sizing.arch.platform().to_owned();
         build.cache_repo = config.registry.cache_repo(&build.image_repo);
+        backend::cache::settle(&mut build, &config.registry.history)
+            .map_err(PlanError::Unsupported)?;
         let paths = RemotePaths::new(REMOTE_WORKDIR);
         let mut commands = vec![format!(
             "rsync --archive {}/ root@<runner>:{}/   # honours .dockerignore",
@@ -283,6 +304,7 @@ impl Plan {
             images: build.images(),
             dry_run: build.dry_run,
             cache_ref: build.cache_ref(),
+            extra_caches: backend::cache::ExtraCaches::of(&build),
             commands,
             backend_note: None,
             buildkitd_ready_timeout_s: ready_timeout_s,

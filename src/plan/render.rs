@@ -72,6 +72,9 @@ pub fn render_human(plan: &Plan) -> String {
     if let Some(cache) = &plan.cache_ref {
         row(&mut out, "cache", cache);
     }
+    if let Some(extra) = plan.extra_caches.describe(plan.dry_run) {
+        row(&mut out, "caches", &extra);
+    }
     if let Some(note) = &plan.backend_note {
         row(&mut out, "backend", note);
     }

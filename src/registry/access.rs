@@ -86,6 +86,42 @@ pub fn build_needs(
     needs
 }
 
+/// What the extra caches in the build's registry need (those elsewhere are read anonymously and
+/// not asked about): pull and push where the build exports (BuildKit's exporter asks for both),
+/// pull where it only imports; one need per repository, none where a need of `covered` has the
+/// same actions already.
+pub fn cache_needs(exports: &[String], imports: &[String], covered: &[Need]) -> Vec<Need> {
+    let mut needs: Vec<Need> = Vec::new();
+    let both = [Action::Pull, Action::Push];
+    let wanted = exports
+        .iter()
+        .map(|r| (r, &both[..]))
+        .chain(imports.iter().map(|r| (r, &both[..1])));
+    for (repository, actions) in wanted {
+        if covered
+            .iter()
+            .any(|n| &n.repository == repository && actions.iter().all(|a| n.actions.contains(a)))
+        {
+            continue;
+        }
+        match needs.iter_mut().find(|n| &n.repository == repository) {
+            Some(need) => {
+                for action in actions {
+                    if !need.actions.contains(action) {
+                        need.actions.push(*action);
+                    }
+                }
+            }
+            None => needs.push(Need {
+                what: "cache",
+                repository: repository.clone(),
+                actions: actions.to_vec(),
+            }),
+        }
+    }
+    needs
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AccessError {
     #[error(
@@ -465,6 +501,28 @@ mod tests {
             Some(("https://auth.example/token".into(), Some("zot".into())))
         );
         assert_eq!(parse_bearer(r#"Basic realm="x""#), None);
+    }
+
+    #[test]
+    fn extra_caches_need_push_where_exported_and_pull_where_read() {
+        let covered = build_needs("org/app", Some("cache/org/app".into()), None);
+        let needs = cache_needs(
+            &["cache/x".into(), "org/app".into()],
+            &["cache/y".into(), "cache/x".into(), "cache/org/app".into()],
+            &covered,
+        );
+        let got: Vec<(&str, Vec<Action>)> = needs
+            .iter()
+            .map(|n| (n.repository.as_str(), n.actions.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("cache/x", vec![Action::Pull, Action::Push]),
+                ("cache/y", vec![Action::Pull]),
+            ]
+        );
+        assert!(needs.iter().all(|n| n.what == "cache"));
     }
 
     #[test]
