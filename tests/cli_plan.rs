@@ -325,3 +325,67 @@ fn history_show_lists_a_keys_samples_and_what_they_size() {
     assert_eq!(v["required_mib"], 3606);
     assert_eq!(v["tier"], "cx33");
 }
+
+#[test]
+fn plan_for_two_platforms_decides_each_on_its_own_ladder_and_key() {
+    let example = repo_dir().join("examples/hello");
+    let plan = |extra: &[&str]| {
+        Launcher::new()
+            .args(["plan", "--history", "none", "--context"])
+            .args([&example])
+            .args(["--registry", "localhost:5000", "--tag", "v1"])
+            .args(["--platform", "linux/amd64", "--platform", "linux/arm64"])
+            .args(["--cache-to", "localhost:5000/cache/extra:main"])
+            .args(extra)
+            .run()
+            .redact(&[(&example, "[EXAMPLE]")])
+    };
+    let out = plan(&["--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["index"], true);
+    assert_eq!(v["images"][0], "localhost:5000/hello:v1");
+    let platforms = v["platforms"].as_array().unwrap();
+    let decided: Vec<(&str, &str, &str)> = platforms
+        .iter()
+        .map(|p| {
+            (
+                p["arch"].as_str().unwrap(),
+                p["history"]["key"]["arch"].as_str().unwrap(),
+                p["cache_ref"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            ("amd64", "amd64", "localhost:5000/cache/hello"),
+            ("arm64", "arm64", "localhost:5000/cache/hello:arm64"),
+        ]
+    );
+    assert!(platforms[1]["tier"].as_str().unwrap().starts_with("cax"));
+    // Each platform pushes by digest; the arm64 one exports its own extra-cache tag.
+    let arm = platforms[1]["commands"].as_array().unwrap().last().unwrap();
+    let arm = arm.as_str().unwrap();
+    assert!(
+        arm.contains("push-by-digest=true") && arm.contains("platform=linux/arm64"),
+        "{arm}"
+    );
+    assert!(
+        arm.contains("ref=localhost:5000/cache/extra:main-arm64"),
+        "{arm}"
+    );
+    let out = plan(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .starts_with("2 platforms (linux/amd64, linux/arm64), each built natively"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("one OCI image index under every tag"),
+        "{}",
+        out.stdout
+    );
+}
