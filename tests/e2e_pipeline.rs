@@ -91,7 +91,8 @@ fn an_extra_cache_is_written_to_the_builds_registry_and_read_by_a_later_build() 
         c.report()["plan"]["extra_caches"]["to"][0]["ref"].as_str(),
         Some(extra.as_str())
     );
-    for repo in ["cache/e2e/shared", "cache/e2e/app"] {
+    // The double keeps the cache of `shared:main` in the buildah repository `shared/main`.
+    for repo in ["cache/e2e/shared/main", "cache/e2e/app"] {
         let tags = c.registry.tags(repo).unwrap_or_default();
         assert!(tags.contains("\"tags\":[\""), "no cache in {repo}: {tags}");
     }

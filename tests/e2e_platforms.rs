@@ -331,3 +331,38 @@ fn a_platform_without_a_golden_snapshot_is_exit_2_before_any_server() {
     assert_eq!(c.calls("POST /servers"), 0);
     c.sim.assert_clean();
 }
+
+/// The benchmark behind docs/PERFORMANCE.md ("Two platforms"), run by benches/platforms.sh: wall
+/// time of one two-platform build against the two single-platform builds one after the other.
+/// It asserts correctness only; the times are printed, never compared.
+#[test]
+#[ignore = "a benchmark: benches/platforms.sh"]
+fn bench_two_platforms_against_two_single_builds() {
+    let Some(c) = cloud("FROM scratch\nCOPY blob.bin /blob.bin\nCOPY hello.txt /hello.txt\n")
+    else {
+        return;
+    };
+    // 32 MiB of incompressible data: the build moves something on both runners.
+    let blob: Vec<u8> = (0..32u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(c.ctx.path().join("blob.bin"), blob).unwrap();
+    // No registry cache: every build does the same work on fresh runners, whatever ran before.
+    let timed = |args: &[&str]| {
+        let started = Instant::now();
+        let out = c.build(&[args, &["--cache", "off"]].concat());
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        started.elapsed().as_secs_f64()
+    };
+    let amd64 = timed(&["--platform", "linux/amd64", "--tag", "amd64"]);
+    let arm64 = timed(&["--platform", "linux/arm64", "--tag", "arm64"]);
+    let both = timed(&["--platform", BOTH, "--tag", "both"]);
+    println!(
+        "BENCH amd64 {amd64:.1} s, arm64 {arm64:.1} s, sequential {:.1} s, two-platform {both:.1} s, \
+         two-platform / longer single {:.2}, two-platform / sequential {:.2}",
+        amd64 + arm64,
+        both / amd64.max(arm64),
+        both / (amd64 + arm64)
+    );
+    c.sim.assert_clean();
+}
