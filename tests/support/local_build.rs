@@ -15,6 +15,9 @@ pub const TOOLS: &[&str] = &[
     "buildah",
     "docker-registry",
     "busybox",
+    // the buildctl double's push by digest and FROM checks
+    "curl",
+    "python3",
 ];
 
 /// A registry with the base image, a private runner directory, and a context.
