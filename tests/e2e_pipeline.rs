@@ -12,24 +12,7 @@ use support::hcloud_sim::cloud::Cloud;
 
 /// The image config's labels of `repo:tag` in the fixture's registry.
 fn labels(c: &Cloud, repo: &str, tag: &str) -> serde_json::Value {
-    let accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
-    let (status, _, body) = c
-        .registry
-        .get(
-            &format!("/v2/{repo}/manifests/{tag}"),
-            &[("Accept", accept)],
-        )
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
-    let manifest: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let config = manifest["config"]["digest"].as_str().unwrap();
-    let (status, _, body) = c
-        .registry
-        .get(&format!("/v2/{repo}/blobs/{config}"), &[])
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
-    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
-    config["config"]["Labels"].clone()
+    c.registry.image_config(repo, tag)["config"]["Labels"].clone()
 }
 
 #[test]

@@ -31,18 +31,6 @@ fn cloud(dockerfile: &str) -> Option<Cloud> {
 
 const SCRATCH: &str = "FROM scratch\nCOPY hello.txt /hello.txt\n";
 
-/// JSON of `GET /v2/{repo}/manifests/{reference}` with `accept`.
-fn manifest(c: &Cloud, repo: &str, reference: &str, accept: &str) -> (u16, serde_json::Value) {
-    let (status, _, body) = c
-        .registry
-        .get(
-            &format!("/v2/{repo}/manifests/{reference}"),
-            &[("Accept", accept)],
-        )
-        .unwrap();
-    (status, serde_json::from_str(&body).unwrap_or_default())
-}
-
 fn spawn(c: &Cloud, extra: &[&str]) -> std::process::Child {
     Command::new(BIN)
         .args(c.args())
@@ -102,7 +90,7 @@ fn two_platforms_build_at_the_same_time_on_native_servers_under_one_index() {
     // Every tag names one index listing both platforms; the report gives its digest.
     let index_digest = report["digest"].as_str().unwrap();
     for tag in ["1.0", "latest"] {
-        let (status, index) = manifest(&c, "e2e/app", tag, INDEX);
+        let (status, index) = c.registry.manifest_json("e2e/app", tag, INDEX);
         assert_eq!(status, 200, "{index}");
         assert_eq!(index["mediaType"], INDEX);
         assert_eq!(
@@ -125,19 +113,7 @@ fn two_platforms_build_at_the_same_time_on_native_servers_under_one_index() {
             .zip(["amd64", "arm64"])
         {
             let digest = m["digest"].as_str().unwrap();
-            let (status, image) = manifest(
-                &c,
-                "e2e/app",
-                digest,
-                "application/vnd.oci.image.manifest.v1+json",
-            );
-            assert_eq!(status, 200);
-            let config = image["config"]["digest"].as_str().unwrap();
-            let (_, _, body) = c
-                .registry
-                .get(&format!("/v2/e2e/app/blobs/{config}"), &[])
-                .unwrap();
-            let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let config = c.registry.image_config("e2e/app", digest);
             assert_eq!(config["architecture"], arch);
         }
     }

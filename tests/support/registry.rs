@@ -112,6 +112,38 @@ impl Registry {
         }
     }
 
+    /// `GET /v2/REPO/manifests/REFERENCE` asking for `accept`: the status and the JSON (null when
+    /// the body is none).
+    #[allow(dead_code)] // not every test binary reads manifests
+    pub fn manifest_json(
+        &self,
+        repo: &str,
+        reference: &str,
+        accept: &str,
+    ) -> (u16, serde_json::Value) {
+        let (status, _, body) = self
+            .get(
+                &format!("/v2/{repo}/manifests/{reference}"),
+                &[("Accept", accept)],
+            )
+            .unwrap();
+        (status, serde_json::from_str(&body).unwrap_or_default())
+    }
+
+    /// The config blob of the image manifest `REPO:REFERENCE` (a tag or a digest).
+    #[allow(dead_code)]
+    pub fn image_config(&self, repo: &str, reference: &str) -> serde_json::Value {
+        let accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+        let (status, manifest) = self.manifest_json(repo, reference, accept);
+        assert_eq!(status, 200, "{repo}:{reference}: {manifest}");
+        let config = manifest["config"]["digest"].as_str().unwrap();
+        let (status, _, body) = self
+            .get(&format!("/v2/{repo}/blobs/{config}"), &[])
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
     /// `GET /v2/REPO/tags/list` as raw JSON (`None` on 404).
     pub fn tags(&self, repo: &str) -> Option<String> {
         let (status, _, body) = self.get(&format!("/v2/{repo}/tags/list"), &[]).unwrap();
