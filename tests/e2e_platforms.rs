@@ -230,6 +230,68 @@ fn out_of_memory_on_one_platform_retries_only_that_platform() {
 }
 
 #[test]
+fn a_failing_platform_stops_the_other_and_every_server_goes() {
+    // arm64's stage runs a step in `scratch` (no shell): the build fails; amd64 sleeps meanwhile.
+    let Some(c) = cloud(
+        "ARG TARGETARCH\n\
+         FROM {base} AS build-amd64\n\
+         RUN sleep 60\n\
+         FROM scratch AS build-arm64\n\
+         RUN true\n\
+         FROM build-${TARGETARCH}\n\
+         COPY hello.txt /hello.txt\n",
+    ) else {
+        return;
+    };
+    let out = c.build(&["--platform", BOTH]);
+    assert_eq!(
+        out.code, 1,
+        "the failing platform's exit code:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("linux/arm64: failed; stopping the other platforms"),
+        "{}",
+        out.stderr
+    );
+    let report = c.report();
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("linux/arm64: the build failed"),
+        "{}",
+        report["error"]
+    );
+    let outcomes: Vec<(&str, &str, bool)> = report["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["platform"].as_str().unwrap(),
+                a["outcome"].as_str().unwrap(),
+                a["destroyed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("linux/amd64", "cancelled", true),
+            ("linux/arm64", "failed", true)
+        ]
+    );
+    assert_eq!(
+        c.registry.tags("e2e/app"),
+        None,
+        "nothing was pushed under a tag"
+    );
+    c.sim.assert_clean();
+}
+
+#[test]
 fn a_two_platform_dry_run_builds_both_and_pushes_nothing() {
     let Some(c) = cloud(SCRATCH) else {
         return;

@@ -38,6 +38,18 @@ pub struct Sample {
     pub outcome: Outcome,
 }
 
+impl Sample {
+    /// The architecture it was built on. Samples written before the architecture was part of
+    /// the key say it by their tier: Hetzner's ARM types are the `cax` ones; anything else (and
+    /// a trace without a tier) counts as amd64.
+    pub fn arch(&self) -> Arch {
+        self.arch.unwrap_or_else(|| match &self.tier {
+            Some(tier) if tier.starts_with("cax") => Arch::Arm64,
+            _ => Arch::Amd64,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
@@ -59,13 +71,11 @@ pub struct HistoryKey {
 }
 
 impl HistoryKey {
-    /// A sample without an architecture counts as `amd64` (written before the architecture
-    /// was part of the key).
     pub fn matches(&self, sample: &Sample) -> bool {
         self.repo == sample.repo
             && self.dockerfile == sample.dockerfile
             && self.target == sample.target
-            && self.arch == sample.arch.unwrap_or(Arch::Amd64)
+            && self.arch == sample.arch()
     }
 }
 
@@ -193,6 +203,23 @@ mod tests {
             let err = bad.parse::<StoreSpec>().unwrap_err().to_string();
             assert!(err.contains("file:PATH, registry or none"), "{err}");
         }
+    }
+
+    #[test]
+    fn samples_without_an_arch_count_by_their_tier() {
+        let line = |tier: &str| {
+            serde_json::from_str::<Sample>(&format!(
+                r#"{{"ts": "t", "repo": "a/b", "dockerfile": "Dockerfile", {tier} "peak_memory_mib": 1, "duration_s": 1}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(line(r#""tier": "cax21","#).arch(), Arch::Arm64);
+        assert_eq!(line(r#""tier": "cx33","#).arch(), Arch::Amd64);
+        assert_eq!(line("").arch(), Arch::Amd64);
+        assert_eq!(
+            line(r#""tier": "cx33", "arch": "arm64","#).arch(),
+            Arch::Arm64
+        );
     }
 
     #[test]

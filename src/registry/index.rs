@@ -47,10 +47,15 @@ pub async fn push_index(
 ) -> Result<String, RegistryError> {
     let client = client(registry, insecure);
     let auth = auth(credentials);
-    client.store_auth_if_needed(registry, &auth).await;
+    // oci-client looks credentials up by the reference's resolved registry (`index.docker.io`
+    // for `docker.io`), not by the spelling of --registry.
+    let resolved = parse(&format!("{repository}:latest"))?;
+    client
+        .store_auth_if_needed(resolved.resolve_registry(), &auth)
+        .await;
     let mut entries = Vec::new();
     for part in parts {
-        entries.extend(entries_of(&client, repository, part).await?);
+        entries.extend(entries_of(&client, repository, part, false).await?);
     }
     let body = index_body(entries);
     let digest = format!("sha256:{:x}", Sha256::digest(&body));
@@ -74,11 +79,13 @@ pub async fn push_index(
     Ok(digest)
 }
 
-/// The index's descriptors for one platform's pushed image.
+/// The index's descriptors for one platform's pushed image. `nested`: this is the image of a
+/// platform's own index, which may not be an index again.
 async fn entries_of(
     client: &Client,
     repository: &str,
     part: &Part,
+    nested: bool,
 ) -> Result<Vec<Value>, RegistryError> {
     let image = format!("{repository}@{}", part.digest);
     let reference = parse(&image)?;
@@ -92,6 +99,9 @@ async fn entries_of(
         expected: part.platform.clone(),
         found,
     };
+    if is_index(&media_type) && nested {
+        return Err(wrong("an index inside the platform's index".into()));
+    }
     if is_index(&media_type) {
         let listed = manifest["manifests"]
             .as_array()
@@ -103,6 +113,12 @@ async fn entries_of(
             .collect();
         match images.as_slice() {
             [one] if one["platform"]["os"] == os && one["platform"]["architecture"] == arch => {
+                // The descriptor's platform is the runner's word: its image config must agree.
+                let child = Part {
+                    platform: part.platform.clone(),
+                    digest: one["digest"].as_str().unwrap_or_default().to_owned(),
+                };
+                Box::pin(entries_of(client, repository, &child, true)).await?;
                 Ok(listed)
             }
             _ => Err(wrong(format!(

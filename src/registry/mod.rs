@@ -69,6 +69,9 @@ pub(crate) fn client(registry: &str, insecure: bool) -> Client {
     };
     Client::new(ClientConfig {
         protocol,
+        // A registry that stops answering fails the step instead of holding it until SIGKILL.
+        connect_timeout: Some(std::time::Duration::from_secs(10)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
         ..ClientConfig::default()
     })
 }

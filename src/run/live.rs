@@ -104,6 +104,7 @@ impl LiveRunners {
         log: &(dyn Fn(&str) + Send + Sync),
     ) -> Vec<(String, Result<(), ProviderError>)> {
         let lost = self.settle(CREATE_GRACE).await;
+        let mut results = Vec::new();
         for name in lost {
             // Its create did not answer in time: it may exist all the same.
             match self.provider.find(&name).await {
@@ -113,16 +114,33 @@ impl LiveRunners {
                     ));
                     lock(&self.ids).ids.push(id);
                 }
-                Ok(None) => log(&format!(
-                    "runner {name} was being created and is not there (yet); `reap` will find it if it appears"
+                // Its fate is unknown: never reported as destroyed (exit 6; its labels let
+                // `reap` find it if it appears).
+                Ok(None) => results.push((
+                    name.clone(),
+                    Err(ProviderError::Runner {
+                        id: name,
+                        action: "confirm it is gone",
+                        detail: format!(
+                            "its create did not answer within {} s and no server of that name exists yet",
+                            CREATE_GRACE.as_secs()
+                        ),
+                    }),
                 )),
-                Err(e) => log(&format!(
-                    "runner {name} was being created and could not be looked up ({e}); `reap` will find it"
+                Err(e) => results.push((
+                    name.clone(),
+                    Err(ProviderError::Runner {
+                        id: name,
+                        action: "confirm it is gone",
+                        detail: format!(
+                            "its create did not answer within {} s and the lookup by name failed: {e}",
+                            CREATE_GRACE.as_secs()
+                        ),
+                    }),
                 )),
             }
         }
         let ids: Vec<String> = std::mem::take(&mut lock(&self.ids).ids);
-        let mut results = Vec::new();
         for id in ids {
             let mut result = Err(ProviderError::Runner {
                 id: id.clone(),

@@ -98,6 +98,8 @@ struct PlatformRun {
     verdict: Option<Verdict>,
     error: Option<String>,
     samples: Vec<Sample>,
+    /// Stopped by SIGINT/SIGTERM (not by another platform's failure).
+    signalled: bool,
 }
 
 impl PlatformRun {
@@ -113,23 +115,21 @@ pub async fn execute(ex: &Executor<'_>, cancel: CancellationToken) -> RunReport 
     let stop = cancel.child_token();
     let several = ex.plan.several();
     let runs: Vec<PlatformRun> = join_all(ex.plan.platforms.iter().map(|plan| {
-        let stop = &stop;
+        let (stop, cancel) = (&stop, &cancel);
         async move {
             let platform = Platform::new(ex, plan);
-            let run = run_platform(&platform, stop).await;
-            if !run.succeeded() && !stop.is_cancelled() {
-                if several {
-                    (platform.log)(
-                        "failed; stopping the other platforms and destroying their runners",
-                    );
-                }
+            let run = run_platform(&platform, stop, cancel).await;
+            // Normally cancelled already, the moment the failure was known (run_platform).
+            if !run.succeeded() {
                 stop.cancel();
             }
             run
         }
     }))
     .await;
-    let cancelled = cancel.is_cancelled();
+    // Cancelled means a platform was stopped by the signal: a SIGTERM that comes after every
+    // platform ended (during the last destroy) changes nothing that was built.
+    let cancelled = runs.iter().any(|r| r.signalled);
 
     let named = |plan: &Plan, message: &str| {
         if several {
@@ -224,7 +224,8 @@ async fn finish(ex: &Executor<'_>, runs: &[PlatformRun]) -> Result<Option<String
     };
     if ex.plan.dry_run() {
         (ex.log)("dry run: nothing was pushed, nothing to verify");
-        return Ok(runs[0].digest.clone());
+        // Several platforms made no index: there is no one digest to report.
+        return Ok(runs[0].digest.clone().filter(|_| !ex.plan.several()));
     }
     let mut parts = Vec::new();
     for (plan, run) in ex.plan.platforms.iter().zip(runs) {
@@ -280,7 +281,11 @@ async fn finish(ex: &Executor<'_>, runs: &[PlatformRun]) -> Result<Option<String
 
 /// One platform's attempts: its tier, then once more on the next tier after running out of
 /// memory. Every attempt's runner is destroyed before the next step, whatever happened.
-async fn run_platform(p: &Platform<'_>, stop: &CancellationToken) -> PlatformRun {
+async fn run_platform(
+    p: &Platform<'_>,
+    stop: &CancellationToken,
+    signal: &CancellationToken,
+) -> PlatformRun {
     let plan = p.plan;
     let live = LiveRunners::new(p.ex.provider.clone());
     let mut tiers: Vec<Tier> = vec![plan.server.clone()];
@@ -291,7 +296,9 @@ async fn run_platform(p: &Platform<'_>, stop: &CancellationToken) -> PlatformRun
         verdict: None,
         error: None,
         samples: Vec::new(),
+        signalled: false,
     };
+    let several = p.ex.plan.several();
 
     for (n, tier) in tiers.iter().enumerate() {
         (p.log)(&format!(
@@ -308,6 +315,22 @@ async fn run_platform(p: &Platform<'_>, stop: &CancellationToken) -> PlatformRun
             _ = stop.cancelled() => None,
             result = attempt => Some(result),
         };
+        // A final failure stops the other platforms now, before this runner's destroy (which
+        // can take minutes): none of them may start another paid server for a lost build.
+        let last = n + 1 == tiers.len();
+        let failed_for_good = match &result {
+            Some(Ok(done)) => match &done.verdict {
+                Verdict::Ok => false,
+                Verdict::Oom { .. } => last,
+                _ => true,
+            },
+            Some(Err(_)) => true,
+            None => false,
+        };
+        if failed_for_good && several && !stop.is_cancelled() {
+            (p.log)("failed; stopping the other platforms and destroying their runners");
+            stop.cancel();
+        }
         // Whatever happened, the runner goes now (a dropped attempt left it registered).
         let destroy_started = std::time::Instant::now();
         for (id, outcome) in live.destroy_all(p.log.as_ref()).await {
@@ -326,6 +349,7 @@ async fn run_platform(p: &Platform<'_>, stop: &CancellationToken) -> PlatformRun
             record.outcome = report::AttemptOutcome::Cancelled;
             run.attempts.push(record);
             run.verdict = None;
+            run.signalled = signal.is_cancelled();
             break;
         };
         let verdict = match result {

@@ -152,7 +152,7 @@ impl RegistryStore {
             repo: sample.repo.clone(),
             dockerfile: sample.dockerfile.clone(),
             target: sample.target.clone(),
-            arch: sample.arch.unwrap_or(Arch::Amd64),
+            arch: sample.arch(),
         })
     }
 

@@ -54,6 +54,11 @@ fn key_hashes_are_stable_and_tell_keys_apart() {
         key_hash("acme/app", "Dockerfile", None, Arch::Amd64),
         "7f9618eeaa38"
     );
+    // An arm64 key is its own repository, pinned the same way.
+    assert_eq!(
+        key_hash("acme/app", "Dockerfile", None, Arch::Arm64),
+        "5c2974821ce9"
+    );
     let all = [
         key_hash("acme/app", "Dockerfile", None, Arch::Amd64),
         key_hash("acme/app", "Dockerfile", Some(""), Arch::Amd64),
