@@ -156,6 +156,8 @@ fn sigterm_during_a_two_platform_build_destroys_both_servers_within_2_s() {
         assert!(child.try_wait().unwrap().is_none(), "the build ended early");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The deletes' actions take the simulator's usual 100 ms (the boots stay stuck).
+    c.sim.action_delay(Duration::from_millis(100));
     let sent = Instant::now();
     support::sigterm(&child);
     let status = child.wait().unwrap();

@@ -56,7 +56,11 @@ impl PlanRequest {
                 // platform reads what it wrote.
                 if arch != Arch::Amd64 {
                     let own = |r: &mut crate::backend::cache::CacheRef| {
-                        r.tag = Some(format!("{}-{arch}", r.tag_or_latest()));
+                        // A tag has at most 128 characters: the base gives way to the suffix.
+                        let suffix = format!("-{arch}");
+                        let base = r.tag_or_latest();
+                        let keep = base.len().min(128 - suffix.len());
+                        r.tag = Some(format!("{}{suffix}", &base[..keep]));
                     };
                     one.build
                         .cache_to
