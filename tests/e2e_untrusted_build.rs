@@ -138,10 +138,18 @@ fn no_child_of_the_launcher_sees_a_secret_in_its_environment() {
             .spawn()
             .unwrap();
         let launcher = child.id();
+        let cmdline = |pid: u32| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let own = cmdline(launcher);
         let mut seen = BTreeSet::new();
         let mut leaks = Vec::new();
         while child.try_wait().unwrap().is_none() {
             for (pid, comm) in descendants(launcher) {
+                // A child between fork and exec is still a copy of the launcher, with its
+                // command line and its initial environment (ours to give, never what the child
+                // runs with): only what a child execs counts.
+                if cmdline(pid) == own {
+                    continue;
+                }
                 let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
                     continue;
                 };
