@@ -78,6 +78,30 @@ async fn put_manifest(
     digest
 }
 
+/// `push_index` of one platform's `digest` as `platform`, under `repo:tag` in `registry`.
+async fn index_of(
+    registry: &Registry,
+    repo: &str,
+    tag: &str,
+    platform: &str,
+    digest: &str,
+) -> Result<String, String> {
+    let repository = format!("{}/{repo}", registry.addr);
+    push_index(
+        &repository,
+        &[format!("{repository}:{tag}")],
+        &[Part {
+            platform: platform.into(),
+            digest: digest.into(),
+        }],
+        &registry.addr,
+        true,
+        None,
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
 #[test]
 fn a_platform_pushed_as_an_index_with_an_attestation_is_checked_and_flattened() {
     if !require_root_and_tools(&["docker-registry", "buildah", "busybox"]) {
@@ -113,22 +137,10 @@ fn a_platform_pushed_as_an_index_with_an_attestation_is_checked_and_flattened() 
             ],
         });
         let own_digest = put_manifest(&registry, repo, &own, INDEX).await;
-        let repository = format!("{}/{repo}", registry.addr);
-        let tag = format!("{repository}:multi");
         let platform = format!("linux/{arch}");
-        let digest = push_index(
-            &repository,
-            std::slice::from_ref(&tag),
-            &[Part {
-                platform: platform.clone(),
-                digest: own_digest.clone(),
-            }],
-            &registry.addr,
-            true,
-            None,
-        )
-        .await
-        .unwrap();
+        let digest = index_of(&registry, repo, "multi", &platform, &own_digest)
+            .await
+            .unwrap();
         let (status, index) = registry.manifest_json(repo, "multi", INDEX);
         assert_eq!(status, 200);
         let listed: Vec<&str> = index["manifests"]
@@ -151,20 +163,9 @@ fn a_platform_pushed_as_an_index_with_an_attestation_is_checked_and_flattened() 
         } else {
             "linux/amd64"
         };
-        let err = push_index(
-            &repository,
-            &[format!("{repository}:wrong")],
-            &[Part {
-                platform: other.into(),
-                digest: own_digest,
-            }],
-            &registry.addr,
-            true,
-            None,
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+        let err = index_of(&registry, repo, "wrong", other, &own_digest)
+            .await
+            .unwrap_err();
         assert!(err.contains(&format!("not for {other}")), "{err}");
         assert_eq!(registry.manifest_json(repo, "wrong", INDEX).0, 404);
 
@@ -178,20 +179,9 @@ fn a_platform_pushed_as_an_index_with_an_attestation_is_checked_and_flattened() 
             ],
         });
         let lying_digest = put_manifest(&registry, repo, &lying, INDEX).await;
-        let err = push_index(
-            &repository,
-            &[format!("{repository}:lying")],
-            &[Part {
-                platform: other.into(),
-                digest: lying_digest,
-            }],
-            &registry.addr,
-            true,
-            None,
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+        let err = index_of(&registry, repo, "lying", other, &lying_digest)
+            .await
+            .unwrap_err();
         assert!(err.contains(&format!("built for linux/{arch}")), "{err}");
         assert_eq!(registry.manifest_json(repo, "lying", INDEX).0, 404);
     });
