@@ -188,6 +188,37 @@ fn sigterm_during_a_two_platform_build_destroys_both_servers_within_2_s() {
 }
 
 #[test]
+fn sigterm_while_both_creates_are_in_flight_still_deletes_both_servers() {
+    let Some(c) = cloud(SCRATCH) else {
+        return;
+    };
+    // Both creates are made and answered 4 s later: the signal comes while both are in flight.
+    c.sim.after_create(&[
+        support::hcloud_sim::AfterCreate::Slow(Duration::from_secs(4)),
+        support::hcloud_sim::AfterCreate::Slow(Duration::from_secs(4)),
+    ]);
+    let mut child = spawn(&c, &["--platform", BOTH]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.calls("POST /servers") < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(c.calls("POST /servers"), 2, "both creates were sent");
+    let sent = Instant::now();
+    support::sigterm(&child);
+    let status = child.wait().unwrap();
+    let took = sent.elapsed();
+    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    assert_eq!(status.code(), Some(5), "stderr:\n{stderr}");
+    // Loosely, as the single-platform test: well inside Woodpecker's 20 s.
+    assert!(
+        took < Duration::from_secs(20),
+        "exit {took:?} after SIGTERM"
+    );
+    assert_eq!(c.calls("DELETE /servers/{id}"), 2, "{stderr}");
+    c.sim.assert_clean();
+}
+
+#[test]
 fn out_of_memory_on_one_platform_retries_only_that_platform() {
     // amd64 runs a step that needs 350 MiB (more than cx23's sandbox share of 256 MiB); arm64
     // only copies (buildah skips the stage it does not use).
