@@ -117,13 +117,8 @@ pub async fn execute(ex: &Executor<'_>, cancel: CancellationToken) -> RunReport 
     let runs: Vec<PlatformRun> = join_all(ex.plan.platforms.iter().map(|plan| {
         let (stop, cancel) = (&stop, &cancel);
         async move {
-            let platform = Platform::new(ex, plan);
-            let run = run_platform(&platform, stop, cancel).await;
-            // Normally cancelled already, the moment the failure was known (run_platform).
-            if !run.succeeded() {
-                stop.cancel();
-            }
-            run
+            // A platform that fails for good cancels `stop` itself (run_platform).
+            run_platform(&Platform::new(ex, plan), stop, cancel).await
         }
     }))
     .await;
@@ -327,8 +322,10 @@ async fn run_platform(
             Some(Err(_)) => true,
             None => false,
         };
-        if failed_for_good && several && !stop.is_cancelled() {
-            (p.log)("failed; stopping the other platforms and destroying their runners");
+        if failed_for_good && !stop.is_cancelled() {
+            if several {
+                (p.log)("failed; stopping the other platforms and destroying their runners");
+            }
             stop.cancel();
         }
         // Whatever happened, the runner goes now (a dropped attempt left it registered).
