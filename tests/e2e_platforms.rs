@@ -31,6 +31,26 @@ fn cloud(dockerfile: &str) -> Option<Cloud> {
 
 const SCRATCH: &str = "FROM scratch\nCOPY hello.txt /hello.txt\n";
 
+/// Each attempt of the report as the values of `fields`, joined by spaces (`linux/amd64 cx23
+/// oom`): the attempts in report order.
+fn attempts(report: &serde_json::Value, fields: &[&str]) -> Vec<String> {
+    report["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            fields
+                .iter()
+                .map(|f| match &a[*f] {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
 fn spawn(c: &Cloud, extra: &[&str]) -> std::process::Child {
     Command::new(BIN)
         .args(c.args())
@@ -73,14 +93,9 @@ fn two_platforms_build_at_the_same_time_on_native_servers_under_one_index() {
     );
     let report = c.report();
     assert_eq!(report["outcome"], "success");
-    let attempts = report["attempts"].as_array().unwrap();
-    let platforms: Vec<(&str, &str)> = attempts
-        .iter()
-        .map(|a| (a["platform"].as_str().unwrap(), a["tier"].as_str().unwrap()))
-        .collect();
     assert_eq!(
-        platforms,
-        [("linux/amd64", "cx33"), ("linux/arm64", "cax21")]
+        attempts(&report, &["platform", "tier"]),
+        ["linux/amd64 cx33", "linux/arm64 cax21"]
     );
     assert_eq!(report["plan"]["platforms"].as_array().unwrap().len(), 2);
     // The summary's cost is the sum of both runners' (the API's prices, one started hour each).
@@ -236,26 +251,13 @@ fn out_of_memory_on_one_platform_retries_only_that_platform() {
     let out = c.build(&["--platform", BOTH]);
     assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
     let report = c.report();
-    let attempts: Vec<(String, String, String)> = report["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["platform"].as_str().unwrap().to_owned(),
-                a["tier"].as_str().unwrap().to_owned(),
-                a["outcome"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    let expected = [
-        ("linux/amd64", "cx23", "oom"),
-        ("linux/amd64", "cx33", "ok"),
-        ("linux/arm64", "cax11", "ok"),
-    ];
     assert_eq!(
-        attempts,
-        expected.map(|(p, t, o)| (p.to_owned(), t.to_owned(), o.to_owned()))
+        attempts(&report, &["platform", "tier", "outcome"]),
+        [
+            "linux/amd64 cx23 oom",
+            "linux/amd64 cx33 ok",
+            "linux/arm64 cax11 ok"
+        ]
     );
     assert_eq!(c.calls("POST /servers"), 3);
     assert_eq!(c.calls("DELETE /servers/{id}"), 3);
@@ -297,24 +299,9 @@ fn a_failing_platform_stops_the_other_and_every_server_goes() {
         "{}",
         report["error"]
     );
-    let outcomes: Vec<(&str, &str, bool)> = report["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["platform"].as_str().unwrap(),
-                a["outcome"].as_str().unwrap(),
-                a["destroyed"].as_bool().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        outcomes,
-        [
-            ("linux/amd64", "cancelled", true),
-            ("linux/arm64", "failed", true)
-        ]
+        attempts(&report, &["platform", "outcome", "destroyed"]),
+        ["linux/amd64 cancelled true", "linux/arm64 failed true"]
     );
     assert_eq!(
         c.registry.tags("e2e/app"),
