@@ -20,7 +20,10 @@ fn main() -> ExitCode {
         match plugin::build_secrets(&env) {
             Ok(secrets) => secrets,
             Err(message) => {
-                eprintln!("error: {message}");
+                eprintln!(
+                    "error: {}",
+                    buildkit_launcher::exit::escape_controls(&message)
+                );
                 return ExitCode::from(2);
             }
         }
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
     environment::snapshot_with(build_secrets);
     // Woodpecker runs the plugin with no arguments: its settings become a `build` command line.
     let args = if plugin::detected(&args, &env) {
+        buildkit_launcher::exit::set_plugin_mode();
         let policy = match buildkit_launcher::policy::Policy::current() {
             Ok(policy) => policy,
             Err(e) => {
@@ -40,7 +44,10 @@ fn main() -> ExitCode {
         match plugin::argv(&env, policy) {
             Ok(argv) => argv,
             Err(message) => {
-                eprintln!("error: {message}");
+                eprintln!(
+                    "error: {}",
+                    buildkit_launcher::exit::escape_controls(&message)
+                );
                 return ExitCode::from(2);
             }
         }
@@ -56,7 +63,7 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(error) => {
-            eprintln!("error: {}", error.one_line());
+            eprintln!("error: {}", cli::printable(&error.one_line()));
             ExitCode::from(error.exit() as u8)
         }
     }

@@ -191,17 +191,28 @@ pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
         } else {
             ""
         };
-        // A dry run reads the cache but writes nothing to the registry.
+        // A dry run reads the cache but writes nothing to the registry. A pull request writes
+        // its own scope only, and reads the default branch's cache and then its own.
+        let scoped = req.scoped_cache_ref();
         if req.pushes() {
             a.extend([
                 "--export-cache".into(),
-                format!("type=registry,ref={cache},mode={mode}{insecure}"),
+                format!(
+                    "type=registry,ref={},mode={mode}{insecure}",
+                    scoped.as_deref().unwrap_or(&cache)
+                ),
             ]);
         }
         a.extend([
             "--import-cache".into(),
             format!("type=registry,ref={cache}{insecure}"),
         ]);
+        if let Some(scoped) = scoped {
+            a.extend([
+                "--import-cache".into(),
+                format!("type=registry,ref={scoped}{insecure}"),
+            ]);
+        }
     }
     // Extra caches: references the launcher parsed (backend::cache), written out afresh, so
     // nothing of the setting's text reaches this CSV. Only the build's registry is insecure.

@@ -147,6 +147,9 @@ pub struct BuildRequest {
     /// [`cache::settle`]). Written only when the build pushes.
     pub cache_to: Vec<cache::CacheExport>,
     pub cache_from: Vec<cache::CacheImport>,
+    /// A pull request's scope (`pr-7`): the default cache is written under this tag instead of
+    /// the default branch's (and read from both).
+    pub cache_scope: Option<String>,
 }
 
 impl BuildRequest {
@@ -186,6 +189,19 @@ impl BuildRequest {
             }
             _ => None,
         }
+    }
+
+    /// Where a pull request writes the default cache: [`Self::cache_ref`] with its scope as
+    /// the tag (`:pr-7`, `:arm64-pr-7`).
+    pub fn scoped_cache_ref(&self) -> Option<String> {
+        let scope = self.cache_scope.as_ref()?;
+        let cache = self.cache_ref()?;
+        let registry = self.registry.as_deref().unwrap_or_default();
+        let path = cache.strip_prefix(registry).unwrap_or(&cache);
+        Some(match path.rsplit_once(':') {
+            Some((base, tag)) => format!("{registry}{base}:{tag}-{scope}"),
+            None => format!("{cache}:{scope}"),
+        })
     }
 
     /// The cache's repository path in the registry.

@@ -208,6 +208,42 @@ fn parse_tag(s: &str) -> Result<String, String> {
     }
 }
 
+/// A pull request never writes where the default branch's builds do (the operator's
+/// `pull_requests.push`): its image goes under `pr-<N>` only and its caches under that scope,
+/// or nothing is pushed.
+fn scope_pull_request(
+    request: &mut PlanRequest,
+    facts: &super::pipeline::Facts,
+    policy: &crate::policy::Policy,
+) {
+    use super::pipeline::PullRequestPush;
+    match super::pipeline::pull_request_push(facts, policy) {
+        None => {}
+        Some(PullRequestPush::DryRun(why)) if !request.build.dry_run => {
+            eprintln!("buildkit-launcher: {why}");
+            request.build.dry_run = true;
+        }
+        Some(PullRequestPush::DryRun(_)) => {}
+        Some(PullRequestPush::Scoped(scope)) => {
+            let build = &mut request.build;
+            if build.tags != [scope.clone()] {
+                eprintln!(
+                    "buildkit-launcher: a pull-request build pushes only the tag {scope} (operator policy pull_requests.push), not {}",
+                    build.tags.join(", ")
+                );
+            }
+            build.tags = vec![scope.clone()];
+            for export in &mut build.cache_to {
+                // A tag has at most 128 characters: the base gives way to the scope.
+                let base = export.reference.tag_or_latest();
+                let keep = base.len().min(127 - scope.len());
+                export.reference.tag = Some(format!("{}-{scope}", &base[..keep]));
+            }
+            build.cache_scope = Some(scope);
+        }
+    }
+}
+
 /// Lowercase and replace what a repository path cannot hold.
 fn repo_slug(name: &str) -> String {
     let slug: String = name
@@ -260,19 +296,47 @@ impl BuildArgs {
             labels.retain(|(key, _)| key != k);
             labels.push((k.clone(), v.clone()));
         }
+        let policy = crate::policy::Policy::current()?;
         let mut build_args = self.build_args.clone();
         for name in &self.build_args_from_env {
+            let flag = crate::exit::option("--build-arg-from-env");
+            if policy.is_secret_name(name) {
+                return Err(Error::Usage(format!(
+                    "{flag}: {}: holds a secret of the launcher; a build may never read it",
+                    crate::exit::quote(name)
+                )));
+            }
             let value = crate::environment::var(name).ok_or_else(|| {
                 Error::Usage(format!(
-                    "--build-arg-from-env {name}: the environment variable {name} is not set"
+                    "{flag}: {}: the environment variable is not set",
+                    crate::exit::quote(name)
                 ))
             })?;
             build_args.push((name.clone(), value));
         }
+        for secret in &self.secrets {
+            if policy.is_secret_name(&secret.env) && !secret.env.starts_with("BKL_BUILD_SECRET_") {
+                return Err(Error::Usage(format!(
+                    "{}: id={},env={}: the variable holds a secret of the launcher; a build may never read it",
+                    crate::exit::option("--secret"),
+                    secret.id,
+                    crate::exit::quote(&secret.env)
+                )));
+            }
+        }
         let (arch, platforms) = self.platforms()?;
         let pull_request = crate::environment::var("CI_PIPELINE_EVENT")
             .is_some_and(|e| crate::plan::PULL_REQUEST_EVENTS.contains(&e.as_str()));
-        Ok(PlanRequest {
+        let mut secret_values = policy.secret_values();
+        secret_values.extend(
+            self.secrets
+                .iter()
+                .filter_map(|s| crate::environment::var(&s.env))
+                .map(zeroize::Zeroizing::new),
+        );
+        super::settings::refuse_secret_values(&build_args, &labels, &tags, &secret_values)
+            .map_err(Error::Usage)?;
+        let mut request = PlanRequest {
             context,
             key,
             arch,
@@ -301,8 +365,11 @@ impl BuildArgs {
                 cache_to: crate::backend::cache::exports(&self.cache_to).map_err(Error::Usage)?,
                 cache_from: crate::backend::cache::imports(&self.cache_from)
                     .map_err(Error::Usage)?,
+                cache_scope: None,
             },
-        })
+        };
+        scope_pull_request(&mut request, &facts, policy);
+        Ok(request)
     }
 
     /// `--arch` and `--platform`: one platform is an `--arch`; several are returned as such.

@@ -10,6 +10,7 @@ mod plan;
 pub mod plugin;
 mod provider;
 mod reap;
+mod settings;
 mod simulate;
 mod spec;
 
@@ -151,7 +152,17 @@ fn watch_signals(cancel: tokio_util::sync::CancellationToken, stopping: &'static
     });
 }
 
-/// Warnings go to stderr, one line each, and never stop the command.
+/// Warnings go to stderr, one line each (control bytes escaped, known secrets masked), and
+/// never stop the command.
 pub fn warn(message: &str) {
-    eprintln!("warning: {message}");
+    eprintln!("warning: {}", printable(message));
+}
+
+/// A line for the terminal or the CI log: control bytes escaped, every secret value the
+/// launcher holds masked.
+pub fn printable(line: &str) -> String {
+    let secrets = crate::policy::Policy::current()
+        .map(|p| p.secret_values())
+        .unwrap_or_default();
+    crate::exit::escape_controls(&crate::policy::mask(line, &secrets))
 }

@@ -95,6 +95,18 @@ pub fn detected(args: &[OsString], env: &BTreeMap<String, String>) -> bool {
 /// unless the operator `policy` lets pipelines set them; the endpoint is otherwise the policy's
 /// (Hetzner's by default).
 pub fn argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsString>, String> {
+    let workspace = match env.get("CI_WORKSPACE").filter(|w| !w.trim().is_empty()) {
+        Some(w) => std::path::PathBuf::from(w),
+        None => std::env::current_dir().map_err(|e| {
+            format!("CI_WORKSPACE is not set and the current directory is unreadable: {e}")
+        })?,
+    };
+    let env = super::settings::check(env, policy, &workspace)?;
+    to_argv(&env, policy)
+}
+
+/// The mapping of settings (already checked) to flags.
+fn to_argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsString>, String> {
     for (name, setting, what) in [
         (
             "PLUGIN_CONFIG",
@@ -189,7 +201,7 @@ pub fn argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsStr
 }
 
 /// One list setting's items.
-fn split_list(flag: &str, value: &str) -> Result<Vec<String>, String> {
+pub(super) fn split_list(flag: &str, value: &str) -> Result<Vec<String>, String> {
     let trimmed = value.trim();
     if matches!(flag, "cache-from" | "cache-to") {
         return cache_items(trimmed);
@@ -286,7 +298,7 @@ mod tests {
     }
 
     fn args(pairs: &[(&str, &str)]) -> Vec<String> {
-        argv(&env(pairs), &Policy::default())
+        to_argv(&env(pairs), &Policy::default())
             .unwrap()
             .into_iter()
             .map(|s| s.into_string().unwrap())
@@ -310,7 +322,7 @@ mod tests {
                     .first()
                     .map_or_else(|| "x".to_owned(), |p| p.get_name().to_owned()),
             };
-            let out = argv(&env(&[(&key, &value)]), &allow_all())
+            let out = to_argv(&env(&[(&key, &value)]), &allow_all())
                 .unwrap_or_else(|e| panic!("{key}: {e}"));
             let out: Vec<String> = out.into_iter().map(|s| s.into_string().unwrap()).collect();
             assert!(out.contains(&format!("--{long}")), "{key} → {out:?}");

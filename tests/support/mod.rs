@@ -1,6 +1,7 @@
 //! Test support: a builder that runs the built binary in a clean environment.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod attack;
 pub mod cgroup;
 pub mod fake_release;
 pub mod hcloud_sim;
