@@ -16,14 +16,15 @@ use std::process::Command;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_buildkit-launcher");
 
-/// The repository checkout (for examples/ and the shared traces beside it).
+/// The repository checkout (for examples/ and tests/data/).
 pub fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `../shared/data/traces/NAME`, as the design places it beside the project.
+/// `tests/data/traces/NAME`: the repository's copies of the design's traces (their README says
+/// where they come from); nothing under tests/ reads outside the repository.
 pub fn trace(name: &str) -> PathBuf {
-    repo_dir().join("../shared/data/traces").join(name)
+    repo_dir().join("tests/data/traces").join(name)
 }
 
 /// Runs `buildkit-launcher` with the environment cleared of anything that would change its
