@@ -184,12 +184,22 @@ fn parse_repo(s: &str) -> Result<String, String> {
                 })
         });
     if ok {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "\"{s}\" is not a repository path (lowercase letters, digits, '.', '_', '-', separated by '/')"
-        ))
+        return Ok(s.to_owned());
     }
+    // `zot.example:5000/org/app`, as plugin-docker-buildx's `repo` holds it: the host goes to
+    // the registry setting here.
+    if let Some((host, rest)) = s.split_once('/')
+        && (host.contains('.') || host.contains(':') || host == "localhost")
+        && parse_repo(rest).is_ok()
+    {
+        return Err(format!(
+            "\"{s}\" names a registry host: put {host} in registry (--registry) and {rest} in repo (--repo)"
+        ));
+    }
+    Err(format!(
+        "{}: is not a repository path (lowercase letters, digits, '.', '_', '-', separated by '/')",
+        crate::exit::quote(s)
+    ))
 }
 
 fn parse_tag(s: &str) -> Result<String, String> {
@@ -220,18 +230,19 @@ fn scope_pull_request(
     match super::pipeline::pull_request_push(facts, policy) {
         None => {}
         Some(PullRequestPush::DryRun(why)) if !request.build.dry_run => {
-            eprintln!("buildkit-launcher: {why}");
+            request.notes.push(why);
             request.build.dry_run = true;
         }
         Some(PullRequestPush::DryRun(_)) => {}
         Some(PullRequestPush::Scoped(scope)) => {
-            let build = &mut request.build;
-            if build.tags != [scope.clone()] {
-                eprintln!(
-                    "buildkit-launcher: a pull-request build pushes only the tag {scope} (operator policy pull_requests.push), not {}",
-                    build.tags.join(", ")
+            if request.build.tags != [scope.clone()] {
+                let note = format!(
+                    "a pull-request build pushes only the tag {scope} (operator policy pull_requests.push), not {}",
+                    request.build.tags.join(", ")
                 );
+                request.notes.push(note);
             }
+            let build = &mut request.build;
             build.tags = vec![scope.clone()];
             for export in &mut build.cache_to {
                 // A tag has at most 128 characters: the base gives way to the scope.
@@ -343,6 +354,7 @@ impl BuildArgs {
             platforms,
             pull_request,
             skip,
+            notes: Vec::new(),
             build: BuildRequest {
                 backend: self.backend,
                 dockerfile: self.dockerfile.clone(),
@@ -534,10 +546,12 @@ pub fn open_store(
     namespace: &str,
 ) -> Result<Box<dyn crate::history::HistoryStore>, Error> {
     match (spec, registry) {
-        (StoreSpec::Registry, None) => Err(Error::Usage(
-            "--history registry keeps samples in the registry the build pushes to: set --registry"
-                .into(),
-        )),
+        (StoreSpec::Registry, None) => Err(Error::Usage(format!(
+            "{} registry keeps samples in the registry the build pushes to: set {} (or {} none)",
+            crate::exit::option("--history"),
+            crate::exit::option("--registry"),
+            crate::exit::option("--history"),
+        ))),
         (StoreSpec::Registry, Some(registry)) => Ok(Box::new(
             crate::history::registry::RegistryStore::new(
                 registry.to_owned(),

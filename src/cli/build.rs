@@ -96,6 +96,9 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     if let Some(note) = &plan.first().backend_note {
         log(&format!("building with {note}"));
     }
+    for note in &request.notes {
+        log(note);
+    }
     if let Chosen::Hcloud(hcloud) = &chosen {
         if plan.several() && hcloud.golden_image_is_an_id() {
             return Err(Error::Usage(
@@ -197,7 +200,7 @@ async fn preflight(hcloud: &HcloudProvider, plan: &mut Plan, config: &Config) ->
             LadderError::Unknown { .. } | LadderError::NotSold { .. } => {
                 Error::Usage(e.to_string())
             }
-            LadderError::Api(e) => Error::Infrastructure(e.to_string()),
+            LadderError::Api(e) => super::provider::cloud_error(e),
         })?;
     for (name, location, until) in &check.deprecated {
         warn(&format!(
@@ -239,7 +242,7 @@ async fn preflight(hcloud: &HcloudProvider, plan: &mut Plan, config: &Config) ->
     match hcloud.missing_golden_image(plan.arch).await {
         Ok(None) => {}
         Ok(Some(why)) => return Err(Error::Usage(format!("{}: {why}", plan.build.platform))),
-        Err(e) => return Err(Error::Infrastructure(e.to_string())),
+        Err(e) => return Err(super::provider::cloud_error(e)),
     }
     Ok(())
 }

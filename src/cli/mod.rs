@@ -8,6 +8,7 @@ mod history;
 pub mod pipeline;
 mod plan;
 pub mod plugin;
+mod plugin_names;
 mod provider;
 mod reap;
 mod settings;
@@ -23,6 +24,7 @@ use crate::config::Config;
 use crate::exit::{Error, Exit};
 
 pub use args::BuildArgs;
+pub use plugin_names::in_settings_words;
 
 const ABOUT: &str = "Container builds on throwaway, right-sized cloud servers.";
 

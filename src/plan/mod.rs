@@ -34,6 +34,9 @@ pub struct PlanRequest {
     pub pull_request: bool,
     /// `--auto-tag` found nothing to tag on this branch: nothing to build, and why.
     pub skip: Option<String>,
+    /// What the launcher changed of the request, and why (a pull request's own tag), for the
+    /// log once the build is allowed to start.
+    pub notes: Vec<String>,
 }
 
 impl PlanRequest {
@@ -420,6 +423,7 @@ mod tests {
             },
             pull_request: false,
             skip: None,
+            notes: Vec::new(),
         };
         let facts = Facts {
             key,
