@@ -104,6 +104,7 @@ fn relative_links_resolve_and_the_operators_page_is_linked() {
         "docs.md",
         "docs/OPERATORS.md",
         "docs/SECURITY.md",
+        "golden-image/README.md",
     ] {
         let text = read(page);
         let dir = root.join(page).parent().unwrap().to_owned();
