@@ -285,50 +285,28 @@ fn a_pull_request_pushes_only_into_its_own_namespace() {
     let sim = HcloudSim::start();
     sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
     let registry = Registry::start().with_base_image();
-    let ctx = support::Context::new()
-        .file(
-            "Dockerfile",
-            &format!("FROM {}\nRUN echo pr > /pr.txt\n", registry.base_image()),
-        )
-        .file(
-            "fast.ncl",
-            "{ hcloud.retry = { initial_delay_ms = 50, max_delay_ms = 400 } }",
-        );
-    let policy = ctx.path().join("operator-policy.ncl");
-    std::fs::write(
-        &policy,
-        "{ repository_may_set = ['config, 'hcloud_endpoint] }",
-    )
-    .unwrap();
-    let mut cmd = std::process::Command::new(support::BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("CI") || key.starts_with("PLUGIN_") || key.starts_with("HCLOUD_") {
-            cmd.env_remove(&key);
-        }
-    }
-    let out = cmd
-        .current_dir(ctx.path())
-        .env("BUILDKIT_LAUNCHER_POLICY", &policy)
-        .env("HOME", ctx.path())
-        .env("CI_WORKSPACE", ctx.path())
-        .env("CI_REPO", "org/app")
-        .env("CI_PIPELINE_NUMBER", "9")
-        .env("CI_PIPELINE_EVENT", "pull_request")
-        .env("CI_COMMIT_BRANCH", "main")
-        .env("CI_COMMIT_REF", "refs/pull/7/head")
-        .env("CI_COMMIT_PULL_REQUEST", "7")
-        .env("PLUGIN_HCLOUD_TOKEN", &sim.token)
-        .env("PLUGIN_HCLOUD_ENDPOINT", &sim.endpoint)
-        .env("PLUGIN_CONFIG", ctx.path().join("fast.ncl"))
-        .env("PLUGIN_REGISTRY", &registry.addr)
-        .env("PLUGIN_INSECURE_REGISTRY", "true")
-        .env("PLUGIN_REPO", "org/app")
-        .env("PLUGIN_TAGS", "latest,v1")
-        .env("PLUGIN_REPORT", "report.json")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let ctx = support::Context::new().file(
+        "Dockerfile",
+        &format!("FROM {}\nRUN echo pr > /pr.txt\n", registry.base_image()),
+    );
+    let out = support::plugin_step::run(
+        &sim,
+        &ctx,
+        &[
+            ("CI_REPO", "org/app"),
+            ("CI_PIPELINE_EVENT", "pull_request"),
+            ("CI_COMMIT_BRANCH", "main"),
+            ("CI_COMMIT_REF", "refs/pull/7/head"),
+            ("CI_COMMIT_PULL_REQUEST", "7"),
+            ("PLUGIN_REGISTRY", &registry.addr),
+            ("PLUGIN_INSECURE_REGISTRY", "true"),
+            ("PLUGIN_REPO", "org/app"),
+            ("PLUGIN_TAGS", "latest,v1"),
+            ("PLUGIN_REPORT", "report.json"),
+        ],
+    );
+    let stderr = out.stderr;
+    assert_eq!(out.code, 0, "{stderr}");
     assert!(
         stderr.contains("pushes only the tag pr-7"),
         "the log says why the tags changed: {stderr}"

@@ -141,3 +141,54 @@ fn a_refused_token_is_the_user_s_to_fix() {
     }
     assert!(sim.servers().is_empty());
 }
+
+/// A step written for plugin-docker-buildx runs with warnings and no edits beyond the token:
+/// `registry` as a URL, `repo` with the host in it, `cache_images`, `pull_image`,
+/// `provenance: false`.
+#[test]
+fn a_plugin_docker_buildx_step_runs_with_warnings() {
+    use support::registry::{Registry, require_root_and_tools};
+    if !require_root_and_tools(support::local_build::TOOLS) {
+        return;
+    }
+    let sim = HcloudSim::start();
+    sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
+    let registry = Registry::start().with_base_image();
+    let ctx = Context::new().file(
+        "Dockerfile",
+        &format!(
+            "FROM {}\nRUN echo buildx > /from.txt\n",
+            registry.base_image()
+        ),
+    );
+    let url = format!("http://{}/", registry.addr);
+    let repo = format!("{}/org/moved", registry.addr);
+    let cache = format!("{}/cache/org/moved:buildx", registry.addr);
+    let out = support::plugin_step::run(
+        &sim,
+        &ctx,
+        &[
+            ("CI_REPO", "org/moved"),
+            ("PLUGIN_REGISTRY", &url),
+            ("PLUGIN_REPO", &repo),
+            ("PLUGIN_TAGS", "latest,1.0"),
+            ("PLUGIN_CACHE_IMAGES", &cache),
+            ("PLUGIN_PULL_IMAGE", "true"),
+            ("PLUGIN_PROVENANCE", "false"),
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for warning in [
+        "warning: pull_image: not needed here",
+        "warning: cache_images: each image is read (cache_from) and written (cache_to)",
+        "warning: registry: ",
+    ] {
+        assert!(out.stderr.contains(warning), "{warning}: {}", out.stderr);
+    }
+    let tags = registry.tags("org/moved").unwrap_or_default();
+    assert!(
+        tags.contains("\"latest\"") && tags.contains("\"1.0\""),
+        "{tags}"
+    );
+    sim.assert_clean();
+}

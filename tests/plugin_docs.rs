@@ -147,3 +147,20 @@ fn both_licenses_are_there_as_cargo_toml_declares() {
     let readme = read("README.md");
     assert!(readme.contains("](LICENSE-MIT)") && readme.contains("](LICENSE-APACHE)"));
 }
+
+/// docs.md's table of plugin-docker-buildx settings is the code's (src/cli/migrate.rs), so the
+/// two cannot drift.
+#[test]
+fn the_buildx_migration_table_is_the_codes() {
+    let docs = std::fs::read_to_string(support::repo_dir().join("docs.md")).unwrap();
+    let start = docs
+        .find("<!-- buildx-table: generated from src/cli/migrate.rs -->\n")
+        .expect("docs.md has the generated table");
+    let rest = &docs[start..];
+    let body = &rest[rest.find('\n').unwrap() + 1..rest.find("<!-- /buildx-table -->").unwrap()];
+    assert_eq!(
+        body,
+        buildkit_launcher::cli::migrate::markdown_table(),
+        "regenerate docs.md's table from src/cli/migrate.rs (markdown_table)"
+    );
+}

@@ -68,6 +68,15 @@ pub struct BuildArgs {
     #[arg(long)]
     pub auto_tag: bool,
 
+    /// With --auto-tag: the tag of the default branch (plugin-docker-buildx's default_tag).
+    #[arg(long, value_name = "TAG", value_parser = parse_tag, default_value = "latest")]
+    pub default_tag: String,
+
+    /// With --auto-tag: appended to every tag (`1.2-alpine`); the default branch's tag becomes
+    /// the suffix itself (plugin-docker-buildx's default_suffix / auto_tag_suffix).
+    #[arg(long, value_name = "SUFFIX", value_parser = parse_tag)]
+    pub auto_tag_suffix: Option<String>,
+
     /// Read the tags from this file (one per line or comma-separated, as plugin-docker-buildx
     /// reads .tags), instead of --tag: a path relative to the current directory (the
     /// workspace), reached through no symlink.
@@ -439,7 +448,16 @@ impl BuildArgs {
         }
         if self.auto_tag {
             return match super::pipeline::auto_tags(facts).map_err(Error::Usage)? {
-                super::pipeline::AutoTags::Tags(mut tags) => {
+                super::pipeline::AutoTags::Tags(tags) => {
+                    let mut tags: Vec<String> = tags
+                        .into_iter()
+                        .map(|t| match (t.as_str(), &self.auto_tag_suffix) {
+                            ("latest", Some(suffix)) => suffix.clone(),
+                            ("latest", None) => self.default_tag.clone(),
+                            (_, Some(suffix)) => format!("{t}-{suffix}"),
+                            (_, None) => t,
+                        })
+                        .collect();
                     tags.extend(self.tags.iter().cloned());
                     Ok((checked("--auto-tag", tags)?, None))
                 }

@@ -5,6 +5,7 @@ mod build;
 mod check;
 mod golden;
 mod history;
+pub mod migrate;
 pub mod pipeline;
 mod plan;
 pub mod plugin;

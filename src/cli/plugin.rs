@@ -101,8 +101,12 @@ pub fn argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsStr
             format!("CI_WORKSPACE is not set and the current directory is unreadable: {e}")
         })?,
     };
-    super::plugin_names::check_known(env)?;
-    let env = super::settings::check(env, policy, &workspace)?;
+    let (env, warnings) = super::migrate::migrate(env, &workspace)?;
+    super::plugin_names::check_known(&env)?;
+    let env = super::settings::check(&env, policy, &workspace)?;
+    for warning in warnings {
+        super::warn(&warning);
+    }
     to_argv(&env, policy)
 }
 

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod fake_release;
 pub mod hcloud_sim;
 pub mod local_build;
+pub mod plugin_step;
 pub mod registry;
 pub mod runner;
 pub mod token_auth;
