@@ -192,3 +192,34 @@ fn a_plugin_docker_buildx_step_runs_with_warnings() {
     );
     sim.assert_clean();
 }
+
+#[test]
+fn version_completions_and_the_manual() {
+    let out = Launcher::new().args(["--version"]).run();
+    assert_eq!(out.code, 0);
+    assert!(
+        out.stdout.starts_with("buildkit-launcher 0.") && out.stdout.contains("(commit "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("BuildKit v"),
+        "the pinned BuildKit: {}",
+        out.stdout
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Launcher::new().args(["completions", shell]).run();
+        assert_eq!(out.code, 0, "{shell}: {}", out.stderr);
+        assert!(
+            out.stdout.contains("golden-image"),
+            "{shell}: every subcommand"
+        );
+    }
+    let out = Launcher::new().args(["man"]).run();
+    assert_eq!(out.code, 0);
+    assert!(
+        out.stdout.contains(".TH buildkit-launcher 1"),
+        "{}",
+        out.stdout
+    );
+}
