@@ -1,5 +1,5 @@
 //! `build --provider local` end to end: the built binary, a real registry, real sshd, rsync,
-//! memory cgroups and buildah (the `buildctl` double under tests/tools for that backend).
+//! memory cgroups, buildah, and the real BuildKit (each runner's own buildkitd).
 //! Every test checks that no runner directory, cgroup or sshd is left behind.
 
 mod support;
@@ -60,6 +60,28 @@ fn out_of_memory_retries_once_on_the_next_tier_with_more_memory() {
     assert!(
         peak > 256,
         "the retry really had more than cx23's 256 MiB: peak {peak}"
+    );
+    assert!(
+        out.stderr.contains("retrying once on cx33"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// The real BuildKit: the step is killed in a runc container cgroup below the runner's, which
+/// runc removes; the runner's OOM notifier (cgroup v1) is the evidence, not buildctl's words.
+#[test]
+fn out_of_memory_under_real_buildkit_retries_once_on_the_next_tier() {
+    let Some(f) = Fixture::new("RUN dd if=/dev/zero of=/dev/null bs=350M count=1") else {
+        return;
+    };
+    std::fs::write(f.ctx.path().join(".build-spec.ncl"), "{ tier = \"cx23\" }").unwrap();
+    let out = f.build("buildctl", &["--tag", "v1", "--tag", "latest"]);
+    assert_success(&f, &out);
+    let report = f.report();
+    assert_eq!(
+        outcomes(&report),
+        [("cx23".into(), "oom".into()), ("cx33".into(), "ok".into())]
     );
     assert!(
         out.stderr.contains("retrying once on cx33"),

@@ -45,7 +45,7 @@ impl Tools {
 
 fn fixture_with_tools(body: &str, tools: &Tools) -> Option<Fixture> {
     let mut f = Fixture::new(body)?;
-    f.tools = tools.path();
+    f.tools = Some(tools.path());
     Some(f)
 }
 
@@ -154,7 +154,7 @@ fn named_registry_fixture(tools: &Tools) -> Option<(Fixture, String)> {
     let host = registry.addr_as(&name);
     let dockerfile = format!("FROM {host}/base/busybox:latest\nRUN echo built > /built.txt\n");
     let mut f = Fixture::with(registry, &dockerfile);
-    f.tools = tools.path();
+    f.tools = Some(tools.path());
     f.registry_addr = host.clone();
     Some((f, host))
 }
