@@ -329,3 +329,87 @@ fn without_root_the_local_provider_says_so_plainly() {
         "nothing spawned"
     );
 }
+
+/// The runner's buildkitd (its pid as the local provider recorded it).
+fn buildkitd_pid(f: &Fixture) -> i32 {
+    let id = std::fs::read_dir(f.runners.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("local-"))
+        .expect("a runner exists");
+    std::fs::read_to_string(f.runners.path().join(id).join("buildkitd.pid.launcher"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn buildkitd_killed_mid_build_is_exit_4_naming_buildkitd() {
+    let Some(f) = Fixture::new("RUN sleep 30") else {
+        return;
+    };
+    let mut child = support::spawn_until(
+        Command::new(BIN).args(f.args("buildctl")),
+        "[2/2] RUN sleep",
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(buildkitd_pid(&f)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(4));
+    let report = f.report();
+    assert_eq!(outcomes(&report), [("cx33".into(), "lost".into())]);
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.contains("buildkitd") && error.contains("Unavailable"),
+        "{error}"
+    );
+    // The build container outlives its daemon: teardown still removes it, its cgroups and
+    // mounts.
+    f.assert_nothing_left();
+}
+
+#[test]
+fn a_cache_export_the_registry_refuses_is_a_warning_and_the_image_is_pushed() {
+    let Some(f) = Fixture::new("RUN sleep 2") else {
+        return;
+    };
+    // Once the build runs (the launcher's permission check before it passed), the registry
+    // keeps taking the image but fails every request for the default cache's repository.
+    let mut args = f.args("buildctl");
+    args.extend(["--tag", "v1", "--tag", "latest"].map(String::from));
+    let cmd = &mut Command::new(BIN);
+    let (mut child, rest) = support::spawn_until_keeping(cmd.args(args), "[2/2] RUN sleep");
+    f.registry.break_repository("cache/e2e/app");
+    let status = child.wait().unwrap();
+    let stderr = rest.iter().collect::<Vec<_>>().join("\n");
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    let report = f.report();
+    assert_eq!(report["outcome"], "success");
+    let digest = report["digest"].as_str().unwrap();
+    for tag in ["v1", "latest"] {
+        assert_eq!(
+            f.registry.manifest_digest("e2e/app", tag).as_deref(),
+            Some(digest),
+            "tag {tag}"
+        );
+    }
+    f.assert_nothing_left();
+    let warnings = report["attempts"][0]["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .starts_with("the build cache could not be written: "),
+        "{warnings:?}"
+    );
+    assert!(
+        stderr.contains("warning: the build cache could not be written"),
+        "{stderr}"
+    );
+}

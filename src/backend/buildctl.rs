@@ -191,11 +191,14 @@ pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
         } else {
             ""
         };
-        // A dry run reads the cache but writes nothing to the registry.
+        // A dry run reads the cache but writes nothing to the registry. A cache export that
+        // fails would cancel the image push running beside it (BuildKit v0.32.2, measured):
+        // `ignore-error=true` keeps the image; the launcher warns (classify::
+        // cache_export_failures).
         if req.pushes() {
             a.extend([
                 "--export-cache".into(),
-                format!("type=registry,ref={cache},mode={mode}{insecure}"),
+                format!("type=registry,ref={cache},mode={mode}{insecure},ignore-error=true"),
             ]);
         }
         a.extend([
@@ -218,7 +221,7 @@ pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
             a.extend([
                 "--export-cache".into(),
                 format!(
-                    "type=registry,ref={r},mode={}{}",
+                    "type=registry,ref={r},mode={}{},ignore-error=true",
                     super::cache::mode_name(export.mode),
                     insecure(r)
                 ),
@@ -281,7 +284,7 @@ mod tests {
             "--output type=image,\"name=zot.example:5000/org/app:1.2,zot.example:5000/org/app:latest\",push=true"
         ));
         assert!(
-            a.contains("--export-cache type=registry,ref=zot.example:5000/cache/org/app,mode=max")
+            a.contains("--export-cache type=registry,ref=zot.example:5000/cache/org/app,mode=max,ignore-error=true")
         );
         assert!(a.contains("--import-cache type=registry,ref=zot.example:5000/cache/org/app"));
         assert!(a.contains("--secret id=npmrc,src=/var/lib/buildkit-launcher/secrets/npmrc"));
@@ -384,9 +387,9 @@ mod tests {
         assert_eq!(
             values("--export-cache"),
             [
-                "type=registry,ref=zot.example:5000/cache/org/app,mode=max,registry.insecure=true",
-                "type=registry,ref=zot.example:5000/cache/org/app:main,mode=max,registry.insecure=true",
-                "type=registry,ref=zot.example:5000/c/b,mode=min,registry.insecure=true",
+                "type=registry,ref=zot.example:5000/cache/org/app,mode=max,registry.insecure=true,ignore-error=true",
+                "type=registry,ref=zot.example:5000/cache/org/app:main,mode=max,registry.insecure=true,ignore-error=true",
+                "type=registry,ref=zot.example:5000/c/b,mode=min,registry.insecure=true,ignore-error=true",
             ]
         );
         assert_eq!(

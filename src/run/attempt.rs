@@ -186,6 +186,13 @@ async fn build_over(
     };
     record.peak_memory_mib = peak;
     let verdict = classify(&exit, &tail, oom_kills, request.backend);
+    if verdict == Verdict::Ok && request.backend == Backend::Buildctl {
+        for failure in backend::classify::cache_export_failures(&tail) {
+            let warning = format!("the build cache could not be written: {failure}");
+            (p.log)(&format!("warning: {warning}"));
+            record.warnings.push(warning);
+        }
+    }
     let digest = match (&verdict, &plan.build.registry) {
         (Verdict::Ok, Some(_)) => read_digest(conn, &paths).await,
         _ => None,
