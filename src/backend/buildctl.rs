@@ -144,8 +144,15 @@ pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
         a.extend(["--opt".into(), format!("label:{k}={v}")]);
     }
     // Attestations: the frontend's `attest:` options (BuildKit frontend/dockerui/config.go).
+    // The scanner image is always named: BuildKit's default is Docker Hub's, which a runner
+    // may not reach (the operator's config says where a copy lives).
     if req.sbom {
-        a.extend(["--opt".into(), "attest:sbom=".into()]);
+        let opt = if req.sbom_generator.is_empty() {
+            "attest:sbom=".to_owned()
+        } else {
+            format!("attest:sbom=generator={}", req.sbom_generator)
+        };
+        a.extend(["--opt".into(), opt]);
     }
     if let Some(mode) = &req.provenance {
         a.extend(["--opt".into(), format!("attest:provenance=mode={mode}")]);
@@ -304,6 +311,12 @@ mod tests {
         let a = args(&r, &paths()).join(" ");
         assert!(
             a.contains("--opt attest:sbom= --opt attest:provenance=mode=max --no-cache"),
+            "{a}"
+        );
+        r.sbom_generator = "zot.example:5000/mirror/buildkit-syft-scanner:stable-1".into();
+        let a = args(&r, &paths()).join(" ");
+        assert!(
+            a.contains("--opt attest:sbom=generator=zot.example:5000/mirror/buildkit-syft-scanner:stable-1 --opt"),
             "{a}"
         );
     }

@@ -25,7 +25,7 @@
 
 use serde::Serialize;
 
-use super::Backend;
+use super::{Backend, BuildRequest};
 use crate::transport::session::RemoteExit;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -101,6 +101,44 @@ pub fn classify(
         RemoteExit::Lost(_) => unreachable!("handled above"),
     };
     Verdict::Failed { reason }
+}
+
+/// [`classify`] for the build `req` described: also, with `--sbom`, a scanner image BuildKit
+/// could not pull (buildctl's own final line: `failed to resolve source metadata for IMAGE`,
+/// BuildKit v0.32.2) is the runner's or the operator's problem, not the build's: [`Verdict::Lost`]
+/// (infrastructure), naming the image and the setting.
+pub fn classify_request(
+    exit: &RemoteExit,
+    output_tail: &[String],
+    oom_kills: Option<u64>,
+    req: &BuildRequest,
+) -> Verdict {
+    let verdict = classify(exit, output_tail, oom_kills, req.backend);
+    if !matches!(verdict, Verdict::Failed { .. }) || !req.sbom || req.sbom_generator.is_empty() {
+        return verdict;
+    }
+    let image = &req.sbom_generator;
+    // BuildKit names Docker Hub images in full (docker.io/library/...).
+    let names = [
+        image.clone(),
+        format!("docker.io/{image}"),
+        format!("docker.io/library/{image}"),
+    ];
+    match final_error_line(output_tail, req.backend) {
+        Some(line)
+            if names
+                .iter()
+                .any(|n| line.contains(&format!("source metadata for {n}"))) =>
+        {
+            Verdict::Lost {
+                reason: format!(
+                    "the SBOM scanner image {image} (config buildkitd.sbom_generator) could not be pulled on the runner: {}",
+                    cut(line.trim_start_matches("error: ").trim())
+                ),
+            }
+        }
+        _ => verdict,
+    }
 }
 
 /// At most [`MAX_REASON_CHARS`] of `line`, `…` marking a cut.
@@ -329,6 +367,42 @@ mod tests {
                 .is_empty()
         );
         assert!(cache_export_failures(&lines("#5 ERROR: failed to build")).is_empty());
+    }
+
+    #[test]
+    fn an_unpullable_sbom_scanner_is_infrastructure_naming_it() {
+        let mut req = BuildRequest {
+            sbom: true,
+            sbom_generator: "docker/buildkit-syft-scanner:stable-1".into(),
+            ..Default::default()
+        };
+        // BuildKit v0.32.2 without a route to Docker Hub.
+        let t = lines(
+            "error: failed to solve: failed to resolve source metadata for docker.io/docker/buildkit-syft-scanner:stable-1: dial tcp: lookup registry-1.docker.io: no such host",
+        );
+        match classify_request(&code(1), &t, Some(0), &req) {
+            Verdict::Lost { reason } => assert!(
+                reason.starts_with("the SBOM scanner image docker/buildkit-syft-scanner:stable-1 (config buildkitd.sbom_generator)"),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Another image that cannot be resolved is the build's own failure.
+        let t = lines(
+            "error: failed to solve: failed to resolve source metadata for 127.0.0.1:5000/app/base:1: not found",
+        );
+        assert!(matches!(
+            classify_request(&code(1), &t, Some(0), &req),
+            Verdict::Failed { .. }
+        ));
+        req.sbom = false;
+        let t = lines(
+            "error: failed to solve: failed to resolve source metadata for docker.io/docker/buildkit-syft-scanner:stable-1: x",
+        );
+        assert!(matches!(
+            classify_request(&code(1), &t, Some(0), &req),
+            Verdict::Failed { .. }
+        ));
     }
 
     #[test]
