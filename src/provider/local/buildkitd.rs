@@ -178,13 +178,20 @@ pub fn provision(
     Ok(config)
 }
 
-/// Start buildkitd (its own process group, outside any cgroup until the caller moves it).
+/// The environment variable that delays every sandbox runner's buildkitd by this many seconds
+/// (the process starts at once, in the runner's cgroup, and becomes buildkitd after the delay):
+/// the tests' daemon that is late, or never ready within the launcher's wait.
+pub const START_AFTER_ENV: &str = "BKL_LOCAL_BUILDKITD_START_AFTER_S";
+
+/// Start buildkitd (its own process group, outside any cgroup until the caller moves it),
+/// `delay_s` seconds late when set.
 pub fn start(
     dir: &Path,
     root: &Path,
     buildkitd: &Path,
     config: &Path,
     platform: Option<&str>,
+    delay_s: Option<u32>,
 ) -> Result<Child, String> {
     let log = fs::File::create(dir.join("buildkitd.log"))
         .map_err(|e| format!("open buildkitd.log: {e}"))?;
@@ -192,7 +199,16 @@ pub fn start(
     let run = root.join("run/buildkit");
     fs::create_dir_all(&state).map_err(|e| format!("create {}: {e}", state.display()))?;
     fs::create_dir_all(&run).map_err(|e| format!("create {}: {e}", run.display()))?;
-    let mut cmd = Command::new(buildkitd);
+    let mut cmd = match delay_s {
+        Some(delay) => {
+            let mut sh = Command::new("/bin/sh");
+            sh.arg("-c")
+                .arg(format!("sleep {delay}; exec \"$0\" \"$@\""))
+                .arg(buildkitd);
+            sh
+        }
+        None => Command::new(buildkitd),
+    };
     cmd.env_clear()
         .envs(crate::environment::for_child())
         .env("TMPDIR", dir.join("tmp"))

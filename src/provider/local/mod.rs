@@ -313,7 +313,18 @@ impl LocalProvider {
         )
         .map_err(fail)?;
         let platform = (arch.as_str() != host_arch()).then(|| arch.platform());
-        let child = buildkitd::start(dir, &root, &daemon, &config, platform).map_err(fail)?;
+        // The launcher's environment as it started (it scrubs its own).
+        let delay = match crate::environment::var(buildkitd::START_AFTER_ENV) {
+            None => None,
+            Some(v) => Some(v.parse::<u32>().map_err(|_| {
+                fail(format!(
+                    "{}={v:?}: not a whole number of seconds",
+                    buildkitd::START_AFTER_ENV
+                ))
+            })?),
+        };
+        let child =
+            buildkitd::start(dir, &root, &daemon, &config, platform, delay).map_err(fail)?;
         let pid = child.id();
         self.buildkitd
             .lock()
