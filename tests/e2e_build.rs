@@ -413,3 +413,23 @@ fn a_cache_export_the_registry_refuses_is_a_warning_and_the_image_is_pushed() {
         "{stderr}"
     );
 }
+
+#[test]
+fn sigterm_during_a_real_buildkit_build_is_exit_5_and_nothing_is_left() {
+    let Some(f) = Fixture::new("RUN sleep 60") else {
+        return;
+    };
+    let mut child = support::spawn_until(
+        Command::new(BIN).args(f.args("buildctl")),
+        "[2/2] RUN sleep",
+    );
+    let sent = Instant::now();
+    support::sigterm(&child);
+    let status = child.wait().unwrap();
+    let elapsed = sent.elapsed();
+    assert_eq!(status.code(), Some(5));
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    assert_eq!(f.report()["outcome"], "cancelled");
+    // buildkitd, the runc container running `sleep 60`, its cgroups and mounts: all gone.
+    f.assert_nothing_left();
+}
