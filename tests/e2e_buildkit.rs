@@ -184,3 +184,87 @@ fn from_an_http_registry_missing_from_buildkitd_toml_fails_clearly() {
     );
     f.assert_nothing_left();
 }
+
+/// The real daemon's numbers for docs/PERFORMANCE.md (benches/buildkit.sh): runner up →
+/// buildkitd lists a worker; launcher overhead (wall − buildctl's own time); a multi-stage build
+/// with a slow step, first / no change / one file changed, each on a fresh runner through the
+/// registry cache (mode=max). Prints `BENCH` lines; asserts only that the builds succeed.
+#[test]
+#[ignore = "a benchmark: benches/buildkit.sh"]
+fn bench_real_buildkit() {
+    // 1. Runner up (its sshd answers) → its buildkitd lists a worker, polled locally.
+    if !support::runner::require_local_runner() {
+        return;
+    }
+    let sandbox = support::runner::Sandbox::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    use buildkit_launcher::provider::Provider;
+    let mut up = Vec::new();
+    let mut worker = Vec::new();
+    for _ in 0..3 {
+        let (spec, _keys) = sandbox.spec(support::runner::tier("cx33", 8192));
+        let start = Instant::now();
+        let id = rt.block_on(sandbox.provider.create(&spec)).unwrap();
+        let _guard = support::runner::RunnerGuard {
+            sandbox: &sandbox,
+            id: id.clone(),
+        };
+        rt.block_on(sandbox.provider.wait_ready(&id)).unwrap();
+        let ready = start.elapsed();
+        let host = format!(
+            "unix://{}/root/run/buildkit/buildkitd.sock",
+            sandbox.base.path().join(&id).display()
+        );
+        loop {
+            let out = Command::new("buildctl")
+                .args(["--addr", &host, "debug", "workers"])
+                .output()
+                .unwrap();
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() > 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        up.push(ready.as_secs_f64());
+        worker.push((start.elapsed() - ready).as_secs_f64());
+    }
+    println!("BENCH runner_up_s {up:.2?} then_worker_listed_s {worker:.2?}");
+
+    // 2. and 3. A multi-stage build: a slow dependency stage, then the sources.
+    let Some(registry_check) = Fixture::new("") else {
+        return;
+    };
+    let base = registry_check.registry.base_image();
+    let dockerfile = format!(
+        "FROM {base} AS deps\nRUN sleep 8 && echo deps > /deps.txt\n\
+         FROM {base} AS build\nCOPY --from=deps /deps.txt /deps.txt\nCOPY src/ /src/\n\
+         RUN cat /deps.txt /src/* > /out.txt\n\
+         FROM {base}\nCOPY --from=build /out.txt /out.txt\n"
+    );
+    let f = Fixture::with(registry_check.registry, &dockerfile);
+    std::fs::create_dir_all(f.ctx.path().join("src")).unwrap();
+    std::fs::write(f.ctx.path().join("src/a.txt"), "a\n").unwrap();
+    std::fs::write(f.ctx.path().join("src/b.txt"), "b\n").unwrap();
+    let run = |label: &str| -> f64 {
+        let start = Instant::now();
+        let out = f.build("buildctl", &["--tag", "v1", "--cache", "max"]);
+        let wall = start.elapsed().as_secs_f64();
+        assert_eq!(out.code, 0, "{label}:\n{}", out.stderr);
+        let report = f.report();
+        let build = report["attempts"][0]["seconds"]["build"].as_f64().unwrap();
+        println!(
+            "BENCH {label} wall_s {wall:.2} buildctl_s {build:.2} overhead_s {:.2}",
+            wall - build
+        );
+        wall
+    };
+    let first = run("first");
+    let same = run("no_change");
+    std::fs::write(f.ctx.path().join("src/b.txt"), "b changed\n").unwrap();
+    let one = run("one_file_changed");
+    println!(
+        "BENCH ratios no_change/first {:.2} one_file_changed/first {:.2}",
+        same / first,
+        one / first
+    );
+}
