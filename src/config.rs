@@ -215,6 +215,8 @@ pub struct Config {
 pub struct BuildkitdSettings {
     /// Seconds a build waits for buildkitd to serve and list a worker.
     pub ready_timeout_s: u64,
+    /// The SBOM scanner image BuildKit runs for `--sbom` (`attest:sbom=generator=IMAGE`).
+    pub sbom_generator: String,
 }
 
 #[derive(Debug, thiserror::Error)]

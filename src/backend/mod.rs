@@ -142,6 +142,8 @@ pub struct BuildRequest {
     pub no_cache: bool,
     /// Attestations (buildctl only): an SBOM, provenance of mode `min` or `max`.
     pub sbom: bool,
+    /// The SBOM scanner image (config `buildkitd.sbom_generator`; set by the plan when `sbom`).
+    pub sbom_generator: String,
     pub provenance: Option<String>,
     /// Extra registry caches beside the default one (`--cache-to`, `--cache-from`; checked by
     /// [`cache::settle`]). Written only when the build pushes.

@@ -382,6 +382,7 @@ impl BuildArgs {
                 dry_run: self.dry_run,
                 no_cache: self.no_cache,
                 sbom: self.sbom,
+                sbom_generator: String::new(),
                 provenance: self.provenance.clone(),
                 cache_to: crate::backend::cache::exports(&self.cache_to).map_err(Error::Usage)?,
                 cache_from: crate::backend::cache::imports(&self.cache_from)

@@ -278,6 +278,9 @@ impl Plan {
             )));
         }
         build.cache_repo = config.registry.cache_repo(&build.image_repo);
+        if build.sbom {
+            build.sbom_generator = config.buildkitd.sbom_generator.clone();
+        }
         backend::cache::settle(&mut build, &config.registry.history)
             .map_err(PlanError::Unsupported)?;
         let paths = RemotePaths::new(REMOTE_WORKDIR);

@@ -166,6 +166,17 @@ impl Context {
 /// second for the step to get going. Stderr keeps being drained so the launcher never blocks on
 /// a full pipe. If the line never comes, the process is killed and reaped and the test fails.
 pub fn spawn_until(cmd: &mut Command, needle: &str) -> std::process::Child {
+    let (child, rx) = spawn_until_keeping(cmd, needle);
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    child
+}
+
+/// [`spawn_until`], and the rest of stderr comes through the receiver (it ends when the
+/// launcher does): for a test that reads what the launcher said after the line.
+pub fn spawn_until_keeping(
+    cmd: &mut Command,
+    needle: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
     let mut child = cmd
         .stdout(std::process::Stdio::null())
@@ -187,8 +198,7 @@ pub fn spawn_until(cmd: &mut Command, needle: &str) -> std::process::Child {
         match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
             Ok(line) if line.contains(needle) => {
                 std::thread::sleep(std::time::Duration::from_millis(500));
-                std::thread::spawn(move || while rx.recv().is_ok() {});
-                return child;
+                return (child, rx);
             }
             Ok(_) => {}
             Err(_) => {
