@@ -221,3 +221,29 @@ fn a_pull_request_build_leaves_the_history_unchanged() {
         "a push build records its sample: {lines}"
     );
 }
+
+/// `# syntax=` in a pull request's Dockerfile would run any image as BuildKit's frontend with
+/// the build's session: the golden image's buildkitd.toml allows only the operator's list, and
+/// the refusal is a clear failure of the build (real BuildKit, nothing left behind).
+#[test]
+fn a_syntax_frontend_outside_the_operators_list_is_refused() {
+    let Some(f) = Fixture::new("RUN echo never") else {
+        return;
+    };
+    let dockerfile = format!(
+        "# syntax={}/evil/frontend:1\nFROM {}\nRUN echo never\n",
+        f.registry_addr,
+        f.registry.base_image()
+    );
+    std::fs::write(f.ctx.path().join("Dockerfile"), dockerfile).unwrap();
+    let out = f.build("buildctl", &[]);
+    assert_eq!(out.code, 1, "stderr:\n{}", out.stderr);
+    let report = f.report();
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.contains("names a frontend image the runners do not allow")
+            && error.contains("evil/frontend"),
+        "{error}"
+    );
+    f.assert_nothing_left();
+}

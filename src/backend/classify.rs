@@ -92,6 +92,12 @@ pub fn classify(
             Some(line) if line.contains("no space left on device") => {
                 "the runner's disk is full (no space left on device)".to_owned()
             }
+            // BuildKit's own refusal (frontend/gateway/gateway.go): the Dockerfile's
+            // `# syntax=` names a frontend image outside the operator's list.
+            Some(line) if line.contains("is not an allowed gateway source") => format!(
+                "the Dockerfile's # syntax= names a frontend image the runners do not allow (the operator's list: [frontend.\"gateway.v0\"] allowedRepositories in the golden image's buildkitd.toml): {}",
+                cut(line.trim_start_matches("error: ").trim())
+            ),
             Some(line) => cut(line.trim_start_matches("error: ").trim()),
             None => format!(
                 "{} failed with exit status {code} (see the build log)",
@@ -403,6 +409,20 @@ mod tests {
             classify_request(&code(1), &t, Some(0), &req),
             Verdict::Failed { .. }
         ));
+    }
+
+    #[test]
+    fn a_refused_syntax_frontend_says_whose_list_it_is() {
+        let tail = lines(
+            "#1 [internal] load build definition\nerror: failed to solve: '127.0.0.1:5000/evil/frontend:1' is not an allowed gateway source",
+        );
+        match classify(&code(1), &tail, Some(0), Backend::Buildctl) {
+            Verdict::Failed { reason } => {
+                assert!(reason.contains("allowedRepositories"), "{reason}");
+                assert!(reason.contains("evil/frontend"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
