@@ -223,3 +223,20 @@ fn version_completions_and_the_manual() {
         out.stdout
     );
 }
+
+#[test]
+fn simulate_without_a_valid_sample_is_exit_2() {
+    let ctx = Context::new()
+        .file("empty.jsonl", "")
+        .file("bad.jsonl", "{\"bad\": 1}\n");
+    for name in ["empty.jsonl", "bad.jsonl"] {
+        let out = Launcher::new()
+            .args(["simulate", "--trace"])
+            .args([ctx.path().join(name)])
+            .run();
+        assert_eq!(out.code, 2, "{name}: {}", out.stderr);
+        let last = out.stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("error: --trace "), "{last}");
+        assert!(last.contains("holds no valid sample"), "{last}");
+    }
+}

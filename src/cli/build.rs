@@ -85,6 +85,7 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     let log = log_arc.as_ref();
     let build_secrets = crate::policy::Policy::current()?.secret_values();
     let output = |line: &str| eprintln!("  │ {}", crate::policy::mask(line, &build_secrets));
+    let started = std::time::Instant::now();
     let chosen = args.provider.choose(config, log_arc.clone())?;
     let runtime = super::runtime()?;
     runtime.block_on(check_registry_access(
@@ -95,9 +96,6 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     ))?;
     if let Some(note) = &plan.first().backend_note {
         log(&format!("building with {note}"));
-    }
-    for note in &request.notes {
-        log(note);
     }
     if let Chosen::Hcloud(hcloud) = &chosen {
         if plan.several() && hcloud.golden_image_is_an_id() {
@@ -120,6 +118,11 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     let report = runtime.block_on(async {
         let cancel = CancellationToken::new();
         super::watch_signals(cancel.clone(), "the build and destroying the runner");
+        // The first line of the build's log (errors before it are one line of their own).
+        log(&format!("buildkit-launcher {}", super::VERSION));
+        for note in &request.notes {
+            log(note);
+        }
         for one in &plan.platforms {
             log(&format!(
                 "building {} on {} ({}, provider {})",
@@ -128,6 +131,7 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
                 one.build.platform,
                 provider.name()
             ));
+            log(&format!("why {}: {}", one.tier, one.reason));
         }
         let executor = Executor {
             plan: &plan,
@@ -143,6 +147,10 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
         execute(&executor, cancel).await
     });
 
+    log(&format!(
+        "finished in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
     // No secret value the launcher holds is printed or written, whatever carried it.
     let secrets = crate::policy::Policy::current()?.secret_values();
     let json = crate::policy::mask(

@@ -113,6 +113,13 @@ pub fn run(args: SimulateArgs, config: &Config, out: &mut dyn Write) -> Result<E
     for w in &warnings {
         warn(w);
     }
+    if builds.is_empty() {
+        return Err(Error::Usage(format!(
+            "--trace {}: holds no valid sample ({} line(s) skipped); each line is a JSON sample such as {{\"ts\": \"2026-01-09T14:00:00Z\", \"repo\": \"org/app\", \"dockerfile\": \"Dockerfile\", \"peak_memory_mib\": 3000, \"duration_s\": 120}}",
+            args.trace.display(),
+            warnings.len()
+        )));
+    }
     let report = simulate(
         &builds,
         &SimParams {

@@ -181,11 +181,21 @@ pub async fn execute(ex: &Executor<'_>, cancel: CancellationToken) -> RunReport 
         ));
     }
     for sample in runs.iter().flat_map(|r| &r.samples) {
-        if let Err(e) = ex.history.append(sample) {
-            (ex.log)(&format!(
+        match ex.history.append(sample) {
+            Ok(()) => (ex.log)(&format!(
+                "history: recorded {} MiB peak on {} for {} in {}",
+                sample.peak_memory_mib,
+                sample.tier.as_deref().unwrap_or("?"),
+                sample.repo,
+                ex.history.describe()
+            )),
+            Err(e) => (ex.log)(&format!(
                 "warning: the history sample was not recorded: {e}"
-            ));
+            )),
         }
+    }
+    if ex.plan.platforms.iter().any(|p| !p.history.records) {
+        (ex.log)("history: none recorded (a pull request never teaches the sizer)");
     }
     let platforms = if several {
         ex.plan
