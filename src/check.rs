@@ -23,6 +23,8 @@ pub const GOLDEN_MAX_AGE_DAYS: u64 = 14;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// A check that found nothing wrong: listed too, so the checklist is whole.
+    Passed,
     Info,
     Warning,
     High,
@@ -35,6 +37,11 @@ pub struct Finding {
     pub area: &'static str,
     pub message: String,
     pub fix: String,
+}
+
+/// A check that found nothing wrong.
+fn passed(area: &'static str, message: String) -> Finding {
+    finding(Severity::Passed, area, message, "-")
 }
 
 fn finding(severity: Severity, area: &'static str, message: String, fix: &str) -> Finding {
@@ -65,6 +72,13 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
     for arch in [Arch::Amd64, Arch::Arm64] {
         match hcloud.check_ladder(arch, config.ladder(arch)).await {
             Ok(check) => {
+                findings.push(passed(
+                    "server types",
+                    format!(
+                        "tiers.{arch}: {} exist and are sold in a configured location",
+                        crate::config::tier_names(config.ladder(arch))
+                    ),
+                ));
                 for (name, location, until) in check.deprecated {
                     findings.push(finding(
                         Severity::Warning,
@@ -108,6 +122,16 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
         golden_findings(hcloud, config, &mut findings).await;
         expired_findings(hcloud, &mut findings).await;
         let rate = hcloud.rate_limit();
+        if !rate.is_low() {
+            findings.push(passed(
+                "hcloud rate limit",
+                format!(
+                    "{} of {} API requests left in this project's budget",
+                    rate.remaining.map_or("?".into(), |r| r.to_string()),
+                    rate.limit.map_or("?".into(), |l| l.to_string())
+                ),
+            ));
+        }
         if rate.is_low() {
             findings.push(finding(
                 Severity::Warning,
@@ -134,6 +158,12 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
             target: None,
             arch: crate::config::Arch::Amd64,
         };
+        if store.recent(&probe, 1).is_ok() {
+            findings.push(passed(
+                "history",
+                format!("the history store {} can be read", store.describe()),
+            ));
+        }
         if let Err(e) = store.recent(&probe, 1) {
             findings.push(finding(
                 Severity::High,
@@ -151,7 +181,10 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
 /// token is refused with 403 `token_readonly`, and every build would be too.
 async fn write_findings(hcloud: &HcloudProvider, out: &mut Vec<Finding>) {
     match hcloud.probe_write().await {
-        Ok(_) => {}
+        Ok(_) => out.push(passed(
+            "hcloud token",
+            "the token is accepted and may write (create servers)".into(),
+        )),
         Err(e) if e.code() == Some("token_readonly") => out.push(finding(
             Severity::Critical,
             "hcloud token",
@@ -208,6 +241,15 @@ async fn golden_findings(hcloud: &HcloudProvider, config: &Config, out: &mut Vec
                         .duration_since(created)
                         .unwrap_or(Duration::ZERO);
                     let days = age.as_secs() / 86_400;
+                    if days <= GOLDEN_MAX_AGE_DAYS {
+                        out.push(passed(
+                            "golden image",
+                            format!(
+                                "the newest {arch} golden snapshot ({}) is {days} days old",
+                                image.id
+                            ),
+                        ));
+                    }
                     if days > GOLDEN_MAX_AGE_DAYS {
                         out.push(finding(
                             Severity::Warning,
@@ -240,7 +282,12 @@ async fn expired_findings(hcloud: &HcloudProvider, out: &mut Vec<Finding>) {
                 .filter(|l| l.expires().is_some_and(|e| e < now))
                 .map(|l| l.id.clone())
                 .collect();
-            if !expired.is_empty() {
+            if expired.is_empty() {
+                out.push(passed(
+                    "runners",
+                    format!("no runner with an expired lease ({} running)", leases.len()),
+                ));
+            } else {
                 out.push(finding(
                     Severity::High,
                     "runners",
@@ -284,7 +331,13 @@ async fn registry_findings(registry: &str, inputs: &CheckInputs<'_>, out: &mut V
         request = request.basic_auth(&c.username, Some(c.password.as_str()));
     }
     match request.send().await {
-        Ok(resp) if resp.status().is_success() => {}
+        Ok(resp) if resp.status().is_success() => out.push(passed(
+            "registry",
+            match inputs.credentials {
+                Some(c) => format!("{registry} answers and accepts user {}", c.username),
+                None => format!("{registry} answers without credentials"),
+            },
+        )),
         Ok(resp) if resp.status().as_u16() == 401 => out.push(match inputs.credentials {
             Some(c) => finding(
                 Severity::High,
@@ -343,7 +396,13 @@ async fn access_findings(
     .await;
     for (need, result) in needs.iter().zip(results) {
         let e = match result {
-            Ok(()) => continue,
+            Ok(()) => {
+                out.push(passed(
+                    "registry permissions",
+                    format!("{} ({}): allowed", need.repository, need.what),
+                ));
+                continue;
+            }
             // Reachability is the registry finding's business.
             Err(AccessError::Unreachable { .. }) => continue,
             Err(e) => e,
@@ -366,20 +425,35 @@ async fn access_findings(
     }
 }
 
-pub fn render(findings: &[Finding]) -> String {
+pub fn render(findings: &[Finding], symbols: bool) -> String {
     if findings.is_empty() {
-        return "no findings: the infrastructure looks ready\n".to_owned();
+        return "nothing to check\n".to_owned();
     }
     let mut out = String::new();
     for f in findings {
-        out.push_str(&format!(
-            "{:<8} {:<16} {}\n{:<25} fix: {}\n",
-            format!("{:?}", f.severity).to_uppercase(),
-            f.area,
-            f.message,
-            "",
-            f.fix
-        ));
+        let mark = match (f.severity, symbols) {
+            (Severity::Passed, true) => "✓".to_owned(),
+            (Severity::Info | Severity::Warning, true) => "!".to_owned(),
+            (_, true) => "✗".to_owned(),
+            (Severity::Passed, false) => "PASSED".to_owned(),
+            (severity, false) => format!("{severity:?}").to_uppercase(),
+        };
+        out.push_str(&format!("{mark:<8} {:<20} {}\n", f.area, f.message));
+        if f.severity != Severity::Passed {
+            out.push_str(&format!("{:<29} fix: {}\n", "", f.fix));
+        }
     }
+    let failed = findings
+        .iter()
+        .filter(|f| f.severity >= Severity::High)
+        .count();
+    let warned = findings
+        .iter()
+        .filter(|f| matches!(f.severity, Severity::Info | Severity::Warning))
+        .count();
+    let ok = findings.len() - failed - warned;
+    out.push_str(&format!(
+        "{ok} checks passed, {warned} warned, {failed} failed\n"
+    ));
     out
 }

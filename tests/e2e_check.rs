@@ -36,6 +36,15 @@ fn check(sim: &HcloudSim, args: &[&str]) -> (i32, Vec<serde_json::Value>, String
     (out.code, findings, out.stderr)
 }
 
+/// The findings that are not passes.
+fn problems(findings: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    findings
+        .iter()
+        .filter(|f| f["severity"] != "passed")
+        .cloned()
+        .collect()
+}
+
 fn has(findings: &[serde_json::Value], severity: &str, area: &str, text: &str) -> bool {
     findings.iter().any(|f| {
         f["severity"] == severity
@@ -46,7 +55,7 @@ fn has(findings: &[serde_json::Value], severity: &str, area: &str, text: &str) -
 }
 
 #[test]
-fn a_healthy_setup_has_no_findings() {
+fn a_healthy_setup_passes_every_check() {
     if !require_root_and_tools(&["docker-registry"]) {
         return;
     }
@@ -66,8 +75,50 @@ fn a_healthy_setup_has_no_findings() {
             &history,
         ],
     );
-    assert_eq!(findings, Vec::<serde_json::Value>::new(), "{stderr}");
+    assert_eq!(
+        problems(&findings),
+        Vec::<serde_json::Value>::new(),
+        "{stderr}"
+    );
     assert_eq!(code, 0);
+    // The whole checklist, each check that passed named.
+    let passed = |area: &str, text: &str| {
+        findings.iter().any(|f| {
+            f["severity"] == "passed"
+                && f["area"] == area
+                && f["message"].as_str().unwrap().contains(text)
+        })
+    };
+    for (area, text) in [
+        ("server types", "tiers.amd64"),
+        ("server types", "tiers.arm64"),
+        ("hcloud token", "may write"),
+        ("golden image", "amd64 golden snapshot"),
+        ("golden image", "arm64 golden snapshot"),
+        ("runners", "no runner with an expired lease"),
+        ("hcloud rate limit", "API requests left"),
+        ("registry", "answers"),
+        ("history", "can be read"),
+    ] {
+        assert!(passed(area, text), "{area}: {text}: {findings:#?}");
+    }
+    // The same checklist for a person: one line per check and a total.
+    let out = Launcher::new()
+        .env("HCLOUD_TOKEN", &sim.token)
+        .env("HCLOUD_ENDPOINT", &sim.endpoint)
+        .args(["check", "--registry", &registry.addr, "--insecure-registry"])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("PASSED   server types"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("checks passed, 0 warned, 0 failed"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -248,6 +299,7 @@ fn a_readonly_token_is_critical_and_a_writable_one_registers_the_project_key() {
     );
     assert!(sim.ssh_keys().is_empty());
     let (code, findings, stderr) = check(&sim, &[]);
+    let findings = problems(&findings);
     assert_eq!((code, findings.len()), (0, 0), "{findings:#?}\n{stderr}");
     assert_eq!(
         sim.ssh_keys().len(),

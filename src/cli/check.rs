@@ -78,7 +78,10 @@ pub fn run(args: CheckArgs, config: &Config, out: &mut dyn Write) -> Result<Exit
         let json = serde_json::to_string_pretty(&findings).expect("findings serialize");
         writeln!(out, "{json}").map_err(Error::Output)?;
     } else {
-        write!(out, "{}", render(&findings)).map_err(Error::Output)?;
+        // ✓/✗ at a terminal, words in a CI log.
+        use std::io::IsTerminal;
+        let symbols = std::io::stdout().is_terminal() && crate::environment::var("CI").is_none();
+        write!(out, "{}", render(&findings, symbols)).map_err(Error::Output)?;
     }
     Ok(if findings.iter().any(|f| f.severity >= Severity::High) {
         Exit::Infrastructure
