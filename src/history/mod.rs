@@ -108,6 +108,11 @@ pub enum HistoryError {
         #[source]
         source: std::io::Error,
     },
+    /// `file:PATH` names something that is not a history file: a device, a FIFO, a symlink, a
+    /// directory, or a file larger than [`file::MAX_HISTORY_BYTES`]. A setting to fix (exit 2),
+    /// not a store that is down.
+    #[error("history file {}: {what}", path.display())]
+    NotAHistoryFile { path: PathBuf, what: String },
     #[error("history store \"{0}\" is not valid: use file:PATH, registry or none")]
     BadSpec(String),
     #[error("history store \"registry\" is not available yet; use file:PATH or none")]
