@@ -70,7 +70,7 @@ pub const MAX_PATTERN_CHARS: usize = 4096;
 /// Matching steps (a state of a pattern advanced over one character, a pattern tried on an
 /// entry, a string compared) allowed for the whole walk of a context; see docs/PERFORMANCE.md
 /// for what this costs at most.
-pub const MATCH_BUDGET: u64 = 2_000_000_000;
+pub const MATCH_BUDGET: u64 = 1_000_000_000;
 
 /// The steps left of [`MATCH_BUDGET`]; `Err(())` once spent.
 #[derive(Debug)]
