@@ -6,8 +6,15 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use buildkit_launcher::history::registry::RegistryStore;
+use buildkit_launcher::history::{HistoryKey, HistoryStore};
 
 use support::hcloud_sim::HcloudSim;
 use support::hcloud_sim::cloud::GOLDEN;
@@ -141,4 +148,256 @@ fn a_history_file_that_is_not_one_costs_no_server() {
         );
         out.assert_one_line_error(2);
     }
+}
+
+/// A registry an attacker runs, on loopback: answers by path, counts what it sent and what it
+/// was asked. Each connection gets one answer and is closed (`Connection: close`), so an
+/// endless body is read until the client hangs up.
+struct Hostile {
+    /// `127.0.0.x:PORT`
+    addr: String,
+    sent: Arc<AtomicU64>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+/// What a hostile server answers to `GET path`: head lines, then a body (endless when
+/// `endless` repeats for ever after `body`).
+struct Answer {
+    status: &'static str,
+    headers: Vec<String>,
+    body: Vec<u8>,
+    endless: Option<Vec<u8>>,
+}
+
+impl Answer {
+    fn new(status: &'static str, body: &str) -> Answer {
+        Answer {
+            status,
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+            endless: None,
+        }
+    }
+}
+
+impl Hostile {
+    fn start(ip: &str, answer: impl Fn(&str) -> Answer + Send + Sync + 'static) -> Hostile {
+        let listener = TcpListener::bind(format!("{ip}:0")).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let sent = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let answer = Arc::new(answer);
+        let (s, r) = (sent.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let (answer, sent, requests) = (answer.clone(), s.clone(), r.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut first = String::new();
+                    if reader.read_line(&mut first).is_err() {
+                        return;
+                    }
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let path = first.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    requests.lock().unwrap().push(path.clone());
+                    let a = answer(&path);
+                    let mut head = format!("HTTP/1.1 {}\r\nConnection: close\r\n", a.status);
+                    for h in &a.headers {
+                        head.push_str(h);
+                        head.push_str("\r\n");
+                    }
+                    if a.endless.is_none() {
+                        head.push_str(&format!("Content-Length: {}\r\n", a.body.len()));
+                    }
+                    head.push_str("\r\n");
+                    let mut write = |bytes: &[u8]| {
+                        let ok = stream.write_all(bytes).is_ok();
+                        if ok {
+                            sent.fetch_add(bytes.len() as u64, Ordering::SeqCst);
+                        }
+                        ok
+                    };
+                    if !write(head.as_bytes()) || !write(&a.body) {
+                        return;
+                    }
+                    if let Some(chunk) = a.endless {
+                        while write(&chunk) {}
+                    }
+                });
+            }
+        });
+        Hostile {
+            addr,
+            sent,
+            requests,
+        }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn history_key() -> HistoryKey {
+    HistoryKey {
+        repo: "acme/app".into(),
+        dockerfile: "Dockerfile".into(),
+        target: None,
+        arch: buildkit_launcher::config::Arch::Amd64,
+    }
+}
+
+/// A registry a pipeline names answers an endless tag list (it was read whole: 1.1 GB, then
+/// the OOM killer). The history read stops past the cap, with an error naming the registry and
+/// what was too large, having read little more than the cap.
+#[test]
+fn an_endless_tag_list_is_read_no_further_than_its_cap() {
+    let registry = Hostile::start("127.0.0.1", |path| {
+        if path == "/v2/" {
+            return Answer::new("200 OK", "{}");
+        }
+        let mut answer = Answer::new("200 OK", "{\"name\":\"x\",\"tags\":[\"");
+        answer.headers.push("Content-Type: application/json".into());
+        answer.endless = Some(b"s".repeat(64 * 1024));
+        answer
+    });
+    let store = RegistryStore::new(registry.addr.clone(), true, None, 0);
+    let err = store.recent(&history_key(), 30).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "the answer of registry {} to GET /v2/",
+            registry.addr
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("/tags/list is larger than 4 MiB (the cap); the rest was not read"),
+        "{err}"
+    );
+    // What was sent before the launcher hung up: the cap and what the sockets buffer.
+    let sent = registry.sent.load(Ordering::SeqCst);
+    assert!(sent < 64 << 20, "{sent} bytes were read");
+}
+
+/// The same registry, politer: pages of 1 MiB, each with a `Link` to the next, for ever. The
+/// pages together are capped too.
+#[test]
+fn endless_tag_list_pages_stop_at_the_cap_over_all_pages() {
+    let registry = Hostile::start("127.0.0.1", |path| {
+        if path == "/v2/" {
+            return Answer::new("200 OK", "{}");
+        }
+        let tags: Vec<String> = (0..40_000).map(|i| format!("t{i:019}")).collect();
+        let body = serde_json::json!({ "name": "x", "tags": tags }).to_string();
+        let mut answer = Answer::new("200 OK", &body);
+        let next = format!(
+            "{}?n=40000&last=x{}",
+            path.split('?').next().unwrap(),
+            body.len()
+        );
+        answer.headers.push(format!("Link: <{next}>; rel=\"next\""));
+        answer
+    });
+    let store = RegistryStore::new(registry.addr.clone(), true, None, 0);
+    let err = store.recent(&history_key(), 30).unwrap_err().to_string();
+    assert!(
+        err.contains("is larger than 16 MiB over its pages (the cap)"),
+        "{err}"
+    );
+    let pages = registry.requests().len() - 1;
+    assert!(pages <= 20, "{pages} pages were read");
+}
+
+/// A pull request's registry answers 401 with a token realm on an internal address; the agent
+/// fetched it with the registry credentials and sent the answer back. Now the build stops with
+/// exit 2, one line naming the registry, the realm's host and the rule, before any token
+/// request (the internal service is never asked) and before any API request.
+#[test]
+fn a_token_realm_on_another_host_is_never_asked() {
+    let internal = Hostile::start("127.0.0.2", |_| {
+        Answer::new("200 OK", "{\"token\":\"internal-secret-73a1\"}")
+    });
+    let realm = format!("http://{}/latest/meta-data/token", internal.addr);
+    let registry = Hostile::start("127.0.0.1", move |_| {
+        let mut answer = Answer::new("401 Unauthorized", "{}");
+        answer.headers.push(format!(
+            "WWW-Authenticate: Bearer realm=\"{realm}\",service=\"registry\""
+        ));
+        answer
+    });
+    let sim = simulator();
+    let ctx = Context::new().file("Dockerfile", "FROM scratch\n");
+    let out = finishes_within(
+        launcher(&ctx)
+            .env("HCLOUD_TOKEN", &sim.token)
+            .env("HCLOUD_ENDPOINT", &sim.endpoint)
+            .env("REGISTRY_PASSWORD", "fake-registry-password")
+            .args(["build", "--provider", "hcloud", "--history", "none"])
+            .args(["--registry", &registry.addr, "--insecure-registry"])
+            .args(["--registry-user", "ci", "--context"])
+            .arg(ctx.path()),
+        Duration::from_secs(60),
+    );
+    let line = out.assert_one_line_error(2);
+    assert!(
+        line.contains(&format!("registry {}:", registry.addr)),
+        "{line}"
+    );
+    assert!(line.contains("is on the host \"127.0.0.2\""), "{line}");
+    assert!(line.contains("token_realms"), "{line}");
+    assert!(!line.contains("fake-registry-password"), "{line}");
+    assert_eq!(internal.requests(), Vec::<String>::new());
+    assert_no_request(&sim, "token realm");
+}
+
+/// A token service on the registry's own host answering an endless token: the check reads its
+/// cap, says so and gives up (exit 4: the registry cannot be asked), before any server.
+#[test]
+fn an_endless_token_answer_is_read_no_further_than_its_cap() {
+    let port = Arc::new(Mutex::new(String::new()));
+    let own = port.clone();
+    let registry = Hostile::start("127.0.0.1", move |path| {
+        if path == "/v2/" {
+            let mut answer = Answer::new("401 Unauthorized", "{}");
+            answer.headers.push(format!(
+                "WWW-Authenticate: Bearer realm=\"http://{}/token\"",
+                own.lock().unwrap()
+            ));
+            return answer;
+        }
+        let mut answer = Answer::new("200 OK", "{\"token\":\"");
+        answer.endless = Some(b"t".repeat(64 * 1024));
+        answer
+    });
+    *port.lock().unwrap() = registry.addr.clone();
+    let sim = simulator();
+    let ctx = Context::new().file("Dockerfile", "FROM scratch\n");
+    let out = finishes_within(
+        launcher(&ctx)
+            .env("HCLOUD_TOKEN", &sim.token)
+            .env("HCLOUD_ENDPOINT", &sim.endpoint)
+            .args(["build", "--provider", "hcloud", "--history", "none"])
+            .args([
+                "--registry",
+                &registry.addr,
+                "--insecure-registry",
+                "--context",
+            ])
+            .arg(ctx.path()),
+        Duration::from_secs(60),
+    );
+    let line = out.assert_one_line_error(4);
+    assert!(
+        line.contains("is larger than 1 MiB (the cap); the rest was not read"),
+        "{line}"
+    );
+    assert!(line.contains(&registry.addr), "{line}");
+    assert!(registry.sent.load(Ordering::SeqCst) < 64 << 20);
+    assert_no_request(&sim, "token answer");
 }
