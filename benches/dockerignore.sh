@@ -6,6 +6,8 @@
 #
 #   benches/dockerignore.sh BEFORE_BIN AFTER_BIN [FILES]
 #
+# BEFORE_BIN `-` runs only AFTER_BIN.
+#
 # A benchmark, not a test: nothing fails on a slow machine; the numbers are one run's.
 set -euo pipefail
 before=$1 after=$2 files=${3:-300}
@@ -40,6 +42,7 @@ run() { # LABEL BIN CONTEXT
 }
 
 for label in before after; do
+  [ "$label" = before ] && [ "$before" = - ] && continue
   bin=$before
   [ "$label" = after ] && bin=$after
   run "$label" "$bin" "$deep"
