@@ -354,6 +354,58 @@ fn a_token_realm_on_another_host_is_never_asked() {
     assert!(!line.contains("fake-registry-password"), "{line}");
     assert_eq!(internal.requests(), Vec::<String>::new());
     assert_no_request(&sim, "token realm");
+
+    // The operator names the token service's host in the policy: now it is asked.
+    let policy = ctx.path().join("policy.ncl");
+    std::fs::write(&policy, "{ token_realms = [\"127.0.0.2\"] }").unwrap();
+    let out = finishes_within(
+        launcher(&ctx)
+            .env("BUILDKIT_LAUNCHER_POLICY", &policy)
+            .env("HCLOUD_TOKEN", &sim.token)
+            .env("HCLOUD_ENDPOINT", &sim.endpoint)
+            .env("REGISTRY_PASSWORD", "fake-registry-password")
+            .args(["build", "--provider", "hcloud", "--history", "none"])
+            .args(["--registry", &registry.addr, "--insecure-registry"])
+            .args(["--registry-user", "ci", "--context"])
+            .arg(ctx.path()),
+        Duration::from_secs(60),
+    );
+    // The registry refuses everything it is then asked (exit 2), but the realm was followed.
+    out.assert_one_line_error(2);
+    let asked = internal.requests();
+    assert!(!asked.is_empty());
+    assert!(
+        asked
+            .iter()
+            .all(|r| r.starts_with("/latest/meta-data/token?scope=repository")),
+        "{asked:?}"
+    );
+    assert_no_request(&sim, "token realm allowed by the policy");
+}
+
+/// `token_realms` holds hosts only: a URL or a host with a port is a policy error.
+#[test]
+fn token_realms_in_the_policy_are_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.ncl");
+    std::fs::write(&file, "{ token_realms = [\"auth.docker.io\", \"[::1]\"] }").unwrap();
+    let policy = buildkit_launcher::policy::Policy::from_file(&file).unwrap();
+    assert_eq!(policy.token_realms, ["auth.docker.io", "[::1]"]);
+    assert!(
+        buildkit_launcher::policy::Policy::default()
+            .token_realms
+            .is_empty()
+    );
+    for bad in ["https://auth.docker.io", "auth.docker.io:443", "a/b"] {
+        std::fs::write(&file, format!("{{ token_realms = [\"{bad}\"] }}")).unwrap();
+        let err = buildkit_launcher::policy::Policy::from_file(&file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expected a host name or address"),
+            "{bad}: {err}"
+        );
+    }
 }
 
 /// A token service on the registry's own host answering an endless token: the check reads its
