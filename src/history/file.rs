@@ -288,6 +288,17 @@ mod tests {
             let err = store.append(&sample("a/x", 1, Outcome::Ok)).unwrap_err();
             assert!(matches!(err, HistoryError::NotAHistoryFile { .. }), "{err}");
         }
+        // A name that would drive the terminal is printed escaped.
+        let escape = dir.path().join("\u{1b}[31mred");
+        std::fs::create_dir(&escape).unwrap();
+        let line = FileStore::new(escape)
+            .recent(&key("a/x"), 30)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            line.contains("\\u{1b}[31mred: is not a regular file"),
+            "{line}"
+        );
         // At the cap it is read.
         let at_cap = dir.path().join("at-cap.jsonl");
         std::fs::File::create(&at_cap)
