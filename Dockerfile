@@ -1,7 +1,7 @@
 # The Woodpecker plugin image: the launcher plus what it runs locally (ssh client, rsync,
 # CA certificates for the Hetzner API and registries). Multi-stage: no toolchain in the result.
 #
-#   docker build -t registry.example.com/buildkit-launcher:0.1.0 .
+#   docker build -t zot.example.com/images/buildkit-launcher:0.1.0 .
 FROM docker.io/library/rust:1-bookworm AS build
 WORKDIR /src
 COPY . .

@@ -175,6 +175,22 @@ impl RegistryLayout {
     pub fn cache_repo(&self, repo: &str) -> String {
         self.cache.replace("{repo}", repo)
     }
+
+    /// Which of the launcher's namespaces holds the repository `repo`, if one does: an image
+    /// pushed there would overwrite a cache or feed the sizer forged samples.
+    pub fn namespace_of(&self, repo: &str) -> Option<&'static str> {
+        let under = |ns: &str| repo == ns || repo.starts_with(&format!("{ns}/"));
+        if under(&self.history) {
+            return Some("the history namespace (registry.history in the launcher config)");
+        }
+        let in_cache = match self.cache.split_once("{repo}") {
+            Some((pre, post)) => {
+                repo.len() > pre.len() + post.len() && repo.starts_with(pre) && repo.ends_with(post)
+            }
+            None => under(&self.cache),
+        };
+        in_cache.then_some("the cache namespace (registry.cache in the launcher config)")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,6 +215,8 @@ pub struct Config {
 pub struct BuildkitdSettings {
     /// Seconds a build waits for buildkitd to serve and list a worker.
     pub ready_timeout_s: u64,
+    /// The SBOM scanner image BuildKit runs for `--sbom` (`attest:sbom=generator=IMAGE`).
+    pub sbom_generator: String,
 }
 
 #[derive(Debug, thiserror::Error)]

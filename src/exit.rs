@@ -65,11 +65,52 @@ impl Error {
         }
     }
 
-    /// The message as one line, whatever the sources contained.
+    /// The message as one line, whatever the sources contained, with control bytes escaped
+    /// (a value a pipeline wrote may hold terminal escape sequences).
     pub fn one_line(&self) -> String {
-        self.to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
+        escape_controls(
+            &self
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+    }
+}
+
+/// A value for a message: in double quotes, control bytes, quotes and backslashes escaped.
+pub fn quote(value: &str) -> String {
+    format!("\"{}\"", value.escape_debug())
+}
+
+/// `text` with every control character (newlines included) written as an escape.
+pub fn escape_controls(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+static PLUGIN_MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This process runs as a Woodpecker plugin: messages name settings, not flags.
+pub fn set_plugin_mode() {
+    PLUGIN_MODE.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How the user wrote the option `--repo`: `repo` in plugin mode, `--repo` at a terminal.
+pub fn option(flag: &str) -> String {
+    if PLUGIN_MODE.load(std::sync::atomic::Ordering::Relaxed) {
+        flag.trim_start_matches('-').replace('-', "_")
+    } else {
+        flag.to_owned()
     }
 }

@@ -20,7 +20,10 @@ fn main() -> ExitCode {
         match plugin::build_secrets(&env) {
             Ok(secrets) => secrets,
             Err(message) => {
-                eprintln!("error: {message}");
+                eprintln!(
+                    "error: {}",
+                    buildkit_launcher::exit::escape_controls(&message)
+                );
                 return ExitCode::from(2);
             }
         }
@@ -29,7 +32,9 @@ fn main() -> ExitCode {
     };
     environment::snapshot_with(build_secrets);
     // Woodpecker runs the plugin with no arguments: its settings become a `build` command line.
-    let args = if plugin::detected(&args, &env) {
+    let plugin_mode = plugin::detected(&args, &env);
+    let args = if plugin_mode {
+        buildkit_launcher::exit::set_plugin_mode();
         let policy = match buildkit_launcher::policy::Policy::current() {
             Ok(policy) => policy,
             Err(e) => {
@@ -40,7 +45,10 @@ fn main() -> ExitCode {
         match plugin::argv(&env, policy) {
             Ok(argv) => argv,
             Err(message) => {
-                eprintln!("error: {message}");
+                eprintln!(
+                    "error: {}",
+                    buildkit_launcher::exit::escape_controls(&message)
+                );
                 return ExitCode::from(2);
             }
         }
@@ -49,34 +57,60 @@ fn main() -> ExitCode {
     };
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
-        Err(e) => return usage_error(e),
+        Err(e) => return usage_error(e, plugin_mode),
     };
     // SAFETY: still single-threaded: no runtime, no helper thread has started yet.
     unsafe { environment::scrub() };
     match cli::run(cli) {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(error) => {
-            eprintln!("error: {}", error.one_line());
+            eprintln!("error: {}", cli::printable(&error.one_line()));
             ExitCode::from(error.exit() as u8)
         }
     }
 }
 
-/// `--help` and `--version` print as clap makes them; a bad command line is one line (clap's
-/// own first line, which names the flag and the value) and exit 2.
-fn usage_error(e: clap::Error) -> ExitCode {
+/// `--help` and `--version` print as clap makes them. A bad command line is clap's own message
+/// (the error line, its tips, the possible values, the missing arguments) without the usage
+/// block, and exit 2; in plugin mode in the settings' words, since the user wrote settings.
+fn usage_error(e: clap::Error, plugin: bool) -> ExitCode {
     match e.kind() {
         ErrorKind::DisplayHelp
         | ErrorKind::DisplayVersion
         | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
         _ => {
-            let text = e.render().to_string();
-            let line = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("error: bad arguments");
-            eprintln!("{line}");
+            let mut text = without_usage(&e.render().to_string());
+            if plugin {
+                text = cli::in_settings_words(&text).replace(
+                    "For more information, try '--help'.",
+                    "docs.md lists the settings.",
+                );
+            }
+            eprintln!("{}", text.trim_end());
             ExitCode::from(2)
         }
     }
+}
+
+/// clap's rendered error without its `Usage:` block (the help has it), blank lines collapsed.
+fn without_usage(text: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let mut in_usage = false;
+    for line in text.lines() {
+        if line.starts_with("Usage:") {
+            in_usage = true;
+            continue;
+        }
+        if in_usage {
+            if line.trim().is_empty() {
+                in_usage = false;
+            }
+            continue;
+        }
+        if line.trim().is_empty() && out.last().is_none_or(|l| l.trim().is_empty()) {
+            continue;
+        }
+        out.push(line);
+    }
+    out.join("\n")
 }

@@ -29,8 +29,30 @@ pub const ENV: &str = "BUILDKIT_LAUNCHER_POLICY";
 pub const POLICY_CONTRACT: Contract = Contract {
     name: "schemas/policy.ncl",
     source: include_str!("../schemas/policy.ncl"),
-    fields_hint: "a policy may set hcloud_endpoint, registries, max_memory_gb, max_eur_per_hour, repository_may_set and pull_requests",
+    fields_hint: "a policy may set hcloud_endpoint, registries, max_memory_gb, max_eur_per_hour, repository_may_set, pull_requests, build_env, secret_env and golden_images",
 };
+
+/// Variables that always hold a secret of the launcher.
+pub const SECRET_NAMES: &[&str] = &[
+    "HCLOUD_TOKEN",
+    "PLUGIN_HCLOUD_TOKEN",
+    "REGISTRY_PASSWORD",
+    "PLUGIN_PASSWORD",
+    "PLUGIN_REGISTRY_PASSWORD",
+    "PLUGIN_BUILD_SECRETS",
+];
+
+/// Every known secret value in `text` replaced by `****`. Values shorter than 4 characters
+/// are left alone (they would mask ordinary words).
+pub fn mask(text: &str, secrets: &[zeroize::Zeroizing<String>]) -> String {
+    let mut text = text.to_owned();
+    for value in secrets.iter().filter(|v| v.len() >= 4) {
+        if text.contains(value.as_str()) {
+            text = text.replace(value.as_str(), "****");
+        }
+    }
+    text
+}
 
 /// A plugin setting that redirects the token or replaces the ladder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -40,11 +62,22 @@ pub enum Redirecting {
     HcloudEndpoint,
 }
 
+/// Where a pull-request build pushes (`pull_requests.push`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullRequestPush {
+    /// The image under `pr-<N>` only, the default cache under its own `pr-<N>` tag: never the
+    /// default branch's tags or cache entries.
+    PrTag,
+    /// Nothing: the build runs, nothing is pushed.
+    DryRun,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PullRequests {
     pub secrets: bool,
-    pub push: bool,
+    pub push: PullRequestPush,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -62,6 +95,15 @@ pub struct Policy {
     pub max_eur_per_hour: Option<f64>,
     pub repository_may_set: Vec<Redirecting>,
     pub pull_requests: PullRequests,
+    /// Variables of the agent that `build_args_from_env` and `secrets` (`env=`) may read.
+    #[serde(default)]
+    pub build_env: Vec<String>,
+    /// Further variables that hold secrets: never readable by a setting, masked in output.
+    #[serde(default)]
+    pub secret_env: Vec<String>,
+    /// Label selectors `golden_image` may name besides the launcher's own golden snapshots.
+    #[serde(default)]
+    pub golden_images: Vec<String>,
     /// Where it came from, for messages.
     #[serde(skip)]
     pub origin: String,
@@ -78,8 +120,11 @@ impl Default for Policy {
             repository_may_set: Vec::new(),
             pull_requests: PullRequests {
                 secrets: false,
-                push: true,
+                push: PullRequestPush::PrTag,
             },
+            build_env: Vec::new(),
+            secret_env: Vec::new(),
+            golden_images: Vec::new(),
             origin: "the default policy".into(),
         }
     }
@@ -138,6 +183,41 @@ impl Policy {
         Ok(policy)
     }
 
+    /// Does the variable `name` hold a secret of the launcher? The token, the registry
+    /// password and their plugin twins, a plugin's build secrets, Woodpecker's git
+    /// credentials, any `PLUGIN_*` (a setting is the pipeline's own, never a build's input) and
+    /// what the policy marks secret.
+    pub fn is_secret_name(&self, name: &str) -> bool {
+        SECRET_NAMES.contains(&name)
+            || name.starts_with("PLUGIN_")
+            || name.starts_with("CI_NETRC_")
+            || name.starts_with("BKL_BUILD_SECRET_")
+            || self.secret_env.iter().any(|s| s == name)
+    }
+
+    /// The values of every secret the launcher holds, for refusing and masking them.
+    pub fn secret_values(&self) -> Vec<zeroize::Zeroizing<String>> {
+        let mut names: Vec<String> = SECRET_NAMES.iter().map(|s| s.to_string()).collect();
+        names.extend(self.secret_env.iter().cloned());
+        names.extend(
+            crate::environment::with_prefixes(&["BKL_BUILD_SECRET_", "CI_NETRC_PASSWORD"])
+                .into_keys(),
+        );
+        let mut values: Vec<zeroize::Zeroizing<String>> = names
+            .iter()
+            .filter_map(|n| crate::environment::var(n))
+            .filter(|v| !v.trim().is_empty())
+            .map(zeroize::Zeroizing::new)
+            .collect();
+        values.sort_by(|a, b| {
+            b.len()
+                .cmp(&a.len())
+                .then_with(|| a.as_str().cmp(b.as_str()))
+        });
+        values.dedup_by(|a, b| a.as_str() == b.as_str());
+        values
+    }
+
     pub fn may_set(&self, setting: Redirecting) -> bool {
         self.repository_may_set.contains(&setting)
     }
@@ -155,15 +235,20 @@ impl Policy {
 
     /// Take every tier above the ceiling out of `config`'s ladders (and point language defaults
     /// that named one at the highest tier left), so that no source of a size can exceed it.
+    /// Under a price ceiling a type without a known price counts as above it. A ladder the
+    /// ceiling empties fails only the builds of that architecture (sizing says why); both
+    /// empty is an error of the policy.
     pub fn cap(&self, config: &mut Config) -> Result<(), PolicyError> {
         let mut capped = false;
+        let mut emptied = Vec::new();
         for arch in [Arch::Amd64, Arch::Arm64] {
             let max_mib = self.max_memory_mib(arch);
             let within = |t: &crate::config::Tier| {
                 t.memory_mib <= max_mib
                     && match (self.max_eur_per_hour, t.price_eur_per_hour) {
                         (Some(max), Some(price)) => price <= max,
-                        _ => true,
+                        (Some(_), None) => false,
+                        (None, _) => true,
                     }
             };
             let ladder = match arch {
@@ -174,13 +259,8 @@ impl Policy {
             ladder.retain(within);
             capped |= ladder.len() != before;
             let Some(top) = ladder.last().map(|t| t.name.clone()) else {
-                return Err(PolicyError::Invalid {
-                    origin: self.origin.clone(),
-                    message: format!(
-                        "no {arch} server type of the launcher config is within the ceiling ({})",
-                        self.describe_ceiling(arch)
-                    ),
-                });
+                emptied.push(arch);
+                continue;
             };
             let names: Vec<String> = ladder.iter().map(|t| t.name.clone()).collect();
             let defaults = match arch {
@@ -199,6 +279,15 @@ impl Policy {
                     *name = top.clone();
                 }
             }
+        }
+        if emptied.len() == 2 {
+            return Err(PolicyError::Invalid {
+                origin: self.origin.clone(),
+                message: format!(
+                    "no server type of the launcher config is within the ceiling ({}; a type without a price counts as above a price ceiling)",
+                    self.describe_ceiling(config.default_arch)
+                ),
+            });
         }
         if capped {
             config.ceiling = Some(self.describe_ceiling(config.default_arch));

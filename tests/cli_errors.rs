@@ -297,7 +297,7 @@ fn pipeline_settings_that_cannot_work_are_exit_2() {
     );
     let line = plan_error(&ctx, &["--build-arg-from-env", "BKL_TEST_SURELY_UNSET"]);
     assert!(
-        line.contains("--build-arg-from-env BKL_TEST_SURELY_UNSET: the environment variable"),
+        line.contains("--build-arg-from-env: \"BKL_TEST_SURELY_UNSET\": the environment variable"),
         "{line}"
     );
     // A flag value clap refuses: clap's own message (first line) and exit 2.

@@ -114,9 +114,16 @@ fn plan_for_the_local_provider_shows_the_tool_its_runner_really_has() {
             "{note}"
         );
     }
-    // With the double's directory, as the end-to-end tests run it: buildctl, after the wait.
-    let tools = repo_dir().join("tests/tools");
-    let with_double = plan(&["--local-tools", tools.to_str().unwrap()]);
+    // With a --local-tools directory holding an executable `buildctl`: buildctl, after the wait.
+    let tools = tempfile::tempdir().unwrap();
+    let buildctl = tools.path().join("buildctl");
+    std::fs::write(&buildctl, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(
+        &buildctl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let with_double = plan(&["--local-tools", tools.path().to_str().unwrap()]);
     let commands: Vec<&str> = with_double["commands"]
         .as_array()
         .unwrap()

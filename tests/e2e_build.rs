@@ -1,5 +1,5 @@
 //! `build --provider local` end to end: the built binary, a real registry, real sshd, rsync,
-//! memory cgroups and buildah (the `buildctl` double under tests/tools for that backend).
+//! memory cgroups, buildah, and the real BuildKit (each runner's own buildkitd).
 //! Every test checks that no runner directory, cgroup or sshd is left behind.
 
 mod support;
@@ -60,6 +60,28 @@ fn out_of_memory_retries_once_on_the_next_tier_with_more_memory() {
     assert!(
         peak > 256,
         "the retry really had more than cx23's 256 MiB: peak {peak}"
+    );
+    assert!(
+        out.stderr.contains("retrying once on cx33"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// The real BuildKit: the step is killed in a runc container cgroup below the runner's, which
+/// runc removes; the runner's OOM notifier (cgroup v1) is the evidence, not buildctl's words.
+#[test]
+fn out_of_memory_under_real_buildkit_retries_once_on_the_next_tier() {
+    let Some(f) = Fixture::new("RUN dd if=/dev/zero of=/dev/null bs=350M count=1") else {
+        return;
+    };
+    std::fs::write(f.ctx.path().join(".build-spec.ncl"), "{ tier = \"cx23\" }").unwrap();
+    let out = f.build("buildctl", &["--tag", "v1", "--tag", "latest"]);
+    assert_success(&f, &out);
+    let report = f.report();
+    assert_eq!(
+        outcomes(&report),
+        [("cx23".into(), "oom".into()), ("cx33".into(), "ok".into())]
     );
     assert!(
         out.stderr.contains("retrying once on cx33"),
@@ -324,4 +346,108 @@ fn without_root_the_local_provider_says_so_plainly() {
         0,
         "nothing spawned"
     );
+}
+
+/// The runner's buildkitd (its pid as the local provider recorded it).
+fn buildkitd_pid(f: &Fixture) -> i32 {
+    let id = std::fs::read_dir(f.runners.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("local-"))
+        .expect("a runner exists");
+    std::fs::read_to_string(f.runners.path().join(id).join("buildkitd.pid.launcher"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn buildkitd_killed_mid_build_is_exit_4_naming_buildkitd() {
+    let Some(f) = Fixture::new("RUN sleep 30") else {
+        return;
+    };
+    let mut child = support::spawn_until(
+        Command::new(BIN).args(f.args("buildctl")),
+        "[2/2] RUN sleep",
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(buildkitd_pid(&f)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(4));
+    let report = f.report();
+    assert_eq!(outcomes(&report), [("cx33".into(), "lost".into())]);
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.contains("buildkitd") && error.contains("Unavailable"),
+        "{error}"
+    );
+    // The build container outlives its daemon: teardown still removes it, its cgroups and
+    // mounts.
+    f.assert_nothing_left();
+}
+
+#[test]
+fn a_cache_export_the_registry_refuses_is_a_warning_and_the_image_is_pushed() {
+    let Some(f) = Fixture::new("RUN sleep 2") else {
+        return;
+    };
+    // Once the build runs (the launcher's permission check before it passed), the registry
+    // keeps taking the image but fails every request for the default cache's repository.
+    let mut args = f.args("buildctl");
+    args.extend(["--tag", "v1", "--tag", "latest"].map(String::from));
+    let cmd = &mut Command::new(BIN);
+    let (mut child, rest) = support::spawn_until_keeping(cmd.args(args), "[2/2] RUN sleep");
+    f.registry.break_repository("cache/e2e/app");
+    let status = child.wait().unwrap();
+    let stderr = rest.iter().collect::<Vec<_>>().join("\n");
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    let report = f.report();
+    assert_eq!(report["outcome"], "success");
+    let digest = report["digest"].as_str().unwrap();
+    for tag in ["v1", "latest"] {
+        assert_eq!(
+            f.registry.manifest_digest("e2e/app", tag).as_deref(),
+            Some(digest),
+            "tag {tag}"
+        );
+    }
+    f.assert_nothing_left();
+    let warnings = report["attempts"][0]["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .starts_with("the build cache could not be written: "),
+        "{warnings:?}"
+    );
+    assert!(
+        stderr.contains("warning: the build cache could not be written"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sigterm_during_a_real_buildkit_build_is_exit_5_and_nothing_is_left() {
+    let Some(f) = Fixture::new("RUN sleep 60") else {
+        return;
+    };
+    let mut child = support::spawn_until(
+        Command::new(BIN).args(f.args("buildctl")),
+        "[2/2] RUN sleep",
+    );
+    let sent = Instant::now();
+    support::sigterm(&child);
+    let status = child.wait().unwrap();
+    let elapsed = sent.elapsed();
+    assert_eq!(status.code(), Some(5));
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    assert_eq!(f.report()["outcome"], "cancelled");
+    // buildkitd, the runc container running `sleep 60`, its cgroups and mounts: all gone.
+    f.assert_nothing_left();
 }

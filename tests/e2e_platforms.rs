@@ -424,3 +424,40 @@ fn bench_two_platforms_against_two_single_builds() {
     );
     c.sim.assert_clean();
 }
+
+/// With provenance, BuildKit pushes each platform's image by digest as an index of the image and
+/// its attestation manifest; the launcher's index under the tags must take both platforms'.
+#[test]
+fn two_platforms_with_provenance_from_the_real_daemon_pass_the_index_check() {
+    let Some(c) = cloud(SCRATCH) else {
+        return;
+    };
+    let out = c.build(&["--platform", BOTH, "--tag", "1.0", "--provenance", "min"]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    let report = c.report();
+    assert_eq!(report["outcome"], "success");
+    let digest = report["digest"].as_str().unwrap();
+    let (status, index) = c.registry.manifest_json("e2e/app", "1.0", INDEX);
+    assert_eq!(status, 200, "{index}");
+    assert_eq!(index["mediaType"], INDEX, "{index}");
+    let platforms: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap_or("?"),
+                m["platform"]["architecture"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    assert!(
+        platforms.contains(&"linux/amd64".to_owned())
+            && platforms.contains(&"linux/arm64".to_owned()),
+        "{index}"
+    );
+    let (status, _) = c.registry.manifest_json("e2e/app", digest, INDEX);
+    assert_eq!(status, 200, "the reported digest is in the registry");
+    c.sim.assert_clean();
+}

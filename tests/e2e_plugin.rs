@@ -143,7 +143,7 @@ fn an_unknown_plugin_setting_is_exit_2_with_one_line() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("PLUGIN_TAGZ: not a setting of this plugin"),
+        stderr.contains("tagz (did you mean tag?): not a setting of this plugin"),
         "{stderr}"
     );
 }

@@ -8,76 +8,7 @@
 
 mod support;
 
-use std::process::Command;
-
-use support::hcloud_sim::HcloudSim;
-use support::hcloud_sim::cloud::GOLDEN;
-use support::{BIN, Context, Launcher};
-
-const OUTSIDE: &str = "OUTSIDE-MARKER-91be";
-/// A spec asking for the most expensive server for a day: what an attacker would want leaked.
-const GREEDY_SPEC: &str = "{ tier = \"cx53\", timeout_minutes = 1440 }";
-
-struct Attack {
-    sim: HcloudSim,
-    ctx: Context,
-    outside: tempfile::TempDir,
-}
-
-impl Attack {
-    fn new() -> Attack {
-        let sim = HcloudSim::start();
-        sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
-        let ctx = Context::new().file(".build-spec.ncl", GREEDY_SPEC);
-        std::fs::create_dir(ctx.path().join(".git")).unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        std::fs::write(outside.path().join("rules"), format!("{OUTSIDE}\n[bad\n")).unwrap();
-        std::fs::write(
-            outside.path().join("Dockerfile"),
-            format!("FROM scratch\n# {OUTSIDE}\n"),
-        )
-        .unwrap();
-        Attack { sim, ctx, outside }
-    }
-
-    /// `build --provider hcloud` at a terminal, against the simulator.
-    fn build(&self, extra: &[&str]) -> support::Outcome {
-        Launcher::new()
-            .env("HCLOUD_TOKEN", &self.sim.token)
-            .env("HCLOUD_ENDPOINT", &self.sim.endpoint)
-            .args(["build", "--provider", "hcloud", "--history", "none"])
-            .args(["--registry", "127.0.0.1:9", "--context"])
-            .args([self.ctx.path()])
-            .args(extra)
-            .run()
-    }
-
-    /// Refused with exit 2 in one line, nothing of the outside file in it, no API request.
-    fn assert_refused_before_any_request(&self, out: &support::Outcome, what: &str) -> String {
-        let line = out.assert_one_line_error(2).to_owned();
-        assert!(
-            !line.contains(OUTSIDE),
-            "{what}: an outside file leaked: {line}"
-        );
-        assert!(!out.stdout.contains(OUTSIDE), "{what}");
-        assert_eq!(
-            self.sim.total_calls(),
-            0,
-            "{what}: the API was called: {:?}",
-            self.sim.calls()
-        );
-        self.sim.assert_clean();
-        line
-    }
-
-    fn reset(&self) {
-        for name in [".dockerignore", "Dockerfile.dockerignore", "docker"] {
-            let path = self.ctx.path().join(name);
-            let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_dir_all(&path);
-        }
-    }
-}
+use support::attack::{Attack, GREEDY_SPEC, pinned, plugin};
 
 #[test]
 fn ignore_files_that_are_special_or_outside_cost_no_server() {
@@ -154,43 +85,6 @@ fn a_dockerfile_reached_through_a_symlink_out_of_the_context_costs_no_server() {
     a.assert_refused_before_any_request(&out, "a file symlink");
 }
 
-/// A Woodpecker plugin step: no arguments, settings as `PLUGIN_*`, the operator's policy file.
-fn plugin(a: &Attack, policy: &str, settings: &[(&str, &str)]) -> support::Outcome {
-    let policy_file = a.outside.path().join("policy.ncl");
-    std::fs::write(&policy_file, policy).unwrap();
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if ["CI", "PLUGIN_", "HCLOUD_", "BUILDKIT_LAUNCHER", "REGISTRY_"]
-            .iter()
-            .any(|p| key.starts_with(p))
-        {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.current_dir(a.ctx.path())
-        .env("HOME", a.outside.path())
-        .env("BUILDKIT_LAUNCHER_POLICY", &policy_file)
-        .env("CI_WORKSPACE", a.ctx.path())
-        .env("CI_REPO", "org/attack")
-        .env("PLUGIN_HCLOUD_TOKEN", &a.sim.token)
-        .env("PLUGIN_HISTORY", "none")
-        .env("PLUGIN_REGISTRY", "127.0.0.1:9");
-    for (k, v) in settings {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    support::Outcome {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// The simulator's endpoint as the only one the token may go to.
-fn pinned(a: &Attack, rest: &str) -> String {
-    format!("{{ hcloud_endpoint = \"{}\"{rest} }}", a.sim.endpoint)
-}
-
 #[test]
 fn plugin_settings_cannot_redirect_the_token() {
     let a = Attack::new();
@@ -201,7 +95,7 @@ fn plugin_settings_cannot_redirect_the_token() {
     );
     let line = a.assert_refused_before_any_request(&out, "hcloud_endpoint");
     assert!(
-        line.contains("PLUGIN_HCLOUD_ENDPOINT: the operator policy"),
+        line.contains("hcloud_endpoint: the operator policy"),
         "{line}"
     );
 
@@ -230,10 +124,7 @@ fn plugin_settings_cannot_replace_the_ladder_or_lift_the_ceiling() {
     let config_setting = ("PLUGIN_CONFIG", config.to_str().unwrap());
     let out = plugin(&a, &pinned(&a, ""), &[config_setting]);
     let line = a.assert_refused_before_any_request(&out, "config");
-    assert!(
-        line.contains("PLUGIN_CONFIG: the operator policy"),
-        "{line}"
-    );
+    assert!(line.contains("config: the operator policy"), "{line}");
 
     // Allowed to bring a config, it is still held to the ceiling (the built-in top, 32 GB).
     let out = plugin(
@@ -278,21 +169,13 @@ fn pull_request_builds_get_no_secrets_unless_the_policy_says_so() {
         ("PLUGIN_SECRETS", "id=npm,env=NPM_TOKEN"),
         ("NPM_TOKEN", "fake-npm-token"),
     ];
-    let out = plugin(&a, &pinned(&a, ""), &settings);
+    let out = plugin(&a, &pinned(&a, ", build_env = [\"NPM_TOKEN\"]"), &settings);
     let line = a.assert_refused_before_any_request(&out, "pull request");
     assert!(
         line.contains("pull-request build may not use secrets"),
         "{line}"
     );
     assert!(line.contains("the secret npm"), "{line}");
-
-    let out = plugin(
-        &a,
-        &pinned(&a, ", pull_requests.push = false"),
-        &settings[..1],
-    );
-    let line = a.assert_refused_before_any_request(&out, "pull request push");
-    assert!(line.contains("may not push"), "{line}");
 }
 
 #[test]

@@ -165,63 +165,81 @@ fn parse(argv: Vec<OsString>) {
     }
 }
 
+/// The `build` command line a plugin step stands for, as Woodpecker would hand its settings to
+/// the plugin (lists joined with commas, maps as JSON, `${VAR}` substituted, `from_secret`
+/// values resolved and never in the argument list), with `workspace` as `CI_WORKSPACE`.
+fn plugin_argv(step: &Value, workspace: &std::path::Path) -> Vec<OsString> {
+    let settings = step["settings"].as_mapping().expect("plugin settings");
+    let mut env = BTreeMap::new();
+    for (key, value) in settings {
+        let key = key.as_str().unwrap().to_ascii_uppercase();
+        // A map of secrets (build_secrets): Woodpecker resolves each from_secret inside it.
+        if let Some(map) = value.as_mapping().filter(|m| m.values().all(is_secret)) {
+            assert!(
+                plugin::SECRET_SETTINGS.contains(&key.as_str()),
+                "{key} holds from_secret values but is not read as a secret"
+            );
+            let resolved: BTreeMap<String, String> = map
+                .keys()
+                .map(|k| {
+                    (
+                        k.as_str().unwrap().to_owned(),
+                        "fake-secret-value".to_owned(),
+                    )
+                })
+                .collect();
+            env.insert(
+                format!("PLUGIN_{key}"),
+                serde_json::to_string(&resolved).unwrap(),
+            );
+            continue;
+        }
+        if is_secret(value) {
+            assert!(
+                plugin::SECRET_SETTINGS.contains(&key.as_str()),
+                "{key} is from_secret but not read as a secret"
+            );
+            continue;
+        }
+        assert!(
+            !plugin::SECRET_SETTINGS.contains(&key.as_str()),
+            "{key} must come from from_secret"
+        );
+        env.insert(format!("PLUGIN_{key}"), woodpecker_value(value));
+    }
+    env.insert("CI_WORKSPACE".into(), workspace.display().to_string());
+    let argv = plugin::argv(&env, &buildkit_launcher::policy::Policy::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let joined = strings(&argv);
+    assert!(
+        !joined.iter().any(|a| a.contains("fake-secret-value")),
+        "a secret value in the argument list: {joined:?}"
+    );
+    assert_secrets_are_secret(step.get("environment"));
+    argv
+}
+
+fn strings(argv: &[OsString]) -> Vec<String> {
+    argv.iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// `flag value` appears in the argument list.
+fn has_flag(argv: &[String], flag: &str, value: &str) -> bool {
+    argv.windows(2).any(|w| w[0] == flag && w[1] == value)
+}
+
 #[test]
 fn the_build_step_maps_every_setting_to_a_flag() {
     let doc = load("build-image.yaml");
     for step in steps(&doc) {
-        let settings = step["settings"].as_mapping().expect("plugin settings");
-        let mut env = BTreeMap::new();
-        for (key, value) in settings {
-            let key = key.as_str().unwrap().to_ascii_uppercase();
-            // A map of secrets (build_secrets): Woodpecker resolves each from_secret inside it.
-            if let Some(map) = value.as_mapping().filter(|m| m.values().all(is_secret)) {
-                assert!(
-                    plugin::SECRET_SETTINGS.contains(&key.as_str()),
-                    "{key} holds from_secret values but is not read as a secret"
-                );
-                let resolved: BTreeMap<String, String> = map
-                    .keys()
-                    .map(|k| {
-                        (
-                            k.as_str().unwrap().to_owned(),
-                            "fake-secret-value".to_owned(),
-                        )
-                    })
-                    .collect();
-                env.insert(
-                    format!("PLUGIN_{key}"),
-                    serde_json::to_string(&resolved).unwrap(),
-                );
-                continue;
-            }
-            if is_secret(value) {
-                assert!(
-                    plugin::SECRET_SETTINGS.contains(&key.as_str()),
-                    "{key} is from_secret but not read as a secret"
-                );
-                continue;
-            }
-            assert!(
-                !plugin::SECRET_SETTINGS.contains(&key.as_str()),
-                "{key} must come from from_secret"
-            );
-            env.insert(format!("PLUGIN_{key}"), woodpecker_value(value));
-        }
-        env.insert("CI_WORKSPACE".into(), "/woodpecker/src".into());
-        let argv = plugin::argv(&env, &buildkit_launcher::policy::Policy::default())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let joined: Vec<String> = argv
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let argv = plugin_argv(step, std::path::Path::new("/woodpecker/src"));
+        let joined = strings(&argv);
         assert!(
             joined.contains(&"--secret".into())
                 && joined.contains(&"id=npmrc,env=BKL_BUILD_SECRET_npmrc".into()),
             "{joined:?}"
-        );
-        assert!(
-            !joined.iter().any(|a| a.contains("fake-secret-value")),
-            "a secret value in the argument list: {joined:?}"
         );
         assert!(joined.contains(&"VERSION=dev".into()), "{joined:?}");
         assert!(
@@ -229,8 +247,78 @@ fn the_build_step_maps_every_setting_to_a_flag() {
             "{joined:?}"
         );
         parse(argv);
-        assert_secrets_are_secret(step.get("environment"));
     }
+}
+
+/// The pipeline that publishes the plugin image builds this repository's Dockerfile (the
+/// workspace is this checkout, so the settings check finds the real file through no symlink)
+/// for both platforms, with the plugin image it publishes, on pushes to the default branch and
+/// on version tags, under the tag scheme docs/OPERATORS.md writes down.
+#[test]
+fn the_plugin_image_pipeline_builds_this_dockerfile_for_amd64_and_arm64() {
+    let doc = load("plugin-image.yaml");
+    let repo_dir = support::repo_dir();
+    let mut triggers = Vec::new();
+    for step in steps(&doc) {
+        let settings = &step["settings"];
+        let published = format!(
+            "{}/{}",
+            settings["registry"].as_str().expect("a registry"),
+            settings["repo"].as_str().expect("a repo")
+        );
+        let image = step["image"].as_str().unwrap();
+        assert!(
+            image.starts_with(&format!("{published}:")),
+            "the step runs the plugin image it publishes ({published}), not {image}"
+        );
+        let argv = plugin_argv(step, &repo_dir);
+        let joined = strings(&argv);
+        for platform in ["linux/amd64", "linux/arm64"] {
+            assert!(has_flag(&joined, "--platform", platform), "{joined:?}");
+        }
+        assert!(
+            has_flag(&joined, "--dockerfile", "Dockerfile"),
+            "{joined:?}"
+        );
+        assert!(
+            has_flag(&joined, "--context", &repo_dir.display().to_string()),
+            "{joined:?}"
+        );
+        assert!(
+            has_flag(&joined, "--tag", "0123456789abcdef0123456789abcdef01234567"),
+            "every image is also tagged with its full commit SHA: {joined:?}"
+        );
+        let when = step["when"].as_sequence().expect("each step has its when");
+        for filter in when {
+            let events: Vec<&str> = match filter["event"].as_sequence() {
+                Some(list) => list.iter().filter_map(Value::as_str).collect(),
+                None => filter["event"].as_str().into_iter().collect(),
+            };
+            assert!(
+                !events.contains(&"pull_request"),
+                "no pull request publishes"
+            );
+            for event in events {
+                match event {
+                    "push" | "manual" => {
+                        assert_eq!(filter["branch"], "${CI_REPO_DEFAULT_BRANCH}");
+                        assert!(has_flag(&joined, "--tag", "next"), "{joined:?}");
+                        assert!(!joined.contains(&"--auto-tag".to_owned()), "{joined:?}");
+                    }
+                    "tag" => {
+                        assert_eq!(filter["ref"], "refs/tags/v*");
+                        assert!(joined.contains(&"--auto-tag".to_owned()), "{joined:?}");
+                        assert!(has_flag(&joined, "--tag", "latest"), "{joined:?}");
+                    }
+                    other => panic!("unexpected event {other}"),
+                }
+                triggers.push(event);
+            }
+        }
+        parse(argv);
+    }
+    triggers.sort_unstable();
+    assert_eq!(triggers, ["manual", "push", "tag"]);
 }
 
 #[test]

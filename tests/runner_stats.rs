@@ -42,11 +42,16 @@ impl Fixture {
     }
 
     fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[])
+    }
+
+    fn run_env(&self, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
         Command::new("sh")
             .arg(script())
             .args(args)
             .env("BKL_STATS_CGROUP", self.cg())
             .env("BKL_STATS_STATE", self.state())
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     }
@@ -177,6 +182,35 @@ fn v1_peak_is_the_highest_sampled_rss_shmem_and_kernel_memory() {
     assert_eq!(stats["peak_memory_mib"], 70 + 2 + 20);
     assert_eq!(stats["charged_peak_mib"], 256);
     assert_eq!(stats["oom_kills"], 1);
+}
+
+/// cgroup v1 with a watcher of the cgroup's OOM notifier (a sandbox runner): a kill in a build
+/// container's cgroup (gone by now) shows only as an event; one in the cgroup itself is both an
+/// event and its own oom_kill, and counts once.
+#[test]
+fn v1_oom_events_of_the_cgroups_limit_count_once() {
+    let f = Fixture::new();
+    v1(&f, 200 * MIB, 256 * MIB, 3 * MIB, 190 * MIB, 0, 10 * MIB);
+    let events = f.dir.path().join("oom-events");
+    let stats = |events_text: &str, oom_kill: u64| {
+        std::fs::write(&events, events_text).unwrap();
+        f.write(
+            "memory.oom_control",
+            &format!("oom_kill_disable 0\nunder_oom 0\noom_kill {oom_kill}\n"),
+        );
+        let out = f.run_env(&[], &[("BKL_STATS_OOM_EVENTS", events.as_os_str())]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["oom_kills"].as_u64().unwrap()
+    };
+    assert_eq!(stats("0\n", 0), 0);
+    assert_eq!(stats("1\n", 0), 1, "a build container's kill");
+    assert_eq!(stats("1\n", 1), 1, "a kill in the cgroup itself, once");
+    assert_eq!(stats("2\n", 1), 2);
 }
 
 #[test]

@@ -39,8 +39,11 @@ pub fn script(req: &BuildRequest, paths: &RemotePaths) -> String {
     // keeps only the last of several --cache-to/--cache-from, so cache::settle has left at most
     // one each way (the default cache, or an extra one when it is off).
     let default = req.cache_ref().filter(|_| req.cache != CacheMode::Off);
+    // buildah takes no cache tag, so a pull request's scope cannot be kept apart: it reads
+    // the default cache and writes none.
     let to = default
         .iter()
+        .filter(|_| req.cache_scope.is_none())
         .cloned()
         .chain(req.cache_to.iter().map(|e| e.reference.repository()));
     let from = default

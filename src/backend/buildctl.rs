@@ -144,8 +144,15 @@ pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
         a.extend(["--opt".into(), format!("label:{k}={v}")]);
     }
     // Attestations: the frontend's `attest:` options (BuildKit frontend/dockerui/config.go).
+    // The scanner image is always named: BuildKit's default is Docker Hub's, which a runner
+    // may not reach (the operator's config says where a copy lives).
     if req.sbom {
-        a.extend(["--opt".into(), "attest:sbom=".into()]);
+        let opt = if req.sbom_generator.is_empty() {
+            "attest:sbom=".to_owned()
+        } else {
+            format!("attest:sbom=generator={}", req.sbom_generator)
+        };
+        a.extend(["--opt".into(), opt]);
     }
     if let Some(mode) = &req.provenance {
         a.extend(["--opt".into(), format!("attest:provenance=mode={mode}")]);
@@ -191,17 +198,31 @@ pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
         } else {
             ""
         };
-        // A dry run reads the cache but writes nothing to the registry.
+        // A dry run reads the cache but writes nothing to the registry. A pull request writes
+        // its own scope only, and reads the default branch's cache and then its own. A cache
+        // export that fails would cancel the image push running beside it (BuildKit v0.32.2,
+        // measured): `ignore-error=true` keeps the image; the launcher warns (classify::
+        // cache_export_failures).
+        let scoped = req.scoped_cache_ref();
         if req.pushes() {
             a.extend([
                 "--export-cache".into(),
-                format!("type=registry,ref={cache},mode={mode}{insecure}"),
+                format!(
+                    "type=registry,ref={},mode={mode}{insecure},ignore-error=true",
+                    scoped.as_deref().unwrap_or(&cache)
+                ),
             ]);
         }
         a.extend([
             "--import-cache".into(),
             format!("type=registry,ref={cache}{insecure}"),
         ]);
+        if let Some(scoped) = scoped {
+            a.extend([
+                "--import-cache".into(),
+                format!("type=registry,ref={scoped}{insecure}"),
+            ]);
+        }
     }
     // Extra caches: references the launcher parsed (backend::cache), written out afresh, so
     // nothing of the setting's text reaches this CSV. Only the build's registry is insecure.
@@ -218,7 +239,7 @@ pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
             a.extend([
                 "--export-cache".into(),
                 format!(
-                    "type=registry,ref={r},mode={}{}",
+                    "type=registry,ref={r},mode={}{},ignore-error=true",
                     super::cache::mode_name(export.mode),
                     insecure(r)
                 ),
@@ -281,7 +302,7 @@ mod tests {
             "--output type=image,\"name=zot.example:5000/org/app:1.2,zot.example:5000/org/app:latest\",push=true"
         ));
         assert!(
-            a.contains("--export-cache type=registry,ref=zot.example:5000/cache/org/app,mode=max")
+            a.contains("--export-cache type=registry,ref=zot.example:5000/cache/org/app,mode=max,ignore-error=true")
         );
         assert!(a.contains("--import-cache type=registry,ref=zot.example:5000/cache/org/app"));
         assert!(a.contains("--secret id=npmrc,src=/var/lib/buildkit-launcher/secrets/npmrc"));
@@ -301,6 +322,12 @@ mod tests {
         let a = args(&r, &paths()).join(" ");
         assert!(
             a.contains("--opt attest:sbom= --opt attest:provenance=mode=max --no-cache"),
+            "{a}"
+        );
+        r.sbom_generator = "zot.example:5000/mirror/buildkit-syft-scanner:stable-1".into();
+        let a = args(&r, &paths()).join(" ");
+        assert!(
+            a.contains("--opt attest:sbom=generator=zot.example:5000/mirror/buildkit-syft-scanner:stable-1 --opt"),
             "{a}"
         );
     }
@@ -384,9 +411,9 @@ mod tests {
         assert_eq!(
             values("--export-cache"),
             [
-                "type=registry,ref=zot.example:5000/cache/org/app,mode=max,registry.insecure=true",
-                "type=registry,ref=zot.example:5000/cache/org/app:main,mode=max,registry.insecure=true",
-                "type=registry,ref=zot.example:5000/c/b,mode=min,registry.insecure=true",
+                "type=registry,ref=zot.example:5000/cache/org/app,mode=max,registry.insecure=true,ignore-error=true",
+                "type=registry,ref=zot.example:5000/cache/org/app:main,mode=max,registry.insecure=true,ignore-error=true",
+                "type=registry,ref=zot.example:5000/c/b,mode=min,registry.insecure=true,ignore-error=true",
             ]
         );
         assert_eq!(

@@ -12,6 +12,11 @@
 //!    `error:` line (the last line of its output; the build's own lines come prefixed `#N` in
 //!    plain progress) reports BuildKit's ENOMEM, `ResourceExhausted: ... cannot allocate memory`.
 //!
+//! buildkitd lost mid-build (buildctl's own final line: `failed to receive status: rpc error:
+//! code = Unavailable …`, measured with BuildKit v0.32.2 by killing the daemon) is the runner's
+//! failure, not the build's: [`Verdict::Lost`] (infrastructure), naming buildkitd, unless the
+//! evidence above says the kernel killed it for memory (then OOM).
+//!
 //! The reason given for a failure is buildctl's own final `error:` line (cut to
 //! [`MAX_REASON_CHARS`]; it names what failed: a step's command and exit code, a base image that
 //! could not be resolved), never a line the build printed, which can carry anything, a secret
@@ -20,7 +25,7 @@
 
 use serde::Serialize;
 
-use super::Backend;
+use super::{Backend, BuildRequest};
 use crate::transport::session::RemoteExit;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -56,6 +61,14 @@ pub fn classify(
         };
     }
     let final_error = final_error_line(output_tail, backend);
+    if let Some(line) = final_error.filter(|l| l.contains("code = Unavailable")) {
+        return Verdict::Lost {
+            reason: format!(
+                "buildkitd on the runner stopped answering during the build: {}",
+                cut(line.trim_start_matches("error: ").trim())
+            ),
+        };
+    }
     match (exit, backend, oom_kills) {
         (RemoteExit::Code(137), Backend::Buildctl, _) | (RemoteExit::Code(137), _, None) => {
             return Verdict::Oom {
@@ -79,14 +92,7 @@ pub fn classify(
             Some(line) if line.contains("no space left on device") => {
                 "the runner's disk is full (no space left on device)".to_owned()
             }
-            Some(line) => {
-                let line = line.trim_start_matches("error: ").trim();
-                let mut reason: String = line.chars().take(MAX_REASON_CHARS).collect();
-                if reason.len() < line.len() {
-                    reason.push('…');
-                }
-                reason
-            }
+            Some(line) => cut(line.trim_start_matches("error: ").trim()),
             None => format!(
                 "{} failed with exit status {code} (see the build log)",
                 backend_name(backend)
@@ -95,6 +101,87 @@ pub fn classify(
         RemoteExit::Lost(_) => unreachable!("handled above"),
     };
     Verdict::Failed { reason }
+}
+
+/// [`classify`] for the build `req` described: also, with `--sbom`, a scanner image BuildKit
+/// could not pull (buildctl's own final line: `failed to resolve source metadata for IMAGE`,
+/// BuildKit v0.32.2) is the runner's or the operator's problem, not the build's: [`Verdict::Lost`]
+/// (infrastructure), naming the image and the setting.
+pub fn classify_request(
+    exit: &RemoteExit,
+    output_tail: &[String],
+    oom_kills: Option<u64>,
+    req: &BuildRequest,
+) -> Verdict {
+    let verdict = classify(exit, output_tail, oom_kills, req.backend);
+    if !matches!(verdict, Verdict::Failed { .. }) || !req.sbom || req.sbom_generator.is_empty() {
+        return verdict;
+    }
+    let image = &req.sbom_generator;
+    // BuildKit names Docker Hub images in full (docker.io/library/...).
+    let names = [
+        image.clone(),
+        format!("docker.io/{image}"),
+        format!("docker.io/library/{image}"),
+    ];
+    match final_error_line(output_tail, req.backend) {
+        Some(line)
+            if names
+                .iter()
+                .any(|n| line.contains(&format!("source metadata for {n}"))) =>
+        {
+            Verdict::Lost {
+                reason: format!(
+                    "the SBOM scanner image {image} (config buildkitd.sbom_generator) could not be pulled on the runner: {}",
+                    cut(line.trim_start_matches("error: ").trim())
+                ),
+            }
+        }
+        _ => verdict,
+    }
+}
+
+/// At most [`MAX_REASON_CHARS`] of `line`, `…` marking a cut.
+fn cut(line: &str) -> String {
+    let mut reason: String = line.chars().take(MAX_REASON_CHARS).collect();
+    if reason.len() < line.len() {
+        reason.push('…');
+    }
+    reason
+}
+
+/// Registry caches a successful buildctl build could not write: the default and extra cache
+/// exports carry `ignore-error=true` (a failed export would otherwise cancel the image push
+/// beside it: measured with BuildKit v0.32.2), so the build succeeds and the failure shows only
+/// in plain progress as the `exporting cache to registry` step's `#N ERROR: …` line. One
+/// warning per failed export, in the order printed; cut like a failure reason.
+///
+/// Only BuildKit's own step lines count: the step's name line (`#N exporting cache to
+/// registry`) and its error line (`#N ERROR: …`), never a RUN step's output, which plain
+/// progress prints as `#M <seconds> <text>` under that step's own number.
+pub fn cache_export_failures(output: &[String]) -> Vec<String> {
+    let mut steps: Vec<&str> = Vec::new();
+    let mut failures = Vec::new();
+    for line in output {
+        let line = line.trim_end();
+        let Some((step, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        if !step.starts_with('#')
+            || step.len() < 2
+            || !step[1..].chars().all(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        if rest == "exporting cache to registry" {
+            steps.push(step);
+        } else if let Some(error) = rest.strip_prefix("ERROR: ")
+            && steps.contains(&step)
+        {
+            failures.push(cut(error.trim()));
+        }
+    }
+    failures
 }
 
 fn backend_name(backend: Backend) -> &'static str {
@@ -234,6 +321,88 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn buildkitd_lost_mid_build_is_infrastructure_unless_the_kernel_killed_it() {
+        // What buildctl v0.32.2 printed when its buildkitd was killed mid-build.
+        let t = lines(
+            "#6 [2/2] RUN sleep 30\nerror: failed to receive status: rpc error: code = Unavailable desc = error reading from server: EOF",
+        );
+        match classify(&code(1), &t, Some(0), Buildctl) {
+            Verdict::Lost { reason } => {
+                assert!(reason.starts_with("buildkitd on the runner"), "{reason}");
+                assert!(reason.contains("code = Unavailable"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify(&code(1), &t, Some(1), Buildctl),
+            Verdict::Oom { .. }
+        ));
+        // The build's own words are never that line.
+        let t = lines(
+            "#6 0.1 error: rpc error: code = Unavailable\nerror: failed to solve: process \"/bin/sh -c x\" did not complete successfully: exit code: 1",
+        );
+        assert!(matches!(
+            classify(&code(1), &t, Some(0), Buildctl),
+            Verdict::Failed { .. }
+        ));
+    }
+
+    #[test]
+    fn a_failed_cache_export_is_a_warning_from_buildkits_own_lines_only() {
+        // BuildKit v0.32.2's plain progress with ignore-error=true and an unreachable cache.
+        let t = lines(
+            "#6 [2/2] RUN echo '#7 ERROR: forged'\n#6 0.05 #7 ERROR: forged\n#6 DONE 0.1s\n\n#7 exporting to image\n#7 DONE 0.1s\n\n#8 exporting cache to registry\n#8 preparing build cache for export done\n#8 ERROR: error writing layer blob: failed to do request: dial tcp 127.0.0.1:1: connect: connection refused\n------\n > exporting cache to registry:\n------",
+        );
+        assert_eq!(
+            cache_export_failures(&t),
+            [
+                "error writing layer blob: failed to do request: dial tcp 127.0.0.1:1: connect: connection refused"
+            ]
+        );
+        assert!(
+            cache_export_failures(&lines("#8 exporting cache to registry\n#8 DONE 0.1s"))
+                .is_empty()
+        );
+        assert!(cache_export_failures(&lines("#5 ERROR: failed to build")).is_empty());
+    }
+
+    #[test]
+    fn an_unpullable_sbom_scanner_is_infrastructure_naming_it() {
+        let mut req = BuildRequest {
+            sbom: true,
+            sbom_generator: "docker/buildkit-syft-scanner:stable-1".into(),
+            ..Default::default()
+        };
+        // BuildKit v0.32.2 without a route to Docker Hub.
+        let t = lines(
+            "error: failed to solve: failed to resolve source metadata for docker.io/docker/buildkit-syft-scanner:stable-1: dial tcp: lookup registry-1.docker.io: no such host",
+        );
+        match classify_request(&code(1), &t, Some(0), &req) {
+            Verdict::Lost { reason } => assert!(
+                reason.starts_with("the SBOM scanner image docker/buildkit-syft-scanner:stable-1 (config buildkitd.sbom_generator)"),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Another image that cannot be resolved is the build's own failure.
+        let t = lines(
+            "error: failed to solve: failed to resolve source metadata for 127.0.0.1:5000/app/base:1: not found",
+        );
+        assert!(matches!(
+            classify_request(&code(1), &t, Some(0), &req),
+            Verdict::Failed { .. }
+        ));
+        req.sbom = false;
+        let t = lines(
+            "error: failed to solve: failed to resolve source metadata for docker.io/docker/buildkit-syft-scanner:stable-1: x",
+        );
+        assert!(matches!(
+            classify_request(&code(1), &t, Some(0), &req),
+            Verdict::Failed { .. }
+        ));
     }
 
     #[test]

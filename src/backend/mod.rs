@@ -142,11 +142,16 @@ pub struct BuildRequest {
     pub no_cache: bool,
     /// Attestations (buildctl only): an SBOM, provenance of mode `min` or `max`.
     pub sbom: bool,
+    /// The SBOM scanner image (config `buildkitd.sbom_generator`; set by the plan when `sbom`).
+    pub sbom_generator: String,
     pub provenance: Option<String>,
     /// Extra registry caches beside the default one (`--cache-to`, `--cache-from`; checked by
     /// [`cache::settle`]). Written only when the build pushes.
     pub cache_to: Vec<cache::CacheExport>,
     pub cache_from: Vec<cache::CacheImport>,
+    /// A pull request's scope (`pr-7`): the default cache is written under this tag instead of
+    /// the default branch's (and read from both).
+    pub cache_scope: Option<String>,
 }
 
 impl BuildRequest {
@@ -186,6 +191,19 @@ impl BuildRequest {
             }
             _ => None,
         }
+    }
+
+    /// Where a pull request writes the default cache: [`Self::cache_ref`] with its scope as
+    /// the tag (`:pr-7`, `:arm64-pr-7`).
+    pub fn scoped_cache_ref(&self) -> Option<String> {
+        let scope = self.cache_scope.as_ref()?;
+        let cache = self.cache_ref()?;
+        let registry = self.registry.as_deref().unwrap_or_default();
+        let path = cache.strip_prefix(registry).unwrap_or(&cache);
+        Some(match path.rsplit_once(':') {
+            Some((base, tag)) => format!("{registry}{base}:{tag}-{scope}"),
+            None => format!("{cache}:{scope}"),
+        })
     }
 
     /// The cache's repository path in the registry.

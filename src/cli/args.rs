@@ -68,6 +68,15 @@ pub struct BuildArgs {
     #[arg(long)]
     pub auto_tag: bool,
 
+    /// With --auto-tag: the tag of the default branch (plugin-docker-buildx's default_tag).
+    #[arg(long, value_name = "TAG", value_parser = parse_tag, default_value = "latest")]
+    pub default_tag: String,
+
+    /// With --auto-tag: appended to every tag (`1.2-alpine`); the default branch's tag becomes
+    /// the suffix itself (plugin-docker-buildx's default_suffix / auto_tag_suffix).
+    #[arg(long, value_name = "SUFFIX", value_parser = parse_tag)]
+    pub auto_tag_suffix: Option<String>,
+
     /// Read the tags from this file (one per line or comma-separated, as plugin-docker-buildx
     /// reads .tags), instead of --tag: a path relative to the current directory (the
     /// workspace), reached through no symlink.
@@ -184,12 +193,22 @@ fn parse_repo(s: &str) -> Result<String, String> {
                 })
         });
     if ok {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "\"{s}\" is not a repository path (lowercase letters, digits, '.', '_', '-', separated by '/')"
-        ))
+        return Ok(s.to_owned());
     }
+    // `zot.example:5000/org/app`, as plugin-docker-buildx's `repo` holds it: the host goes to
+    // the registry setting here.
+    if let Some((host, rest)) = s.split_once('/')
+        && (host.contains('.') || host.contains(':') || host == "localhost")
+        && parse_repo(rest).is_ok()
+    {
+        return Err(format!(
+            "\"{s}\" names a registry host: put {host} in registry (--registry) and {rest} in repo (--repo)"
+        ));
+    }
+    Err(format!(
+        "{}: is not a repository path (lowercase letters, digits, '.', '_', '-', separated by '/')",
+        crate::exit::quote(s)
+    ))
 }
 
 fn parse_tag(s: &str) -> Result<String, String> {
@@ -205,6 +224,43 @@ fn parse_tag(s: &str) -> Result<String, String> {
         Err(format!(
             "\"{s}\" is not a tag (up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-')"
         ))
+    }
+}
+
+/// A pull request never writes where the default branch's builds do (the operator's
+/// `pull_requests.push`): its image goes under `pr-<N>` only and its caches under that scope,
+/// or nothing is pushed.
+fn scope_pull_request(
+    request: &mut PlanRequest,
+    facts: &super::pipeline::Facts,
+    policy: &crate::policy::Policy,
+) {
+    use super::pipeline::PullRequestPush;
+    match super::pipeline::pull_request_push(facts, policy) {
+        None => {}
+        Some(PullRequestPush::DryRun(why)) if !request.build.dry_run => {
+            request.notes.push(why);
+            request.build.dry_run = true;
+        }
+        Some(PullRequestPush::DryRun(_)) => {}
+        Some(PullRequestPush::Scoped(scope)) => {
+            if request.build.tags != [scope.clone()] {
+                let note = format!(
+                    "a pull-request build pushes only the tag {scope} (operator policy pull_requests.push), not {}",
+                    request.build.tags.join(", ")
+                );
+                request.notes.push(note);
+            }
+            let build = &mut request.build;
+            build.tags = vec![scope.clone()];
+            for export in &mut build.cache_to {
+                // A tag has at most 128 characters: the base gives way to the scope.
+                let base = export.reference.tag_or_latest();
+                let keep = base.len().min(127 - scope.len());
+                export.reference.tag = Some(format!("{}-{scope}", &base[..keep]));
+            }
+            build.cache_scope = Some(scope);
+        }
     }
 }
 
@@ -260,25 +316,54 @@ impl BuildArgs {
             labels.retain(|(key, _)| key != k);
             labels.push((k.clone(), v.clone()));
         }
+        let policy = crate::policy::Policy::current()?;
         let mut build_args = self.build_args.clone();
         for name in &self.build_args_from_env {
+            let flag = crate::exit::option("--build-arg-from-env");
+            if policy.is_secret_name(name) {
+                return Err(Error::Usage(format!(
+                    "{flag}: {}: holds a secret of the launcher; a build may never read it",
+                    crate::exit::quote(name)
+                )));
+            }
             let value = crate::environment::var(name).ok_or_else(|| {
                 Error::Usage(format!(
-                    "--build-arg-from-env {name}: the environment variable {name} is not set"
+                    "{flag}: {}: the environment variable is not set",
+                    crate::exit::quote(name)
                 ))
             })?;
             build_args.push((name.clone(), value));
         }
+        for secret in &self.secrets {
+            if policy.is_secret_name(&secret.env) && !secret.env.starts_with("BKL_BUILD_SECRET_") {
+                return Err(Error::Usage(format!(
+                    "{}: id={},env={}: the variable holds a secret of the launcher; a build may never read it",
+                    crate::exit::option("--secret"),
+                    secret.id,
+                    crate::exit::quote(&secret.env)
+                )));
+            }
+        }
         let (arch, platforms) = self.platforms()?;
         let pull_request = crate::environment::var("CI_PIPELINE_EVENT")
             .is_some_and(|e| crate::plan::PULL_REQUEST_EVENTS.contains(&e.as_str()));
-        Ok(PlanRequest {
+        let mut secret_values = policy.secret_values();
+        secret_values.extend(
+            self.secrets
+                .iter()
+                .filter_map(|s| crate::environment::var(&s.env))
+                .map(zeroize::Zeroizing::new),
+        );
+        super::settings::refuse_secret_values(&build_args, &labels, &tags, &secret_values)
+            .map_err(Error::Usage)?;
+        let mut request = PlanRequest {
             context,
             key,
             arch,
             platforms,
             pull_request,
             skip,
+            notes: Vec::new(),
             build: BuildRequest {
                 backend: self.backend,
                 dockerfile: self.dockerfile.clone(),
@@ -297,12 +382,16 @@ impl BuildArgs {
                 dry_run: self.dry_run,
                 no_cache: self.no_cache,
                 sbom: self.sbom,
+                sbom_generator: String::new(),
                 provenance: self.provenance.clone(),
                 cache_to: crate::backend::cache::exports(&self.cache_to).map_err(Error::Usage)?,
                 cache_from: crate::backend::cache::imports(&self.cache_from)
                     .map_err(Error::Usage)?,
+                cache_scope: None,
             },
-        })
+        };
+        scope_pull_request(&mut request, &facts, policy);
+        Ok(request)
     }
 
     /// `--arch` and `--platform`: one platform is an `--arch`; several are returned as such.
@@ -360,7 +449,16 @@ impl BuildArgs {
         }
         if self.auto_tag {
             return match super::pipeline::auto_tags(facts).map_err(Error::Usage)? {
-                super::pipeline::AutoTags::Tags(mut tags) => {
+                super::pipeline::AutoTags::Tags(tags) => {
+                    let mut tags: Vec<String> = tags
+                        .into_iter()
+                        .map(|t| match (t.as_str(), &self.auto_tag_suffix) {
+                            ("latest", Some(suffix)) => suffix.clone(),
+                            ("latest", None) => self.default_tag.clone(),
+                            (_, Some(suffix)) => format!("{t}-{suffix}"),
+                            (_, None) => t,
+                        })
+                        .collect();
                     tags.extend(self.tags.iter().cloned());
                     Ok((checked("--auto-tag", tags)?, None))
                 }
@@ -467,10 +565,12 @@ pub fn open_store(
     namespace: &str,
 ) -> Result<Box<dyn crate::history::HistoryStore>, Error> {
     match (spec, registry) {
-        (StoreSpec::Registry, None) => Err(Error::Usage(
-            "--history registry keeps samples in the registry the build pushes to: set --registry"
-                .into(),
-        )),
+        (StoreSpec::Registry, None) => Err(Error::Usage(format!(
+            "{} registry keeps samples in the registry the build pushes to: set {} (or {} none)",
+            crate::exit::option("--history"),
+            crate::exit::option("--registry"),
+            crate::exit::option("--history"),
+        ))),
         (StoreSpec::Registry, Some(registry)) => Ok(Box::new(
             crate::history::registry::RegistryStore::new(
                 registry.to_owned(),

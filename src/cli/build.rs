@@ -41,9 +41,15 @@ pub struct BuildCommandArgs {
         long,
         value_name = "N",
         env = "CI_PIPELINE_NUMBER",
-        default_value = "0"
+        default_value = "0",
+        value_parser = parse_pipeline
     )]
     pub pipeline: String,
+}
+
+fn parse_pipeline(s: &str) -> Result<String, String> {
+    crate::provider::check_pipeline_name(s)?;
+    Ok(s.to_ascii_lowercase())
 }
 
 pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
@@ -75,9 +81,10 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
         ));
     }
     let log_arc: Arc<dyn Fn(&str) + Send + Sync> =
-        Arc::new(|line: &str| eprintln!("buildkit-launcher: {line}"));
+        Arc::new(|line: &str| eprintln!("buildkit-launcher: {}", super::printable(line)));
     let log = log_arc.as_ref();
-    let output = |line: &str| eprintln!("  │ {line}");
+    let build_secrets = crate::policy::Policy::current()?.secret_values();
+    let output = |line: &str| eprintln!("  │ {}", crate::policy::mask(line, &build_secrets));
     let chosen = args.provider.choose(config, log_arc.clone())?;
     let runtime = super::runtime()?;
     runtime.block_on(check_registry_access(
@@ -88,6 +95,9 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     ))?;
     if let Some(note) = &plan.first().backend_note {
         log(&format!("building with {note}"));
+    }
+    for note in &request.notes {
+        log(note);
     }
     if let Chosen::Hcloud(hcloud) = &chosen {
         if plan.several() && hcloud.golden_image_is_an_id() {
@@ -133,17 +143,50 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
         execute(&executor, cancel).await
     });
 
-    let json = serde_json::to_string_pretty(&report).expect("a report always serializes");
+    // No secret value the launcher holds is printed or written, whatever carried it.
+    let secrets = crate::policy::Policy::current()?.secret_values();
+    let json = crate::policy::mask(
+        &serde_json::to_string_pretty(&report).expect("a report always serializes"),
+        &secrets,
+    );
     if let Some(path) = &args.report {
-        std::fs::write(path, format!("{json}\n"))
-            .map_err(|e| Error::Usage(format!("--report {}: cannot write: {e}", path.display())))?;
+        write_report(path, &json)?;
     }
     if args.json {
         writeln!(out, "{json}").map_err(Error::Output)?;
     } else {
-        write!(out, "{}", report.render_human()).map_err(Error::Output)?;
+        write!(
+            out,
+            "{}",
+            crate::policy::mask(&report.render_human(), &secrets)
+        )
+        .map_err(Error::Output)?;
     }
     Ok(report.exit)
+}
+
+/// The report file: created or truncated, never through a symlink (plugin mode has checked
+/// the path beneath the workspace already; this holds at the last component too).
+fn write_report(path: &std::path::Path, json: &str) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| {
+        Error::Usage(format!(
+            "{} {}: cannot write: {e}",
+            crate::exit::option("--report"),
+            path.display()
+        ))
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(fail)?;
+    if !file.metadata().map_err(fail)?.is_file() {
+        return Err(fail(std::io::Error::other("not a regular file")));
+    }
+    writeln!(file, "{json}").map_err(fail)
 }
 
 /// Before the first server: the ladder's types exist (exit 2 otherwise, nothing created),
@@ -157,7 +200,7 @@ async fn preflight(hcloud: &HcloudProvider, plan: &mut Plan, config: &Config) ->
             LadderError::Unknown { .. } | LadderError::NotSold { .. } => {
                 Error::Usage(e.to_string())
             }
-            LadderError::Api(e) => Error::Infrastructure(e.to_string()),
+            LadderError::Api(e) => super::provider::cloud_error(e),
         })?;
     for (name, location, until) in &check.deprecated {
         warn(&format!(
@@ -177,17 +220,29 @@ async fn preflight(hcloud: &HcloudProvider, plan: &mut Plan, config: &Config) ->
             )));
         }
         plan.use_api_price(*price, location);
+    } else if crate::policy::Policy::current()?.max_eur_per_hour.is_some() {
+        return Err(Error::Usage(format!(
+            "server type {}: the API gives no price for it, and an unpriced type counts as above the ceiling: {}",
+            plan.tier,
+            crate::policy::Policy::current()?.describe_ceiling(plan.arch)
+        )));
     }
-    if let Some(retry) = &mut plan.retry_server
-        && let Some((price, _)) = check.prices.get(&retry.name)
-    {
-        retry.price_eur_per_hour = Some(*price);
+    // The retry is a server the build may order too: it is held against the same ceiling, at
+    // the API's price. Above it, the build gets no retry, and says why.
+    if let Some(retry) = &plan.retry_server {
+        let policy = crate::policy::Policy::current()?;
+        let price = check.prices.get(&retry.name).map(|(p, l)| (*p, l.as_str()));
+        plan.hold_retry_to_ceiling(
+            price,
+            policy.max_eur_per_hour,
+            &policy.describe_ceiling(plan.arch),
+        );
     }
     // The snapshot the runners boot from, found now: none is a usage error, before any server.
     match hcloud.missing_golden_image(plan.arch).await {
         Ok(None) => {}
         Ok(Some(why)) => return Err(Error::Usage(format!("{}: {why}", plan.build.platform))),
-        Err(e) => return Err(Error::Infrastructure(e.to_string())),
+        Err(e) => return Err(super::provider::cloud_error(e)),
     }
     Ok(())
 }
@@ -308,12 +363,6 @@ fn enforce_policy(
                 "CI_PIPELINE_EVENT: a pull-request build may not use secrets under the operator policy ({}), but it was given {}; remove them from the pull_request step or set pull_requests.secrets",
                 policy.origin,
                 what.join(", ")
-            )));
-        }
-        if !policy.pull_requests.push && plan.build.pushes() {
-            return Err(Error::Usage(format!(
-                "CI_PIPELINE_EVENT: a pull-request build may not push under the operator policy ({}); build pull requests with dry_run (--dry-run), or set pull_requests.push",
-                policy.origin
             )));
         }
     }

@@ -108,7 +108,7 @@ pub fn run(command: GoldenCommand, config: &Config, out: &mut dyn Write) -> Resu
             let hcloud = provider(&args.api, Vec::new(), config, log)?;
             let snapshots = super::runtime()?
                 .block_on(golden::list(&hcloud, args.arch))
-                .map_err(|e| Error::Infrastructure(e.to_string()))?;
+                .map_err(super::provider::cloud_error)?;
             let text = golden::render_list(&snapshots, unix_now(), args.api.json);
             write!(out, "{text}").map_err(Error::Output)?;
             Ok(Exit::Success)
@@ -124,7 +124,7 @@ pub fn run(command: GoldenCommand, config: &Config, out: &mut dyn Write) -> Resu
                     args.dry_run,
                     log.as_ref(),
                 ))
-                .map_err(|e| Error::Infrastructure(e.to_string()))?;
+                .map_err(super::provider::cloud_error)?;
             let text = golden::render_prune(&entries, keep, args.api.json);
             write!(out, "{text}").map_err(Error::Output)?;
             Ok(if entries.iter().any(|e| e.action == PruneAction::Failed) {

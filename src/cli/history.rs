@@ -88,7 +88,7 @@ pub fn run(cmd: HistoryCommand, config: &Config, out: &mut dyn Write) -> Result<
     let peaks: Vec<u64> = recent.samples.iter().map(|s| s.peak_memory_mib).collect();
     let need = history_need(&peaks, policy);
     let ladder = config.ladder(config.default_arch);
-    let tier = need.map(|n| {
+    let tier = need.filter(|_| !ladder.is_empty()).map(|n| {
         let i = smallest_fitting(ladder, n.required_mib, policy.reserved_mib)
             .unwrap_or(ladder.len() - 1);
         ladder[i].name.clone()

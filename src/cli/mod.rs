@@ -5,11 +5,14 @@ mod build;
 mod check;
 mod golden;
 mod history;
+pub mod migrate;
 pub mod pipeline;
 mod plan;
 pub mod plugin;
+mod plugin_names;
 mod provider;
 mod reap;
+mod settings;
 mod simulate;
 mod spec;
 
@@ -22,6 +25,7 @@ use crate::config::Config;
 use crate::exit::{Error, Exit};
 
 pub use args::BuildArgs;
+pub use plugin_names::in_settings_words;
 
 const ABOUT: &str = "Container builds on throwaway, right-sized cloud servers.";
 
@@ -44,8 +48,20 @@ Examples:
   buildkit-launcher spec check .build-spec.ncl
   buildkit-launcher simulate --trace history.jsonl --margin 1.3";
 
+/// `--version`: the crate's version, the commit and its date, the pinned BuildKit.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BKL_COMMIT"),
+    ", ",
+    env!("BKL_COMMIT_DATE"),
+    "; BuildKit ",
+    env!("BKL_BUILDKIT_PIN"),
+    " in the golden image)"
+);
+
 #[derive(Debug, Parser)]
-#[command(name = "buildkit-launcher", version, about = ABOUT, long_about = LONG_ABOUT,
+#[command(name = "buildkit-launcher", version = VERSION, about = ABOUT, long_about = LONG_ABOUT,
           after_help = AFTER_HELP, arg_required_else_help = true)]
 pub struct Cli {
     /// Launcher configuration (Nickel) overriding any part of the built-in defaults
@@ -87,10 +103,40 @@ pub enum Command {
     /// Bake, list and prune the golden snapshots runners boot from (Hetzner Cloud).
     #[command(subcommand, name = "golden-image")]
     GoldenImage(golden::GoldenCommand),
+    /// Print a shell completion script: `buildkit-launcher completions bash >
+    /// /etc/bash_completion.d/buildkit-launcher` (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `buildkit-launcher man > buildkit-launcher.1; man
+    /// ./buildkit-launcher.1`.
+    Man,
 }
 
 /// Run the parsed command; the caller maps the error to its exit code.
 pub fn run(cli: Cli) -> Result<Exit, Error> {
+    use clap::CommandFactory;
+    // Made from the same definitions as the parser, before any config or policy is read.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(
+                *shell,
+                &mut cmd,
+                "buildkit-launcher",
+                &mut std::io::stdout(),
+            );
+            return Ok(Exit::Success);
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(Error::Output)?;
+            return Ok(Exit::Success);
+        }
+        _ => {}
+    }
     let mut config = Config::load(cli.config.as_deref())?;
     // Whatever the config says, no tier above the operator's ceiling is ever chosen.
     crate::policy::Policy::current()?.cap(&mut config)?;
@@ -105,6 +151,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::GoldenImage(cmd) => golden::run(cmd, &config, &mut out),
         Command::Simulate(args) => simulate::run(args, &config, &mut out),
         Command::Spec(cmd) => spec::run(cmd, &config, &mut out),
+        Command::Completions { .. } | Command::Man => Ok(Exit::Success),
     }?;
     out.flush().map_err(Error::Output)?;
     Ok(exit)
@@ -151,7 +198,17 @@ fn watch_signals(cancel: tokio_util::sync::CancellationToken, stopping: &'static
     });
 }
 
-/// Warnings go to stderr, one line each, and never stop the command.
+/// Warnings go to stderr, one line each (control bytes escaped, known secrets masked), and
+/// never stop the command.
 pub fn warn(message: &str) {
-    eprintln!("warning: {message}");
+    eprintln!("warning: {}", printable(message));
+}
+
+/// A line for the terminal or the CI log: control bytes escaped, every secret value the
+/// launcher holds masked.
+pub fn printable(line: &str) -> String {
+    let secrets = crate::policy::Policy::current()
+        .map(|p| p.secret_values())
+        .unwrap_or_default();
+    crate::exit::escape_controls(&crate::policy::mask(line, &secrets))
 }

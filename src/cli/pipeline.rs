@@ -13,6 +13,12 @@ use std::path::Path;
 /// The pipeline facts `auto_tag` and the default labels read (Woodpecker's `CI_*`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Facts {
+    /// `CI_PIPELINE_EVENT`: push, tag, pull_request, manual, cron, …
+    pub event: Option<String>,
+    /// `CI_COMMIT_REF`: `refs/heads/main`, `refs/tags/v1.2.3`, `refs/pull/7/head`.
+    pub git_ref: Option<String>,
+    /// `CI_COMMIT_PULL_REQUEST`: the pull request's number.
+    pub pull_request: Option<String>,
     pub tag: Option<String>,
     pub branch: Option<String>,
     pub default_branch: Option<String>,
@@ -24,6 +30,9 @@ impl Facts {
     pub fn from_environment() -> Facts {
         let var = |name: &str| crate::environment::var(name).filter(|v| !v.trim().is_empty());
         Facts {
+            event: var("CI_PIPELINE_EVENT"),
+            git_ref: var("CI_COMMIT_REF"),
+            pull_request: var("CI_COMMIT_PULL_REQUEST"),
             tag: var("CI_COMMIT_TAG"),
             branch: var("CI_COMMIT_BRANCH"),
             default_branch: var("CI_REPO_DEFAULT_BRANCH"),
@@ -41,21 +50,97 @@ pub enum AutoTags {
     Skip(String),
 }
 
+/// plugin-docker-buildx's rule, by the pipeline's event and git ref (never by
+/// `CI_COMMIT_BRANCH`, which Woodpecker sets to the *target* branch of a pull request): a tag
+/// event gives the version's tags, a push to `refs/heads/<default branch>` gives `latest`, and
+/// anything else, a pull request above all, gives nothing.
 pub fn auto_tags(facts: &Facts) -> Result<AutoTags, String> {
-    if let Some(tag) = &facts.tag {
+    let event = facts.event.as_deref().unwrap_or("");
+    if crate::plan::PULL_REQUEST_EVENTS.contains(&event) {
+        return Ok(AutoTags::Skip(
+            "auto_tag: a pull request is never tagged (as plugin-docker-buildx does); the build is skipped".to_owned(),
+        ));
+    }
+    let ref_tag = facts
+        .git_ref
+        .as_deref()
+        .and_then(|r| r.strip_prefix("refs/tags/"));
+    if event == "tag" || ref_tag.is_some() {
+        let Some(tag) = facts.tag.as_deref().or(ref_tag) else {
+            return Err("auto_tag: a tag event without CI_COMMIT_TAG".to_owned());
+        };
         return Ok(AutoTags::Tags(version_tags(tag)));
     }
-    match (&facts.branch, &facts.default_branch) {
-        (Some(branch), Some(default)) if branch == default => {
-            Ok(AutoTags::Tags(vec!["latest".to_owned()]))
-        }
-        (Some(branch), Some(default)) => Ok(AutoTags::Skip(format!(
-            "auto_tag: {branch} is not the default branch {default} and this is not a tag event, so there is nothing to tag; the build is skipped (as plugin-docker-buildx does)"
-        ))),
-        _ => Err(
-            "auto_tag needs the pipeline's CI_COMMIT_TAG, or CI_COMMIT_BRANCH and CI_REPO_DEFAULT_BRANCH (Woodpecker sets them); at a terminal, use --tag"
+    let Some(default) = &facts.default_branch else {
+        return Err(
+            "auto_tag needs the pipeline's CI_COMMIT_REF (or CI_COMMIT_TAG) and CI_REPO_DEFAULT_BRANCH (Woodpecker sets them); at a terminal, use --tag"
                 .to_owned(),
-        ),
+        );
+    };
+    let branch = match (&facts.git_ref, &facts.branch) {
+        (Some(r), _) => r.strip_prefix("refs/heads/"),
+        // No ref at all (an older CI): the branch, but only outside pull requests (above).
+        (None, Some(branch)) => Some(branch.as_str()),
+        (None, None) => {
+            return Err(
+                "auto_tag needs the pipeline's CI_COMMIT_REF (or CI_COMMIT_TAG); at a terminal, use --tag"
+                    .to_owned(),
+            );
+        }
+    };
+    match branch {
+        Some(branch) if branch == default => Ok(AutoTags::Tags(vec!["latest".to_owned()])),
+        _ => Ok(AutoTags::Skip(format!(
+            "auto_tag: {} is not the default branch {default} and this is not a tag event, so there is nothing to tag; the build is skipped (as plugin-docker-buildx does)",
+            crate::exit::quote(
+                facts
+                    .git_ref
+                    .as_deref()
+                    .or(facts.branch.as_deref())
+                    .unwrap_or("")
+            )
+        ))),
+    }
+}
+
+/// What a pull-request build may push, by the operator's `pull_requests.push`: its own
+/// `pr-<N>` tag and cache scope, or nothing. `None` for other builds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PullRequestPush {
+    /// Push under `pr-<N>` only; the default cache is written under that scope.
+    Scoped(String),
+    /// A dry run, and why (for the log).
+    DryRun(String),
+}
+
+pub fn pull_request_push(facts: &Facts, policy: &crate::policy::Policy) -> Option<PullRequestPush> {
+    let event = facts.event.as_deref()?;
+    if !crate::plan::PULL_REQUEST_EVENTS.contains(&event) {
+        return None;
+    }
+    let number = facts
+        .pull_request
+        .clone()
+        .or_else(|| {
+            facts
+                .git_ref
+                .as_deref()
+                .and_then(|r| r.strip_prefix("refs/pull/"))
+                .and_then(|r| r.split('/').next())
+                .map(str::to_owned)
+        })
+        .filter(|n| !n.is_empty() && n.len() <= 12 && n.bytes().all(|b| b.is_ascii_digit()));
+    match (policy.pull_requests.push, number) {
+        (crate::policy::PullRequestPush::PrTag, Some(n)) => {
+            Some(PullRequestPush::Scoped(format!("pr-{n}")))
+        }
+        (crate::policy::PullRequestPush::PrTag, None) => Some(PullRequestPush::DryRun(
+            "a pull-request build pushes only under pr-<N>, and CI_COMMIT_PULL_REQUEST holds no number: building without pushing".to_owned(),
+        )),
+        (crate::policy::PullRequestPush::DryRun, _) => Some(PullRequestPush::DryRun(format!(
+            "the operator policy ({}) builds pull requests without pushing (pull_requests.push = 'dry_run)",
+            policy.origin
+        ))),
     }
 }
 
@@ -212,6 +297,8 @@ mod tests {
     #[test]
     fn auto_tags_from_the_pipeline() {
         let tag = Facts {
+            event: Some("tag".into()),
+            git_ref: Some("refs/tags/v2.0.1".into()),
             tag: Some("v2.0.1".into()),
             branch: Some("main".into()),
             default_branch: Some("main".into()),
@@ -222,6 +309,8 @@ mod tests {
             AutoTags::Tags(vec!["2".into(), "2.0".into(), "2.0.1".into()])
         );
         let main = Facts {
+            event: Some("push".into()),
+            git_ref: Some("refs/heads/main".into()),
             tag: None,
             ..tag.clone()
         };
@@ -230,17 +319,77 @@ mod tests {
             AutoTags::Tags(vec!["latest".into()])
         );
         let feature = Facts {
+            git_ref: Some("refs/heads/feature/x".into()),
             branch: Some("feature/x".into()),
             ..main.clone()
         };
         assert!(
             matches!(auto_tags(&feature).unwrap(), AutoTags::Skip(why) if why.contains("feature/x"))
         );
+        // Woodpecker sets CI_COMMIT_BRANCH to the target branch of a pull request: it must not
+        // make a pull request into main `latest`.
+        let pull = Facts {
+            event: Some("pull_request".into()),
+            git_ref: Some("refs/pull/7/head".into()),
+            branch: Some("main".into()),
+            ..main.clone()
+        };
+        assert!(matches!(auto_tags(&pull).unwrap(), AutoTags::Skip(_)));
+        let no_event = Facts {
+            event: None,
+            ..pull.clone()
+        };
+        assert!(
+            matches!(auto_tags(&no_event).unwrap(), AutoTags::Skip(_)),
+            "the ref decides, not the branch"
+        );
         assert!(
             auto_tags(&Facts::default())
                 .unwrap_err()
-                .contains("CI_COMMIT_TAG")
+                .contains("CI_COMMIT_REF")
         );
+    }
+
+    #[test]
+    fn pull_requests_push_under_their_own_tag_or_not_at_all() {
+        let mut policy = crate::policy::Policy::default();
+        let pull = Facts {
+            event: Some("pull_request".into()),
+            git_ref: Some("refs/pull/7/head".into()),
+            pull_request: Some("7".into()),
+            ..Facts::default()
+        };
+        assert_eq!(
+            pull_request_push(&pull, &policy),
+            Some(PullRequestPush::Scoped("pr-7".into()))
+        );
+        let from_ref = Facts {
+            pull_request: None,
+            ..pull.clone()
+        };
+        assert_eq!(
+            pull_request_push(&from_ref, &policy),
+            Some(PullRequestPush::Scoped("pr-7".into()))
+        );
+        let forged = Facts {
+            pull_request: Some("7:latest".into()),
+            git_ref: None,
+            ..pull.clone()
+        };
+        assert!(matches!(
+            pull_request_push(&forged, &policy),
+            Some(PullRequestPush::DryRun(_))
+        ));
+        policy.pull_requests.push = crate::policy::PullRequestPush::DryRun;
+        assert!(matches!(
+            pull_request_push(&pull, &policy),
+            Some(PullRequestPush::DryRun(_))
+        ));
+        let push = Facts {
+            event: Some("push".into()),
+            ..Facts::default()
+        };
+        assert_eq!(pull_request_push(&push, &policy), None);
     }
 
     #[test]

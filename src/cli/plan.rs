@@ -36,6 +36,9 @@ pub fn run(args: PlanArgs, config: &Config, out: &mut dyn Write) -> Result<Exit,
         writeln!(out, "{why}").map_err(Error::Output)?;
         return Ok(Exit::Success);
     }
+    for note in &request.notes {
+        eprintln!("note: {}", super::printable(note));
+    }
     let note = resolve_backend(args.provider, &args.local_tools, &mut request.build);
     let store = args.build.open_store(config, args.build.credentials()?)?;
     let mut plan = BuildPlan::new(&request, config, store.as_ref(), &mut |w| warn(w))?;

@@ -20,9 +20,9 @@ use super::Cli;
 use crate::policy::{Policy, Redirecting};
 
 /// Settings that are not flags of `build`.
-const GLOBAL: &[(&str, &str)] = &[("CONFIG", "--config")];
+pub(super) const GLOBAL: &[(&str, &str)] = &[("CONFIG", "--config")];
 /// Plural spellings users write in pipelines.
-const ALIASES: &[(&str, &str)] = &[
+pub(super) const ALIASES: &[(&str, &str)] = &[
     ("TAGS", "TAG"),
     ("BUILD_ARGS", "BUILD_ARG"),
     ("SECRETS", "SECRET"),
@@ -95,6 +95,23 @@ pub fn detected(args: &[OsString], env: &BTreeMap<String, String>) -> bool {
 /// unless the operator `policy` lets pipelines set them; the endpoint is otherwise the policy's
 /// (Hetzner's by default).
 pub fn argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsString>, String> {
+    let workspace = match env.get("CI_WORKSPACE").filter(|w| !w.trim().is_empty()) {
+        Some(w) => std::path::PathBuf::from(w),
+        None => std::env::current_dir().map_err(|e| {
+            format!("CI_WORKSPACE is not set and the current directory is unreadable: {e}")
+        })?,
+    };
+    let (env, warnings) = super::migrate::migrate(env, &workspace)?;
+    super::plugin_names::check_known(&env)?;
+    let env = super::settings::check(&env, policy, &workspace)?;
+    for warning in warnings {
+        super::warn(&warning);
+    }
+    to_argv(&env, policy)
+}
+
+/// The mapping of settings (already checked) to flags.
+fn to_argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsString>, String> {
     for (name, setting, what) in [
         (
             "PLUGIN_CONFIG",
@@ -109,7 +126,8 @@ pub fn argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsStr
     ] {
         if env.get(name).is_some_and(|v| !v.is_empty()) && !policy.may_set(setting) {
             return Err(format!(
-                "{name}: the operator policy ({}) does not let a pipeline {what}; ask the operator to add it to repository_may_set",
+                "{}: the operator policy ({}) does not let a pipeline {what}; ask the operator to add it to repository_may_set",
+                super::settings::yaml_name(name),
                 policy.origin
             ));
         }
@@ -121,6 +139,7 @@ pub fn argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsStr
     let mut global = Vec::new();
     let mut args: Vec<String> = Vec::new();
     let mut history_given = false;
+    let mut written: BTreeMap<String, String> = BTreeMap::new();
     for (key, value) in env {
         let Some(name) = key.strip_prefix("PLUGIN_") else {
             continue;
@@ -142,9 +161,11 @@ pub fn argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsStr
             .find(|a| a.get_long() == Some(long.as_str()))
         else {
             return Err(format!(
-                "{key}: not a setting of this plugin; see docs.md for the settings (every build flag --x-y is PLUGIN_X_Y)"
+                "{}: not a setting of this plugin; docs.md lists the settings",
+                super::settings::yaml_name(key)
             ));
         };
+        written.insert(long.clone(), super::settings::yaml_name(key));
         if long == "history" {
             history_given = true;
         }
@@ -153,10 +174,18 @@ pub fn argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsStr
             ArgAction::SetTrue => match value.to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" | "on" => args.push(flag),
                 "false" | "0" | "no" | "off" => {}
-                other => return Err(format!("{key}: expected true or false, got \"{other}\"")),
+                other => {
+                    return Err(format!(
+                        "{}: expected true or false, got {}",
+                        super::settings::yaml_name(key),
+                        crate::exit::quote(other)
+                    ));
+                }
             },
             ArgAction::Append => {
-                for item in split_list(&long, value).map_err(|e| format!("{key}: {e}"))? {
+                for item in split_list(&long, value)
+                    .map_err(|e| format!("{}: {e}", super::settings::yaml_name(key)))?
+                {
                     args.extend([flag.clone(), item]);
                 }
             }
@@ -177,10 +206,14 @@ pub fn argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsStr
         let id = var.trim_start_matches("BKL_BUILD_SECRET_");
         args.extend(["--secret".to_owned(), format!("id={id},env={var}")]);
     }
-    // In a plugin container history must outlive the container: keep it in the registry.
-    if !history_given {
+    // In a plugin container history must outlive the container: keep it in the registry the
+    // build pushes to (a step without one keeps none: nothing to push, nowhere to keep it).
+    if !history_given && env.get("PLUGIN_REGISTRY").is_none_or(|r| r.is_empty()) {
+        args.extend(["--history".to_owned(), "none".to_owned()]);
+    } else if !history_given {
         args.extend(["--history".to_owned(), "registry".to_owned()]);
     }
+    super::plugin_names::remember(written);
     let mut out: Vec<OsString> = vec!["buildkit-launcher".into()];
     out.extend(global.into_iter().map(OsString::from));
     out.push("build".into());
@@ -189,7 +222,7 @@ pub fn argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsStr
 }
 
 /// One list setting's items.
-fn split_list(flag: &str, value: &str) -> Result<Vec<String>, String> {
+pub(super) fn split_list(flag: &str, value: &str) -> Result<Vec<String>, String> {
     let trimmed = value.trim();
     if matches!(flag, "cache-from" | "cache-to") {
         return cache_items(trimmed);
@@ -286,7 +319,7 @@ mod tests {
     }
 
     fn args(pairs: &[(&str, &str)]) -> Vec<String> {
-        argv(&env(pairs), &Policy::default())
+        to_argv(&env(pairs), &Policy::default())
             .unwrap()
             .into_iter()
             .map(|s| s.into_string().unwrap())
@@ -310,7 +343,7 @@ mod tests {
                     .first()
                     .map_or_else(|| "x".to_owned(), |p| p.get_name().to_owned()),
             };
-            let out = argv(&env(&[(&key, &value)]), &allow_all())
+            let out = to_argv(&env(&[(&key, &value)]), &allow_all())
                 .unwrap_or_else(|e| panic!("{key}: {e}"));
             let out: Vec<String> = out.into_iter().map(|s| s.into_string().unwrap()).collect();
             assert!(out.contains(&format!("--{long}")), "{key} → {out:?}");
@@ -329,6 +362,7 @@ mod tests {
             ("PLUGIN_LOCATIONS", "nbg1,fsn1"),
             ("PLUGIN_INSECURE_REGISTRY", "true"),
             ("PLUGIN_NO_REAP", "false"),
+            ("PLUGIN_REGISTRY", "zot.example:5000"),
         ]);
         let joined = a.join(" ");
         assert!(joined.contains("--tag 1.2 --tag latest"), "{joined}");
@@ -367,7 +401,10 @@ mod tests {
             "secret values never become arguments: {a}"
         );
         let err = argv(&env(&[("PLUGIN_TAGZ", "x")]), &Policy::default()).unwrap_err();
-        assert!(err.starts_with("PLUGIN_TAGZ: not a setting"), "{err}");
+        assert!(
+            err.starts_with("tagz (did you mean tag?): not a setting"),
+            "{err}"
+        );
         let err = argv(&env(&[("PLUGIN_JSON", "maybe")]), &Policy::default()).unwrap_err();
         assert!(err.contains("expected true or false"), "{err}");
     }
@@ -478,7 +515,10 @@ mod tests {
         for key in ["PLUGIN_CONFIG", "PLUGIN_HCLOUD_ENDPOINT"] {
             let err = argv(&env(&[(key, "x")]), &Policy::default()).unwrap_err();
             assert!(
-                err.starts_with(&format!("{key}: the operator policy")),
+                err.starts_with(&format!(
+                    "{}: the operator policy",
+                    super::super::settings::yaml_name(key)
+                )),
                 "{err}"
             );
         }

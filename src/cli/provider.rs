@@ -79,6 +79,23 @@ pub fn resolve_backend(
     Some("buildah: buildctl is not on the local runner's PATH (--local-tools DIR adds one)".into())
 }
 
+/// What `check` says to do about a refused token.
+pub const TOKEN_FIX: &str = "create a read & write API token in the Hetzner Cloud console and put it in HCLOUD_TOKEN (in a pipeline: the setting hcloud_token, from_secret)";
+
+/// An error of the cloud API as the command's error: a refused token (HTTP 401, as
+/// `provider::hcloud::ApiError` renders it) is the user's to fix (exit 2, with `check`'s fix);
+/// anything else is infrastructure (exit 4).
+pub fn cloud_error(e: impl std::fmt::Display) -> Error {
+    let text = e.to_string();
+    if text.contains("(HTTP 401)") {
+        Error::Usage(format!(
+            "{text}: the Hetzner API refused the token; {TOKEN_FIX}"
+        ))
+    } else {
+        Error::Infrastructure(text)
+    }
+}
+
 /// The provider, concrete (for provider-specific preflight) and as a trait object.
 pub enum Chosen {
     Hcloud(Arc<HcloudProvider>),

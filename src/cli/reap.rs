@@ -33,7 +33,7 @@ pub fn run(args: ReapArgs, config: &Config, out: &mut dyn Write) -> Result<Exit,
     let now = unix_now();
     let entries = runtime
         .block_on(reap(provider.as_ref(), now, args.dry_run, log.as_ref()))
-        .map_err(|e| Error::Infrastructure(e.to_string()))?;
+        .map_err(super::provider::cloud_error)?;
     if args.json {
         let json = serde_json::to_string_pretty(&entries).expect("reap entries serialize");
         writeln!(out, "{json}").map_err(Error::Output)?;

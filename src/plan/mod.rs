@@ -34,6 +34,9 @@ pub struct PlanRequest {
     pub pull_request: bool,
     /// `--auto-tag` found nothing to tag on this branch: nothing to build, and why.
     pub skip: Option<String>,
+    /// What the launcher changed of the request, and why (a pull request's own tag), for the
+    /// log once the build is allowed to start.
+    pub notes: Vec<String>,
 }
 
 impl PlanRequest {
@@ -194,6 +197,9 @@ pub struct Plan {
     pub cost_basis: String,
     pub server: Tier,
     pub retry_server: Option<Tier>,
+    /// Why there is no retry although a larger tier exists (its price is above the ceiling).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_note: Option<String>,
     pub percentile_mib: Option<u64>,
     pub language: Language,
     pub timeout_minutes: Option<u64>,
@@ -266,7 +272,17 @@ impl Plan {
         let (estimated_cost_eur, cost_basis) = cost(&sizing, hours);
         let mut build = req.build.clone();
         build.platform = sizing.arch.platform().to_owned();
+        if let Some(namespace) = config.registry.namespace_of(&build.image_repo) {
+            return Err(PlanError::Unsupported(format!(
+                "{}: \"{}\" is inside {namespace}; push images elsewhere",
+                crate::exit::option("--repo"),
+                build.image_repo
+            )));
+        }
         build.cache_repo = config.registry.cache_repo(&build.image_repo);
+        if build.sbom {
+            build.sbom_generator = config.buildkitd.sbom_generator.clone();
+        }
         backend::cache::settle(&mut build, &config.registry.history)
             .map_err(PlanError::Unsupported)?;
         let paths = RemotePaths::new(REMOTE_WORKDIR);
@@ -295,6 +311,7 @@ impl Plan {
             cost_basis,
             server: sizing.tier.clone(),
             retry_server: sizing.retry_tier.clone(),
+            retry_note: None,
             percentile_mib: sizing.percentile_mib,
             language: sizing.language,
             timeout_minutes: sizing.timeout_minutes,
@@ -321,6 +338,39 @@ impl Plan {
 }
 
 impl Plan {
+    /// The retry is a server the build may order too: it is held against the same price
+    /// ceiling (`max`, described as `ceiling`) at the API's price (`price`, in a location).
+    /// Above it, or without a price under a price ceiling, the build gets no retry, and the
+    /// plan says why.
+    pub fn hold_retry_to_ceiling(
+        &mut self,
+        price: Option<(f64, &str)>,
+        max: Option<f64>,
+        ceiling: &str,
+    ) {
+        let Some(retry) = &mut self.retry_server else {
+            return;
+        };
+        let why = match (price, max) {
+            (Some((price, location)), Some(max)) if price > max => format!(
+                "the retry's server type {} costs {price} EUR/h in {location} (the API's price), above the ceiling: {ceiling}",
+                retry.name
+            ),
+            (Some((price, _)), _) => {
+                retry.price_eur_per_hour = Some(price);
+                return;
+            }
+            (None, Some(_)) => format!(
+                "the retry's server type {} has no price from the API, and an unpriced type counts as above the ceiling: {ceiling}",
+                retry.name
+            ),
+            (None, None) => return,
+        };
+        self.retry_server = None;
+        self.retry_tier = None;
+        self.retry_note = Some(why);
+    }
+
     /// Replace the reference price with the API's (hourly, net, in `location`).
     pub fn use_api_price(&mut self, eur_per_hour: f64, location: &str) {
         let hours = self.history.billed_hours;
@@ -349,5 +399,76 @@ fn cost(sizing: &Sizing, hours: f64) -> (Option<f64>, String) {
                 sizing.tier.name, sizing.arch
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Python build (cx23, retry cx33) with nothing read from disk.
+    fn plan() -> Plan {
+        let config = Config::defaults();
+        let key = HistoryKey {
+            repo: "org/app".into(),
+            dockerfile: "Dockerfile".into(),
+            target: None,
+            arch: Arch::Amd64,
+        };
+        let req = PlanRequest {
+            context: PathBuf::from("/nonexistent"),
+            key: key.clone(),
+            arch: Some(Arch::Amd64),
+            platforms: Vec::new(),
+            build: BuildRequest {
+                dockerfile: "Dockerfile".into(),
+                image_repo: "org/app".into(),
+                tags: vec!["latest".into()],
+                ..BuildRequest::default()
+            },
+            pull_request: false,
+            skip: None,
+            notes: Vec::new(),
+        };
+        let facts = Facts {
+            key,
+            spec: None,
+            language: Language::Python,
+            language_marker: None,
+            history: Vec::new(),
+            history_store: "none".into(),
+            warnings: Vec::new(),
+            context_entries: Vec::new(),
+            history_unreadable: false,
+        };
+        Plan::new(&req, &config, &facts).unwrap()
+    }
+
+    #[test]
+    fn the_retry_is_held_to_the_price_ceiling_at_the_apis_price() {
+        let mut p = plan();
+        assert_eq!(p.tier, "cx23");
+        assert_eq!(p.retry_tier.as_deref(), Some("cx33"));
+        // Within the ceiling: the API's price replaces the reference.
+        p.hold_retry_to_ceiling(Some((0.0129, "fsn1")), Some(0.02), "at most 0.02 EUR/h");
+        assert_eq!(
+            p.retry_server.as_ref().unwrap().price_eur_per_hour,
+            Some(0.0129)
+        );
+        // Above it: no retry, and why.
+        p.hold_retry_to_ceiling(Some((0.0135, "fsn1")), Some(0.013), "at most 0.013 EUR/h");
+        assert_eq!(p.retry_server, None);
+        assert_eq!(p.retry_tier, None);
+        let note = p.retry_note.clone().unwrap();
+        assert!(note.contains("cx33 costs 0.0135 EUR/h in fsn1"), "{note}");
+        assert!(render_human(&p).contains(&note), "the plan says why");
+        // Unpriced under a price ceiling counts as above it.
+        let mut p = plan();
+        p.hold_retry_to_ceiling(None, Some(0.05), "at most 0.05 EUR/h");
+        assert!(p.retry_note.unwrap().contains("no price"));
+        // No ceiling, no price: the retry stays.
+        let mut p = plan();
+        p.hold_retry_to_ceiling(None, None, "");
+        assert!(p.retry_server.is_some());
     }
 }

@@ -26,10 +26,13 @@ pub fn render_human(plan: &Plan) -> String {
             server(t),
             plan.tier
         ),
-        None => format!(
-            "none: {} is the largest {} tier, so running out of memory is final",
-            plan.tier, plan.arch
-        ),
+        None => match &plan.retry_note {
+            Some(note) => format!("none: {note}"),
+            None => format!(
+                "none: {} is the largest {} tier, so running out of memory is final",
+                plan.tier, plan.arch
+            ),
+        },
     };
     row(&mut out, "retry", &retry);
     let cost = match plan.estimated_cost_eur {

@@ -138,6 +138,21 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// A pipeline name or number as part of a runner's name: letters, digits and '-', at most 10
+/// (Woodpecker's `CI_PIPELINE_NUMBER` is a number).
+pub fn check_pipeline_name(pipeline: &str) -> Result<(), String> {
+    if !pipeline.is_empty()
+        && pipeline.len() <= 10
+        && pipeline
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        Ok(())
+    } else {
+        Err("expected a pipeline number (up to 10 letters, digits or '-')".to_owned())
+    }
+}
+
 /// `bkl-<repo-slug>-<pipeline>-<lease>`, DNS-safe and at most 63 characters.
 pub fn runner_name(repo: &str, pipeline: &str, lease: &str) -> String {
     let slug: String = repo
@@ -150,7 +165,10 @@ pub fn runner_name(repo: &str, pipeline: &str, lease: &str) -> String {
         .filter(|p| !p.is_empty())
         .collect::<Vec<_>>()
         .join("-");
+    // Hetzner's server names are lower-case (RFC 1123): an upper-case pipeline is refused
+    // there, so it is folded here.
     let pipeline: String = pipeline
+        .to_ascii_lowercase()
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .take(10)

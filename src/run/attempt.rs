@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::backend::classify::{Verdict, classify};
+use crate::backend::classify::Verdict;
 use crate::backend::{self, Backend, RemotePaths};
 use crate::config::Tier;
 use crate::provider::cloud_init::UserData;
@@ -185,7 +185,14 @@ async fn build_over(
         runner_stats(conn).await
     };
     record.peak_memory_mib = peak;
-    let verdict = classify(&exit, &tail, oom_kills, request.backend);
+    let verdict = backend::classify::classify_request(&exit, &tail, oom_kills, &request);
+    if verdict == Verdict::Ok && request.backend == Backend::Buildctl {
+        for failure in backend::classify::cache_export_failures(&tail) {
+            let warning = format!("the build cache could not be written: {failure}");
+            (p.log)(&format!("warning: {warning}"));
+            record.warnings.push(warning);
+        }
+    }
     let digest = match (&verdict, &plan.build.registry) {
         (Verdict::Ok, Some(_)) => read_digest(conn, &paths).await,
         _ => None,

@@ -371,10 +371,13 @@ async fn run_platform(
                 ));
                 None
             }
-            Verdict::Oom { evidence } => Some(format!(
-                "out of memory on {}, the last allowed tier: {evidence}",
-                tier.name
-            )),
+            Verdict::Oom { evidence } => Some(match (&plan.retry_note, n) {
+                (Some(note), 0) => format!("out of memory on {}: {evidence}; {note}", tier.name),
+                _ => format!(
+                    "out of memory on {}, the last allowed tier: {evidence}",
+                    tier.name
+                ),
+            }),
             Verdict::Failed { reason } => Some(format!("the build failed: {reason}")),
             Verdict::Lost { reason } => Some(reason.clone()),
             Verdict::Ok => None,

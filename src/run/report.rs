@@ -63,6 +63,10 @@ pub struct AttemptReport {
     /// What the runner cost: its lifetime in started hours × the tier's hourly price (Hetzner
     /// bills per started hour); `None` without a runner or a price.
     pub cost_eur: Option<f64>,
+    /// What went wrong without failing the attempt: a registry cache that could not be
+    /// written (backend::classify::cache_export_failures).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl AttemptReport {
@@ -77,6 +81,7 @@ impl AttemptReport {
             peak_memory_mib: None,
             seconds: Seconds::default(),
             cost_eur: None,
+            warnings: Vec::new(),
         }
     }
 

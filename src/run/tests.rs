@@ -70,6 +70,7 @@ fn plan(dir: &std::path::Path) -> BuildPlan {
     let req = PlanRequest {
         pull_request: false,
         skip: None,
+        notes: Vec::new(),
         context: dir.to_owned(),
         key: HistoryKey {
             repo: "org/app".into(),

@@ -73,6 +73,10 @@ pub enum SizingError {
         spec: Arch,
         flag: Arch,
     },
+    #[error(
+        "no {arch} server type is within the ceiling: {ceiling} (a type without a known price counts as above a price ceiling)"
+    )]
+    NoTier { arch: Arch, ceiling: String },
 }
 
 /// The runner's architecture: `--arch` (or this platform of `--platform`), else the spec's
@@ -99,6 +103,15 @@ pub fn decide(input: &SizingInput<'_>) -> Result<Sizing, SizingError> {
     let config = input.config;
     let arch = choose_arch(input.arch_flag, input.spec, config.default_arch)?;
     let ladder = config.ladder(arch);
+    if ladder.is_empty() {
+        return Err(SizingError::NoTier {
+            arch,
+            ceiling: config
+                .ceiling
+                .clone()
+                .unwrap_or_else(|| "the launcher config".to_owned()),
+        });
+    }
     let policy = &config.sizing;
     let peaks: Vec<u64> = input.history.iter().map(|s| s.peak_memory_mib).collect();
     let samples = peaks.len().min(policy.window);

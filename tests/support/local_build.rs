@@ -2,11 +2,11 @@
 //! a private runner directory, a context, the report; and the checks every such test ends with
 //! (nothing left behind, the tags resolve to the reported digest).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use super::registry::{Registry, require_root_and_tools};
-use super::{Context, Launcher, repo_dir};
+use super::{Context, Launcher};
 
 pub const TOOLS: &[&str] = &[
     "sshd",
@@ -15,9 +15,10 @@ pub const TOOLS: &[&str] = &[
     "buildah",
     "docker-registry",
     "busybox",
-    // the buildctl double's push by digest and FROM checks
-    "curl",
-    "python3",
+    // the real BuildKit (scripts/install-deps): every buildctl build runs on it
+    "buildctl",
+    "buildkitd",
+    "runc",
 ];
 
 /// A registry with the base image, a private runner directory, and a context.
@@ -26,8 +27,9 @@ pub struct Fixture {
     pub runners: tempfile::TempDir,
     pub ctx: Context,
     pub report: PathBuf,
-    /// `--local-tools` for the buildctl backend (default: tests/tools, the double).
-    pub tools: PathBuf,
+    /// `--local-tools` (default: none; the runner's buildctl is the real one, talking to the
+    /// runner's own buildkitd).
+    pub tools: Option<PathBuf>,
     /// `--registry` (default: the registry's address).
     pub registry_addr: String,
 }
@@ -55,7 +57,7 @@ impl Fixture {
             runners,
             ctx,
             report,
-            tools: repo_dir().join("tests/tools"),
+            tools: None,
             registry_addr: registry.addr.clone(),
             registry,
         }
@@ -82,9 +84,9 @@ impl Fixture {
             "--report".into(),
             self.report.display().to_string(),
         ];
-        if backend == "buildctl" {
+        if let Some(tools) = &self.tools {
             args.push("--local-tools".into());
-            args.push(self.tools.display().to_string());
+            args.push(tools.display().to_string());
         }
         args
     }
@@ -110,10 +112,10 @@ impl Fixture {
         assert!(dirs.is_empty(), "runner directories left: {dirs:?}");
         for attempt in self.report()["attempts"].as_array().unwrap() {
             let id = attempt["runner"].as_str().unwrap();
-            let cgroup = Path::new("/sys/fs/cgroup/memory/buildkit-launcher").join(id);
-            assert!(!cgroup.exists(), "cgroup {} left", cgroup.display());
+            crate::support::runner::assert_no_cgroups(id);
             assert_eq!(attempt["destroyed"], true, "{attempt}");
         }
+        crate::support::runner::assert_no_daemon_or_mount(base);
         let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
         let ps = String::from_utf8_lossy(&ps.stdout);
         let base = base.display().to_string();

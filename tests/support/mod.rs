@@ -1,10 +1,12 @@
 //! Test support: a builder that runs the built binary in a clean environment.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod attack;
 pub mod cgroup;
 pub mod fake_release;
 pub mod hcloud_sim;
 pub mod local_build;
+pub mod plugin_step;
 pub mod registry;
 pub mod runner;
 pub mod token_auth;
@@ -15,14 +17,15 @@ use std::process::Command;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_buildkit-launcher");
 
-/// The repository checkout (for examples/ and the shared traces beside it).
+/// The repository checkout (for examples/ and tests/data/).
 pub fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `../shared/data/traces/NAME`, as the design places it beside the project.
+/// `tests/data/traces/NAME`: the repository's copies of the design's traces (their README says
+/// where they come from); nothing under tests/ reads outside the repository.
 pub fn trace(name: &str) -> PathBuf {
-    repo_dir().join("../shared/data/traces").join(name)
+    repo_dir().join("tests/data/traces").join(name)
 }
 
 /// Runs `buildkit-launcher` with the environment cleared of anything that would change its
@@ -163,6 +166,17 @@ impl Context {
 /// second for the step to get going. Stderr keeps being drained so the launcher never blocks on
 /// a full pipe. If the line never comes, the process is killed and reaped and the test fails.
 pub fn spawn_until(cmd: &mut Command, needle: &str) -> std::process::Child {
+    let (child, rx) = spawn_until_keeping(cmd, needle);
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    child
+}
+
+/// [`spawn_until`], and the rest of stderr comes through the receiver (it ends when the
+/// launcher does): for a test that reads what the launcher said after the line.
+pub fn spawn_until_keeping(
+    cmd: &mut Command,
+    needle: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
     let mut child = cmd
         .stdout(std::process::Stdio::null())
@@ -184,8 +198,7 @@ pub fn spawn_until(cmd: &mut Command, needle: &str) -> std::process::Child {
         match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
             Ok(line) if line.contains(needle) => {
                 std::thread::sleep(std::time::Duration::from_millis(500));
-                std::thread::spawn(move || while rx.recv().is_ok() {});
-                return child;
+                return (child, rx);
             }
             Ok(_) => {}
             Err(_) => {

@@ -23,6 +23,20 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Make the registry fail every request for repository `repo` (`cache/e2e/app`) from now
+    /// on, with a server error, while every other repository works: its storage gets a plain
+    /// file where the repository's directory was.
+    pub fn break_repository(&self, repo: &str) {
+        let path = self
+            .dir
+            .path()
+            .join("data/docker/registry/v2/repositories")
+            .join(repo);
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "broken by the test\n").unwrap();
+    }
+
     pub fn start() -> Registry {
         Registry::spawn(None, Ipv4Addr::LOCALHOST)
     }

@@ -21,6 +21,10 @@ pub fn require_local_runner() -> bool {
         "/usr/bin/ssh",
         "/usr/bin/rsync",
         "/usr/bin/buildah",
+        // the real BuildKit every sandbox runner runs (scripts/install-deps)
+        "/usr/local/bin/buildkitd",
+        "/usr/local/bin/buildctl",
+        "/usr/sbin/runc",
     ] {
         if !std::path::Path::new(tool).exists() {
             missing.push(tool.to_owned());
@@ -62,9 +66,8 @@ impl Sandbox {
             .prefix("bkl-test-")
             .tempdir_in("/var/tmp")
             .expect("sandbox base");
-        let tools = crate::support::repo_dir().join("tests/tools");
         Sandbox {
-            provider: LocalProvider::new(base.path().to_owned(), 16, vec![tools]),
+            provider: LocalProvider::new(base.path().to_owned(), 16, Vec::new()),
             base,
         }
     }
@@ -125,6 +128,39 @@ impl Sandbox {
             !ps.lines()
                 .any(|l| l.contains("bkl-runner-stats") && l.contains(&base)),
             "a memory sampler of this sandbox is still running"
+        );
+        assert_no_daemon_or_mount(self.base.path());
+    }
+}
+
+/// No cgroup of runner `id` is left in any cgroup v1 hierarchy (its memory cgroup, and what
+/// runc made below `buildkit-launcher/<id>` for build containers in the others).
+pub fn assert_no_cgroups(id: &str) {
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let cg = hierarchy.path().join("buildkit-launcher").join(id);
+        assert!(!cg.exists(), "cgroup {} left", cg.display());
+    }
+}
+
+/// No buildkitd or runc container of runners under `base` runs, and nothing is mounted there.
+pub fn assert_no_daemon_or_mount(base: &std::path::Path) {
+    let base = base.display().to_string();
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    for line in ps.lines() {
+        assert!(
+            !((line.contains("buildkitd") || line.contains("runc")) && line.contains(&base)),
+            "still running: {line}"
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for line in mounts.lines() {
+        assert!(
+            line.split(' ').nth(4).is_none_or(|p| !p.starts_with(&base)),
+            "still mounted: {line}"
         );
     }
 }

@@ -137,22 +137,46 @@ impl HcloudProvider {
         if let Some(id) = cache.get(&arch) {
             return Ok(*id);
         }
-        if let Some(id) = self
+        // `--golden-image` (a pipeline's `golden_image`) chooses among the golden snapshots of
+        // this architecture only: a selector is narrowed to them, an id must be one of them,
+        // unless the operator policy names the selector (golden_images). Otherwise a pipeline
+        // could boot its build, with the registry credentials, from any snapshot of the
+        // project, a production one included.
+        let golden = format!("buildkit-launcher/role=golden,buildkit-launcher/arch={arch}");
+        let trusted = crate::policy::Policy::current()
+            .map(|p| p.golden_images.clone())
+            .unwrap_or_default();
+        let wanted_id = self
             .golden_image
             .as_deref()
-            .and_then(|g| g.parse::<i64>().ok())
-        {
-            cache.insert(arch, id);
-            return Ok(id);
-        }
-        let selector = self.golden_image.clone().unwrap_or_else(|| {
-            format!("buildkit-launcher/role=golden,buildkit-launcher/arch={arch}")
-        });
+            .and_then(|g| g.parse::<i64>().ok());
+        let selector = match (&self.golden_image, wanted_id) {
+            (None, _) | (Some(_), Some(_)) => golden.clone(),
+            (Some(given), None) if trusted.contains(given) => given.clone(),
+            (Some(given), None) => format!("{given},{golden}"),
+        };
         let path = format!(
-            "/images?type=snapshot&status=available&sort=created:desc&architecture={}&label_selector={}",
+            "/images?type=snapshot&status=available&sort=created:desc&per_page=50&architecture={}&label_selector={}",
             hetzner_arch(arch),
             encode(&selector)
         );
+        if let Some(id) = wanted_id {
+            let page: api::ImagesPage = self
+                .api
+                .call(Method::GET, &path, None, Retry::Always)
+                .await
+                .map_err(|e| setup("look up the golden snapshot", e))?;
+            if !page.images.iter().any(|i| i.id == id) {
+                return Err(ProviderError::Setup {
+                    action: FIND_GOLDEN,
+                    detail: format!(
+                        "golden_image (--golden-image) {id}: not one of the newest golden {arch} snapshots (labels {golden}); a runner boots only from those"
+                    ),
+                });
+            }
+            cache.insert(arch, id);
+            return Ok(id);
+        }
         let page: api::ImagesPage = self
             .api
             .call(Method::GET, &path, None, Retry::Always)

@@ -77,7 +77,6 @@ impl HcloudSim {
             .prefix("bkl-hcloud-sim-")
             .tempdir_in("/var/tmp")
             .expect("a directory for the simulator's sandbox runners");
-        let tools = crate::support::repo_dir().join("tests/tools");
         let token = format!(
             "sim-{:016x}{:016x}",
             rand::random::<u64>(),
@@ -85,7 +84,7 @@ impl HcloudSim {
         );
         let shared = api::Shared {
             state: Arc::new(Mutex::new(State::new(token.clone()))),
-            provider: Arc::new(LocalProvider::new(base.path().to_owned(), 16, vec![tools])),
+            provider: Arc::new(LocalProvider::new(base.path().to_owned(), 16, Vec::new())),
             base: base.path().to_owned(),
         };
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

@@ -7,11 +7,20 @@
 //! every process in the cgroup, removes the cgroup and the directory, and checks that they are
 //! gone. Runners of concurrent builds never share an address, a directory or a cgroup.
 //!
+//! Each runner also runs its own real buildkitd, set up from the golden image's files and
+//! started inside the runner's memory cgroup with build containers below it ([`buildkitd`]).
+//!
 //! Layout of `<base>/<id>/`: `sshd_config`, host key, `authorized_keys`, `labels.json`,
 //! `user-data`, `bin/` (on the runner's PATH: `bkl-runner-stats`), `home/`, `work/`, `tmp/`,
 //! `storage/` (buildah's graph and run roots, `storage.conf`), `root/` (the install prefix that
 //! provisioning scripts see as `BKL_ROOT`, so baking a golden image in a sandbox never touches
-//! the host's own system directories).
+//! the host's own system directories; the runner's buildkitd has its config, state and socket
+//! there), `golden/` (the golden image's files provisioning ran from), `buildkitd.log`,
+//! `oom-events` (OOM events of the runner's memory limit, cgroup v1: see [`oom`]).
+
+pub mod buildkitd;
+pub mod oom;
+mod teardown;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -25,8 +34,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use super::cloud_init::UserData;
 use super::{LeaseInfo, Provider, ProviderError, Runner, RunnerSpec};
@@ -52,6 +59,9 @@ pub fn runner_tool(extra_path: &[PathBuf], tool: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(tool))
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
+/// The cgroup v1 hierarchies' mount point, and the runners' parent cgroup below each.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const CGROUP_RUNNERS: &str = "buildkit-launcher";
 const CGROUP_PARENT: &str = "/sys/fs/cgroup/memory/buildkit-launcher";
 const SSHD: &str = "/usr/sbin/sshd";
 /// Loopback address claims, shared by every local provider on the machine whatever its base
@@ -67,6 +77,8 @@ pub struct LocalProvider {
     sshd: Mutex<HashMap<String, Child>>,
     /// Each runner's `bkl-runner-stats --sample` (outside its cgroup).
     samplers: Mutex<HashMap<String, Child>>,
+    /// Each runner's buildkitd (inside its cgroup).
+    buildkitd: Mutex<HashMap<String, Child>>,
 }
 
 impl LocalProvider {
@@ -78,6 +90,7 @@ impl LocalProvider {
             extra_path,
             sshd: Mutex::new(HashMap::new()),
             samplers: Mutex::new(HashMap::new()),
+            buildkitd: Mutex::new(HashMap::new()),
         }
     }
 
@@ -110,6 +123,19 @@ impl LocalProvider {
                 "the local provider needs the cgroup v1 memory controller at /sys/fs/cgroup/memory"
                     .into(),
             ));
+        }
+        for tool in ["buildkitd", "buildctl"] {
+            if runner_tool(&[], tool).is_none() {
+                return Err(ProviderError::NeedsRoot(format!(
+                    "the local provider needs BuildKit's {tool} on the PATH (/usr/local/bin; scripts/install-deps installs it)"
+                )));
+            }
+        }
+        if !Path::new(buildkitd::RUNC).exists() {
+            return Err(ProviderError::NeedsRoot(format!(
+                "the local provider needs {} for BuildKit's OCI worker (apt-get install runc)",
+                buildkitd::RUNC
+            )));
         }
         Ok(())
     }
@@ -167,11 +193,13 @@ impl LocalProvider {
 
         let cgroup = self.cgroup(id);
         self.create_cgroup(id, &cgroup, spec.tier.memory_mib)?;
+        oom::watch(&cgroup, &dir.join("oom-events")).map_err(fail("watch its memory limit"))?;
+        self.start_buildkitd(id, &dir, &cgroup, spec.arch)?;
         fs::write(dir.join("storage/storage.conf"), storage_conf(&dir))
             .map_err(fail("write its storage config"))?;
         write_executable(
             &dir.join("bin/bkl-runner-stats"),
-            &runner_stats_script(&cgroup, &dir.join("stats-peak")),
+            &runner_stats_script(&cgroup, &dir.join("stats-peak"), &dir.join("oom-events")),
         )
         .map_err(fail("install bkl-runner-stats"))?;
         // The sampler: outside the runner's cgroup (not charged to the build, not a candidate
@@ -250,6 +278,65 @@ impl LocalProvider {
         Ok(())
     }
 
+    /// The runner's own buildkitd: provisioned from the golden image's files, started, moved
+    /// into the runner's memory cgroup (its build containers go below it).
+    fn start_buildkitd(
+        &self,
+        id: &str,
+        dir: &Path,
+        cgroup: &Path,
+        arch: crate::config::Arch,
+    ) -> Result<(), ProviderError> {
+        let fail = |detail: String| ProviderError::Runner {
+            id: id.to_owned(),
+            action: "start its buildkitd",
+            detail,
+        };
+        let (Some(buildctl), Some(daemon)) =
+            (runner_tool(&[], "buildctl"), runner_tool(&[], "buildkitd"))
+        else {
+            return Err(fail(
+                "buildctl or buildkitd is not installed (scripts/install-deps)".into(),
+            ));
+        };
+        let root = dir.join("root");
+        let parent = cgroup
+            .strip_prefix(Path::new(CGROUP_ROOT).join("memory"))
+            .map_err(|_| fail(format!("{} is not a memory cgroup", cgroup.display())))?;
+        let config = buildkitd::provision(
+            dir,
+            &root,
+            &buildctl,
+            &daemon,
+            &parent.display().to_string(),
+        )
+        .map_err(fail)?;
+        let platform = (arch.as_str() != host_arch()).then(|| arch.platform());
+        // The launcher's environment as it started (it scrubs its own).
+        let delay = match crate::environment::var(buildkitd::START_AFTER_ENV) {
+            None => None,
+            Some(v) => Some(v.parse::<u32>().map_err(|_| {
+                fail(format!(
+                    "{}={v:?}: not a whole number of seconds",
+                    buildkitd::START_AFTER_ENV
+                ))
+            })?),
+        };
+        let child =
+            buildkitd::start(dir, &root, &daemon, &config, platform, delay).map_err(fail)?;
+        let pid = child.id();
+        self.buildkitd
+            .lock()
+            .expect("buildkitd table lock")
+            .insert(id.to_owned(), child);
+        fs::write(dir.join("buildkitd.pid.launcher"), pid.to_string())
+            .map_err(|e| fail(format!("record its pid: {e}")))?;
+        // Its first allocations are charged outside; everything it starts later is inside.
+        fs::write(cgroup.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| fail(format!("put it in {}: {e}", cgroup.display())))?;
+        Ok(())
+    }
+
     /// `BKL_RUNNER_ARCH` is the architecture the runner was made for (a sandbox standing in
     /// for an ARM server says arm64; its tools run on this machine's CPU all the same).
     fn sshd_config(&self, dir: &Path, host: &str, port: u16, arch: crate::config::Arch) -> String {
@@ -271,8 +358,9 @@ impl LocalProvider {
              PrintMotd no\n\
              MaxSessions 64\n\
              MaxStartups 64\n\
-             SetEnv PATH={} HOME={d}/home TMPDIR={d}/tmp CONTAINERS_STORAGE_CONF={d}/storage/storage.conf BUILDAH_ISOLATION=chroot BKL_RUNNER_WORKDIR={d}/work BKL_ROOT={d}/root BKL_RUNNER_ARCH={arch}\n",
-            path.join(":")
+             SetEnv PATH={} HOME={d}/home TMPDIR={d}/tmp CONTAINERS_STORAGE_CONF={d}/storage/storage.conf BUILDAH_ISOLATION=chroot BKL_RUNNER_WORKDIR={d}/work BKL_ROOT={d}/root BKL_RUNNER_ARCH={arch} BUILDKIT_HOST={}\n",
+            path.join(":"),
+            buildkitd::buildkit_host(&dir.join("root"))
         )
     }
 
@@ -342,86 +430,6 @@ impl LocalProvider {
         let text = fs::read_to_string(self.dir(id).join("address")).ok()?;
         let (host, port) = text.trim().rsplit_once(':')?;
         Some((host.to_owned(), port.parse().ok()?))
-    }
-
-    /// Kill every process of the runner, remove its cgroup, mounts and directory, and confirm.
-    ///
-    /// Synchronous (it takes well under a second) so that `Drop` guards can call it too.
-    pub fn teardown(&self, id: &str) -> Result<(), ProviderError> {
-        let err = |action: &'static str, detail: String| ProviderError::Runner {
-            id: id.to_owned(),
-            action,
-            detail,
-        };
-        let cgroup = self.cgroup(id);
-        let dir = self.dir(id);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        // The sshd was spawned by this process: kill and reap it (no zombie left behind).
-        let child = self.sshd.lock().expect("sshd table lock").remove(id);
-        if let Some(mut child) = child {
-            let _ = child.kill();
-            let _ = child.wait();
-        } else if let Some(pid) = fs::read_to_string(dir.join("sshd.pid.launcher"))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        // The sampler is outside the cgroup: kill and reap it (it would also end by itself
-        // once the cgroup is gone).
-        let sampler = self.samplers.lock().expect("sampler table lock").remove(id);
-        if let Some(mut sampler) = sampler {
-            let _ = sampler.kill();
-            let _ = sampler.wait();
-        } else if let Some(pid) = fs::read_to_string(dir.join("sampler.pid.launcher"))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        if cgroup.exists() {
-            loop {
-                let procs = fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
-                let pids: Vec<i32> = procs
-                    .lines()
-                    .filter_map(|l| l.trim().parse().ok())
-                    .collect();
-                if pids.is_empty() {
-                    break;
-                }
-                for pid in pids {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-                if Instant::now() > deadline {
-                    return Err(err(
-                        "stop its processes",
-                        format!("processes still in {} after 10 s", cgroup.display()),
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            while let Err(e) = fs::remove_dir(&cgroup) {
-                if !cgroup.exists() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(err("remove its memory cgroup", e.to_string()));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        unmount_below(&dir);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| err("remove its directory", e.to_string()))?;
-        }
-        self.release_address(id);
-        if cgroup.exists() || dir.exists() {
-            return Err(err(
-                "confirm it is gone",
-                "its cgroup or directory is still there".into(),
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -547,33 +555,25 @@ fn storage_conf(dir: &Path) -> String {
 
 /// The runner's `bkl-runner-stats`: the golden image's script (it reads cgroup v1 as well as
 /// v2), bound to the runner's cgroup v1 directory and its own sampler state file.
-fn runner_stats_script(cgroup: &Path, state: &Path) -> String {
-    let script = include_str!("../../golden-image/bkl-runner-stats");
+fn runner_stats_script(cgroup: &Path, state: &Path, oom_events: &Path) -> String {
+    let script = include_str!("../../../golden-image/bkl-runner-stats");
     let body = script.split_once('\n').map_or(script, |(_, rest)| rest);
     format!(
         "#!/bin/sh\n\
          # bkl-runner-stats of a local sandbox runner (ARCHITECTURE.md): its memory cgroup.\n\
          BKL_STATS_CGROUP=${{BKL_STATS_CGROUP:-'{}'}}\n\
-         BKL_STATS_STATE=${{BKL_STATS_STATE:-'{}'}}\n{body}",
+         BKL_STATS_STATE=${{BKL_STATS_STATE:-'{}'}}\n\
+         BKL_STATS_OOM_EVENTS=${{BKL_STATS_OOM_EVENTS:-'{}'}}\n{body}",
         cgroup.display(),
-        state.display()
+        state.display(),
+        oom_events.display()
     )
 }
 
-/// Detach anything mounted under `dir` (a killed build tool can leave bind mounts behind).
-fn unmount_below(dir: &Path) {
-    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mut points: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    // Deepest first.
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for point in points {
-        let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
+/// This machine's architecture, as [`crate::config::Arch::as_str`] names it.
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
     }
 }

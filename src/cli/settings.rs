@@ -1,0 +1,407 @@
+//! What a pipeline may choose. Every `PLUGIN_*` setting is written by whoever writes the
+//! pipeline file, a pull request's author included, so each is read here as an attacker's
+//! value before it becomes a flag: it names nothing secret, no path outside the workspace, no
+//! provider but Hetzner, and only variables the operator's policy lets builds read
+//! (docs/SECURITY.md, "Settings: who decides what"). A refusal is one line naming the setting
+//! as the pipeline's YAML spells it, the value (escaped) and the rule, before anything runs.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use crate::exit::quote;
+use crate::policy::Policy;
+
+/// The setting's name as the pipeline's YAML spells it (`PLUGIN_TAGS_FILE` → `tags_file`).
+pub fn yaml_name(key: &str) -> String {
+    key.strip_prefix("PLUGIN_")
+        .unwrap_or(key)
+        .to_ascii_lowercase()
+}
+
+/// Settings of the local provider: it runs the repository's tools as root on the agent, so a
+/// pipeline never chooses it.
+const LOCAL_ONLY: &[&str] = &["LOCAL_TOOLS", "LOCAL_DIR", "LOCAL_MEMORY_SCALE"];
+
+/// What a path setting must name beneath the workspace.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// An existing directory.
+    Dir,
+    /// An existing regular file.
+    File,
+    /// A regular file that may not exist yet (its directory must).
+    NewFile,
+}
+
+/// Check every setting; returns the settings with each path made absolute beneath the
+/// workspace (the flags then name exactly what was checked).
+pub fn check(
+    env: &BTreeMap<String, String>,
+    policy: &Policy,
+    workspace: &Path,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut out = env.clone();
+    let pull_request = env
+        .get("CI_PIPELINE_EVENT")
+        .is_some_and(|e| crate::plan::PULL_REQUEST_EVENTS.contains(&e.as_str()));
+    for (key, value) in env {
+        let Some(name) = key.strip_prefix("PLUGIN_") else {
+            continue;
+        };
+        if value.is_empty() {
+            continue;
+        }
+        let setting = yaml_name(key);
+        match name {
+            "PROVIDER" if value.trim().eq_ignore_ascii_case("hcloud") => {}
+            "PROVIDER" => {
+                return Err(format!(
+                    "{setting}: {}: a pipeline builds on Hetzner Cloud only; the local provider runs the repository's tools as root on the agent and is for a terminal; remove the setting",
+                    quote(value)
+                ));
+            }
+            n if LOCAL_ONLY.contains(&n) => {
+                return Err(format!(
+                    "{setting}: {}: a setting of the local provider, which a pipeline never uses; remove it",
+                    quote(value)
+                ));
+            }
+            "BUILD_ARG_FROM_ENV" | "BUILD_ARGS_FROM_ENV" => {
+                for var in super::plugin::split_list("build-arg-from-env", value)
+                    .map_err(|e| format!("{setting}: {e}"))?
+                {
+                    readable(&setting, var.trim(), policy, pull_request)?;
+                }
+            }
+            "SECRET" | "SECRETS" => {
+                for item in super::plugin::split_list("secret", value)
+                    .map_err(|e| format!("{setting}: {e}"))?
+                {
+                    let secret: crate::backend::SecretRef = item
+                        .parse()
+                        .map_err(|e| format!("{setting}: {}: {e}", quote(&item)))?;
+                    // A pull request's secrets are refused later, by name, with the
+                    // registry password (cli/build.rs, enforce_policy).
+                    readable(&setting, &secret.env, policy, false)?;
+                }
+            }
+            "CONTEXT" => {
+                let dir = beneath(&setting, workspace, value, Want::Dir)?;
+                out.insert(key.clone(), dir.display().to_string());
+            }
+            "REPORT" => {
+                let file = beneath(&setting, workspace, value, Want::NewFile)?;
+                out.insert(key.clone(), file.display().to_string());
+            }
+            "TAGS_FILE" => {
+                // Read relative to the workspace (the step's directory), as checked here.
+                let file = beneath(&setting, workspace, value, Want::File)?;
+                let rel = file.strip_prefix(workspace).unwrap_or(&file);
+                out.insert(key.clone(), rel.display().to_string());
+            }
+            "HISTORY" => {
+                if let Some(path) = value.strip_prefix("file:") {
+                    let file = beneath(&setting, workspace, path, Want::NewFile)?;
+                    out.insert(key.clone(), format!("file:{}", file.display()));
+                }
+            }
+            "PIPELINE" => {
+                crate::provider::check_pipeline_name(value)
+                    .map_err(|e| format!("{setting}: {}: {e}", quote(value)))?;
+            }
+            _ => {}
+        }
+    }
+    // The Dockerfile is named relative to the context: it must stay inside it, through no
+    // symlink (plan checks the same again on the descriptor it reads).
+    if let Some(dockerfile) = env.get("PLUGIN_DOCKERFILE").filter(|v| !v.is_empty()) {
+        let context = out
+            .get("PLUGIN_CONTEXT")
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| workspace.to_owned(), PathBuf::from);
+        let rel = Path::new(dockerfile);
+        if rel.is_absolute() {
+            return Err(format!(
+                "dockerfile: {}: must be a path relative to the context ({}), without '..'",
+                quote(dockerfile),
+                context.display()
+            ));
+        }
+        beneath("dockerfile", &context, dockerfile, Want::File)?;
+    }
+    Ok(out)
+}
+
+/// A build argument, label or tag may not carry a secret the launcher holds: it would be in
+/// the report's commands, the image's history and the log.
+pub fn refuse_secret_values(
+    build_args: &[(String, String)],
+    labels: &[(String, String)],
+    tags: &[String],
+    secrets: &[zeroize::Zeroizing<String>],
+) -> Result<(), String> {
+    let holds = |value: &str| {
+        secrets.iter().any(|s| {
+            s.len() >= 4 && value.contains(s.as_str()) || !s.is_empty() && value == s.as_str()
+        })
+    };
+    // The message names the key, never the value (which holds the secret).
+    let found = build_args
+        .iter()
+        .map(|(k, v)| ("--build-arg", quote(k), v.as_str()))
+        .chain(
+            labels
+                .iter()
+                .map(|(k, v)| ("--label", quote(k), v.as_str())),
+        )
+        .chain(
+            tags.iter()
+                .enumerate()
+                .map(|(i, t)| ("--tag", format!("tag {}", i + 1), t.as_str())),
+        )
+        .find(|(_, _, v)| holds(v));
+    match found {
+        Some((flag, key, _)) => Err(format!(
+            "{}: {key}: its value holds a secret of the launcher (the token, the registry password or a build secret); pass secrets with secrets/build_secrets, never as a value",
+            crate::exit::option(flag),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// May a setting read the variable `var` of the agent's environment?
+fn readable(setting: &str, var: &str, policy: &Policy, pull_request: bool) -> Result<(), String> {
+    if policy.is_secret_name(var) {
+        return Err(format!(
+            "{setting}: {}: holds a secret of the launcher (the Hetzner token, the registry password, a build secret or a variable the policy marks secret); a build may never read it",
+            quote(var)
+        ));
+    }
+    if !policy.build_env.iter().any(|allowed| allowed == var) {
+        let allowed = if policy.build_env.is_empty() {
+            "none".to_owned()
+        } else {
+            policy.build_env.join(", ")
+        };
+        return Err(format!(
+            "{setting}: {}: the operator policy ({}) lets builds read only these variables of the agent: {allowed}; ask the operator to add it to build_env",
+            quote(var),
+            policy.origin
+        ));
+    }
+    if pull_request && !policy.pull_requests.secrets {
+        return Err(format!(
+            "{setting}: {}: a pull-request build may not read the agent's variables under the operator policy ({}); they count as secrets there (pull_requests.secrets)",
+            quote(var),
+            policy.origin
+        ));
+    }
+    Ok(())
+}
+
+/// `value` as a path beneath `root`, reached through real directories only (no symlink on
+/// the way, none as the last component), absolute or relative to `root`.
+fn beneath(setting: &str, root: &Path, value: &str, want: Want) -> Result<PathBuf, String> {
+    let given = Path::new(value);
+    let outside = || {
+        format!(
+            "{setting}: {}: must be a path inside {}, without '..'",
+            quote(value),
+            root.display()
+        )
+    };
+    let rel = if given.is_absolute() {
+        given.strip_prefix(root).map_err(|_| outside())?
+    } else {
+        given
+    };
+    if rel
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(outside());
+    }
+    let mut at = root.to_path_buf();
+    let parts: Vec<_> = rel
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        at.push(part);
+        let last = i + 1 == parts.len();
+        let meta = match at.symlink_metadata() {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if last && want == Want::NewFile {
+                    return Ok(at);
+                }
+                return Err(format!(
+                    "{setting}: {}: no such file or directory",
+                    quote(value)
+                ));
+            }
+            Err(e) => return Err(format!("{setting}: {}: {e}", quote(value))),
+        };
+        if meta.file_type().is_symlink() {
+            return Err(format!(
+                "{setting}: {}: reached through the symlink {}; name a real path inside the workspace",
+                quote(value),
+                quote(&at.strip_prefix(root).unwrap_or(&at).display().to_string())
+            ));
+        }
+        let ok = match (last, want) {
+            (false, _) | (true, Want::Dir) => meta.is_dir(),
+            (true, Want::File | Want::NewFile) => meta.is_file(),
+        };
+        if !ok {
+            let what = if !last || want == Want::Dir {
+                "a directory"
+            } else {
+                "a regular file"
+            };
+            return Err(format!(
+                "{setting}: {}: {} is not {what}",
+                quote(value),
+                quote(&at.strip_prefix(root).unwrap_or(&at).display().to_string())
+            ));
+        }
+    }
+    if parts.is_empty() && want != Want::Dir {
+        return Err(format!("{setting}: {}: names no file", quote(value)));
+    }
+    Ok(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn paths_stay_in_the_workspace_through_no_symlink() {
+        let ws = tempfile::tempdir().unwrap();
+        let root = ws.path();
+        std::fs::create_dir(root.join("app")).unwrap();
+        std::fs::write(root.join("app/Dockerfile"), "FROM scratch\n").unwrap();
+        std::fs::write(root.join(".tags"), "v1\n").unwrap();
+        std::os::unix::fs::symlink("/", root.join("rootlink")).unwrap();
+        std::os::unix::fs::symlink("/tmp", root.join("out")).unwrap();
+        let p = Policy::default();
+        let ok = check(
+            &env(&[
+                ("PLUGIN_CONTEXT", "app"),
+                ("PLUGIN_REPORT", "report.json"),
+                ("PLUGIN_TAGS_FILE", ".tags"),
+                ("PLUGIN_HISTORY", "file:hist.jsonl"),
+            ]),
+            &p,
+            root,
+        )
+        .unwrap();
+        assert_eq!(ok["PLUGIN_CONTEXT"], root.join("app").display().to_string());
+        assert_eq!(
+            ok["PLUGIN_HISTORY"],
+            format!("file:{}", root.join("hist.jsonl").display())
+        );
+        for (key, value, says) in [
+            ("PLUGIN_CONTEXT", "/", "must be a path inside"),
+            ("PLUGIN_CONTEXT", "..", "must be a path inside"),
+            ("PLUGIN_CONTEXT", "rootlink", "symlink"),
+            ("PLUGIN_REPORT", "/tmp/r.json", "must be a path inside"),
+            ("PLUGIN_REPORT", "out/r.json", "symlink"),
+            ("PLUGIN_TAGS_FILE", "/etc/hostname", "must be a path inside"),
+            ("PLUGIN_HISTORY", "file:/dev/zero", "must be a path inside"),
+            ("PLUGIN_HISTORY", "file:out/h", "symlink"),
+            (
+                "PLUGIN_DOCKERFILE",
+                "../../etc/passwd",
+                "must be a path inside",
+            ),
+            (
+                "PLUGIN_DOCKERFILE",
+                "/etc/passwd",
+                "relative to the context",
+            ),
+        ] {
+            let err = check(&env(&[(key, value)]), &p, root).unwrap_err();
+            assert!(err.starts_with(&yaml_name(key)), "{key}={value}: {err}");
+            assert!(err.contains(says), "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn no_setting_reads_a_secret_or_an_unlisted_variable() {
+        let ws = tempfile::tempdir().unwrap();
+        let mut p = Policy::default();
+        for (key, value) in [
+            ("PLUGIN_BUILD_ARGS_FROM_ENV", "PLUGIN_HCLOUD_TOKEN"),
+            ("PLUGIN_BUILD_ARGS_FROM_ENV", "HCLOUD_TOKEN"),
+            ("PLUGIN_SECRETS", "id=t,env=PLUGIN_PASSWORD"),
+            ("PLUGIN_SECRETS", "id=t,env=REGISTRY_PASSWORD"),
+            ("PLUGIN_SECRETS", "id=t,env=CI_NETRC_PASSWORD"),
+        ] {
+            let err = check(&env(&[(key, value)]), &p, ws.path()).unwrap_err();
+            assert!(err.contains("secret of the launcher"), "{value}: {err}");
+        }
+        let err = check(
+            &env(&[("PLUGIN_BUILD_ARGS_FROM_ENV", "NPM_TOKEN")]),
+            &p,
+            ws.path(),
+        )
+        .unwrap_err();
+        assert!(err.contains("build_env"), "{err}");
+        p.build_env = vec!["NPM_TOKEN".into(), "HCLOUD_TOKEN".into()];
+        check(
+            &env(&[("PLUGIN_BUILD_ARGS_FROM_ENV", "NPM_TOKEN")]),
+            &p,
+            ws.path(),
+        )
+        .unwrap();
+        // Listed or not, the launcher's own secrets stay unreadable.
+        assert!(
+            check(
+                &env(&[("PLUGIN_BUILD_ARGS_FROM_ENV", "HCLOUD_TOKEN")]),
+                &p,
+                ws.path()
+            )
+            .is_err()
+        );
+        let pr = env(&[
+            ("PLUGIN_BUILD_ARGS_FROM_ENV", "NPM_TOKEN"),
+            ("CI_PIPELINE_EVENT", "pull_request"),
+        ]);
+        assert!(
+            check(&pr, &p, ws.path())
+                .unwrap_err()
+                .contains("pull-request")
+        );
+    }
+
+    #[test]
+    fn the_local_provider_is_not_a_pipelines_choice() {
+        let ws = tempfile::tempdir().unwrap();
+        let p = Policy::default();
+        for (key, value) in [
+            ("PLUGIN_PROVIDER", "local"),
+            ("PLUGIN_LOCAL_TOOLS", "tools"),
+            ("PLUGIN_LOCAL_DIR", "/tmp"),
+        ] {
+            let err = check(&env(&[(key, value)]), &p, ws.path()).unwrap_err();
+            assert!(err.starts_with(&yaml_name(key)), "{err}");
+        }
+        check(&env(&[("PLUGIN_PROVIDER", "hcloud")]), &p, ws.path()).unwrap();
+        let err = check(
+            &env(&[("PLUGIN_PROVIDER", "local\u{1b}[2J")]),
+            &p,
+            ws.path(),
+        )
+        .unwrap_err();
+        assert!(!err.contains('\u{1b}'), "control bytes are escaped: {err}");
+    }
+}

@@ -1,0 +1,234 @@
+//! A sandbox runner's own buildkitd: the real BuildKit daemon, set up the way the golden image
+//! sets it up and started inside the runner's memory cgroup.
+//!
+//! 1. The golden image's files (`golden-image/`, compiled in) are written to `<dir>/golden/` and
+//!    `provision.sh` runs with `BKL_ROOT=<dir>/root`: it installs `buildkitd.toml` as
+//!    `<root>/etc/buildkit/buildkitd.toml`, the units and `bkl-runner-stats` under the root, and
+//!    finds BuildKit already installed in `<root>/usr/local/bin` (links to this machine's
+//!    buildctl and buildkitd, put there by `scripts/install-deps`), so nothing is downloaded. The
+//!    pin it reads names the version this machine has; everything else is the golden image's.
+//! 2. The one setting that differs from a Hetzner runner is where build containers go: the
+//!    golden image puts them under buildkitd's systemd unit, a sandbox under the runner's memory
+//!    cgroup (`defaultCgroupParent`), so the tier's memory limit applies to the build.
+//! 3. buildkitd starts with that config and its own root, socket and trace socket under
+//!    `<root>`, Debian's runc (`--oci-worker-binary`; the release tarball's buildkit-runc is not
+//!    installed), snapshotter `auto`, host networking (no CNI config), and on a runner standing
+//!    in for an ARM server `--oci-worker-platform linux/arm64` (its worker claims that platform;
+//!    a build without RUN steps for it needs no emulation).
+//!
+//! The launcher then talks to it exactly as to a Hetzner runner's: `buildctl` over SSH (the
+//! runner's sshd sets `BUILDKIT_HOST` to this socket), the readiness wait, the metadata file.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The golden image's files, as `provision.sh` expects to find them beside itself.
+const GOLDEN_FILES: [(&str, &str, u32); 7] = [
+    (
+        "provision.sh",
+        include_str!("../../../golden-image/provision.sh"),
+        0o755,
+    ),
+    (
+        "buildkitd.toml",
+        include_str!("../../../golden-image/buildkitd.toml"),
+        0o644,
+    ),
+    (
+        "buildkit.service",
+        include_str!("../../../golden-image/buildkit.service"),
+        0o644,
+    ),
+    (
+        "bkl-runner-stats.service",
+        include_str!("../../../golden-image/bkl-runner-stats.service"),
+        0o644,
+    ),
+    (
+        "ssh-oom.conf",
+        include_str!("../../../golden-image/ssh-oom.conf"),
+        0o644,
+    ),
+    (
+        "bkl-runner-stats",
+        include_str!("../../../golden-image/bkl-runner-stats"),
+        0o755,
+    ),
+    (
+        "buildkit.pin",
+        include_str!("../../../golden-image/buildkit.pin"),
+        0o644,
+    ),
+];
+
+/// The golden image's `defaultCgroupParent` line, replaced in a sandbox.
+const GOLDEN_CGROUP_PARENT: &str = "defaultCgroupParent = \"system.slice/buildkit.service\"";
+
+/// Debian's runc (`apt-get install runc`; scripts/install-deps).
+pub const RUNC: &str = "/usr/sbin/runc";
+
+/// Where a runner's buildkitd listens.
+pub fn socket(root: &Path) -> PathBuf {
+    root.join("run/buildkit/buildkitd.sock")
+}
+
+/// `BUILDKIT_HOST` for buildctl on the runner.
+pub fn buildkit_host(root: &Path) -> String {
+    format!("unix://{}", socket(root).display())
+}
+
+/// The BuildKit version of an installed `buildkitd` (`buildkitd --version` prints
+/// `buildkitd github.com/moby/buildkit v0.32.2 <commit>`).
+pub fn version(buildkitd: &Path) -> Result<String, String> {
+    let out = Command::new(buildkitd)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", buildkitd.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .nth(2)
+        .filter(|v| v.starts_with('v'))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            format!(
+                "{} --version printed no version: {:?}",
+                buildkitd.display(),
+                text.trim()
+            )
+        })
+}
+
+/// Provision `root` from the golden image's files and write the sandbox's buildkitd.toml;
+/// returns the config's path. `buildctl` and `buildkitd` are this machine's.
+pub fn provision(
+    dir: &Path,
+    root: &Path,
+    buildctl: &Path,
+    buildkitd: &Path,
+    cgroup_parent: &str,
+) -> Result<PathBuf, String> {
+    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    let golden = dir.join("golden");
+    fs::create_dir_all(&golden).map_err(|e| io("create golden/", e))?;
+    for (name, text, mode) in GOLDEN_FILES {
+        let path = golden.join(name);
+        fs::write(&path, text).map_err(|e| io(name, e))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(|e| io(name, e))?;
+    }
+    let version = version(buildkitd)?;
+    // The golden pin with this machine's version: provision.sh then finds BuildKit installed.
+    let pin = GOLDEN_FILES[6]
+        .1
+        .lines()
+        .map(|l| {
+            if l.starts_with("BUILDKIT_VERSION=") {
+                format!("BUILDKIT_VERSION={version}")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    fs::write(golden.join("sandbox.pin"), pin + "\n").map_err(|e| io("sandbox.pin", e))?;
+    let bin = root.join("usr/local/bin");
+    fs::create_dir_all(&bin).map_err(|e| io("create usr/local/bin", e))?;
+    for (name, target) in [("buildctl", buildctl), ("buildkitd", buildkitd)] {
+        let link = bin.join(name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(target, &link).map_err(|e| io(name, e))?;
+    }
+    let out = Command::new("/bin/bash")
+        .arg(golden.join("provision.sh"))
+        .arg(golden.join("sandbox.pin"))
+        .env_clear()
+        .envs(crate::environment::for_child())
+        .env("BKL_ROOT", root)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| io("run provision.sh", e))?;
+    let _ = fs::write(
+        dir.join("provision.log"),
+        [out.stdout.as_slice(), out.stderr.as_slice()].concat(),
+    );
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "golden-image/provision.sh failed: {}",
+            stderr.lines().last().unwrap_or("no output")
+        ));
+    }
+    let config = root.join("etc/buildkit/buildkitd.toml");
+    let text = fs::read_to_string(&config).map_err(|e| io("read buildkitd.toml", e))?;
+    if !text.contains(GOLDEN_CGROUP_PARENT) {
+        return Err(format!(
+            "golden-image/buildkitd.toml has no line {GOLDEN_CGROUP_PARENT} to point at the runner's cgroup"
+        ));
+    }
+    let text = text.replace(
+        GOLDEN_CGROUP_PARENT,
+        &format!(
+            "# sandbox runner: build containers under the runner's memory cgroup\n  defaultCgroupParent = \"{cgroup_parent}\""
+        ),
+    );
+    fs::write(&config, text).map_err(|e| io("write buildkitd.toml", e))?;
+    Ok(config)
+}
+
+/// The environment variable that delays every sandbox runner's buildkitd by this many seconds
+/// (the process starts at once, in the runner's cgroup, and becomes buildkitd after the delay):
+/// the tests' daemon that is late, or never ready within the launcher's wait.
+pub const START_AFTER_ENV: &str = "BKL_LOCAL_BUILDKITD_START_AFTER_S";
+
+/// Start buildkitd (its own process group, outside any cgroup until the caller moves it),
+/// `delay_s` seconds late when set.
+pub fn start(
+    dir: &Path,
+    root: &Path,
+    buildkitd: &Path,
+    config: &Path,
+    platform: Option<&str>,
+    delay_s: Option<u32>,
+) -> Result<Child, String> {
+    let log = fs::File::create(dir.join("buildkitd.log"))
+        .map_err(|e| format!("open buildkitd.log: {e}"))?;
+    let state = root.join("var/lib/buildkit");
+    let run = root.join("run/buildkit");
+    fs::create_dir_all(&state).map_err(|e| format!("create {}: {e}", state.display()))?;
+    fs::create_dir_all(&run).map_err(|e| format!("create {}: {e}", run.display()))?;
+    let mut cmd = match delay_s {
+        Some(delay) => {
+            let mut sh = Command::new("/bin/sh");
+            sh.arg("-c")
+                .arg(format!("sleep {delay}; exec \"$0\" \"$@\""))
+                .arg(buildkitd);
+            sh
+        }
+        None => Command::new(buildkitd),
+    };
+    cmd.env_clear()
+        .envs(crate::environment::for_child())
+        .env("TMPDIR", dir.join("tmp"))
+        .arg("--config")
+        .arg(config)
+        .arg("--root")
+        .arg(&state)
+        .arg("--addr")
+        .arg(buildkit_host(root))
+        .arg("--otel-socket-path")
+        .arg(run.join("otel-grpc.sock"))
+        .arg("--oci-worker-binary")
+        .arg(RUNC);
+    if let Some(platform) = platform {
+        cmd.arg("--oci-worker-platform").arg(platform);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| format!("buildkitd.log: {e}"))?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", buildkitd.display()))
+}

@@ -1,0 +1,225 @@
+//! The mistakes of a first day with the launcher (issue 19), each answered with what to write
+//! instead, in the words the user used: flags at a terminal, settings in a pipeline.
+
+mod support;
+
+use support::hcloud_sim::HcloudSim;
+use support::hcloud_sim::cloud::GOLDEN;
+use support::{Context, Launcher};
+
+/// A bad command line: clap's message with its tips, no usage block, exit 2.
+fn clap_error(args: &[&str]) -> String {
+    let out = Launcher::new().args(args).run();
+    assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert!(out.stderr.starts_with("error: "), "{}", out.stderr);
+    assert!(!out.stderr.contains("Usage:"), "{}", out.stderr);
+    out.stderr
+}
+
+#[test]
+fn command_line_mistakes_keep_clap_s_tips() {
+    let e = clap_error(&["plan", "--regsitry", "zot:5000"]);
+    assert!(
+        e.contains("tip: a similar argument exists: '--registry'"),
+        "{e}"
+    );
+    let e = clap_error(&["biuld"]);
+    assert!(
+        e.contains("tip: a similar subcommand exists: 'build'"),
+        "{e}"
+    );
+    let e = clap_error(&["simulate"]);
+    assert!(
+        e.contains("--trace <FILE>"),
+        "the missing argument is named: {e}"
+    );
+    let e = clap_error(&["plan", "--arch", "x86_64"]);
+    assert!(e.contains("[possible values: amd64, arm64]"), "{e}");
+    let e = clap_error(&["plan", "--tags", "v1"]);
+    assert!(e.contains("'--tag'"), "{e}");
+}
+
+#[test]
+fn a_repo_with_a_host_says_where_the_host_goes() {
+    let e = clap_error(&["plan", "--repo", "zot.example:5000/org/app"]);
+    assert!(
+        e.contains("put zot.example:5000 in registry (--registry) and org/app in repo (--repo)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn history_in_the_registry_without_one_says_what_to_set() {
+    let ctx = Context::new().file("Dockerfile", "FROM scratch\n");
+    let out = Launcher::new()
+        .args(["plan", "--history", "registry", "--context"])
+        .args([ctx.path()])
+        .run();
+    let line = out.assert_one_line_error(2);
+    assert!(
+        line.contains("set --registry (or --history none)"),
+        "{line}"
+    );
+}
+
+/// A plugin step, as Woodpecker runs it: no arguments, the settings in `PLUGIN_*`.
+fn plugin(ctx: &Context, settings: &[(&str, &str)]) -> support::Outcome {
+    let mut launcher = Launcher::new()
+        .current_dir(ctx.path())
+        .env("CI_WORKSPACE", ctx.path())
+        .env("CI_REPO", "org/app");
+    for (k, v) in settings {
+        launcher = launcher.env(k, *v);
+    }
+    launcher.run()
+}
+
+#[test]
+fn plugin_errors_name_settings_not_flags() {
+    let ctx = Context::new().file("Dockerfile", "FROM scratch\n");
+    let out = plugin(&ctx, &[("PLUGIN_TAGS", "v1,bad tag")]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("for tags:"), "{}", out.stderr);
+    assert!(!out.stderr.contains("--tag"), "{}", out.stderr);
+    assert!(!out.stderr.contains("PLUGIN_"), "{}", out.stderr);
+
+    let out = plugin(
+        &ctx,
+        &[
+            ("PLUGIN_TAGZ", "v1"),
+            ("PLUGIN_REGSITRY", "zot:5000"),
+            ("PLUGIN_DOCKERFLIE", "Dockerfile"),
+        ],
+    );
+    let line = out.assert_one_line_error(2);
+    for part in [
+        "tagz (did you mean tag?)",
+        "regsitry (did you mean registry?)",
+        "dockerflie (did you mean dockerfile?)",
+    ] {
+        assert!(line.contains(part), "every unknown setting at once: {line}");
+    }
+}
+
+#[test]
+fn a_dry_run_step_without_a_registry_is_not_told_about_history() {
+    let ctx = Context::new().file("Dockerfile", "FROM scratch\n");
+    let out = plugin(&ctx, &[("PLUGIN_DRY_RUN", "true")]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(!out.stderr.contains("history"), "{}", out.stderr);
+    assert!(out.stderr.contains("hcloud_token"), "{}", out.stderr);
+}
+
+#[test]
+fn a_refused_token_is_the_user_s_to_fix() {
+    let sim = HcloudSim::start();
+    sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
+    let ctx = Context::new().file("Dockerfile", "FROM scratch\n");
+    let context = ctx.path().display().to_string();
+    let build = [
+        "build",
+        "--history",
+        "none",
+        "--dry-run",
+        "--context",
+        &context,
+    ];
+    for args in [&build[..], &["reap"][..]] {
+        let out = Launcher::new()
+            .env("HCLOUD_TOKEN", "obviously-wrong-token")
+            .env("HCLOUD_ENDPOINT", &sim.endpoint)
+            .args(args)
+            .run();
+        let line = out.assert_one_line_error(2);
+        assert!(line.contains("(HTTP 401)"), "{line}");
+        assert!(
+            line.contains("the Hetzner API refused the token; create a read & write API token"),
+            "{}: {line}",
+            args[0]
+        );
+    }
+    assert!(sim.servers().is_empty());
+}
+
+/// A step written for plugin-docker-buildx runs with warnings and no edits beyond the token:
+/// `registry` as a URL, `repo` with the host in it, `cache_images`, `pull_image`,
+/// `provenance: false`.
+#[test]
+fn a_plugin_docker_buildx_step_runs_with_warnings() {
+    use support::registry::{Registry, require_root_and_tools};
+    if !require_root_and_tools(support::local_build::TOOLS) {
+        return;
+    }
+    let sim = HcloudSim::start();
+    sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
+    let registry = Registry::start().with_base_image();
+    let ctx = Context::new().file(
+        "Dockerfile",
+        &format!(
+            "FROM {}\nRUN echo buildx > /from.txt\n",
+            registry.base_image()
+        ),
+    );
+    let url = format!("http://{}/", registry.addr);
+    let repo = format!("{}/org/moved", registry.addr);
+    let cache = format!("{}/cache/org/moved:buildx", registry.addr);
+    let out = support::plugin_step::run(
+        &sim,
+        &ctx,
+        &[
+            ("CI_REPO", "org/moved"),
+            ("PLUGIN_REGISTRY", &url),
+            ("PLUGIN_REPO", &repo),
+            ("PLUGIN_TAGS", "latest,1.0"),
+            ("PLUGIN_CACHE_IMAGES", &cache),
+            ("PLUGIN_PULL_IMAGE", "true"),
+            ("PLUGIN_PROVENANCE", "false"),
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for warning in [
+        "warning: pull_image: not needed here",
+        "warning: cache_images: each image is read (cache_from) and written (cache_to)",
+        "warning: registry: ",
+    ] {
+        assert!(out.stderr.contains(warning), "{warning}: {}", out.stderr);
+    }
+    let tags = registry.tags("org/moved").unwrap_or_default();
+    assert!(
+        tags.contains("\"latest\"") && tags.contains("\"1.0\""),
+        "{tags}"
+    );
+    sim.assert_clean();
+}
+
+#[test]
+fn version_completions_and_the_manual() {
+    let out = Launcher::new().args(["--version"]).run();
+    assert_eq!(out.code, 0);
+    assert!(
+        out.stdout.starts_with("buildkit-launcher 0.") && out.stdout.contains("(commit "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("BuildKit v"),
+        "the pinned BuildKit: {}",
+        out.stdout
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Launcher::new().args(["completions", shell]).run();
+        assert_eq!(out.code, 0, "{shell}: {}", out.stderr);
+        assert!(
+            out.stdout.contains("golden-image"),
+            "{shell}: every subcommand"
+        );
+    }
+    let out = Launcher::new().args(["man"]).run();
+    assert_eq!(out.code, 0);
+    assert!(
+        out.stdout.contains(".TH buildkit-launcher 1"),
+        "{}",
+        out.stdout
+    );
+}
