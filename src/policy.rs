@@ -86,6 +86,9 @@ pub struct Policy {
     #[serde(default)]
     pub hcloud_endpoint: Option<String>,
     pub registries: Vec<String>,
+    /// Hosts a registry's token realm may point at besides the registry's own host.
+    #[serde(default)]
+    pub token_realms: Vec<String>,
     #[serde(default)]
     pub max_memory_gb: Option<f64>,
     #[serde(default)]
@@ -111,6 +114,7 @@ impl Default for Policy {
         Policy {
             hcloud_endpoint: None,
             registries: Vec::new(),
+            token_realms: Vec::new(),
             max_memory_gb: None,
             max_eur_per_hour: None,
             repository_may_set: Vec::new(),

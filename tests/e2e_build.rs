@@ -269,6 +269,24 @@ fn an_ignored_file_never_reaches_the_runner() {
     f.assert_nothing_left();
 }
 
+/// rsync reads a `--files-from` entry starting with `#` or `;` as a comment, `--from0` or not:
+/// a repository's `#x` and `;y` were silently not sent. They arrive, at the top and below.
+#[test]
+fn files_whose_names_start_with_a_comment_character_reach_the_runner() {
+    let Some(f) = Fixture::new(
+        "COPY . /ctx\nRUN test \"$(cat '/ctx/#x')\" = hash && test \"$(cat '/ctx/;y')\" = semi && test -e '/ctx/d/#z'",
+    ) else {
+        return;
+    };
+    std::fs::write(f.ctx.path().join("#x"), "hash").unwrap();
+    std::fs::write(f.ctx.path().join(";y"), "semi").unwrap();
+    std::fs::create_dir(f.ctx.path().join("d")).unwrap();
+    std::fs::write(f.ctx.path().join("d/#z"), "deep").unwrap();
+    let out = f.build("buildah", &[]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    f.assert_nothing_left();
+}
+
 #[test]
 fn a_missing_secret_variable_is_exit_2_before_any_runner_exists() {
     let Some(f) = Fixture::new("RUN true") else {

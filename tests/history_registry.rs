@@ -548,3 +548,126 @@ fn a_registry_refusing_deletes_costs_a_warning_not_a_build() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("holds 25 samples"), "{}", warnings[0]);
 }
+
+/// Puts `body` (an OCI image manifest) under `tag` in `repository`, as anyone with push access
+/// to the registry could.
+fn push_raw(registry: &Registry, repository: &str, tag: &str, body: Vec<u8>) {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = oci_client::Client::new(oci_client::client::ClientConfig {
+            protocol: oci_client::client::ClientProtocol::Http,
+            ..Default::default()
+        });
+        let reference = oci_client::Reference::with_tag(
+            registry.addr.clone(),
+            repository.to_owned(),
+            tag.into(),
+        );
+        client
+            .auth(
+                &reference,
+                &oci_client::secrets::RegistryAuth::Anonymous,
+                oci_client::RegistryOperation::Push,
+            )
+            .await
+            .unwrap();
+        client
+            .push_manifest_raw(
+                &reference,
+                body,
+                "application/vnd.oci.image.manifest.v1+json"
+                    .parse()
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+    });
+}
+
+/// A manifest like a sample's, with `annotations`.
+fn manifest_with(annotations: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.empty.v1+json",
+            "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+            "size": 2,
+        },
+        "layers": [],
+        "annotations": annotations,
+    }))
+    .unwrap()
+}
+
+/// The attack of issue 16: a pull request pushed sample-shaped tags, dated newer than every
+/// real sample, into the history repository, and the next main build's prune kept those and
+/// deleted every real sample. Now only valid samples of the key count towards the retention:
+/// the fakes (garbage, another key's sample, a sample under a tag not its own, one dated
+/// years ahead) are deleted, the real samples stay.
+#[test]
+fn prune_deletes_sample_shaped_tags_that_are_not_samples_instead_of_counting_them() {
+    if !require_root_and_tools(&["docker-registry"]) {
+        return;
+    }
+    let registry = Registry::start();
+    let app = key("acme/app", "Dockerfile");
+    let writer = store(&registry, 5);
+    for i in 0..5 {
+        writer.append(&sample(&app, i, Outcome::Ok)).unwrap();
+    }
+    let repository = writer.repository(&app);
+    let real = tags(&registry, &repository);
+    assert_eq!(real.len(), 5);
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let other =
+        serde_json::to_string(&sample(&key("evil/app", "Dockerfile"), 1, Outcome::Ok)).unwrap();
+    let valid = serde_json::to_string(&sample(&app, 1, Outcome::Ok)).unwrap();
+    let mut fakes = Vec::new();
+    for i in 0..8u64 {
+        // A minute ahead: newer than every real sample, but a plausible clock.
+        let tag = format!("s{:014}-{:08x}", now + 60_000 + i, 0xdead_0000u64 + i);
+        let annotations = match i % 3 {
+            0 => serde_json::json!({ "dev.buildkit-launcher.sample": "{\"ts\": oops" }),
+            1 => serde_json::json!({
+                "dev.buildkit-launcher.sample": other,
+                "dev.buildkit-launcher.tag": tag,
+            }),
+            _ => serde_json::json!({
+                "dev.buildkit-launcher.sample": valid,
+                "dev.buildkit-launcher.tag": "s00000000000001-00000000",
+            }),
+        };
+        push_raw(&registry, &repository, &tag, manifest_with(annotations));
+        fakes.push(tag);
+    }
+    // A well-formed sample of the key, but dated a hundred years ahead.
+    let future = "s99999999999999-0000beef";
+    push_raw(
+        &registry,
+        &repository,
+        future,
+        manifest_with(serde_json::json!({
+            "dev.buildkit-launcher.sample": valid,
+            "dev.buildkit-launcher.tag": future,
+        })),
+    );
+    fakes.push(future.to_owned());
+
+    // The next main build appends one sample; its prune runs.
+    writer.append(&sample(&app, 5, Outcome::Ok)).unwrap();
+    let left = tags(&registry, &repository);
+    for fake in &fakes {
+        assert!(!left.contains(fake), "{fake} was not pruned: {left:?}");
+    }
+    assert_eq!(left.len(), 5, "{left:?}");
+    // The oldest real sample went for the new one; the other four stayed.
+    assert!(!left.contains(&real[0]), "{left:?}");
+    for tag in &real[1..] {
+        assert!(left.contains(tag), "{tag} was pruned: {left:?}");
+    }
+    assert_eq!(peaks(&writer, &app, 30), [1, 2, 3, 4, 5]);
+}

@@ -4,6 +4,10 @@
 //! `O_APPEND` descriptor, so lines from concurrent processes never interleave; reads take a
 //! shared lock, so they never see half a line. A line that does not parse is skipped with a
 //! warning naming the file and line: one bad line must not cost the whole history.
+//!
+//! The path is a setting (`history: file:…`), so it is read like the repository's ignore files:
+//! a regular file only, opened with `O_NONBLOCK | O_NOFOLLOW` (a FIFO cannot hang the open, a
+//! symlink is refused) and checked again on the descriptor, at most [`MAX_HISTORY_BYTES`] read.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -30,8 +34,72 @@ impl FileStore {
     }
 }
 
+/// The most of a history file that is read: 16 MiB is some 80,000 samples, far more than any
+/// key's window; a bigger file is refused, not read.
+pub const MAX_HISTORY_BYTES: u64 = 16 << 20;
+
+/// `path` opened without following a final symlink and without blocking (a FIFO, a terminal),
+/// checked on the descriptor to be a regular file of at most [`MAX_HISTORY_BYTES`]. Appending
+/// opens for append (and creates a missing file); a missing file otherwise is `Ok(None)`.
+fn open_checked(path: &Path, append: bool) -> Result<Option<File>, HistoryError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let refuse = |what: &str| HistoryError::NotAHistoryFile {
+        path: path.to_owned(),
+        what: what.to_owned(),
+    };
+    let mut options = OpenOptions::new();
+    options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY);
+    if append {
+        options.create(true).append(true);
+    } else {
+        options.read(true);
+    }
+    let file = match options.open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !append => return Ok(None),
+        // O_NOFOLLOW on a symlink: ELOOP.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(refuse(
+                "is a symlink; name the history file by its real path",
+            ));
+        }
+        // Opening a directory to write, or a FIFO nobody reads without blocking.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR | libc::ENXIO)) => {
+            return Err(refuse(
+                "is not a regular file (a directory, device, FIFO or socket)",
+            ));
+        }
+        Err(e) => {
+            return Err(HistoryError::Io {
+                path: path.to_owned(),
+                action: "open",
+                source: e,
+            });
+        }
+    };
+    let meta = file.metadata().map_err(|source| HistoryError::Io {
+        path: path.to_owned(),
+        action: "inspect",
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(refuse(
+            "is not a regular file (a directory, device, FIFO or socket)",
+        ));
+    }
+    if meta.len() > MAX_HISTORY_BYTES {
+        return Err(refuse(&format!(
+            "is {} bytes, larger than the cap of {} MiB; move it aside, or keep history in the registry",
+            meta.len(),
+            MAX_HISTORY_BYTES >> 20
+        )));
+    }
+    Ok(Some(file))
+}
+
 /// Every well-formed sample of a JSONL file, in file order, with a warning per skipped line.
-/// A missing file is an empty history.
+/// A missing file is an empty history; anything but a regular file of at most
+/// [`MAX_HISTORY_BYTES`] is refused ([`HistoryError::NotAHistoryFile`]).
 pub fn read_samples(
     path: &Path,
     mut each: impl FnMut(Sample),
@@ -43,14 +111,13 @@ pub fn read_samples(
             source,
         }
     };
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io("open")(e)),
+    let Some(file) = open_checked(path, false)? else {
+        return Ok(Vec::new());
     };
     file.lock_shared().map_err(io("lock"))?;
     let mut warnings = Vec::new();
-    let mut reader = BufReader::new(&file);
+    // The size was checked; a file that grows meanwhile is read up to the cap only.
+    let mut reader = BufReader::new(std::io::Read::take(&file, MAX_HISTORY_BYTES));
     let mut line = Vec::new();
     let mut number = 0usize;
     loop {
@@ -97,11 +164,7 @@ impl HistoryStore for FileStore {
         }
         let mut line = serde_json::to_vec(sample).expect("a Sample always serializes");
         line.push(b'\n');
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(self.io("open"))?;
+        let mut file = open_checked(&self.path, true)?.expect("append creates the file");
         file.lock().map_err(self.io("lock"))?;
         file.write_all(&line).map_err(self.io("append to"))?;
         // The lock is released when `file` closes.
@@ -183,6 +246,67 @@ mod tests {
     fn a_missing_file_is_an_empty_history() {
         let store = FileStore::new("/nonexistent/dir/h.jsonl".into());
         assert!(store.recent(&key("a/x"), 30).unwrap().samples.is_empty());
+    }
+
+    /// What a `history: file:…` setting may name instead of a history file: each is refused
+    /// at once, naming the file, and nothing is read from it.
+    #[test]
+    fn devices_fifos_symlinks_and_huge_files_are_refused_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let huge = dir.path().join("huge.jsonl");
+        // Sparse: the size is what counts, not the blocks.
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(MAX_HISTORY_BYTES + 1)
+            .unwrap();
+        let cases = [
+            ("/dev/zero".into(), "is not a regular file"),
+            (fifo, "is not a regular file"),
+            (link, "is a symlink"),
+            (huge, "larger than the cap of 16 MiB"),
+            (dir.path().to_owned(), "is not a regular file"),
+        ];
+        for (path, expect) in cases {
+            let store = FileStore::new(path.clone());
+            let err = store.recent(&key("a/x"), 30).unwrap_err();
+            assert!(
+                matches!(err, HistoryError::NotAHistoryFile { .. }),
+                "{}: {err}",
+                path.display()
+            );
+            let line = err.to_string();
+            assert!(
+                line.starts_with(&format!("history file {}: ", path.display())),
+                "{line}"
+            );
+            assert!(line.contains(expect), "{line}");
+            // Appending is refused the same way (a FIFO would block an append-open).
+            let err = store.append(&sample("a/x", 1, Outcome::Ok)).unwrap_err();
+            assert!(matches!(err, HistoryError::NotAHistoryFile { .. }), "{err}");
+        }
+        // A name that would drive the terminal is printed escaped.
+        let escape = dir.path().join("\u{1b}[31mred");
+        std::fs::create_dir(&escape).unwrap();
+        let line = FileStore::new(escape)
+            .recent(&key("a/x"), 30)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            line.contains("\\u{1b}[31mred: is not a regular file"),
+            "{line}"
+        );
+        // At the cap it is read.
+        let at_cap = dir.path().join("at-cap.jsonl");
+        std::fs::File::create(&at_cap)
+            .unwrap()
+            .set_len(MAX_HISTORY_BYTES)
+            .unwrap();
+        let recent = FileStore::new(at_cap).recent(&key("a/x"), 30).unwrap();
+        assert!(recent.samples.is_empty());
     }
 
     #[test]

@@ -158,6 +158,8 @@ pub fn gather(
     // images and cache only, a registry down) is a warning, and sizing goes on without it.
     let (recent, history_unreadable) = match store.recent(&key, config.sizing.window) {
         Ok(recent) => (recent, false),
+        // Not a store that is down but a setting naming a device, a FIFO or a huge file.
+        Err(e @ crate::history::HistoryError::NotAHistoryFile { .. }) => return Err(e.into()),
         Err(e) => (
             crate::history::Recent {
                 samples: Vec::new(),

@@ -15,14 +15,19 @@
 //!   URL); reading by listing tags (200, or 404 for a repository that does not exist yet).
 //!
 //! Every check gets a token of its own and drops it, so nothing here can expire during a build.
+//! The realm is followed only to the registry's own host or a host of the policy's
+//! `token_realms`, and the token answer is read within a cap (see [`super::bounded`]); a realm
+//! elsewhere is [`AccessError::RealmRefused`], a refusal (exit 2), before any token request.
 
 use std::time::Duration;
 
 use base64::Engine;
 use reqwest::StatusCode;
-use reqwest::header::{LOCATION, WWW_AUTHENTICATE};
+use reqwest::header::LOCATION;
+use zeroize::Zeroizing;
 
 use super::Credentials;
+use super::bounded::{Challenge, TokenError, challenge, fetch_token};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -146,6 +151,9 @@ pub enum AccessError {
     },
     #[error("registry {registry}: cannot check permissions: {detail}")]
     Unreachable { registry: String, detail: String },
+    /// The registry's token realm is not one to follow (see [`super::bounded::check_realm`]).
+    #[error("{0}")]
+    RealmRefused(String),
 }
 
 impl AccessError {
@@ -153,15 +161,6 @@ impl AccessError {
     pub fn is_refusal(&self) -> bool {
         !matches!(self, AccessError::Unreachable { .. })
     }
-}
-
-enum Scheme {
-    Open,
-    Basic,
-    Bearer {
-        realm: String,
-        service: Option<String>,
-    },
 }
 
 /// Check every need; one result per need, in order.
@@ -189,29 +188,9 @@ pub async fn check(
         }
     };
     let base = format!("{}://{registry}", if insecure { "http" } else { "https" });
-    let scheme = match http.get(format!("{base}/v2/")).send().await {
-        Ok(r) if r.status().is_success() => Scheme::Open,
-        Ok(r) if r.status() == StatusCode::UNAUTHORIZED => {
-            let challenge = r
-                .headers()
-                .get(WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            match parse_bearer(&challenge) {
-                Some((realm, service)) => Scheme::Bearer { realm, service },
-                None => Scheme::Basic,
-            }
-        }
-        Ok(r) => {
-            let status = r.status();
-            return needs
-                .iter()
-                .map(|_| Err(unreachable(format!("GET /v2/ answered {status}"))))
-                .collect();
-        }
-        Err(e) => {
-            let detail = super::one_line_error(&e);
+    let scheme = match challenge(&http, &base).await {
+        Ok(scheme) => scheme,
+        Err(detail) => {
             return needs
                 .iter()
                 .map(|_| Err(unreachable(detail.clone())))
@@ -268,11 +247,11 @@ impl Ctx<'_> {
         }
     }
 
-    async fn check_one(&self, scheme: &Scheme, need: &Need) -> Result<(), AccessError> {
+    async fn check_one(&self, scheme: &Challenge, need: &Need) -> Result<(), AccessError> {
         match scheme {
-            Scheme::Open => self.probe(need, &Auth::None).await,
-            Scheme::Basic => self.probe(need, &Auth::Basic).await,
-            Scheme::Bearer { realm, service } => {
+            Challenge::Open => self.probe(need, &Auth::None).await,
+            Challenge::Basic => self.probe(need, &Auth::Basic).await,
+            Challenge::Bearer { realm, service } => {
                 let token = self.token(realm, service.as_deref(), need).await?;
                 match granted(&token, &need.repository) {
                     Some(granted) => {
@@ -294,57 +273,40 @@ impl Ctx<'_> {
                             )),
                         }
                     }
-                    None => self.probe(need, &Auth::Bearer(token)).await,
+                    None => self.probe(need, &Auth::Bearer(token.to_string())).await,
                 }
             }
         }
     }
 
-    /// A token for exactly this need's scope.
+    /// A token for exactly this need's scope, from a realm the policy allows, read within
+    /// its cap.
     async fn token(
         &self,
         realm: &str,
         service: Option<&str>,
         need: &Need,
-    ) -> Result<String, AccessError> {
+    ) -> Result<Zeroizing<String>, AccessError> {
         let actions: Vec<&str> = need.actions.iter().map(|a| a.as_str()).collect();
         let scope = format!("repository:{}:{}", need.repository, actions.join(","));
-        let mut query = vec![("scope", scope.as_str())];
-        if let Some(service) = service {
-            query.push(("service", service));
-        }
-        let mut request = self.http.get(realm).query(&query);
-        if let Some(c) = self.credentials {
-            request = request
-                .basic_auth(&c.username, Some(c.password.as_str()))
-                .query(&[("account", c.username.as_str())]);
-        }
-        let response = request.send().await.map_err(|e| {
-            self.unreachable(format!(
-                "token service {realm}: {}",
-                super::one_line_error(&e)
-            ))
-        })?;
-        match response.status() {
-            s if s.is_success() => {}
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Err(AccessError::CredentialsRefused {
-                    registry: self.registry.clone(),
-                    realm: realm.to_owned(),
-                    user: self.user(),
-                });
-            }
-            s => return Err(self.unreachable(format!("token service {realm} answered {s}"))),
-        }
-        let body: serde_json::Value = response
-            .json()
-            .await
-            .map_err(|e| self.unreachable(format!("token service {realm}: {e}")))?;
-        body["token"]
-            .as_str()
-            .or_else(|| body["access_token"].as_str())
-            .map(str::to_owned)
-            .ok_or_else(|| self.unreachable(format!("token service {realm} sent no token")))
+        fetch_token(
+            &self.http,
+            &self.registry,
+            realm,
+            service,
+            &scope,
+            self.credentials,
+        )
+        .await
+        .map_err(|e| match e {
+            TokenError::RealmRefused(line) => AccessError::RealmRefused(line),
+            TokenError::CredentialsRefused { .. } => AccessError::CredentialsRefused {
+                registry: self.registry.clone(),
+                realm: realm.to_owned(),
+                user: self.user(),
+            },
+            TokenError::Failed(detail) => self.unreachable(detail),
+        })
     }
 
     fn with_auth(&self, request: reqwest::RequestBuilder, auth: &Auth) -> reqwest::RequestBuilder {
@@ -431,44 +393,6 @@ impl Ctx<'_> {
     }
 }
 
-/// `Bearer realm="…",service="…",scope="…"` → (realm, service).
-fn parse_bearer(challenge: &str) -> Option<(String, Option<String>)> {
-    let rest = challenge.trim().strip_prefix("Bearer ")?;
-    let mut realm = None;
-    let mut service = None;
-    for part in split_params(rest) {
-        let Some((key, value)) = part.split_once('=') else {
-            continue;
-        };
-        let value = value.trim().trim_matches('"').to_owned();
-        match key.trim().to_ascii_lowercase().as_str() {
-            "realm" => realm = Some(value),
-            "service" => service = Some(value),
-            _ => {}
-        }
-    }
-    realm.map(|r| (r, service))
-}
-
-/// Split `a="x,y",b=z` on the commas outside quotes.
-fn split_params(text: &str) -> Vec<String> {
-    let mut parts = Vec::new();
-    let mut current = String::new();
-    let mut quoted = false;
-    for c in text.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                current.push(c);
-            }
-            ',' if !quoted => parts.push(std::mem::take(&mut current)),
-            c => current.push(c),
-        }
-    }
-    parts.push(current);
-    parts
-}
-
 /// The actions a distribution-spec JWT grants on `repository`; `None` when the token is not a
 /// JWT with an `access` claim (then it has to be tried instead).
 fn granted(token: &str, repository: &str) -> Option<Vec<String>> {
@@ -491,17 +415,6 @@ fn granted(token: &str, repository: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bearer_challenges_are_parsed_with_commas_inside_quotes() {
-        assert_eq!(
-            parse_bearer(
-                r#"Bearer realm="https://auth.example/token",service="zot",scope="repository:a:pull,push""#
-            ),
-            Some(("https://auth.example/token".into(), Some("zot".into())))
-        );
-        assert_eq!(parse_bearer(r#"Basic realm="x""#), None);
-    }
 
     #[test]
     fn extra_caches_need_push_where_exported_and_pull_where_read() {

@@ -7,19 +7,20 @@
 //! another platform. A platform whose push is itself an index (BuildKit pushes one when it adds
 //! attestations) contributes the manifests it lists, as `docker buildx imagetools create` does:
 //! nested indexes are valid OCI but many clients do not follow them.
+//!
+//! The requests are [`super::repo::Repo`]'s: every answer within a cap, the token only from a
+//! realm the policy allows.
 
+use oci_client::Reference;
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
     OCI_IMAGE_MEDIA_TYPE,
 };
-use oci_client::{Client, Reference};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Credentials, RegistryError, auth, client, one_line_error, parse};
-
-/// Manifests are small; anything larger is not what a runner pushed.
-const MAX_MANIFEST_BYTES: usize = 4 << 20;
+use super::repo::Repo;
+use super::{Credentials, RegistryError, parse};
 
 const ACCEPTED: &[&str] = &[
     OCI_IMAGE_MEDIA_TYPE,
@@ -45,51 +46,62 @@ pub async fn push_index(
     insecure: bool,
     credentials: Option<&Credentials>,
 ) -> Result<String, RegistryError> {
-    let client = client(registry, insecure);
-    let auth = auth(credentials);
-    // oci-client looks credentials up by the reference's resolved registry (`index.docker.io`
-    // for `docker.io`), not by the spelling of --registry.
-    let resolved = parse(&format!("{repository}:latest"))?;
-    client
-        .store_auth_if_needed(resolved.resolve_registry(), &auth)
-        .await;
+    let open = |reference: Reference, image: String| async move {
+        // Plain HTTP only to the build's own registry, as `--insecure-registry` says.
+        let insecure = insecure && reference.registry() == registry;
+        Repo::open(&reference, &image, insecure, credentials, "pull,push").await
+    };
+    let main_ref = parse(&format!("{repository}:latest"))?;
+    let same = |r: &Reference| {
+        r.registry() == main_ref.registry() && r.repository() == main_ref.repository()
+    };
+    let main = open(main_ref.clone(), repository.to_owned()).await?;
     let mut entries = Vec::new();
     for part in parts {
-        entries.extend(entries_of(&client, repository, part, false).await?);
+        entries.extend(entries_of(&main, repository, part, false).await?);
     }
     let body = index_body(entries);
     let digest = format!("sha256:{:x}", Sha256::digest(&body));
+    let mut targets = Vec::new();
     for image in images {
         let reference = parse(image)?;
-        client
-            .push_manifest_raw(
-                &reference,
-                body.clone(),
-                OCI_IMAGE_INDEX_MEDIA_TYPE
-                    .parse()
-                    .expect("a valid header value"),
-            )
+        let push = |detail: String| RegistryError::Push {
+            image: image.clone(),
+            detail,
+        };
+        let tag = reference
+            .tag()
+            .ok_or_else(|| push("the image names no tag".into()))?
+            .to_owned();
+        let target = if same(&reference) {
+            None
+        } else {
+            Some(open(reference, image.clone()).await?)
+        };
+        target
+            .as_ref()
+            .unwrap_or(&main)
+            .put_manifest(&tag, body.clone(), OCI_IMAGE_INDEX_MEDIA_TYPE)
             .await
-            .map_err(|e| RegistryError::Push {
-                image: image.clone(),
-                detail: one_line_error(&e),
-            })?;
+            .map_err(push)?;
+        targets.push((image, tag, target));
     }
-    verify_index(&client, images, &digest, parts).await?;
+    for (image, tag, target) in &targets {
+        verify_index(target.as_ref().unwrap_or(&main), image, tag, &digest, parts).await?;
+    }
     Ok(digest)
 }
 
 /// The index's descriptors for one platform's pushed image. `nested`: this is the image of a
 /// platform's own index, which may not be an index again.
 async fn entries_of(
-    client: &Client,
+    repo: &Repo,
     repository: &str,
     part: &Part,
     nested: bool,
 ) -> Result<Vec<Value>, RegistryError> {
     let image = format!("{repository}@{}", part.digest);
-    let reference = parse(&image)?;
-    let (bytes, media_type, manifest) = fetch(client, &reference, &image).await?;
+    let (bytes, media_type, manifest) = fetch(repo, &part.digest, &image).await?;
     let (os, arch) = part
         .platform
         .split_once('/')
@@ -118,7 +130,7 @@ async fn entries_of(
                     platform: part.platform.clone(),
                     digest: one["digest"].as_str().unwrap_or_default().to_owned(),
                 };
-                Box::pin(entries_of(client, repository, &child, true)).await?;
+                Box::pin(entries_of(repo, repository, &child, true)).await?;
                 Ok(listed)
             }
             _ => Err(wrong(format!(
@@ -136,14 +148,13 @@ async fn entries_of(
         }
     } else {
         let config_digest = manifest["config"]["digest"].as_str().unwrap_or_default();
-        let mut config = Vec::new();
-        client
-            .pull_blob(&reference, config_digest, &mut config)
-            .await
-            .map_err(|e| RegistryError::Unreachable {
-                image: format!("{image} (its config {config_digest})"),
-                detail: one_line_error(&e),
-            })?;
+        let config =
+            repo.blob(config_digest)
+                .await
+                .map_err(|detail| RegistryError::Unreachable {
+                    image: format!("{image} (its config {config_digest})"),
+                    detail,
+                })?;
         let config: Value = serde_json::from_slice(&config).map_err(|e| wrong(e.to_string()))?;
         let found = format!(
             "{}/{}",
@@ -162,34 +173,21 @@ async fn entries_of(
     }
 }
 
-/// A manifest's bytes (checked against the digest it was asked by), media type and JSON.
+/// A manifest's bytes (checked against the digest it was asked by, when it was), media type
+/// and JSON. `image` names it in errors.
 async fn fetch(
-    client: &Client,
-    reference: &Reference,
+    repo: &Repo,
+    tag_or_digest: &str,
     image: &str,
 ) -> Result<(Vec<u8>, String, Value), RegistryError> {
-    // The credentials were stored in the client by `push_index`; this is only the fallback.
-    let (bytes, digest) = client
-        .pull_manifest_raw(
-            reference,
-            &oci_client::secrets::RegistryAuth::Anonymous,
-            ACCEPTED,
-        )
-        .await
-        .map_err(|e| RegistryError::Unreachable {
-            image: image.to_owned(),
-            detail: one_line_error(&e),
-        })?;
     let bad = |detail: String| RegistryError::Unreachable {
         image: image.to_owned(),
         detail,
     };
-    if bytes.len() > MAX_MANIFEST_BYTES {
-        return Err(bad(format!("a manifest of {} bytes", bytes.len())));
-    }
+    let (bytes, served) = repo.manifest(tag_or_digest, ACCEPTED).await.map_err(bad)?;
     let hashed = format!("sha256:{:x}", Sha256::digest(&bytes));
-    if let Some(asked) = reference.digest()
-        && (asked != digest || asked != hashed)
+    if tag_or_digest.starts_with("sha256:")
+        && (served.as_deref().is_some_and(|d| d != tag_or_digest) || hashed != tag_or_digest)
     {
         return Err(bad(format!("the registry served {hashed}")));
     }
@@ -218,44 +216,42 @@ fn index_body(entries: Vec<Value>) -> Vec<u8> {
     .expect("an index always serializes")
 }
 
-/// Every tag serves the index (its bytes hash to `digest`), and the index lists an image of
-/// every platform.
+/// `tag` serves the index (its bytes hash to `digest`), and the index lists an image of every
+/// platform.
 async fn verify_index(
-    client: &Client,
-    images: &[String],
+    repo: &Repo,
+    image: &str,
+    tag: &str,
     digest: &str,
     parts: &[Part],
 ) -> Result<(), RegistryError> {
-    for image in images {
-        let reference = parse(image)?;
-        let (bytes, media_type, index) = fetch(client, &reference, image).await?;
-        let served = format!("sha256:{:x}", Sha256::digest(&bytes));
-        if served != digest || !is_index(&media_type) {
-            return Err(RegistryError::Mismatch {
-                image: image.clone(),
-                expected: format!("the image index {digest}"),
-                found: format!("{media_type} {served}"),
-            });
-        }
-        let listed: Vec<String> = index["manifests"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|d| {
-                format!(
-                    "{}/{}",
-                    d["platform"]["os"].as_str().unwrap_or("?"),
-                    d["platform"]["architecture"].as_str().unwrap_or("?")
-                )
-            })
-            .collect();
-        if let Some(missing) = parts.iter().find(|p| !listed.contains(&p.platform)) {
-            return Err(RegistryError::Mismatch {
-                image: image.clone(),
-                expected: format!("an index listing {}", missing.platform),
-                found: format!("an index of {}", listed.join(", ")),
-            });
-        }
+    let (bytes, media_type, index) = fetch(repo, tag, image).await?;
+    let served = format!("sha256:{:x}", Sha256::digest(&bytes));
+    if served != digest || !is_index(&media_type) {
+        return Err(RegistryError::Mismatch {
+            image: image.to_owned(),
+            expected: format!("the image index {digest}"),
+            found: format!("{media_type} {served}"),
+        });
+    }
+    let listed: Vec<String> = index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["platform"]["os"].as_str().unwrap_or("?"),
+                d["platform"]["architecture"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    if let Some(missing) = parts.iter().find(|p| !listed.contains(&p.platform)) {
+        return Err(RegistryError::Mismatch {
+            image: image.to_owned(),
+            expected: format!("an index listing {}", missing.platform),
+            found: format!("an index of {}", listed.join(", ")),
+        });
     }
     Ok(())
 }

@@ -1,13 +1,15 @@
 //! The OCI registry, seen from the launcher: before any server, the build's credentials may do
 //! what the build will do ([`access`]); after a push, every tag must resolve to the digest the
-//! build reported (`oci-client`: HEAD on the manifest, `Docker-Content-Digest`).
+//! build reported (HEAD on the manifest, `Docker-Content-Digest`). Every request to a registry
+//! reads its answer within a cap and takes its token only from a realm the operator policy
+//! allows ([`bounded`]); oci-client parses references, its client is not used.
 
 pub mod access;
+pub mod bounded;
 pub mod index;
+mod repo;
 
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Reference;
 use zeroize::Zeroizing;
 
 /// Registry credentials. The password never appears in Debug output, a log or an error.
@@ -60,29 +62,6 @@ pub enum RegistryError {
     },
 }
 
-/// A client for `registry` (plain HTTP to it when `insecure`).
-pub(crate) fn client(registry: &str, insecure: bool) -> Client {
-    let protocol = if insecure {
-        ClientProtocol::HttpsExcept(vec![registry.to_owned()])
-    } else {
-        ClientProtocol::Https
-    };
-    Client::new(ClientConfig {
-        protocol,
-        // A registry that stops answering fails the step instead of holding it until SIGKILL.
-        connect_timeout: Some(std::time::Duration::from_secs(10)),
-        read_timeout: Some(std::time::Duration::from_secs(60)),
-        ..ClientConfig::default()
-    })
-}
-
-pub(crate) fn auth(credentials: Option<&Credentials>) -> RegistryAuth {
-    match credentials {
-        Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.to_string()),
-        None => RegistryAuth::Anonymous,
-    }
-}
-
 pub(crate) fn parse(image: &str) -> Result<Reference, RegistryError> {
     image
         .parse()
@@ -92,7 +71,8 @@ pub(crate) fn parse(image: &str) -> Result<Reference, RegistryError> {
         })
 }
 
-/// Check that every image resolves to `digest`.
+/// Check that every image resolves to `digest` (`HEAD` on the manifest,
+/// `Docker-Content-Digest`; the token from a realm the policy allows, every answer capped).
 pub async fn verify_digests(
     images: &[String],
     digest: &str,
@@ -100,21 +80,28 @@ pub async fn verify_digests(
     insecure: bool,
     credentials: Option<&Credentials>,
 ) -> Result<(), RegistryError> {
-    let client = client(registry, insecure);
-    let auth = auth(credentials);
+    const ACCEPT: &[&str] = &[
+        oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+        oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
+        oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
+        oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+    ];
     for image in images {
         let reference = parse(image)?;
-        let found = client
-            .fetch_manifest_digest(&reference, &auth)
-            .await
-            .map_err(|e| RegistryError::Unreachable {
-                image: image.clone(),
-                detail: e
-                    .to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            })?;
+        let insecure = insecure && reference.registry() == registry;
+        let repo = repo::Repo::open(&reference, image, insecure, credentials, "pull").await?;
+        let wanted = reference
+            .digest()
+            .or(reference.tag())
+            .unwrap_or("latest")
+            .to_owned();
+        let found =
+            repo.digest(&wanted, ACCEPT)
+                .await
+                .map_err(|detail| RegistryError::Unreachable {
+                    image: image.clone(),
+                    detail,
+                })?;
         if found != digest {
             return Err(RegistryError::Mismatch {
                 image: image.clone(),

@@ -302,8 +302,12 @@ impl Connection {
             self.dir.path().join("config").display(),
             self.control_socket().display()
         );
+        // rsync skips a `--files-from` entry that starts with `#` or `;` as a comment, with
+        // `--from0` too (rsync(1), --files-from; tested in tests/e2e_build.rs): every entry
+        // starts with `./`, which names the same file and never reads as a comment.
         let mut list = Vec::new();
         for entry in entries {
+            list.extend_from_slice(b"./");
             list.extend_from_slice(entry.as_os_str().as_encoded_bytes());
             list.push(0);
         }

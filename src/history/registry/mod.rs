@@ -34,14 +34,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference, RegistryOperation};
+use oci_client::Reference;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, LINK, LOCATION};
 use reqwest::{Method, StatusCode};
 use tokio::task::JoinSet;
-use zeroize::Zeroizing;
 
 use super::{HistoryError, HistoryKey, HistoryStore, Outcome, Recent, Sample};
 use crate::config::Arch;
@@ -148,12 +144,7 @@ impl RegistryStore {
     }
 
     fn repository_of(&self, sample: &Sample) -> String {
-        self.repository(&HistoryKey {
-            repo: sample.repo.clone(),
-            dockerfile: sample.dockerfile.clone(),
-            target: sample.target.clone(),
-            arch: sample.arch(),
-        })
+        self.repository(&key_of(sample))
     }
 
     /// `registry:HOST/REPOSITORY`, how warnings and errors name a repository.
@@ -177,50 +168,44 @@ impl RegistryStore {
         }
     }
 
-    async fn session(&self, repository: &str, op: RegistryOperation) -> Result<Session, String> {
-        let protocol = if self.insecure {
-            ClientProtocol::HttpsExcept(vec![self.registry.clone()])
-        } else {
-            ClientProtocol::Https
-        };
-        let client = Client::new(ClientConfig {
-            protocol,
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            ..ClientConfig::default()
-        });
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .build()
-            .map_err(|e| chain(&e))?;
-        let auth = match &self.credentials {
-            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.to_string()),
-            None => RegistryAuth::Anonymous,
-        };
+    /// An authenticated session on `repository` for `actions` (`pull`, `pull,push`): the
+    /// `/v2/` handshake of `registry::bounded` (a token only from a realm the policy allows,
+    /// read within its cap).
+    async fn session(&self, repository: &str, actions: &str) -> Result<Session, String> {
+        use crate::registry::bounded::{TokenError, authenticate, http_client};
+        let http = http_client(CONNECT_TIMEOUT, READ_TIMEOUT)?;
         let user = self.credentials.as_ref().map(|c| c.username.clone());
-        let reference = Reference::with_tag(
+        // `docker.io` is served by `index.docker.io`.
+        let host = Reference::with_tag(
             self.registry.clone(),
             repository.to_owned(),
             "latest".to_owned(),
-        );
-        // Asks `/v2/` how to authenticate and fetches a token when the registry wants one.
-        let token = client
-            .auth(&reference, &auth, op)
-            .await
-            .map_err(|e| describe(&e, user.as_deref()))?;
-        let auth = match (token, &self.credentials) {
-            (Some(token), _) => Auth::Bearer(token),
-            (None, Some(c)) => Auth::Basic(c.username.clone(), c.password.clone()),
-            (None, None) => Auth::Anonymous,
-        };
+        )
+        .resolve_registry()
+        .to_owned();
         let scheme = if self.insecure { "http" } else { "https" };
+        let base = format!("{scheme}://{host}");
+        let auth = authenticate(
+            &http,
+            &base,
+            &self.registry,
+            repository,
+            actions,
+            self.credentials.as_ref(),
+        )
+        .await
+        .map_err(|e| match e {
+            TokenError::CredentialsRefused { realm, status } => format!(
+                "authentication failed: the token service {realm} refused the credentials of user \"{}\" (HTTP {status})",
+                user.as_deref().unwrap_or("anonymous")
+            ),
+            other => other.to_string(),
+        })?;
         Ok(Session {
             http,
             auth,
             user,
-            // `docker.io` is served by `index.docker.io`.
-            base: format!("{scheme}://{}", reference.resolve_registry()),
+            base,
             repository: repository.to_owned(),
         })
     }
@@ -242,10 +227,7 @@ impl RegistryStore {
         }
         let repository = self.repository(key);
         let fail = |message| self.error(&repository, "read", message);
-        let session = self
-            .session(&repository, RegistryOperation::Pull)
-            .await
-            .map_err(fail)?;
+        let session = self.session(&repository, "pull").await.map_err(fail)?;
         let listed = session.list_tags().await;
         let Some(tags) = listed.map_err(|e| fail(session.explain(&e)))? else {
             return Ok(Recent {
@@ -324,16 +306,14 @@ impl RegistryStore {
         let fail = |message| self.error(&repository, "append to", message);
         let (tag, millis) = new_tag();
         let body = manifest(sample, &tag, millis);
-        let session = self
-            .session(&repository, RegistryOperation::Push)
-            .await
-            .map_err(fail)?;
+        let session = self.session(&repository, "pull,push").await.map_err(fail)?;
         session
             .push(&tag, body)
             .await
             .map_err(|e| fail(session.explain(&e)))?;
         if self.retention > 0 {
-            let outcome = tokio::time::timeout(PRUNE_TIMEOUT, session.prune(self.retention))
+            let key = key_of(sample);
+            let outcome = tokio::time::timeout(PRUNE_TIMEOUT, session.prune(self.retention, &key))
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {} s", PRUNE_TIMEOUT.as_secs())));
             if let Err(message) = outcome {
@@ -390,6 +370,16 @@ impl HistoryStore for RegistryStore {
 
     fn describe(&self) -> String {
         format!("registry:{}/{}", self.registry, self.namespace)
+    }
+}
+
+/// The key a sample belongs to.
+fn key_of(sample: &Sample) -> HistoryKey {
+    HistoryKey {
+        repo: sample.repo.clone(),
+        dockerfile: sample.dockerfile.clone(),
+        target: sample.target.clone(),
+        arch: sample.arch(),
     }
 }
 

@@ -1,22 +1,17 @@
-//! The registry conversation behind the history store: authentication (through oci-client),
-//! then plain reqwest calls for tags, manifests and deletes, with the registry's failures
-//! classified so the store can retry, repair or warn.
+//! The registry conversation behind the history store: authentication, then plain reqwest
+//! calls for tags, manifests and deletes, with the registry's failures classified so the store
+//! can retry, repair or warn. Every answer is read within a cap ([`MAX_BODY_BYTES`], a tag
+//! list within [`MAX_TAG_LIST_BYTES`] over all its pages): the registry may be one a pipeline
+//! names.
 
 use super::*;
-
-/// How a session's requests authenticate.
-#[derive(Clone)]
-pub(super) enum Auth {
-    Anonymous,
-    Basic(String, Zeroizing<String>),
-    Bearer(String),
-}
+use crate::registry::bounded::{Auth, MAX_BODY_BYTES, MAX_TAG_LIST_BYTES, read_capped, size};
 
 /// One repository on one registry, authenticated, for the length of one store call.
 ///
-/// oci-client does the authentication handshake (`/v2/` challenge, token); the requests are
-/// made here, because oci-client 0.15 has no delete, hides `Link` pagination and error
-/// details, and asks `/v2/` again before every request of an anonymous client.
+/// The authentication handshake (`/v2/` challenge, token from a realm the policy allows) is
+/// `registry::bounded::authenticate`; the requests are made here, because oci-client 0.15 has
+/// no delete, hides `Link` pagination and error details, and reads every answer whole.
 #[derive(Clone)]
 pub(super) struct Session {
     pub(super) http: reqwest::Client,
@@ -66,25 +61,32 @@ impl Session {
         if !url.starts_with(&format!("{}/", self.base)) {
             return request;
         }
-        match &self.auth {
-            Auth::Anonymous => request,
-            Auth::Basic(user, password) => request.basic_auth(user, Some(password.as_str())),
-            Auth::Bearer(token) => request.bearer_auth(token),
-        }
+        self.auth.apply(request)
     }
 
+    /// Sends `request` and reads its answer, at most [`MAX_BODY_BYTES`] of it.
     pub(super) async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, Failure> {
-        let response = request
-            .send()
+        let request = request
+            .build()
+            .map_err(|e| Failure::plain(None, chain(&e)))?;
+        let what = format!(
+            "the answer of registry {} to {} {}",
+            self.base
+                .split_once("://")
+                .map_or(self.base.as_str(), |(_, host)| host),
+            request.method(),
+            request.url().path()
+        );
+        let response = self
+            .http
+            .execute(request)
             .await
             .map_err(|e| Failure::plain(None, chain(&e)))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response
-            .bytes()
+        let body = read_capped(response, MAX_BODY_BYTES, &what)
             .await
-            .map_err(|e| Failure::plain(Some(status.as_u16()), chain(&e)))?
-            .to_vec();
+            .map_err(|e| Failure::plain(Some(status.as_u16()), e.to_string()))?;
         Ok(Answer {
             status,
             headers,
@@ -110,8 +112,20 @@ impl Session {
     pub(super) async fn list_tags(&self) -> Result<Option<Vec<String>>, Failure> {
         let mut url = self.url("tags/list");
         let mut tags = Vec::new();
+        let mut read = 0;
         for page in 0..MAX_PAGES {
             let answer = self.send(self.request(Method::GET, &url)).await?;
+            read += answer.body.len();
+            if read > MAX_TAG_LIST_BYTES {
+                return Err(Failure::plain(
+                    None,
+                    format!(
+                        "the tag list of {} is larger than {} over its pages (the cap); the rest was not read",
+                        self.repository,
+                        size(MAX_TAG_LIST_BYTES)
+                    ),
+                ));
+            }
             if answer.status == StatusCode::NOT_FOUND && page == 0 {
                 return Ok(None); // NAME_UNKNOWN: nothing appended yet
             }
@@ -232,23 +246,63 @@ impl Session {
         }
     }
 
-    /// Deletes the samples beyond the newest `retention`, oldest first and one at a time
-    /// (deletes contend in the registry). A refusal stops it at once, so a registry that
-    /// refuses deletes costs one request, not one per sample; other failures leave that sample
-    /// to the next prune, where it is again among the oldest.
-    pub(super) async fn prune(&self, retention: usize) -> Result<(), String> {
+    /// Deletes the samples beyond the newest `retention` valid ones of `key`, and every entry
+    /// among those newest that is not a valid sample of `key` (see [`valid_sample`]): only
+    /// valid samples count towards the retention, so tags that merely look like samples (a
+    /// pull request pushing `s99999999999999-…` into the history repository) are deleted
+    /// instead of pushing real samples out. Manifests are read only when there is something
+    /// to prune (more sample-shaped tags than the retention), newest first, until `retention`
+    /// valid ones are found; older tags are deleted unread.
+    ///
+    /// Deletes go oldest first and one at a time (deletes contend in the registry). A refusal
+    /// stops it at once, so a registry that refuses deletes costs one request, not one per
+    /// sample; other failures leave that entry to the next prune. The caller bounds the whole
+    /// prune in time.
+    pub(super) async fn prune(&self, retention: usize, key: &HistoryKey) -> Result<(), String> {
         let Some(tags) = self.list_tags().await.map_err(|e| self.explain(&e))? else {
             return Ok(());
         };
         let mut tags: Vec<String> = tags.into_iter().filter(|t| is_sample_tag(t)).collect();
-        tags.sort_unstable(); // oldest first
+        tags.sort_unstable_by(|a, b| b.cmp(a)); // newest first
         tags.dedup();
         if tags.len() <= retention {
             return Ok(());
         }
-        tags.truncate(tags.len() - retention);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut doomed = Vec::new();
+        let mut kept = 0;
+        let mut next = 0;
+        while kept < retention && next < tags.len() {
+            let count = (retention - kept).min(MAX_BATCH).min(tags.len() - next);
+            let batch = tags[next..next + count].to_vec();
+            next += count;
+            let fetched = in_order(batch, IN_FLIGHT, |tag| {
+                let session = self.clone();
+                async move {
+                    let body = session.fetch(&tag).await;
+                    (tag, body)
+                }
+            })
+            .await;
+            for (tag, body) in fetched {
+                match body {
+                    Ok(body) if kept < retention && valid_sample(&tag, &body, key, now) => {
+                        kept += 1
+                    }
+                    Ok(_) => doomed.push(tag),
+                    // Deleted meanwhile by another writer's prune.
+                    Err(e) if e.not_found() => {}
+                    // Unreadable this time: neither counted nor deleted.
+                    Err(_) => {}
+                }
+            }
+        }
+        doomed.extend(tags.drain(next..));
+        doomed.sort_unstable(); // oldest first
         let mut first_failure = None;
-        for tag in tags {
+        for tag in doomed {
             match self.delete(&tag).await {
                 Ok(()) => {}
                 Err(Delete::Refused(message)) => return Err(message),
@@ -411,39 +465,6 @@ impl Failure {
         }
     }
 
-    pub(super) fn of(e: &OciDistributionError) -> Failure {
-        match e {
-            OciDistributionError::RegistryError { envelope, .. } => Failure::envelope(
-                None,
-                Envelope {
-                    errors: envelope
-                        .errors
-                        .iter()
-                        .map(|e| EnvelopeError {
-                            code: serde_json::to_value(&e.code)
-                                .ok()
-                                .and_then(|v| v.as_str().map(str::to_owned))
-                                .unwrap_or_default(),
-                            message: e.message.clone(),
-                            detail: e.detail.clone(),
-                        })
-                        .collect(),
-                },
-            ),
-            OciDistributionError::ServerError { code, message, .. } => {
-                Failure::http(*code, message.as_bytes())
-            }
-            OciDistributionError::UnauthorizedError { .. } => Failure {
-                codes: vec!["UNAUTHORIZED".into()],
-                ..Failure::plain(Some(401), String::new())
-            },
-            OciDistributionError::RequestError(e) => {
-                Failure::plain(e.status().map(|s| s.as_u16()), chain(e))
-            }
-            other => Failure::plain(None, one_line(&other.to_string())),
-        }
-    }
-
     /// Worth another try: not an answer that would be the same next time.
     pub(super) fn transient(&self) -> bool {
         !self.not_found() && !matches!(self.status, Some(401 | 403))
@@ -499,13 +520,6 @@ impl Failure {
     }
 }
 
-pub(super) fn describe(e: &OciDistributionError, user: Option<&str>) -> String {
-    if let OciDistributionError::AuthenticationFailure(reason) = e {
-        return format!("authentication failed: {}", one_line(reason));
-    }
-    Failure::of(e).message(user)
-}
-
 /// An error and its sources on one line (`error sending request…: connection refused`), cut
 /// to a readable length.
 pub(super) fn chain(e: &dyn std::error::Error) -> String {
@@ -547,4 +561,20 @@ pub(super) fn next_link(base: &str, header: &str) -> Option<String> {
             None
         }
     })
+}
+
+/// Whether the manifest `body` under `tag` is a sample this store wrote for `key`: a sample
+/// annotation that parses, of `key`, carrying its own tag, and not dated more than a day ahead
+/// of `now` (milliseconds; writers' clocks drift, not by days).
+pub(super) fn valid_sample(tag: &str, body: &[u8], key: &HistoryKey, now: u64) -> bool {
+    const DAY_MILLIS: u64 = 24 * 3600 * 1000;
+    let Ok(Some(sample)) = parse_sample(body) else {
+        return false;
+    };
+    let own_tag = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|m| m["annotations"][TAG_ANNOTATION].as_str().map(|t| t == tag))
+        .unwrap_or(false);
+    let millis: Option<u64> = tag.get(1..15).and_then(|m| m.parse().ok());
+    own_tag && key.matches(&sample) && millis.is_some_and(|m| m <= now + DAY_MILLIS)
 }

@@ -40,7 +40,60 @@ pub enum DockerignoreError {
     /// The Dockerfile or an ignore file is reached through a symlink, or is not a regular file.
     #[error("{}: {what}", path.display())]
     NotPlainFile { path: PathBuf, what: String },
+    #[error(
+        "{} line {line}: a pattern of {chars} characters, more than the cap of {MAX_PATTERN_CHARS} (no path is longer)",
+        file.display()
+    )]
+    PatternTooLong {
+        file: PathBuf,
+        line: usize,
+        chars: usize,
+    },
+    #[error(
+        "{}: more than {MAX_PATTERNS} patterns (the cap); an ignore file this long is not one a person wrote",
+        .0.display()
+    )]
+    TooManyPatterns(PathBuf),
+    #[error(
+        "{}: matching its patterns against the build context takes more than {MATCH_BUDGET} steps (the cap); use fewer or simpler patterns, or a smaller context",
+        .0.display()
+    )]
+    TooMuchWork(PathBuf),
 }
+
+/// Patterns an ignore file may hold. Real ones hold tens; each costs work for every entry of
+/// the context.
+pub const MAX_PATTERNS: usize = 10_000;
+/// Characters of one pattern: Linux names no path longer (`PATH_MAX`), so a longer pattern can
+/// only be an attack on the matcher.
+pub const MAX_PATTERN_CHARS: usize = 4096;
+/// Matching steps (a state of a pattern advanced over one character, a pattern tried on an
+/// entry, a string compared) allowed for the whole walk of a context; see docs/PERFORMANCE.md
+/// for what this costs at most.
+pub const MATCH_BUDGET: u64 = 1_000_000_000;
+
+/// The steps left of [`MATCH_BUDGET`]; `Err(())` once spent.
+#[derive(Debug)]
+pub(crate) struct Budget(u64);
+
+impl Budget {
+    fn new() -> Budget {
+        Budget(MATCH_BUDGET)
+    }
+
+    fn unlimited() -> Budget {
+        Budget(u64::MAX)
+    }
+
+    fn spend(&mut self, steps: usize) -> Result<(), Spent> {
+        self.0 = self.0.checked_sub(steps as u64).ok_or(Spent)?;
+        Ok(())
+    }
+}
+
+/// The matching budget ran out.
+#[derive(Debug)]
+pub(crate) struct Spent;
 
 fn io_error(path: &Path, source: io::Error) -> DockerignoreError {
     DockerignoreError::Io {
@@ -53,6 +106,8 @@ fn io_error(path: &Path, source: io::Error) -> DockerignoreError {
 #[derive(Debug, Clone, Default)]
 pub struct Dockerignore {
     patterns: Vec<Pattern>,
+    /// The ignore file, for messages.
+    file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -60,31 +115,6 @@ struct Pattern {
     exception: bool,
     cleaned: String,
     matcher: Matcher,
-}
-
-/// Docker's four match types. Patterns without regexp syntax are compared as plain strings,
-/// which is observable: `**foo` is a string suffix and also matches `barfoo`.
-#[derive(Debug, Clone)]
-enum Matcher {
-    Exact(String),
-    Prefix(String),
-    Suffix(String),
-    Tokens(Vec<Tok>),
-}
-
-/// One piece of the regexp Docker would build: `*` → `[^/]*` (Star), `?` → `[^/]` (Quest),
-/// `**` or `**/` before more pattern → `(.*/)?` (AnyDirs), `**` at the end → `.*` (Rest), and an
-/// unescaped `^` outside a class, which reaches the regexp as a start-of-text anchor (Start).
-#[derive(Debug, Clone)]
-enum Tok {
-    Lit(char),
-    Star,
-    Quest,
-    /// `[...]`: negated, ranges.
-    Class(bool, Vec<(char, char)>),
-    AnyDirs,
-    Rest,
-    Start,
 }
 
 impl Dockerignore {
@@ -106,6 +136,17 @@ impl Dockerignore {
             let trimmed = line.trim();
             if trimmed.is_empty() {
                 continue;
+            }
+            let chars = trimmed.chars().count();
+            if chars > MAX_PATTERN_CHARS {
+                return Err(DockerignoreError::PatternTooLong {
+                    file: file.to_path_buf(),
+                    line: index + 1,
+                    chars,
+                });
+            }
+            if patterns.len() == MAX_PATTERNS {
+                return Err(DockerignoreError::TooManyPatterns(file.to_path_buf()));
             }
             let bad = |reason| DockerignoreError::BadPattern {
                 file: file.to_path_buf(),
@@ -146,7 +187,10 @@ impl Dockerignore {
                 matcher,
             });
         }
-        Ok(Dockerignore { patterns })
+        Ok(Dockerignore {
+            patterns,
+            file: file.to_path_buf(),
+        })
     }
 
     /// Is this path (relative, '/'-separated) excluded? Implements "last matching pattern wins", `!` exceptions.
@@ -154,6 +198,7 @@ impl Dockerignore {
     /// Evaluated directory by directory from the root, exactly as Docker's walk does, so the
     /// answer is the one [`context_entries`] acts on.
     pub fn is_excluded(&self, rel_path: &str) -> bool {
+        let mut budget = Budget::unlimited();
         let mut info: Option<Vec<bool>> = None;
         let mut path = String::new();
         let mut excluded = false;
@@ -162,7 +207,9 @@ impl Dockerignore {
                 path.push('/');
             }
             path.push_str(part);
-            let (now, next) = self.evaluate(&path, info.as_deref());
+            let (now, next) = self
+                .evaluate(&path, info.as_deref(), &mut budget)
+                .expect("an unlimited budget is never spent");
             excluded = now;
             info = Some(next);
         }
@@ -173,7 +220,15 @@ impl Dockerignore {
     /// a pattern that cannot change the verdict is skipped and not recorded. The second rule is a
     /// quirk with a visible effect: after `dir`, `!dir/keep`, `dir` the file `dir/keep` is sent,
     /// because the final `dir` was skipped for `dir` itself and so is not inherited.
-    fn evaluate(&self, path: &str, parent: Option<&[bool]>) -> (bool, Vec<bool>) {
+    ///
+    /// Every pattern costs a step per entry, and each match its own steps, from `budget`.
+    fn evaluate(
+        &self,
+        path: &str,
+        parent: Option<&[bool]>,
+        budget: &mut Budget,
+    ) -> Result<(bool, Vec<bool>), Spent> {
+        budget.spend(self.patterns.len())?;
         let mut matched = false;
         let mut info = vec![false; self.patterns.len()];
         for (i, pattern) in self.patterns.iter().enumerate() {
@@ -184,28 +239,29 @@ impl Dockerignore {
                 }
                 // Without parent results Docker also tries each parent directory; callers only
                 // pass None for top-level entries, which have none.
-                hit = pattern.matcher.matches(path);
+                hit = pattern.matcher.matches(path, budget)?;
             }
             info[i] = hit;
             if hit {
                 matched = !pattern.exception;
             }
         }
-        (matched, info)
+        Ok((matched, info))
     }
 
     /// fsutil's shortcut for an excluded directory: when every exception is a literal path
     /// (`onlyPrefixExcludeExceptions`), skip it unless an exception names something below it.
     /// The shortcut changes nothing but which directories are read.
-    fn must_descend_excluded(&self, dir: &str) -> bool {
+    fn must_descend_excluded(&self, dir: &str, budget: &mut Budget) -> Result<bool, Spent> {
+        budget.spend(self.patterns.len())?;
         let mut exceptions = self.patterns.iter().filter(|p| p.exception);
         let literal = |p: &&Pattern| !without_trailing_glob(&p.cleaned).contains(GLOB_CHARS);
         if !exceptions.clone().all(|p| literal(&p)) {
-            return true;
+            return Ok(true);
         }
         let dir_slash = format!("{dir}/");
-        exceptions
-            .any(|p| format!("{}/", without_trailing_glob(&p.cleaned)).starts_with(&dir_slash))
+        Ok(exceptions
+            .any(|p| format!("{}/", without_trailing_glob(&p.cleaned)).starts_with(&dir_slash)))
     }
 }
 
@@ -238,172 +294,6 @@ fn go_clean(path: &str) -> String {
     }
 }
 
-/// Builds the matcher Docker's `compile` would, rejecting what `filepath.Match(p, ".")` rejects
-/// (Docker calls it only for that error) and the constructs named in the module doc.
-fn compile(p: &str) -> Result<Matcher, &'static str> {
-    #[derive(PartialEq)]
-    enum Ty {
-        Exact,
-        Prefix,
-        Suffix,
-        Regexp,
-    }
-    let cs: Vec<char> = p.chars().collect();
-    let (mut ty, mut toks, mut i) = (Ty::Exact, Vec::new(), 0);
-    while i < cs.len() {
-        let first = i == 0;
-        let ch = cs[i];
-        i += 1;
-        let tok = match ch {
-            '*' if cs.get(i) == Some(&'*') => {
-                i += 1;
-                if cs.get(i) == Some(&'/') {
-                    i += 1;
-                }
-                let at_end = i == cs.len();
-                let tok = if at_end { Tok::Rest } else { Tok::AnyDirs };
-                ty = match (first, at_end, ty) {
-                    (true, _, _) => Ty::Suffix,
-                    (false, true, Ty::Exact) => Ty::Prefix,
-                    _ => Ty::Regexp,
-                };
-                tok
-            }
-            '*' | '?' | '\\' | '[' | ']' => {
-                ty = Ty::Regexp;
-                match ch {
-                    '*' => Tok::Star,
-                    '?' => Tok::Quest,
-                    '\\' => {
-                        let c = *cs.get(i).ok_or("trailing backslash")?;
-                        i += 1;
-                        Tok::Lit(escaped(c)?)
-                    }
-                    '[' => {
-                        let (tok, next) = compile_class(&cs, i)?;
-                        i = next;
-                        tok
-                    }
-                    _ => Tok::Lit(']'),
-                }
-            }
-            '^' => Tok::Start,
-            c => Tok::Lit(c),
-        };
-        toks.push(tok);
-    }
-    Ok(match ty {
-        Ty::Exact => Matcher::Exact(p.to_string()),
-        Ty::Prefix => Matcher::Prefix(p[..p.len() - 2].to_string()),
-        Ty::Suffix => Matcher::Suffix(p[2..].to_string()),
-        Ty::Regexp => Matcher::Tokens(toks),
-    })
-}
-
-/// What an escape means in Docker's regexp must equal what it means in a glob: the literal.
-fn escaped(c: char) -> Result<char, &'static str> {
-    if c.is_ascii_alphanumeric() || !c.is_ascii() {
-        Err("escaping a letter, digit or non-ASCII character is not supported")
-    } else {
-        Ok(c)
-    }
-}
-
-/// A `[...]` class after its `[`, with Go's rules: at least one item, no bare `-` or `]` as
-/// an item, and each item followed by something.
-fn compile_class(cs: &[char], mut i: usize) -> Result<(Tok, usize), &'static str> {
-    let negated = cs.get(i) == Some(&'^');
-    if negated {
-        i += 1;
-    }
-    let mut ranges = Vec::new();
-    loop {
-        if !ranges.is_empty() && cs.get(i) == Some(&']') {
-            return Ok((Tok::Class(negated, ranges), i + 1));
-        }
-        let (lo, next) = class_char(cs, i)?;
-        let (hi, next) = if cs[next] == '-' {
-            class_char(cs, next + 1)?
-        } else {
-            (lo, next)
-        };
-        if hi < lo {
-            return Err("reversed range in character class");
-        }
-        ranges.push((lo, hi));
-        i = next;
-    }
-}
-
-fn class_char(cs: &[char], i: usize) -> Result<(char, usize), &'static str> {
-    const UNCLOSED: &str = "unclosed character class";
-    let (c, next) = match cs.get(i) {
-        None => return Err(UNCLOSED),
-        Some('-' | ']') => return Err("malformed character class"),
-        Some('*' | '?') => return Err("`*` or `?` inside [...] is not supported"),
-        Some('[') if cs.get(i + 1) == Some(&':') => {
-            return Err("`[:` inside [...] is not supported");
-        }
-        Some('\\') => (escaped(*cs.get(i + 1).ok_or(UNCLOSED)?)?, i + 2),
-        Some(&c) => (c, i + 1),
-    };
-    if next >= cs.len() {
-        return Err(UNCLOSED);
-    }
-    Ok((c, next))
-}
-
-impl Matcher {
-    fn matches(&self, path: &str) -> bool {
-        match self {
-            Matcher::Exact(s) => path == s,
-            Matcher::Prefix(s) => path.starts_with(s.as_str()),
-            Matcher::Suffix(s) => path.ends_with(s.as_str()) || s.strip_prefix('/') == Some(path),
-            Matcher::Tokens(toks) => {
-                let chars: Vec<char> = path.chars().collect();
-                let mut memo = vec![None; (toks.len() + 1) * (chars.len() + 1)];
-                tokens_match(toks, &chars, 0, 0, &mut memo)
-            }
-        }
-    }
-}
-
-/// Whole-string regexp match by memoised backtracking; paths are short.
-fn tokens_match(toks: &[Tok], s: &[char], t: usize, p: usize, memo: &mut [Option<bool>]) -> bool {
-    let key = t * (s.len() + 1) + p;
-    if let Some(known) = memo[key] {
-        return known;
-    }
-    let not_slash = |p: usize| s.get(p).is_some_and(|&c| c != '/');
-    let result = match toks.get(t) {
-        None => p == s.len(),
-        Some(Tok::Lit(c)) => s.get(p) == Some(c) && tokens_match(toks, s, t + 1, p + 1, memo),
-        Some(Tok::Quest) => not_slash(p) && tokens_match(toks, s, t + 1, p + 1, memo),
-        Some(Tok::Class(negated, ranges)) => {
-            s.get(p)
-                .is_some_and(|c| ranges.iter().any(|(lo, hi)| lo <= c && c <= hi) != *negated)
-                && tokens_match(toks, s, t + 1, p + 1, memo)
-        }
-        Some(Tok::Star) => {
-            tokens_match(toks, s, t + 1, p, memo)
-                || (not_slash(p) && tokens_match(toks, s, t, p + 1, memo))
-        }
-        // Go's `.` does not match a newline; `[^/]` does.
-        Some(Tok::AnyDirs) => {
-            tokens_match(toks, s, t + 1, p, memo)
-                || (p..s.len())
-                    .take_while(|&j| s[j] != '\n')
-                    .any(|j| s[j] == '/' && tokens_match(toks, s, t + 1, j + 1, memo))
-        }
-        Some(Tok::Rest) => (p..=s.len())
-            .take_while(|&j| j == p || s[j - 1] != '\n')
-            .any(|j| tokens_match(toks, s, t + 1, j, memo)),
-        Some(Tok::Start) => p == 0 && tokens_match(toks, s, t + 1, p, memo),
-    };
-    memo[key] = Some(result);
-    result
-}
-
 /// Every entry of the context that Docker would send, as paths relative to the context root,
 /// sorted, directories included (so empty directories are transferred too). The Dockerfile
 /// (path relative to the context, e.g. "docker/Dockerfile.prod") and ".dockerignore" are always
@@ -421,6 +311,15 @@ fn tokens_match(toks: &[Tok], s: &[char], t: usize, p: usize, memo: &mut [Option
 pub fn context_entries(
     context: &Path,
     dockerfile: &str,
+) -> Result<Vec<PathBuf>, DockerignoreError> {
+    entries_within(context, dockerfile, Budget::new())
+}
+
+/// [`context_entries`] with `budget` for the matching.
+fn entries_within(
+    context: &Path,
+    dockerfile: &str,
+    budget: Budget,
 ) -> Result<Vec<PathBuf>, DockerignoreError> {
     let dockerfile_rel = inside_context(dockerfile)?;
     match plain_file(context, &dockerfile_rel)? {
@@ -443,8 +342,9 @@ pub fn context_entries(
     let mut walk = Walk {
         rules: &rules,
         entries: BTreeSet::new(),
+        budget,
     };
-    walk.visit(context, Path::new(""), None, false)?;
+    walk.run(context)?;
     for forced in [dockerfile_rel, PathBuf::from(".dockerignore"), specific] {
         // Not there (or not stat-able) means nothing to force; rsync would only fail on it.
         if context.join(&forced).symlink_metadata().is_ok() {
@@ -452,11 +352,16 @@ pub fn context_entries(
         }
     }
     // Docker sends the parents of anything it sends, even excluded ones; rsync needs them too.
-    let with_parents: BTreeSet<&Path> = walk
-        .entries
-        .iter()
-        .flat_map(|p| p.ancestors().filter(|a| !a.as_os_str().is_empty()))
-        .collect();
+    // A path already there came with its parents, so each entry climbs only until it meets
+    // one: linear in the entries, however deep the repository nests.
+    let mut with_parents: BTreeSet<&Path> = BTreeSet::new();
+    for entry in &walk.entries {
+        for parent in entry.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+            if !with_parents.insert(parent) {
+                break;
+            }
+        }
+    }
     Ok(with_parents.into_iter().map(Path::to_path_buf).collect())
 }
 
@@ -479,37 +384,70 @@ fn inside_context(dockerfile: &str) -> Result<PathBuf, DockerignoreError> {
 struct Walk<'a> {
     rules: &'a Dockerignore,
     entries: BTreeSet<PathBuf>,
+    budget: Budget,
+}
+
+/// A directory still to read: where it is, its path in the context, its parent's pattern
+/// results, and whether it is excluded.
+struct Pending {
+    dir: PathBuf,
+    rel: PathBuf,
+    info: Option<Vec<bool>>,
+    excluded: bool,
 }
 
 impl Walk<'_> {
-    /// Names are matched as lossy UTF-8 (Go sees raw bytes; only non-UTF-8 names can differ)
-    /// but listed exactly as they are on disk.
-    fn visit(
-        &mut self,
-        dir: &Path,
-        rel_dir: &Path,
-        parent_info: Option<&[bool]>,
-        dir_excluded: bool,
-    ) -> Result<(), DockerignoreError> {
-        let listing = match fs::read_dir(dir) {
-            Ok(listing) => listing,
-            // fsutil, too, forgives an unreadable directory that would not be sent anyway.
-            Err(e) if dir_excluded && e.kind() == io::ErrorKind::PermissionDenied => return Ok(()),
-            Err(e) => return Err(io_error(dir, e)),
-        };
-        for entry in listing {
-            let entry = entry.map_err(|e| io_error(dir, e))?;
-            let rel = rel_dir.join(entry.file_name());
-            let rel_str = rel.to_string_lossy();
-            let file_type = entry.file_type().map_err(|e| io_error(&entry.path(), e))?;
-            let (excluded, info) = self.rules.evaluate(&rel_str, parent_info);
-            let descend =
-                file_type.is_dir() && (!excluded || self.rules.must_descend_excluded(&rel_str));
-            if descend {
-                self.visit(&entry.path(), &rel, Some(&info), excluded)?;
-            }
-            if !excluded {
-                self.entries.insert(rel);
+    /// Reads the context directory by directory from a list of those still to read (no
+    /// recursion: the repository decides how deep it is). Names are matched as lossy UTF-8 (Go
+    /// sees raw bytes; only non-UTF-8 names can differ) but listed exactly as they are on disk.
+    fn run(&mut self, context: &Path) -> Result<(), DockerignoreError> {
+        let mut pending = vec![Pending {
+            dir: context.to_path_buf(),
+            rel: PathBuf::new(),
+            info: None,
+            excluded: false,
+        }];
+        let file = self.rules.file.clone();
+        let spent = |_| DockerignoreError::TooMuchWork(file.clone());
+        while let Some(Pending {
+            dir,
+            rel,
+            info,
+            excluded,
+        }) = pending.pop()
+        {
+            let listing = match fs::read_dir(&dir) {
+                Ok(listing) => listing,
+                // fsutil, too, forgives an unreadable directory that would not be sent anyway.
+                Err(e) if excluded && e.kind() == io::ErrorKind::PermissionDenied => continue,
+                Err(e) => return Err(io_error(&dir, e)),
+            };
+            for entry in listing {
+                let entry = entry.map_err(|e| io_error(&dir, e))?;
+                let rel = rel.join(entry.file_name());
+                let rel_str = rel.to_string_lossy();
+                let file_type = entry.file_type().map_err(|e| io_error(&entry.path(), e))?;
+                let (entry_excluded, entry_info) = self
+                    .rules
+                    .evaluate(&rel_str, info.as_deref(), &mut self.budget)
+                    .map_err(spent)?;
+                let descend = file_type.is_dir()
+                    && (!entry_excluded
+                        || self
+                            .rules
+                            .must_descend_excluded(&rel_str, &mut self.budget)
+                            .map_err(spent)?);
+                if descend {
+                    pending.push(Pending {
+                        dir: entry.path(),
+                        rel: rel.clone(),
+                        info: Some(entry_info),
+                        excluded: entry_excluded,
+                    });
+                }
+                if !entry_excluded {
+                    self.entries.insert(rel);
+                }
             }
         }
         Ok(())
@@ -517,8 +455,10 @@ impl Walk<'_> {
 }
 
 mod files;
+mod pattern;
 #[cfg(test)]
 mod tests;
 
 use files::read_rules;
 pub use files::{MAX_IGNORE_BYTES, plain_file};
+use pattern::{Matcher, compile};

@@ -287,3 +287,111 @@ fn the_dockerfile_and_ignore_files_are_plain_files_reached_through_no_symlink() 
     let err = context_entries(root.path(), "d").unwrap_err().to_string();
     assert!(err.contains("not a regular file"), "{err}");
 }
+
+/// A repository's attacks on the matcher: a pattern too long to be a path, too many patterns,
+/// and patterns that are each cheap but together cost a long walk; each is one error naming
+/// the ignore file and the cap.
+#[test]
+fn ignore_files_beyond_the_caps_are_refused_naming_the_file() {
+    let root = tree(&["Dockerfile"], Some(&"^".repeat(50_000)));
+    let file = root.path().join(".dockerignore").display().to_string();
+    let err = context_entries(root.path(), "Dockerfile")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{file} line 1: a pattern of 50000 characters, more than the cap of 4096 (no path is longer)"
+        )
+    );
+
+    let many: String = (0..MAX_PATTERNS + 1).map(|i| format!("p{i}\n")).collect();
+    fs::write(root.path().join(".dockerignore"), many).unwrap();
+    let err = context_entries(root.path(), "Dockerfile")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!("{file}: more than 10000 patterns")),
+        "{err}"
+    );
+    // At the cap it is read.
+    let at_cap: String = (0..MAX_PATTERNS).map(|i| format!("p{i}\n")).collect();
+    fs::write(root.path().join(".dockerignore"), at_cap).unwrap();
+    assert_eq!(
+        entries(&root, "Dockerfile"),
+        [".dockerignore", "Dockerfile"]
+    );
+
+    // Work: every pattern is tried on every entry (none matches), so 50 files and 200 patterns
+    // cost some 10,000 pattern tries; a budget of 5,000 steps runs out, one of 10^7 does not.
+    let root = tree(&["Dockerfile"], None);
+    for i in 0..50 {
+        fs::write(root.path().join(format!("f{i}")), "x").unwrap();
+    }
+    let rules: String = (0..200).map(|i| format!("*q{i}*\n")).collect();
+    fs::write(root.path().join("Dockerfile.dockerignore"), rules).unwrap();
+    let err = entries_within(root.path(), "Dockerfile", Budget(5_000))
+        .unwrap_err()
+        .to_string();
+    let file = root
+        .path()
+        .join("Dockerfile.dockerignore")
+        .display()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{file}: matching its patterns against the build context takes more than {MATCH_BUDGET} steps (the cap); use fewer or simpler patterns, or a smaller context"
+        )
+    );
+    assert!(entries_within(root.path(), "Dockerfile", Budget(10_000_000)).is_ok());
+}
+
+/// Matching never recurses over the pattern: the longest pattern allowed, full of `*` and
+/// `**`, is matched on a thread with a 64 KiB stack.
+#[test]
+fn the_longest_patterns_match_without_recursion() {
+    let star = "a*".repeat(MAX_PATTERN_CHARS / 2);
+    let any_dirs = "**/a".repeat(MAX_PATTERN_CHARS / 4);
+    let starts = format!("{}?b", "^".repeat(MAX_PATTERN_CHARS - 2));
+    std::thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let rules = Dockerignore::parse(&star).unwrap();
+            assert!(rules.is_excluded(&"a".repeat(MAX_PATTERN_CHARS / 2)));
+            assert!(!rules.is_excluded(&"a".repeat(MAX_PATTERN_CHARS / 2 - 1)));
+            // Matched once on the whole path (is_excluded would match every parent too).
+            let rules = Dockerignore::parse(&any_dirs).unwrap();
+            let matcher = &rules.patterns[0].matcher;
+            let mut budget = Budget::unlimited();
+            let long = "x/a".repeat(MAX_PATTERN_CHARS / 4);
+            assert!(matcher.matches(&long, &mut budget).unwrap());
+            assert!(!matcher.matches(&long[3..], &mut budget).unwrap());
+            let rules = Dockerignore::parse(&starts).unwrap();
+            assert!(rules.is_excluded("ab"));
+            assert!(!rules.is_excluded("b"));
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// The walk keeps a list of directories, not a call per level: a context nested deeper than
+/// a small stack allows is walked on one.
+#[test]
+fn deep_directories_are_walked_without_recursion() {
+    let root = tree(&["Dockerfile"], Some("keep\n"));
+    let mut deep = root.path().to_path_buf();
+    for _ in 0..1000 {
+        deep.push("d");
+    }
+    fs::create_dir_all(&deep).unwrap();
+    let context = root.path().to_path_buf();
+    let count = std::thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || context_entries(&context, "Dockerfile").unwrap().len())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(count, 1002);
+}
