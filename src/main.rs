@@ -92,11 +92,16 @@ fn usage_error(e: clap::Error, plugin: bool) -> ExitCode {
     }
 }
 
-/// clap's rendered error without its `Usage:` block (the help has it), blank lines collapsed.
+/// clap's rendered error without its `Usage:` block and its pointer to `--help`, blank lines
+/// collapsed: a plain error is one line, its tips and possible values follow.
 fn without_usage(text: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
     let mut in_usage = false;
     for line in text.lines() {
+        // `--help` is where it always is; an error alone stays one line.
+        if line.starts_with("For more information, try") {
+            continue;
+        }
         if line.starts_with("Usage:") {
             in_usage = true;
             continue;

@@ -29,7 +29,7 @@ pub const ENV: &str = "BUILDKIT_LAUNCHER_POLICY";
 pub const POLICY_CONTRACT: Contract = Contract {
     name: "schemas/policy.ncl",
     source: include_str!("../schemas/policy.ncl"),
-    fields_hint: "a policy may set hcloud_endpoint, registries, max_memory_gb, max_eur_per_hour, repository_may_set, pull_requests, build_env, secret_env and golden_images",
+    fields_hint: "a policy may set hcloud_endpoint, registries, max_memory_gb, max_eur_per_hour, repository_may_set, pull_requests, build_env, secret_env, golden_images and token_realms",
 };
 
 /// Variables that always hold a secret of the launcher.
