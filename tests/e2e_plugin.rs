@@ -20,42 +20,21 @@ fn plugin_build(
     ctx: &Context,
     report: &str,
 ) -> (i32, String) {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("CI") || key.starts_with("PLUGIN_") || key.starts_with("HCLOUD_") {
-            cmd.env_remove(&key);
-        }
-    }
-    // The operator lets this pipeline point the plugin at the simulator and bring a config
-    // (fast timeouts): without this policy both settings are refused (tests/e2e_untrusted.rs).
-    let policy = ctx.path().join("operator-policy.ncl");
-    std::fs::write(
-        &policy,
-        "{ repository_may_set = ['config, 'hcloud_endpoint] }",
-    )
-    .unwrap();
-    let out = cmd
-        .current_dir(ctx.path())
-        .env("BUILDKIT_LAUNCHER_POLICY", &policy)
-        .env("HOME", ctx.path())
-        .env("CI_WORKSPACE", ctx.path())
-        .env("CI_REPO", "org/plugin-app")
-        .env("CI_PIPELINE_NUMBER", "42")
-        .env("PLUGIN_HCLOUD_TOKEN", &sim.token)
-        .env("PLUGIN_HCLOUD_ENDPOINT", &sim.endpoint)
-        .env("PLUGIN_CONFIG", ctx.path().join("fast.ncl"))
-        .env("PLUGIN_REGISTRY", &registry.addr)
-        .env("PLUGIN_INSECURE_REGISTRY", "true")
-        .env("PLUGIN_REPO", "org/plugin-app")
-        .env("PLUGIN_TAGS", "latest,v1")
-        .env("PLUGIN_BUILD_ARGS", r#"{"GREETING":"hello, plugin"}"#)
-        .env("PLUGIN_REPORT", report)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = support::plugin_step::run(
+        sim,
+        ctx,
+        &[
+            ("CI_REPO", "org/plugin-app"),
+            ("CI_PIPELINE_NUMBER", "42"),
+            ("PLUGIN_REGISTRY", &registry.addr),
+            ("PLUGIN_INSECURE_REGISTRY", "true"),
+            ("PLUGIN_REPO", "org/plugin-app"),
+            ("PLUGIN_TAGS", "latest,v1"),
+            ("PLUGIN_BUILD_ARGS", r#"{"GREETING":"hello, plugin"}"#),
+            ("PLUGIN_REPORT", report),
+        ],
+    );
+    (out.code, out.stderr)
 }
 
 #[test]

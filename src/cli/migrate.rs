@@ -498,12 +498,7 @@ pub fn markdown_table() -> String {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::cli::settings_env as env;
 
     #[test]
     fn a_buildx_pipeline_runs_with_warnings() {

@@ -170,6 +170,15 @@ pub fn eval_child(args: &[std::ffi::OsString]) -> i32 {
     )
 }
 
+/// Plugin settings as the environment holds them, for tests.
+#[cfg(test)]
+pub(crate) fn settings_env(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// The async runtime for commands that talk to runners or clouds.
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_multi_thread()

@@ -65,7 +65,7 @@ pub fn auto_tags(facts: &Facts) -> Result<AutoTags, String> {
         .git_ref
         .as_deref()
         .and_then(|r| r.strip_prefix("refs/tags/"));
-    if event == "tag" || ref_tag.is_some() {
+    if event == "tag" || ref_tag.is_some() || facts.tag.is_some() {
         let Some(tag) = facts.tag.as_deref().or(ref_tag) else {
             return Err("auto_tag: a tag event without CI_COMMIT_TAG".to_owned());
         };
@@ -73,7 +73,7 @@ pub fn auto_tags(facts: &Facts) -> Result<AutoTags, String> {
     }
     let Some(default) = &facts.default_branch else {
         return Err(
-            "auto_tag needs the pipeline's CI_COMMIT_REF (or CI_COMMIT_TAG) and CI_REPO_DEFAULT_BRANCH (Woodpecker sets them); at a terminal, use --tag"
+            "auto_tag needs the pipeline's CI_COMMIT_TAG, or CI_COMMIT_REF and CI_REPO_DEFAULT_BRANCH (Woodpecker sets them); at a terminal, use --tag"
                 .to_owned(),
         );
     };
@@ -83,7 +83,7 @@ pub fn auto_tags(facts: &Facts) -> Result<AutoTags, String> {
         (None, Some(branch)) => Some(branch.as_str()),
         (None, None) => {
             return Err(
-                "auto_tag needs the pipeline's CI_COMMIT_REF (or CI_COMMIT_TAG); at a terminal, use --tag"
+                "auto_tag needs the pipeline's CI_COMMIT_TAG, or CI_COMMIT_REF and CI_REPO_DEFAULT_BRANCH (Woodpecker sets them); at a terminal, use --tag"
                     .to_owned(),
             );
         }

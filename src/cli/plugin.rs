@@ -311,12 +311,7 @@ pub fn secret_env(names: &[&str]) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::cli::settings_env as env;
 
     fn args(pairs: &[(&str, &str)]) -> Vec<String> {
         to_argv(&env(pairs), &Policy::default())

@@ -116,15 +116,12 @@ mod tests {
 
     #[test]
     fn every_unknown_setting_at_once_with_a_suggestion() {
-        let env: BTreeMap<String, String> = [
+        let env = crate::cli::settings_env(&[
             ("PLUGIN_TAGZ", "x"),
             ("PLUGIN_REGSITRY", "y"),
             ("PLUGIN_QQQQQQ", "z"),
             ("PLUGIN_TAGS", "ok"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        ]);
         let err = check_known(&env).unwrap_err();
         assert!(err.contains("tagz (did you mean tag?)"), "{err}");
         assert!(err.contains("regsitry (did you mean registry?)"), "{err}");

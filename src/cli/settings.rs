@@ -276,12 +276,7 @@ fn beneath(setting: &str, root: &Path, value: &str, want: Want) -> Result<PathBu
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::cli::settings_env as env;
 
     #[test]
     fn paths_stay_in_the_workspace_through_no_symlink() {
