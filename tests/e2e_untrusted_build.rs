@@ -192,11 +192,19 @@ fn a_pull_request_build_leaves_the_history_unchanged() {
     let history = f.ctx.path().join("history.jsonl");
     let out = support::Launcher::new()
         .env("CI_PIPELINE_EVENT", "pull_request")
+        .env("CI_COMMIT_PULL_REQUEST", "5")
         .args(f.args("buildah"))
         .args(["--tag", "latest", "--tag", "v1"])
         .run();
-    assert_success(&f, &out);
+    assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(!history.exists(), "a pull-request build wrote history");
+    // It pushed under its own tag only (docs/SECURITY.md, layer 5).
+    let digest = f.report()["digest"].as_str().unwrap().to_owned();
+    assert_eq!(
+        f.registry.manifest_digest("e2e/app", "pr-5").as_deref(),
+        Some(digest.as_str())
+    );
+    assert_eq!(f.registry.manifest_digest("e2e/app", "latest"), None);
 
     let plan = support::Launcher::new()
         .env("CI_PIPELINE_EVENT", "pull_request")
