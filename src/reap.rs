@@ -3,6 +3,11 @@
 //! Every runner carries `managed-by=buildkit-launcher` and `buildkit-launcher/expires=<unix s>`.
 //! `reap` deletes the managed runners whose lease has expired, and nothing else: unmanaged
 //! servers are never listed, unexpired ones and ones without a readable expiry are kept.
+//!
+//! Expiry is judged by the provider's clock when it has one (Hetzner: the `Date` of the listing's
+//! answer), never by this agent's alone: an agent whose clock runs ahead cannot reap another
+//! agent's live runner. Leases are short and renewed while their build runs (run/live.rs), so a
+//! lease that ended means its launcher is gone, or ended it on purpose after a failed delete.
 
 use serde::Serialize;
 
@@ -41,7 +46,10 @@ pub async fn reap(
     log: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Vec<Reaped>, ProviderError> {
     let mut out = Vec::new();
-    for lease in provider.list_leases().await? {
+    let leases = provider.list_leases().await?;
+    // The API's time, read from the listing's own answer.
+    let now = provider.now().unwrap_or(now);
+    for lease in leases {
         let expires = lease.expires();
         let mut entry = Reaped {
             id: lease.id.clone(),
@@ -53,7 +61,7 @@ pub async fn reap(
             error: None,
         };
         // No readable expiry: not ours to judge.
-        let expired = expires.is_some_and(|e| e < now);
+        let expired = expires.is_some_and(|e| e <= now);
         if expired && dry_run {
             entry.action = ReapAction::WouldDelete;
         } else if expired {

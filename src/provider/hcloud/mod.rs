@@ -14,7 +14,7 @@ mod create;
 mod images;
 mod types;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,10 @@ use async_trait::async_trait;
 use reqwest::Method;
 use zeroize::Zeroizing;
 
-use super::{LABEL_MANAGED_BY, LeaseInfo, MANAGED_BY, Provider, ProviderError, Runner, RunnerSpec};
+use super::{
+    LABEL_EXPIRES, LABEL_MANAGED_BY, LeaseInfo, MANAGED_BY, Provider, ProviderError, Runner,
+    RunnerSpec,
+};
 use crate::backend::REMOTE_WORKDIR;
 use crate::config::Arch;
 use crate::retry::RetryPolicy;
@@ -41,6 +44,13 @@ const FIRST_DELETE_POLL: Duration = Duration::from_millis(500);
 const FIRST_CREATE_CHECK: Duration = Duration::from_secs(1);
 const CREATE_CHECK_EVERY: Duration = Duration::from_secs(10);
 const CREATE_CHECK_MAX: Duration = Duration::from_secs(30);
+/// How long a delete waits for a locked server's actions: a boot from a large snapshot takes
+/// minutes, a snapshot of a 40 GB disk several (FACTS.md, "Locks" and "Snapshots").
+pub const LOCKED_WAIT: Duration = Duration::from_secs(20 * 60);
+/// The actions of a locked server are looked at after 1 s, then every 1.5× longer, at most 10 s.
+const LOCKED_POLL_MAX: Duration = Duration::from_secs(10);
+/// The default lease when the settings name none (`hcloud.lease_s`).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(600);
 
 pub struct HcloudSettings {
     pub endpoint: String,
@@ -49,6 +59,10 @@ pub struct HcloudSettings {
     /// A snapshot id, or a label selector; default: the newest golden snapshot of the arch.
     pub golden_image: Option<String>,
     pub retry: RetryPolicy,
+    /// A runner's lease, renewed every third of it while the launcher lives.
+    pub lease: Duration,
+    /// How long one request may wait in all for the request budget (429s).
+    pub rate_limit_wait: Duration,
 }
 
 /// A created server not yet ready: its create actions (and `next_actions`) and its address.
@@ -67,6 +81,7 @@ pub struct HcloudProvider {
     types: tokio::sync::Mutex<Option<Vec<api::ServerType>>>,
     /// Server type → the configured locations that sell it (from the ladder check).
     sold: Mutex<HashMap<String, Vec<String>>>,
+    lease: Duration,
     log: Arc<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -81,7 +96,8 @@ impl HcloudProvider {
             settings.retry,
             log.clone(),
         )
-        .map_err(|e| setup("prepare the Hetzner API client", e))?;
+        .map_err(|e| setup("prepare the Hetzner API client", e))?
+        .with_rate_limit_wait(settings.rate_limit_wait);
         Ok(HcloudProvider {
             api,
             locations: settings.locations,
@@ -91,6 +107,7 @@ impl HcloudProvider {
             images: tokio::sync::Mutex::new(HashMap::new()),
             types: tokio::sync::Mutex::new(None),
             sold: Mutex::new(HashMap::new()),
+            lease: settings.lease,
             log,
         })
     }
@@ -256,6 +273,22 @@ impl HcloudProvider {
                 .api
                 .call(Method::GET, &path, None, Retry::Always)
                 .await?;
+            // An answer that lists none of the actions asked for says nothing about the boot:
+            // never read as "it succeeded".
+            if actions
+                .iter()
+                .any(|id| !page.actions.iter().any(|a| a.id == *id))
+            {
+                return Err(ApiError::Decode {
+                    method: "GET".into(),
+                    path,
+                    detail: format!(
+                        "the answer lists {} of the {} create actions asked for",
+                        page.actions.len(),
+                        actions.len()
+                    ),
+                });
+            }
             if let Some(failed) = page.actions.iter().find(|a| a.status == "error") {
                 let (code, message) = failed.error.clone().map_or_else(
                     || ("action_failed".to_owned(), "no detail".to_owned()),
@@ -270,6 +303,61 @@ impl HcloudProvider {
                 });
             }
             if page.actions.iter().all(|a| a.status == "success") {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl HcloudProvider {
+    /// Wait until server `id` has no running action (it is `locked` until then), at most
+    /// until `deadline`: its running actions (`GET /servers/{id}/actions?status=running`), then
+    /// those actions, polled together from 1 s, 1.5× longer each time, at most 10 s apart.
+    async fn wait_unlocked(&self, id: &str, deadline: Instant) -> Result<(), ApiError> {
+        let page: api::ActionsPage = self
+            .api
+            .call(
+                Method::GET,
+                &format!("/servers/{id}/actions?status=running"),
+                None,
+                Retry::Always,
+            )
+            .await?;
+        let running: Vec<i64> = page
+            .actions
+            .iter()
+            .filter(|a| a.status == "running")
+            .map(|a| a.id)
+            .collect();
+        if running.is_empty() {
+            // Locked a moment ago, free now (or its action has just ended): try again soon.
+            tokio::time::sleep(self.api.poll_interval(Duration::from_secs(1))).await;
+            return Ok(());
+        }
+        (self.log)(&format!(
+            "server {id} is locked by running action(s) {running:?}; deleting it once they end"
+        ));
+        let query: Vec<String> = running.iter().map(|a| format!("id={a}")).collect();
+        let path = format!("/actions?{}", query.join("&"));
+        let mut interval = Duration::from_secs(1);
+        loop {
+            if Instant::now() + interval > deadline {
+                return Err(ApiError::Transport {
+                    method: "DELETE".into(),
+                    path: format!("/servers/{id}"),
+                    detail: format!(
+                        "the server stayed locked by action(s) {running:?} for {} s",
+                        LOCKED_WAIT.as_secs()
+                    ),
+                });
+            }
+            tokio::time::sleep(self.api.poll_interval(interval)).await;
+            interval = (interval * 3 / 2).min(LOCKED_POLL_MAX);
+            let page: api::ActionsPage = self
+                .api
+                .call(Method::GET, &path, None, Retry::Always)
+                .await?;
+            if page.actions.iter().all(|a| a.status != "running") {
                 return Ok(());
             }
         }
@@ -345,28 +433,75 @@ impl Provider for HcloudProvider {
     }
 
     async fn destroy(&self, id: &str) -> Result<(), ProviderError> {
-        let resp = self
+        let deadline = Instant::now() + LOCKED_WAIT;
+        loop {
+            let resp = self
+                .api
+                .call::<api::ActionResponse>(
+                    Method::DELETE,
+                    &format!("/servers/{id}"),
+                    None,
+                    Retry::NotLocked,
+                )
+                .await;
+            return match resp {
+                Ok(resp) => self
+                    .wait_action(
+                        resp.action.id,
+                        "the server to be deleted",
+                        FIRST_DELETE_POLL,
+                        DELETE_TIMEOUT,
+                    )
+                    .await
+                    .map_err(|e| runner_error(id, "confirm its deletion", e)),
+                // Already gone: that is the confirmation.
+                Err(e) if e.status() == Some(404) => Ok(()),
+                // An action runs on it (boot, snapshot…): wait for it, then delete.
+                Err(e) if e.code() == Some("locked") && Instant::now() < deadline => {
+                    self.wait_unlocked(id, deadline)
+                        .await
+                        .map_err(|e| runner_error(id, "delete it", e))?;
+                    continue;
+                }
+                Err(e) => Err(runner_error(id, "delete it", e)),
+            };
+        }
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        Some(self.lease)
+    }
+
+    fn now(&self) -> Option<u64> {
+        self.api.knows_api_time().then(|| self.api.now())
+    }
+
+    /// `PUT /servers/{id}` with every label, the expiry `seconds` from the API's now. A label
+    /// update starts no action, so a locked server accepts it (FACTS.md, "Locks").
+    async fn set_lease(
+        &self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+        seconds: u64,
+    ) -> Result<(), ProviderError> {
+        let mut labels = labels.clone();
+        labels.insert(
+            LABEL_EXPIRES.to_owned(),
+            (self.api.now() + seconds).to_string(),
+        );
+        let body = serde_json::json!({ "labels": labels });
+        match self
             .api
-            .call::<api::ActionResponse>(
-                Method::DELETE,
+            .call::<serde_json::Value>(
+                Method::PUT,
                 &format!("/servers/{id}"),
-                None,
+                Some(&body),
                 Retry::Always,
             )
-            .await;
-        match resp {
-            Ok(resp) => self
-                .wait_action(
-                    resp.action.id,
-                    "the server to be deleted",
-                    FIRST_DELETE_POLL,
-                    DELETE_TIMEOUT,
-                )
-                .await
-                .map_err(|e| runner_error(id, "confirm its deletion", e)),
-            // Already gone: that is the confirmation.
-            Err(e) if e.status() == Some(404) => Ok(()),
-            Err(e) => Err(runner_error(id, "delete it", e)),
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(runner_error(id, "change its lease", e)),
         }
     }
 
