@@ -38,11 +38,33 @@ pub enum ReapAction {
     Failed,
 }
 
-/// Look at every managed runner; delete (or, with `dry_run`, list) the expired ones.
+/// Look at every managed runner; delete (or, with `dry_run`, list) the expired ones. An
+/// expired runner that is locked (an action runs on it: the boot of a cancelled build, the
+/// snapshot of a cancelled bake) is deleted once the action ends; the delete waits for it.
 pub async fn reap(
     provider: &dyn Provider,
     now: u64,
     dry_run: bool,
+    log: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Vec<Reaped>, ProviderError> {
+    reap_with(provider, now, dry_run, true, log).await
+}
+
+/// The reap before a build: as [`reap`], but an expired runner that is locked now is left for
+/// the next reap (waiting minutes for a snapshot would hold the build up).
+pub async fn reap_unlocked(
+    provider: &dyn Provider,
+    now: u64,
+    log: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Vec<Reaped>, ProviderError> {
+    reap_with(provider, now, false, false, log).await
+}
+
+async fn reap_with(
+    provider: &dyn Provider,
+    now: u64,
+    dry_run: bool,
+    wait_locked: bool,
     log: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Vec<Reaped>, ProviderError> {
     let mut out = Vec::new();
@@ -64,6 +86,13 @@ pub async fn reap(
         let expired = expires.is_some_and(|e| e <= now);
         if expired && dry_run {
             entry.action = ReapAction::WouldDelete;
+        } else if expired && lease.locked && !wait_locked {
+            log(&format!(
+                "runner {} ({}) {} but is locked by a running action; the next reap deletes it",
+                lease.name,
+                lease.id,
+                when(expires, now)
+            ));
         } else if expired {
             log(&format!(
                 "runner {} ({}, lease {}) {}; deleting it",

@@ -66,6 +66,9 @@ pub struct LeaseInfo {
     /// which build it was.
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// An action runs on it now (Hetzner's `locked`): a delete must wait for it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub locked: bool,
 }
 
 impl LeaseInfo {

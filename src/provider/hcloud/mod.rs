@@ -530,6 +530,7 @@ impl Provider for HcloudProvider {
                         id: s.id.to_string(),
                         name: s.name,
                         labels: s.labels,
+                        locked: s.locked,
                     }),
             );
         }

@@ -271,6 +271,23 @@ impl HcloudSim {
         self.state().action_delay = delay;
     }
 
+    /// Actions of `command` (`create_server`, `start_server`, `create_image`, `delete_server`…)
+    /// started from now on run this long: a boot from a large snapshot takes tens of seconds
+    /// to minutes, a snapshot several minutes (FACTS.md). The server is locked meanwhile.
+    pub fn action_time(&self, command: &str, time: Duration) {
+        self.state().command_times.insert(command.into(), time);
+    }
+
+    /// The API's clock runs `seconds` ahead of this machine's (negative: behind).
+    pub fn set_clock_skew(&self, seconds: i64) {
+        self.state().clock_skew = seconds;
+    }
+
+    /// Whether server `id` is locked now (an action runs on it).
+    pub fn is_locked(&self, id: i64) -> bool {
+        self.state().is_locked(id)
+    }
+
     /// The next `n` create actions end in `error`: the server stays, `off`, its runner gone.
     pub fn fail_create_actions(&self, n: u32) {
         self.state().faults.fail_create_actions = n;
@@ -406,6 +423,11 @@ impl HcloudSim {
     /// `GET /actions/{id}`, `DELETE /servers/{id}`… (every request, answered or refused).
     pub fn calls(&self) -> BTreeMap<String, u32> {
         self.state().calls.clone()
+    }
+
+    /// Requests answered 429 (the budget spent, or a scripted burst).
+    pub fn rate_limited(&self) -> u32 {
+        self.state().rate_limited
     }
 
     pub fn total_calls(&self) -> u32 {

@@ -104,7 +104,8 @@ pub(super) struct ServerRec {
     pub ipv6: Option<String>,
     /// The sandbox runner realizing it (`None` for `add_server` ones and failed creates).
     pub runner: Option<String>,
-    /// An action that locks it (delete) is running.
+    /// Being created, before its create actions exist (they lock it from then on: see
+    /// [`State::is_locked`]).
     pub locked: bool,
 }
 
@@ -181,8 +182,16 @@ pub(super) struct State {
     pub image_deprecations: BTreeMap<i64, String>,
     pub faults: Faults,
     pub action_delay: Duration,
+    /// How long actions of one command run (`create_server`, `create_image`…), when scripted;
+    /// others run `action_delay`.
+    pub command_times: BTreeMap<String, Duration>,
+    /// The API's clock minus the test machine's, in seconds: what the `Date` header and the
+    /// `created` of new servers show.
+    pub clock_skew: i64,
     pub bucket: Bucket,
     pub calls: BTreeMap<String, u32>,
+    /// Requests answered 429 `rate_limit_exceeded`.
+    pub rate_limited: u32,
     pub requests: Vec<(Instant, String)>,
     pub last_create: Option<Value>,
     /// Sandbox runners that exist right now.
@@ -242,6 +251,8 @@ impl State {
             image_deprecations: BTreeMap::new(),
             faults: Faults::default(),
             action_delay: Duration::from_millis(100),
+            command_times: BTreeMap::new(),
+            clock_skew: 0,
             bucket: Bucket {
                 limit: 3600,
                 tokens: 3600.0,
@@ -249,6 +260,7 @@ impl State {
                 last: Instant::now(),
             },
             calls: BTreeMap::new(),
+            rate_limited: 0,
             requests: Vec::new(),
             last_create: None,
             realized: BTreeSet::new(),
@@ -264,19 +276,45 @@ impl State {
     /// A new action, `running` for the current `action_delay`.
     pub fn new_action(&mut self, command: &str, resources: Vec<(i64, &'static str)>) -> i64 {
         let id = self.alloc_id();
+        let delay = self
+            .command_times
+            .get(command)
+            .copied()
+            .unwrap_or(self.action_delay);
         let action = ActionRec {
             id,
             command: command.into(),
             status: action::Status::Running,
             started: now_rfc3339(),
             started_at: Instant::now(),
-            delay: self.action_delay,
+            delay,
             finished: None,
             error: None,
             resources,
         };
         self.actions.insert(id, action);
         id
+    }
+
+    /// A server is locked while any action on it runs (create and start during boot, delete,
+    /// poweroff, create_image): FACTS.md "Locks", from hcloud-go's `ErrorCodeLocked` ("item is
+    /// locked, another action is running") and the create answer's `"locked": true`.
+    pub fn is_locked(&self, id: i64) -> bool {
+        self.servers.get(&id).is_some_and(|s| s.locked)
+            || self.actions.values().any(|a| {
+                a.status == action::Status::Running && a.resources.contains(&(id, "server"))
+            })
+    }
+
+    /// The API's now, skewed as scripted.
+    pub fn api_time(&self) -> SystemTime {
+        let now = SystemTime::now();
+        let skew = Duration::from_secs(self.clock_skew.unsigned_abs());
+        if self.clock_skew >= 0 {
+            now + skew
+        } else {
+            now - skew
+        }
     }
 
     pub fn finish_action(&mut self, id: i64, error: Option<(&str, &str)>) {
@@ -494,6 +532,7 @@ impl State {
             catalog::server_type_model(s.server_type, &self.sales),
             s.status,
         );
+        model.locked = self.is_locked(s.id);
         model.load_balancers = Some(Vec::new());
         model.volumes = Some(Vec::new());
         model.placement_group = Some(None);
