@@ -342,3 +342,67 @@ fn eight_first_builds_starting_with_10_requests_left_all_succeed() {
     assert_eq!(keys, ["buildkit-launcher"], "one project key");
     c.sim.assert_clean();
 }
+
+#[test]
+fn a_create_answered_with_an_unreadable_body_is_found_by_name_or_stays_registered() {
+    let Some(c) = Cloud::new("RUN true") else {
+        return;
+    };
+    config(&c, 600);
+    // Found by name: the build goes on on it.
+    c.sim.after_create(&[AfterCreate::Garbled]);
+    let out = c.build(&[]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert_eq!(c.calls("POST /servers"), 1);
+    c.sim.assert_clean();
+    // Not listed yet when looked for: the create fails, but the name stays registered, and
+    // the destroy finds and deletes it.
+    c.sim.after_create(&[AfterCreate::Garbled]);
+    c.sim.lag_name_lookups(1);
+    let out = c.build(&[]);
+    assert_eq!(out.code, 4, "stderr:\n{}", out.stderr);
+    let error = c.report()["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("may exist all the same"), "{error}");
+    assert!(
+        out.stderr.contains("was being created; destroying it"),
+        "{}",
+        out.stderr
+    );
+    c.sim.assert_clean();
+}
+
+#[test]
+fn a_budget_that_does_not_refill_fails_after_its_own_bound_naming_it() {
+    let Some(c) = Cloud::new("RUN true") else {
+        return;
+    };
+    std::fs::write(
+        c.ctx.path().join("fast.ncl"),
+        "{ hcloud.retry = { initial_delay_ms = 50, max_delay_ms = 400 }, hcloud.rate_limit_wait_s = 4 }",
+    )
+    .unwrap();
+    c.sim.set_refill_per_second(0.0);
+    c.sim.set_budget(3600, 0);
+    let started = Instant::now();
+    let out = c.build(&[]);
+    let took = started.elapsed();
+    assert_eq!(out.code, 4, "stderr:\n{}", out.stderr);
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .expect("an error line");
+    assert!(line.contains("rate_limit_exceeded"), "{line}");
+    assert!(line.contains("hcloud.rate_limit_wait_s"), "{line}");
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(30),
+        "{took:?}"
+    );
+    assert!(
+        out.stderr.contains("waiting for it to refill"),
+        "{}",
+        out.stderr
+    );
+    c.sim.set_refill_per_second(1.0);
+    c.sim.assert_clean();
+}

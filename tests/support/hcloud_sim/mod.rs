@@ -165,6 +165,12 @@ impl HcloudSim {
         self.state().faults.after_create = script.to_vec();
     }
 
+    /// The next `n` name lookups (`GET /servers?name=…`) list nothing, as a listing that lags
+    /// a create a moment old.
+    pub fn lag_name_lookups(&self, n: u32) {
+        self.state().faults.lagging_lookups = n;
+    }
+
     /// The next `n` creates are refused with 403 `resource_limit_exceeded` (the project's
     /// server quota).
     pub fn fail_quota(&self, n: u32) {

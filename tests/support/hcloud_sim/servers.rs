@@ -38,13 +38,15 @@ pub(super) async fn list(AxumState(sh): AxumState<Shared>, Query(q): Q) -> Respo
         }
     }
     let (names, statuses) = (param(&q, "name"), param(&q, "status"));
-    let st = sh.state();
+    let mut st = sh.state();
+    let lagging = !names.is_empty() && take(&mut st.faults.lagging_lookups);
     let mut servers: Vec<&ServerRec> = st
         .servers
         .values()
         .filter(|s| names.is_empty() || names.contains(&s.name.as_str()))
         .filter(|s| statuses.is_empty() || statuses.contains(&state::enum_text(&s.status).as_str()))
         .filter(|s| selects(&selector, &s.labels))
+        .filter(|_| !lagging)
         .collect();
     super::strict::unspecified_order(&q, &mut servers);
     sort_by(&mut servers, &q, |s, field| match field {
@@ -205,6 +207,11 @@ pub(super) async fn create(AxumState(sh): AxumState<Shared>, body: Bytes) -> Res
             ok(StatusCode::CREATED, body)
         }
         Some(AfterCreate::Drop) => dropped_connection(),
+        Some(AfterCreate::Garbled) => Response::builder()
+            .status(StatusCode::CREATED)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from("{\"server\": {\"id\": "))
+            .expect("a response"),
     }
 }
 
