@@ -406,3 +406,27 @@ fn a_budget_that_does_not_refill_fails_after_its_own_bound_naming_it() {
     c.sim.set_refill_per_second(1.0);
     c.sim.assert_clean();
 }
+
+#[test]
+fn a_build_with_a_realistic_boot_and_delete_costs_few_requests() {
+    let Some(c) = Cloud::new("RUN true") else {
+        return;
+    };
+    config(&c, 600);
+    // A boot from a snapshot: create 20 s, start 25 s; a delete of 5 s (FACTS.md).
+    c.sim.action_time("create_server", Duration::from_secs(20));
+    c.sim.action_time("start_server", Duration::from_secs(25));
+    c.sim.action_time("delete_server", Duration::from_secs(5));
+    let started = Instant::now();
+    let out = c.build(&[]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    // The project key the test registered is not the build's.
+    let requests = c.sim.total_calls() - 1;
+    eprintln!(
+        "API requests for one successful build with a 25 s boot and a 5 s delete: {requests} in {:.1} s ({:?})",
+        started.elapsed().as_secs_f64(),
+        c.sim.calls()
+    );
+    assert!(requests <= 18, "{:?}", c.sim.calls());
+    c.sim.assert_clean();
+}

@@ -47,8 +47,10 @@ const CREATE_CHECK_MAX: Duration = Duration::from_secs(30);
 /// How long a delete waits for a locked server's actions: a boot from a large snapshot takes
 /// minutes, a snapshot of a 40 GB disk several (FACTS.md, "Locks" and "Snapshots").
 pub const LOCKED_WAIT: Duration = Duration::from_secs(20 * 60);
-/// The actions of a locked server are looked at after 1 s, then every 1.5× longer, at most 10 s.
-const LOCKED_POLL_MAX: Duration = Duration::from_secs(10);
+/// The actions of a locked server are looked at after 2 s, then every 1.5× longer, at most 15 s
+/// (five looks for a 25 s boot).
+const LOCKED_POLL_FIRST: Duration = Duration::from_secs(2);
+const LOCKED_POLL_MAX: Duration = Duration::from_secs(15);
 /// The default lease when the settings name none (`hcloud.lease_s`).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(600);
 
@@ -312,7 +314,7 @@ impl HcloudProvider {
 impl HcloudProvider {
     /// Wait until server `id` has no running action (it is `locked` until then), at most
     /// until `deadline`: its running actions (`GET /servers/{id}/actions?status=running`), then
-    /// those actions, polled together from 1 s, 1.5× longer each time, at most 10 s apart.
+    /// those actions, polled together from 2 s, 1.5× longer each time, at most 15 s apart.
     async fn wait_unlocked(&self, id: &str, deadline: Instant) -> Result<(), ApiError> {
         let page: api::ActionsPage = self
             .api
@@ -339,7 +341,7 @@ impl HcloudProvider {
         ));
         let query: Vec<String> = running.iter().map(|a| format!("id={a}")).collect();
         let path = format!("/actions?{}", query.join("&"));
-        let mut interval = Duration::from_secs(1);
+        let mut interval = LOCKED_POLL_FIRST;
         loop {
             if Instant::now() + interval > deadline {
                 return Err(ApiError::Transport {
