@@ -535,6 +535,49 @@ mod tests {
     }
 
     #[test]
+    fn a_spent_budget_names_the_setting_and_the_time_waited() {
+        let e = budget_spent(
+            api(429, "rate_limit_exceeded"),
+            Duration::from_secs(600),
+            " (0 of 3600 requests left)".into(),
+        );
+        let text = e.to_string();
+        assert!(text.contains("rate_limit_exceeded"), "{text}");
+        assert!(
+            text.contains("within 600 s (hcloud.rate_limit_wait_s)"),
+            "{text}"
+        );
+        assert!(text.contains("0 of 3600 requests left"), "{text}");
+        assert_eq!(e.status(), Some(429));
+    }
+
+    #[test]
+    fn the_apis_clock_comes_from_the_date_header() {
+        let client = ApiClient::new(
+            "http://127.0.0.1:9",
+            Zeroizing::new("fake".into()),
+            RetryPolicy::API,
+            Arc::new(|_: &str| {}),
+        )
+        .unwrap();
+        assert!(!client.knows_api_time());
+        let mut headers = reqwest::header::HeaderMap::new();
+        let behind = SystemTime::now() - Duration::from_secs(3600);
+        headers.insert(
+            reqwest::header::DATE,
+            httpdate::fmt_http_date(behind).parse().unwrap(),
+        );
+        client.observe_date(&headers);
+        assert!(client.knows_api_time());
+        let gap = unix_now() - client.now();
+        assert!((3599..=3601).contains(&gap), "{gap}");
+        // An unreadable date changes nothing.
+        headers.insert(reqwest::header::DATE, "yesterday".parse().unwrap());
+        client.observe_date(&headers);
+        assert!((3599..=3601).contains(&(unix_now() - client.now())));
+    }
+
+    #[test]
     fn low_budget_is_a_tenth() {
         let r = RateLimit {
             limit: Some(3600),

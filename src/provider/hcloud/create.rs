@@ -352,3 +352,55 @@ fn may_be_missing_key(e: &ApiError) -> bool {
 fn is_unsupported_location(e: &ApiError) -> bool {
     e.code() == Some("invalid_input") && e.message().contains("unsupported location")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: &str, message: &str) -> ApiError {
+        ApiError::Api {
+            method: "POST".into(),
+            path: "/servers".into(),
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn only_a_refusal_that_can_mean_a_missing_key_leads_to_the_key_check() {
+        assert!(may_be_missing_key(&api(
+            400,
+            "invalid_input",
+            "invalid input in field 'ssh_keys'"
+        )));
+        assert!(may_be_missing_key(&api(
+            404,
+            "not_found",
+            "ssh key not found"
+        )));
+        for (status, code, message) in [
+            (412, "resource_unavailable", "error during placement"),
+            (403, "resource_limit_exceeded", "server limit reached"),
+            (400, "invalid_input", "unsupported location for server type"),
+            (
+                400,
+                "invalid_input",
+                "image disk is bigger than the server type's disk",
+            ),
+            (409, "uniqueness_error", "server name is already used"),
+            (403, "token_readonly", "read only"),
+        ] {
+            assert!(
+                !may_be_missing_key(&api(status, code, message)),
+                "{code}: {message}"
+            );
+        }
+        let unreadable = ApiError::Decode {
+            method: "POST".into(),
+            path: "/servers".into(),
+            detail: "EOF".into(),
+        };
+        assert!(!may_be_missing_key(&unreadable));
+    }
+}
