@@ -307,6 +307,10 @@ fn eight_first_builds_starting_with_10_requests_left_all_succeed() {
             let mut args = c.args();
             let at = args.iter().position(|a| a == "--report").unwrap();
             args[at + 1] = report.display().to_string();
+            // A repository each: eight builds pushing one tag would overwrite each other's
+            // image between push and verification.
+            let at = args.iter().position(|a| a == "--project").unwrap();
+            args[at + 1] = format!("e2e/app{n}");
             Command::new(BIN)
                 .args(&args)
                 .env("HCLOUD_TOKEN", &c.sim.token)
