@@ -10,7 +10,8 @@
 //! API's rules, `labels.rs` label syntax and selectors, `api.rs` the HTTP side (gate,
 //! catalogue, images, actions), `servers.rs` the servers and their runners, `catalog.rs`
 //! server types, prices and locations (sold and deprecated per location), `keys.rs` SSH keys,
-//! `faults.rs` the scripted faults and the request budget, `strict.rs` the closed enums,
+//! `faults.rs` the scripted faults and the request budget, `render.rs` images, actions and time
+//! as the API writes them, `strict.rs` the closed enums,
 //! unspecified order and paging rules, `client.rs` a tiny raw-HTTP client for tests.
 //!
 //! As strict as the real API where the launcher's correctness depends on it; each file says
@@ -34,6 +35,7 @@ pub mod cloud;
 mod faults;
 mod keys;
 mod labels;
+mod render;
 mod servers;
 mod state;
 mod strict;
