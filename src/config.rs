@@ -141,6 +141,21 @@ pub struct SpecSettings {
 pub struct HcloudConfig {
     pub locations: Vec<String>,
     pub retry: RetryConfig,
+    /// A runner's lease in seconds: renewed every third of it while its launcher lives, so a
+    /// killed launcher's server is reaped this long after its last renewal.
+    pub lease_s: u64,
+    /// How long one API request may wait in all for the project's request budget (429s).
+    pub rate_limit_wait_s: u64,
+}
+
+impl HcloudConfig {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_s)
+    }
+
+    pub fn rate_limit_wait(&self) -> Duration {
+        Duration::from_secs(self.rate_limit_wait_s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -399,6 +414,8 @@ mod tests {
         assert_eq!(c.spec.file, ".build-spec.ncl");
         assert_eq!(c.hcloud.locations, ["fsn1", "nbg1", "hel1"]);
         assert_eq!(c.hcloud.retry.policy(), crate::retry::RetryPolicy::API);
+        assert_eq!(c.hcloud.lease(), Duration::from_secs(600));
+        assert_eq!(c.hcloud.rate_limit_wait(), Duration::from_secs(600));
     }
 
     fn load_str(text: &str) -> Result<Config, ConfigError> {

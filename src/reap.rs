@@ -3,6 +3,11 @@
 //! Every runner carries `managed-by=buildkit-launcher` and `buildkit-launcher/expires=<unix s>`.
 //! `reap` deletes the managed runners whose lease has expired, and nothing else: unmanaged
 //! servers are never listed, unexpired ones and ones without a readable expiry are kept.
+//!
+//! Expiry is judged by the provider's clock when it has one (Hetzner: the `Date` of the listing's
+//! answer), never by this agent's alone: an agent whose clock runs ahead cannot reap another
+//! agent's live runner. Leases are short and renewed while their build runs (run/live.rs), so a
+//! lease that ended means its launcher is gone, or ended it on purpose after a failed delete.
 
 use serde::Serialize;
 
@@ -33,15 +38,40 @@ pub enum ReapAction {
     Failed,
 }
 
-/// Look at every managed runner; delete (or, with `dry_run`, list) the expired ones.
+/// Look at every managed runner; delete (or, with `dry_run`, list) the expired ones. An
+/// expired runner that is locked (an action runs on it: the boot of a cancelled build, the
+/// snapshot of a cancelled bake) is deleted once the action ends; the delete waits for it.
 pub async fn reap(
     provider: &dyn Provider,
     now: u64,
     dry_run: bool,
     log: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Vec<Reaped>, ProviderError> {
+    reap_with(provider, now, dry_run, true, log).await
+}
+
+/// The reap before a build: as [`reap`], but an expired runner that is locked now is left for
+/// the next reap (waiting minutes for a snapshot would hold the build up).
+pub async fn reap_unlocked(
+    provider: &dyn Provider,
+    now: u64,
+    log: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Vec<Reaped>, ProviderError> {
+    reap_with(provider, now, false, false, log).await
+}
+
+async fn reap_with(
+    provider: &dyn Provider,
+    now: u64,
+    dry_run: bool,
+    wait_locked: bool,
+    log: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Vec<Reaped>, ProviderError> {
     let mut out = Vec::new();
-    for lease in provider.list_leases().await? {
+    let leases = provider.list_leases().await?;
+    // The API's time, read from the listing's own answer.
+    let now = provider.now().unwrap_or(now);
+    for lease in leases {
         let expires = lease.expires();
         let mut entry = Reaped {
             id: lease.id.clone(),
@@ -53,9 +83,16 @@ pub async fn reap(
             error: None,
         };
         // No readable expiry: not ours to judge.
-        let expired = expires.is_some_and(|e| e < now);
+        let expired = expires.is_some_and(|e| e <= now);
         if expired && dry_run {
             entry.action = ReapAction::WouldDelete;
+        } else if expired && lease.locked && !wait_locked {
+            log(&format!(
+                "runner {} ({}) {} but is locked by a running action; the next reap deletes it",
+                lease.name,
+                lease.id,
+                when(expires, now)
+            ));
         } else if expired {
             log(&format!(
                 "runner {} ({}, lease {}) {}; deleting it",

@@ -286,6 +286,83 @@ fn sigterm_during_provisioning_deletes_the_server_and_exits_5() {
 }
 
 #[test]
+fn a_bake_cancelled_during_a_60_s_snapshot_ends_its_lease_and_a_reap_leaves_nothing() {
+    if !require_root_and_tools(TOOLS) {
+        return;
+    }
+    let release = Release::serve();
+    let c = Cloud::new();
+    // The snapshot holds the server's lock for a minute (FACTS.md: snapshots take minutes).
+    c.sim.action_time("create_image", Duration::from_secs(60));
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(support::BIN)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("HCLOUD_TOKEN", &c.sim.token)
+        .env("HCLOUD_ENDPOINT", &c.sim.endpoint)
+        .env("CI_COMMIT_SHA", COMMIT)
+        .args([
+            "--config",
+            &c.config_file(),
+            "golden-image",
+            "build",
+            "--pin",
+        ])
+        .arg(release.pin(None))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while c.calls("POST /servers/{id}/actions/create_image") == 0 {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the bake never started its snapshot");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let sent = Instant::now();
+    support::sigterm(&child);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if sent.elapsed() > Duration::from_secs(25) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the bake was still running 25 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = sent.elapsed();
+    assert!(
+        took < Duration::from_secs(19),
+        "exit {took:?} after SIGTERM"
+    );
+    // Locked by the snapshot past the deadline: its lease was ended, exit 6 says so.
+    assert_eq!(status.code(), Some(6));
+    let servers = c.sim.servers();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let expires: u64 = servers[0].labels["buildkit-launcher/expires"]
+        .parse()
+        .unwrap();
+    assert!(expires <= buildkit_launcher::provider::unix_now());
+    // The next reap deletes it once the snapshot lets it.
+    let out = Launcher::new()
+        .env("HCLOUD_TOKEN", &c.sim.token)
+        .env("HCLOUD_ENDPOINT", &c.sim.endpoint)
+        .args(["--config", &c.config_file(), "reap"])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("deleted"), "{}", out.stdout);
+    c.sim.assert_clean();
+}
+
+#[test]
 fn bad_input_is_exit_2_before_any_server_exists() {
     let c = Cloud::new();
     let dir = tempfile::tempdir().unwrap();

@@ -162,8 +162,10 @@ fn sigterm_during_a_two_platform_build_destroys_both_servers_within_2_s() {
     let Some(c) = cloud(SCRATCH) else {
         return;
     };
-    // Both servers exist and are still booting when the signal comes.
-    c.sim.action_delay(Duration::from_secs(60));
+    // Both servers exist and are still booting when the signal comes. A booting server is
+    // locked (423 on DELETE: FACTS.md "Locks"), so one still booting 14 s after the signal
+    // gets its lease ended instead (exit 6) and the next reap deletes it.
+    c.sim.action_delay(Duration::from_secs(20));
     let mut child = spawn(&c, &["--platform", BOTH]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while c.sim.servers().len() < 2 {
@@ -177,13 +179,22 @@ fn sigterm_during_a_two_platform_build_destroys_both_servers_within_2_s() {
     support::sigterm(&child);
     let status = child.wait().unwrap();
     let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
-    assert_eq!(status.code(), Some(5), "stderr:\n{stderr}");
+    let code = status.code();
+    assert!(code == Some(5) || code == Some(6), "stderr:\n{stderr}");
     let deletes: Vec<Duration> = c
         .sim
         .requests()
         .into_iter()
         .filter(|(_, r)| r.starts_with("DELETE /servers/"))
-        .map(|(at, _)| at.saturating_duration_since(sent))
+        // The first DELETE of each server (a locked one is asked again once unlocked).
+        .fold(Vec::<(String, Duration)>::new(), |mut first, (at, r)| {
+            if !first.iter().any(|(p, _)| *p == r) {
+                first.push((r, at.saturating_duration_since(sent)));
+            }
+            first
+        })
+        .into_iter()
+        .map(|(_, d)| d)
         .collect();
     assert_eq!(deletes.len(), 2, "{stderr}");
     assert!(
@@ -196,9 +207,21 @@ fn sigterm_during_a_two_platform_build_destroys_both_servers_within_2_s() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|a| a["outcome"] == "cancelled" && a["destroyed"] == true),
+            .all(|a| a["outcome"] == "cancelled" && (a["destroyed"] == true || code == Some(6))),
         "{report}"
     );
+    if code == Some(6) {
+        assert!(stderr.contains("lease ended now"), "{stderr}");
+        let out = c
+            .launcher()
+            .args([
+                "--config",
+                &format!("{}/fast.ncl", c.ctx.path().display()),
+                "reap",
+            ])
+            .run();
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
     c.sim.assert_clean();
 }
 

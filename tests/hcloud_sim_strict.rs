@@ -42,9 +42,19 @@ fn register_key(sim: &HcloudSim) {
     assert_eq!(again.code(), "uniqueness_error");
 }
 
+/// Delete every server, waiting out 423 `locked` while a boot action still runs.
 fn delete_all(sim: &HcloudSim) {
     for s in sim.servers() {
-        sim.call("DELETE", &format!("/servers/{}", s.id), None);
+        for _ in 0..400 {
+            if sim
+                .call("DELETE", &format!("/servers/{}", s.id), None)
+                .status
+                != 423
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     for _ in 0..200 {
         if sim.servers().is_empty() {
@@ -252,4 +262,87 @@ fn a_create_can_be_made_and_then_answered_with_an_error_or_a_dropped_connection(
     assert_eq!(again.code(), "uniqueness_error");
     delete_all(&sim);
     sim.assert_clean();
+}
+
+#[test]
+fn a_server_is_locked_while_any_action_runs_and_its_labels_can_change_meanwhile() {
+    if !needs_runners() {
+        return;
+    }
+    let sim = HcloudSim::start();
+    register_key(&sim);
+    sim.action_time("create_server", Duration::from_secs(3));
+    sim.action_time("start_server", Duration::from_secs(3));
+    let reply = sim.call(
+        "POST",
+        "/servers",
+        Some(&request(
+            "bkl-x-1-eeeeeeee",
+            "fsn1",
+            Some("buildkit-launcher"),
+        )),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.json);
+    let id = reply.json["server"]["id"].as_i64().unwrap();
+    // Booting: locked; a delete is refused, the running actions are listed.
+    assert_eq!(
+        sim.get(&format!("/servers/{id}")).json["server"]["locked"],
+        true
+    );
+    let delete = sim.call("DELETE", &format!("/servers/{id}"), None);
+    assert_eq!((delete.status, delete.code()), (423, "locked"));
+    let running = sim.get(&format!("/servers/{id}/actions?status=running"));
+    let commands: Vec<&str> = running.json["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["command"].as_str().unwrap())
+        .collect();
+    assert!(commands.contains(&"create_server"), "{commands:?}");
+    assert_eq!(
+        sim.get(&format!("/servers/{id}/actions?status=stuck"))
+            .code(),
+        "invalid_input"
+    );
+    // A label update is not an action: accepted while locked, and it replaces the set.
+    let put = sim.call(
+        "PUT",
+        &format!("/servers/{id}"),
+        Some(&json!({"labels": {"managed-by": "buildkit-launcher", "buildkit-launcher/expires": "1"}})),
+    );
+    assert_eq!(put.status, 200, "{}", put.json);
+    assert_eq!(
+        put.json["server"]["labels"]["buildkit-launcher/expires"],
+        "1"
+    );
+    assert!(put.json["server"]["labels"]["buildkit-launcher/lease"].is_null());
+    let bad = sim.call(
+        "PUT",
+        &format!("/servers/{id}"),
+        Some(&json!({"labels": {"-bad": "x"}})),
+    );
+    assert_eq!(bad.code(), "invalid_input");
+    // Once the boot's actions end, the delete is accepted.
+    for _ in 0..200 {
+        if !sim.is_locked(id) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!sim.is_locked(id));
+    delete_all(&sim);
+    sim.assert_clean();
+}
+
+#[test]
+fn every_answer_carries_the_apis_time_in_its_date_header() {
+    let sim = HcloudSim::start();
+    sim.set_clock_skew(-3600);
+    let reply = sim.get("/server_types");
+    let date = httpdate::parse_http_date(reply.header("date").expect("a Date header")).unwrap();
+    let behind = std::time::SystemTime::now().duration_since(date).unwrap();
+    assert!(
+        (3595..3605).contains(&behind.as_secs()),
+        "{behind:?} behind"
+    );
 }

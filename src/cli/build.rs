@@ -257,7 +257,7 @@ async fn preflight(hcloud: &HcloudProvider, plan: &mut Plan, config: &Config) ->
 
 /// Expired runners of earlier, killed builds go first (cheap; a failure is a warning).
 async fn reap(hcloud: &HcloudProvider, log: &(dyn Fn(&str) + Send + Sync)) {
-    match crate::reap::reap(hcloud, crate::provider::unix_now(), false, log).await {
+    match crate::reap::reap_unlocked(hcloud, crate::provider::unix_now(), log).await {
         Ok(entries) => {
             let deleted = entries
                 .iter()

@@ -240,6 +240,8 @@ fn provider(
             locations,
             golden_image: None,
             retry: config.hcloud.retry.policy(),
+            lease: config.hcloud.lease(),
+            rate_limit_wait: config.hcloud.rate_limit_wait(),
         },
         log,
     )

@@ -146,6 +146,8 @@ impl ProviderArgs {
                         locations,
                         golden_image: self.golden_image.clone(),
                         retry: config.hcloud.retry.policy(),
+                        lease: config.hcloud.lease(),
+                        rate_limit_wait: config.hcloud.rate_limit_wait(),
                     },
                     log,
                 )

@@ -33,9 +33,10 @@ use crate::provider::{
 use crate::run::live::LiveRunners;
 use crate::transport::session::{Connection, RemoteExit, describe, shell_quote};
 
-/// A bake must be done by then; its lease (what `reap` goes by) runs 30 minutes longer.
+/// A bake must be done by then. Its server's lease (what `reap` goes by) is the provider's
+/// short one, renewed while the bake runs (run/live.rs), so a killed bake's server is reaped
+/// within minutes; a bake cancelled while its snapshot is taken ends its lease at once.
 const BAKE_TIMEOUT: Duration = Duration::from_secs(150 * 60);
-const LEASE_MARGIN: u64 = 30 * 60;
 
 /// What to bake.
 pub struct BakeSettings<'a> {
@@ -123,7 +124,12 @@ pub async fn bake(
     cancel: CancellationToken,
 ) -> BakeReport {
     let created = unix_now();
-    let lease = Lease::new(BAKE_TIMEOUT.as_secs() + LEASE_MARGIN);
+    let lease = Lease::new(
+        hcloud
+            .lease()
+            .unwrap_or(crate::provider::hcloud::DEFAULT_LEASE)
+            .as_secs(),
+    );
     let server_name = format!("bkl-golden-{}-{}", s.arch, lease.id);
     let snapshot_labels = golden_labels(s, created);
     let description = format!(
@@ -153,7 +159,7 @@ pub async fn bake(
     };
     let server_id = server.ids().into_iter().next();
     let deleted = server
-        .destroy_all(s.log)
+        .destroy_all(s.log, &cancel)
         .await
         .into_iter()
         .map(|(_, result)| result)

@@ -10,7 +10,7 @@ pub mod keys;
 pub mod local;
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -66,6 +66,9 @@ pub struct LeaseInfo {
     /// which build it was.
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// An action runs on it now (Hetzner's `locked`): a delete must wait for it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub locked: bool,
 }
 
 impl LeaseInfo {
@@ -86,6 +89,15 @@ pub enum ProviderError {
     },
     #[error("cannot {action}: {detail}")]
     Setup {
+        action: &'static str,
+        detail: String,
+    },
+    /// A create whose outcome is unknown: the server called `name` may exist (its answer was
+    /// lost or unreadable, and a lookup did not find it yet). Whoever destroys must look for
+    /// it by name; it carries the lease labels, so `reap` finds it too.
+    #[error("cannot {action}: {detail}; a server called {name} may exist all the same")]
+    Unconfirmed {
+        name: String,
         action: &'static str,
         detail: String,
     },
@@ -115,6 +127,31 @@ pub trait Provider: Send + Sync {
     }
     /// Delete the runner and confirm it is gone. Idempotent: an unknown id is already gone.
     async fn destroy(&self, id: &str) -> Result<(), ProviderError>;
+    /// The lease a runner gets and keeps while its launcher lives (renewed every third of
+    /// it); `None`: the provider renews nothing and the lease covers the build's timeout.
+    fn lease(&self) -> Option<Duration> {
+        None
+    }
+    /// Make runner `id`'s lease end `seconds` from now (0: now, so the next reap deletes it),
+    /// writing `labels` (all of them: the provider may replace the whole set) with the new
+    /// expiry, in the provider's time.
+    async fn set_lease(
+        &self,
+        id: &str,
+        _labels: &BTreeMap<String, String>,
+        _seconds: u64,
+    ) -> Result<(), ProviderError> {
+        Err(ProviderError::Runner {
+            id: id.to_owned(),
+            action: "change its lease",
+            detail: format!("the {} provider keeps no renewable lease", self.name()),
+        })
+    }
+    /// The provider's own time (unix seconds) when it has one (Hetzner: the `Date` of its
+    /// answers): leases are judged by it, not by this agent's clock.
+    fn now(&self) -> Option<u64> {
+        None
+    }
     /// Every runner this provider manages, with its labels.
     async fn list_leases(&self) -> Result<Vec<LeaseInfo>, ProviderError>;
 }

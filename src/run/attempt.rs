@@ -37,7 +37,12 @@ pub async fn run(
 ) -> Result<Done, AttemptError> {
     let (ex, plan) = (p.ex, p.plan);
     let phase = Instant::now();
-    let lease = Lease::new(lease_seconds(plan));
+    // A provider that renews leases (Hetzner) gets its short lease; else one covering the build.
+    let lease = Lease::new(
+        ex.provider
+            .lease()
+            .map_or_else(|| lease_seconds(plan), |l| l.as_secs()),
+    );
     let keys = BuildKeys::generate(&lease.id)?;
     let spec = RunnerSpec {
         name: runner_name(&plan.history.key.repo, &ex.pipeline, &lease.id),

@@ -340,7 +340,7 @@ async fn run_platform(
         }
         // Whatever happened, the runner goes now (a dropped attempt left it registered).
         let destroy_started = std::time::Instant::now();
-        for (id, outcome) in live.destroy_all(p.log.as_ref()).await {
+        for (id, outcome) in live.destroy_all(p.log.as_ref(), signal).await {
             record.runner.get_or_insert(id.clone());
             match outcome {
                 Ok(()) => record.destroyed = true,

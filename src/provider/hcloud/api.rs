@@ -43,6 +43,9 @@ pub struct Server {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub public_net: PublicNet,
+    /// An action runs on it (boot, snapshot, delete…): a delete now answers 423.
+    #[serde(default)]
+    pub locked: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -5,13 +5,16 @@
 //! 3600 requests an hour), and its closed enums fail on values the API adds. Responses are
 //! parsed leniently into the small structs in `api.rs`.
 //!
-//! Every call goes through [`ApiClient::call`]: one retry policy for 429, 5xx, `conflict`,
-//! `locked`, `timeout` and transport failures; errors carry the API's code and message and
-//! never the token.
+//! Every call goes through [`ApiClient::call`]: one retry policy for 5xx, `conflict`, `locked`,
+//! `timeout` and transport failures; a 429 is waited out (about a second at a time, jittered,
+//! with a progress line) within a total bound of its own ([`ApiClient::rate_limit_wait`]),
+//! because the budget refills one request a second and every build of the project shares it.
+//! Errors carry the API's code and message and never the token. The `Date` of every answer is
+//! kept: leases are written and judged in the API's time, not this agent's ([`ApiClient::now`]).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -19,6 +22,11 @@ use zeroize::Zeroizing;
 
 use crate::provider::unix_now;
 use crate::retry::RetryPolicy;
+
+pub use super::rate::RateLimit;
+use super::rate::{
+    DEFAULT_RATE_LIMIT_WAIT, RATE_LIMIT_PROGRESS, RATE_LIMIT_REFILL, budget_spent, rate_limit_delay,
+};
 
 pub const DEFAULT_ENDPOINT: &str = "https://api.hetzner.cloud/v1";
 
@@ -101,41 +109,6 @@ impl ApiError {
     }
 }
 
-/// What the last response said about the project's request budget.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RateLimit {
-    pub limit: Option<u32>,
-    pub remaining: Option<u32>,
-    /// Unix seconds when the budget is full again.
-    pub reset: Option<u64>,
-}
-
-impl RateLimit {
-    /// ` (0 of 3600 requests left, full again in 60 min)`, for a log line; empty when unknown.
-    pub fn describe(&self) -> String {
-        match (self.remaining, self.limit) {
-            (Some(remaining), Some(limit)) => {
-                let full = self.reset.map_or(String::new(), |r| {
-                    format!(
-                        ", full again in {}",
-                        crate::provider::human_duration(r.saturating_sub(unix_now()))
-                    )
-                });
-                format!(" ({remaining} of {limit} requests left{full})")
-            }
-            _ => String::new(),
-        }
-    }
-
-    /// Below a tenth of the budget: everyone polling should slow down.
-    pub fn is_low(&self) -> bool {
-        match (self.limit, self.remaining) {
-            (Some(limit), Some(remaining)) => remaining.saturating_mul(10) < limit,
-            _ => false,
-        }
-    }
-}
-
 pub struct ApiClient {
     http: reqwest::Client,
     base: String,
@@ -143,6 +116,12 @@ pub struct ApiClient {
     policy: RetryPolicy,
     rate: Mutex<RateLimit>,
     calls: AtomicU32,
+    /// How long one request may wait in all for the request budget to refill (429s).
+    rate_limit_wait: Duration,
+    /// The API's clock minus this agent's, in seconds, from the last `Date` header (`None`
+    /// before the first answer).
+    clock_offset: AtomicI64,
+    clock_known: std::sync::atomic::AtomicBool,
     log: Arc<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -170,8 +149,29 @@ impl ApiClient {
             policy,
             rate: Mutex::new(RateLimit::default()),
             calls: AtomicU32::new(0),
+            rate_limit_wait: DEFAULT_RATE_LIMIT_WAIT,
+            clock_offset: AtomicI64::new(0),
+            clock_known: std::sync::atomic::AtomicBool::new(false),
             log,
         })
+    }
+
+    /// Bound the total wait of one request for the request budget (`hcloud.rate_limit_wait_s`).
+    pub fn with_rate_limit_wait(mut self, wait: Duration) -> ApiClient {
+        self.rate_limit_wait = wait;
+        self
+    }
+
+    /// The API's time (unix seconds): this agent's clock corrected by the `Date` of the last
+    /// answer, so that agents whose clocks differ agree on when a lease ends.
+    pub fn now(&self) -> u64 {
+        let offset = self.clock_offset.load(Ordering::Relaxed);
+        unix_now().saturating_add_signed(offset)
+    }
+
+    /// Whether [`ApiClient::now`] is the API's time (an answer with a `Date` came).
+    pub fn knows_api_time(&self) -> bool {
+        self.clock_known.load(Ordering::Relaxed)
     }
 
     /// The retry policy (also the shape of the waits callers make around requests).
@@ -197,33 +197,50 @@ impl ApiClient {
         retry: Retry,
     ) -> Result<T, ApiError> {
         let mut attempt = 1;
+        // When the first 429 of this request came: its waits are bounded in time, not count.
+        let mut budget_wait: Option<Instant> = None;
+        let mut last_progress: Option<Instant> = None;
         loop {
             let result = self.send(method.clone(), path, body).await;
             let error = match result {
                 Ok(value) => return Ok(value),
                 Err(e) => e,
             };
+            if error.status() == Some(429) {
+                let started = *budget_wait.get_or_insert_with(Instant::now);
+                let waited = started.elapsed();
+                if waited >= self.rate_limit_wait {
+                    return Err(budget_spent(error, waited, self.rate_limit().describe()));
+                }
+                // The budget refills one request a second: one is free again within about a
+                // second, whatever `RateLimit-Reset` (the time it is *full* again) says.
+                let retry = (waited.as_secs() as u32 / 4 + 1).min(3);
+                let delay = rate_limit_delay(&self.policy, retry, rand::random::<f64>())
+                    .min(self.rate_limit_wait.saturating_sub(waited) + RATE_LIMIT_REFILL);
+                if last_progress.is_none_or(|t| t.elapsed() >= RATE_LIMIT_PROGRESS) {
+                    last_progress = Some(Instant::now());
+                    (self.log)(&format!(
+                        "{error}{}; the project's request budget is spent: waiting for it to refill, retrying in {:.1} s ({:.0} s of at most {} s waited)",
+                        self.rate_limit().describe(),
+                        delay.as_secs_f64(),
+                        waited.as_secs_f64(),
+                        self.rate_limit_wait.as_secs()
+                    ));
+                }
+                tokio::time::sleep(delay).await;
+                continue;
+            }
             let retryable = match retry {
                 Retry::Always => error.is_transient(),
                 Retry::IfRefused => error.is_refused_for_now(),
+                Retry::NotLocked => error.is_transient() && error.code() != Some("locked"),
             } && self.policy.allows_another(attempt);
             if !retryable {
                 return Err(error);
             }
-            let delay = if error.status() == Some(429) {
-                // The budget refills one request a second: one is free again within about a
-                // second, whatever `RateLimit-Reset` (the time it is *full* again) says.
-                rate_limit_delay(&self.policy, attempt, rand::random::<f64>())
-            } else {
-                self.policy.delay_random(attempt)
-            };
-            let budget = if error.status() == Some(429) {
-                self.rate_limit().describe()
-            } else {
-                String::new()
-            };
+            let delay = self.policy.delay_random(attempt);
             (self.log)(&format!(
-                "{error}{budget}; retrying in {:.1} s ({attempt}/{})",
+                "{error}; retrying in {:.1} s ({attempt}/{})",
                 delay.as_secs_f64(),
                 self.policy.max_attempts - 1
             ));
@@ -259,6 +276,7 @@ impl ApiClient {
         };
         let response = request.send().await.map_err(transport)?;
         self.observe(response.headers());
+        self.observe_date(response.headers());
         let status = response.status();
         let text = response.text().await.map_err(transport)?;
         if !status.is_success() {
@@ -310,6 +328,23 @@ impl ApiClient {
         }
     }
 
+    /// Keep the API's clock from the `Date` header (RFC 9110 IMF-fixdate, one-second resolution).
+    fn observe_date(&self, headers: &reqwest::header::HeaderMap) {
+        let Some(date) = headers
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+        else {
+            return;
+        };
+        let api = date.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+        let local = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()) as i64;
+        self.clock_offset.store(api - local, Ordering::Relaxed);
+        self.clock_known.store(true, Ordering::Relaxed);
+    }
+
     /// How long to wait between polls of something slow: `base`, stretched when the project's
     /// request budget runs low (every build of the project shares it).
     pub fn poll_interval(&self, base: Duration) -> Duration {
@@ -322,18 +357,6 @@ impl ApiClient {
     }
 }
 
-/// How long to wait after a 429 before retry number `retry`: at least a second (the refill
-/// interval), full jitter up to the policy's exponential delay (at least 2 s), so that the
-/// launchers of one project that all hit an empty budget do not come back in step.
-pub fn rate_limit_delay(policy: &RetryPolicy, retry: u32, unit: f64) -> Duration {
-    let floor = RATE_LIMIT_REFILL.as_secs_f64();
-    let top = policy.base_delay(retry).as_secs_f64().max(2.0 * floor);
-    Duration::from_secs_f64(floor + unit.clamp(0.0, 1.0) * (top - floor))
-}
-
-/// Hetzner refills the request budget at one request per second.
-pub const RATE_LIMIT_REFILL: Duration = Duration::from_secs(1);
-
 /// May a failed request be sent again?
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -343,6 +366,9 @@ pub enum Retry {
     /// 5xx, `timeout` or transport failure the caller must first look for what may have been
     /// created (names are unique per project).
     IfRefused,
+    /// As `Always`, but a 423 `locked` is returned at once: the caller waits for the
+    /// server's running actions instead of guessing (a delete).
+    NotLocked,
 }
 
 fn without_url(e: reqwest::Error) -> String {
@@ -419,38 +445,29 @@ mod tests {
     }
 
     #[test]
-    fn after_a_429_the_wait_is_about_a_second_jittered_never_the_reset() {
-        let p = RetryPolicy::API;
-        for i in 0..=100 {
-            let unit = f64::from(i) / 100.0;
-            let first = rate_limit_delay(&p, 1, unit).as_secs_f64();
-            assert!((1.0..=2.0 + 1e-9).contains(&first), "{first}");
-            let fast = RetryPolicy {
-                initial_delay: Duration::from_millis(50),
-                max_delay: Duration::from_millis(400),
-                ..p
-            };
-            assert!(rate_limit_delay(&fast, 3, unit) >= RATE_LIMIT_REFILL);
-        }
-        // Launchers drawing different numbers come back at different times.
-        assert_ne!(rate_limit_delay(&p, 1, 0.1), rate_limit_delay(&p, 1, 0.9));
-        assert!(rate_limit_delay(&p, 10, 1.0) <= p.max_delay);
-    }
-
-    #[test]
-    fn low_budget_is_a_tenth() {
-        let r = RateLimit {
-            limit: Some(3600),
-            remaining: Some(359),
-            reset: None,
-        };
-        assert!(r.is_low());
-        let r = RateLimit {
-            remaining: Some(360),
-            ..r
-        };
-        assert!(!r.is_low());
-        assert!(!RateLimit::default().is_low());
+    fn the_apis_clock_comes_from_the_date_header() {
+        let client = ApiClient::new(
+            "http://127.0.0.1:9",
+            Zeroizing::new("fake".into()),
+            RetryPolicy::API,
+            Arc::new(|_: &str| {}),
+        )
+        .unwrap();
+        assert!(!client.knows_api_time());
+        let mut headers = reqwest::header::HeaderMap::new();
+        let behind = SystemTime::now() - Duration::from_secs(3600);
+        headers.insert(
+            reqwest::header::DATE,
+            httpdate::fmt_http_date(behind).parse().unwrap(),
+        );
+        client.observe_date(&headers);
+        assert!(client.knows_api_time());
+        let gap = unix_now() - client.now();
+        assert!((3599..=3601).contains(&gap), "{gap}");
+        // An unreadable date changes nothing.
+        headers.insert(reqwest::header::DATE, "yesterday".parse().unwrap());
+        client.observe_date(&headers);
+        assert!((3599..=3601).contains(&(unix_now() - client.now())));
     }
 
     #[test]

@@ -6,13 +6,20 @@
 //!   project (a throwaway public key whose private half is never kept: the per-build key in
 //!   the cloud-init user data is what the launcher logs in with) and reused by name, so the
 //!   happy path costs no extra request. It is looked up (and registered when missing) only
-//!   when a create is refused for a reason other than capacity, location, quota or rate.
+//!   when a create is refused with a 4xx that can mean a missing key (`not_found`, or an
+//!   `invalid_input` naming `ssh_keys`), and the create is then tried once more, whoever
+//!   registered the key (eight first builds of a project at once race to register it).
 //! - **Per location.** Only locations that sell the type are tried; `resource_unavailable`,
 //!   `placement_error` and 400 `invalid_input` "unsupported location for server type" move
 //!   on to the next one.
 //! - **Never lost.** After a 5xx, `timeout` or a transport failure the server may exist: it is
 //!   looked up by its unique name before the create is repeated, and a `uniqueness_error` on
-//!   a repeat means the first one made it (found by name, and used).
+//!   a repeat means the first one made it (found by name, and used). When the outcome stays
+//!   unknown (a `uniqueness_error` while the lookup finds nothing yet, a 2xx whose body does not
+//!   decode, the repeats spent), the error is [`ProviderError::Unconfirmed`]: the name stays
+//!   registered, so the destroy looks for it again and `reap` finds it by its labels.
+//! - **Leases in the API's time.** The `expires` label is the API's now (from the `Date` of its
+//!   earlier answers) plus the lease, so agents whose clocks differ agree on it.
 //! - **Quota.** 403 `resource_limit_exceeded` (the project's server or IP limit: too many
 //!   builds at once) waits for a slot with bounded backoff, then fails naming the quota.
 
@@ -22,7 +29,7 @@ use super::{
     ApiError, HcloudProvider, ProviderError, Retry, RunnerSpec, address, api, encode, setup,
 };
 use crate::provider::keys::KeyPair;
-use crate::provider::{LABEL_MANAGED_BY, MANAGED_BY};
+use crate::provider::{LABEL_EXPIRES, LABEL_MANAGED_BY, MANAGED_BY, unix_now};
 
 /// The name of the one SSH key the launcher registers in a project and names on every create.
 pub const PROJECT_KEY: &str = "buildkit-launcher";
@@ -46,6 +53,12 @@ impl HcloudProvider {
         let mut key_checked = false;
         let mut quota_waits = 0;
         let mut next = 0;
+        // The lease as the API's clock counts (this agent's may be off).
+        let mut labels = spec.labels.clone();
+        labels.insert(
+            LABEL_EXPIRES.to_owned(),
+            (self.api.now() + spec.lease.expires.saturating_sub(unix_now())).to_string(),
+        );
         while let Some(location) = locations.get(next) {
             let body = serde_json::json!({
                 "name": spec.name,
@@ -53,11 +66,22 @@ impl HcloudProvider {
                 "image": image.to_string(),
                 "location": location,
                 "user_data": spec.user_data,
-                "labels": spec.labels,
+                "labels": labels,
                 "ssh_keys": [PROJECT_KEY],
                 "start_after_create": true,
             });
             let e = match self.create_once(&spec.name, &body).await {
+                Err(Unknown(e)) => {
+                    return Err(ProviderError::Unconfirmed {
+                        name: spec.name.clone(),
+                        action: "create a server",
+                        detail: e.to_string(),
+                    });
+                }
+                Err(Refused(e)) => Err(e),
+                Ok(created) => Ok(created),
+            };
+            let e = match e {
                 Ok(created) => {
                     let id = created.server.id.to_string();
                     let host = address(&created.server.public_net);
@@ -107,17 +131,14 @@ impl HcloudProvider {
                     QUOTA_TRIES - 1
                 ));
                 tokio::time::sleep(delay).await;
-            } else if !key_checked && e.status().is_some_and(|s| (400..500).contains(&s)) {
+            } else if !key_checked && may_be_missing_key(&e) {
                 // The refusal may be about the project key (deleted, or never registered):
-                // make sure it exists, then try once more.
+                // make sure it exists, then try once more, whoever registered it (another
+                // launcher may have done so meanwhile).
                 key_checked = true;
-                if !self
-                    .ensure_project_key()
+                self.ensure_project_key()
                     .await
-                    .map_err(|e| setup("register the project SSH key", e))?
-                {
-                    return Err(setup("create a server", e));
-                }
+                    .map_err(|e| setup("register the project SSH key", e))?;
             } else {
                 return Err(setup("create a server", e));
             }
@@ -133,9 +154,17 @@ impl HcloudProvider {
     }
 
     /// One create that cannot be lost: repeated only when certainly refused, or after the
-    /// server was looked up by name and is not there.
-    async fn create_once(&self, name: &str, body: &serde_json::Value) -> Result<Created, ApiError> {
+    /// server was looked up by name and is not there. `Unknown`: it may exist all the same.
+    async fn create_once(
+        &self,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<Created, CreateError> {
         let mut repeats = 0u32;
+        let found = |server: api::Server| Created {
+            server,
+            actions: Vec::new(),
+        };
         loop {
             let result = self
                 .api
@@ -155,34 +184,42 @@ impl HcloudProvider {
                         actions,
                     });
                 }
+                // A 2xx whose body does not decode: the server was made; find it by name.
+                Err(e @ ApiError::Decode { .. }) => {
+                    (self.log)(&format!(
+                        "{e}; the server was made: looking for {name} by name"
+                    ));
+                    return match self.find_by_name(name).await {
+                        Ok(Some(server)) => Ok(found(server)),
+                        Ok(None) | Err(_) => Err(Unknown(e)),
+                    };
+                }
                 Err(e) if e.is_ambiguous() => {
                     (self.log)(&format!(
                         "{e}; the server may exist: looking for {name} before creating again"
                     ));
-                    if let Some(server) = self.find_by_name(name).await? {
-                        (self.log)(&format!("server {} ({name}) exists: using it", server.id));
-                        return Ok(Created {
-                            server,
-                            actions: Vec::new(),
-                        });
+                    match self.find_by_name(name).await {
+                        Ok(Some(server)) => {
+                            (self.log)(&format!("server {} ({name}) exists: using it", server.id));
+                            return Ok(found(server));
+                        }
+                        Ok(None) => {}
+                        Err(_) => return Err(Unknown(e)),
                     }
                     repeats += 1;
                     if !self.api.policy().allows_another(repeats) {
-                        return Err(e);
+                        return Err(Unknown(e));
                     }
                     tokio::time::sleep(self.api.policy().delay_random(repeats)).await;
                 }
                 Err(e) if repeats > 0 && e.code() == Some("uniqueness_error") => {
                     // An earlier try made it after all (it was not yet listed when looked for).
-                    return match self.find_by_name(name).await? {
-                        Some(server) => Ok(Created {
-                            server,
-                            actions: Vec::new(),
-                        }),
-                        None => Err(e),
+                    return match self.find_by_name(name).await {
+                        Ok(Some(server)) => Ok(found(server)),
+                        Ok(None) | Err(_) => Err(Unknown(e)),
                     };
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(Refused(e)),
             }
         }
     }
@@ -284,7 +321,86 @@ impl HcloudProvider {
     }
 }
 
+/// How a create ended when it made no server the launcher holds.
+enum CreateError {
+    /// Certainly not made.
+    Refused(ApiError),
+    /// Perhaps made: the name must stay registered.
+    Unknown(ApiError),
+}
+use CreateError::{Refused, Unknown};
+
+/// A refusal that can mean the project key is missing: `not_found`, or `invalid_input` naming
+/// the `ssh_keys` field (the API reference's answer to a key that does not exist). Capacity,
+/// quota, type or image refusals never lead to the key check.
+fn may_be_missing_key(e: &ApiError) -> bool {
+    match e {
+        ApiError::Api {
+            status: 400 | 404,
+            code,
+            message,
+            ..
+        } => {
+            code == "not_found"
+                || (code == "invalid_input" && message.to_ascii_lowercase().contains("ssh_key"))
+        }
+        _ => false,
+    }
+}
+
 /// 400 `invalid_input` "unsupported location for server type": not sold there.
 fn is_unsupported_location(e: &ApiError) -> bool {
     e.code() == Some("invalid_input") && e.message().contains("unsupported location")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: &str, message: &str) -> ApiError {
+        ApiError::Api {
+            method: "POST".into(),
+            path: "/servers".into(),
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn only_a_refusal_that_can_mean_a_missing_key_leads_to_the_key_check() {
+        assert!(may_be_missing_key(&api(
+            400,
+            "invalid_input",
+            "invalid input in field 'ssh_keys'"
+        )));
+        assert!(may_be_missing_key(&api(
+            404,
+            "not_found",
+            "ssh key not found"
+        )));
+        for (status, code, message) in [
+            (412, "resource_unavailable", "error during placement"),
+            (403, "resource_limit_exceeded", "server limit reached"),
+            (400, "invalid_input", "unsupported location for server type"),
+            (
+                400,
+                "invalid_input",
+                "image disk is bigger than the server type's disk",
+            ),
+            (409, "uniqueness_error", "server name is already used"),
+            (403, "token_readonly", "read only"),
+        ] {
+            assert!(
+                !may_be_missing_key(&api(status, code, message)),
+                "{code}: {message}"
+            );
+        }
+        let unreadable = ApiError::Decode {
+            method: "POST".into(),
+            path: "/servers".into(),
+            detail: "EOF".into(),
+        };
+        assert!(!may_be_missing_key(&unreadable));
+    }
 }

@@ -12,9 +12,11 @@ pub mod api;
 pub mod client;
 mod create;
 mod images;
+mod lifetime;
+mod rate;
 mod types;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,7 @@ use crate::retry::RetryPolicy;
 use crate::runner::ConnectPolicy;
 pub use client::{ApiClient, ApiError, DEFAULT_ENDPOINT, Retry};
 pub use create::PROJECT_KEY;
+pub use lifetime::LOCKED_WAIT;
 pub use types::{LadderCheck, LadderError};
 
 /// The action of a [`ProviderError::Setup`] that means no golden snapshot matches.
@@ -41,6 +44,8 @@ const FIRST_DELETE_POLL: Duration = Duration::from_millis(500);
 const FIRST_CREATE_CHECK: Duration = Duration::from_secs(1);
 const CREATE_CHECK_EVERY: Duration = Duration::from_secs(10);
 const CREATE_CHECK_MAX: Duration = Duration::from_secs(30);
+/// The default lease when the settings name none (`hcloud.lease_s`).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(600);
 
 pub struct HcloudSettings {
     pub endpoint: String,
@@ -49,6 +54,10 @@ pub struct HcloudSettings {
     /// A snapshot id, or a label selector; default: the newest golden snapshot of the arch.
     pub golden_image: Option<String>,
     pub retry: RetryPolicy,
+    /// A runner's lease, renewed every third of it while the launcher lives.
+    pub lease: Duration,
+    /// How long one request may wait in all for the request budget (429s).
+    pub rate_limit_wait: Duration,
 }
 
 /// A created server not yet ready: its create actions (and `next_actions`) and its address.
@@ -67,6 +76,7 @@ pub struct HcloudProvider {
     types: tokio::sync::Mutex<Option<Vec<api::ServerType>>>,
     /// Server type → the configured locations that sell it (from the ladder check).
     sold: Mutex<HashMap<String, Vec<String>>>,
+    lease: Duration,
     log: Arc<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -81,7 +91,8 @@ impl HcloudProvider {
             settings.retry,
             log.clone(),
         )
-        .map_err(|e| setup("prepare the Hetzner API client", e))?;
+        .map_err(|e| setup("prepare the Hetzner API client", e))?
+        .with_rate_limit_wait(settings.rate_limit_wait);
         Ok(HcloudProvider {
             api,
             locations: settings.locations,
@@ -91,6 +102,7 @@ impl HcloudProvider {
             images: tokio::sync::Mutex::new(HashMap::new()),
             types: tokio::sync::Mutex::new(None),
             sold: Mutex::new(HashMap::new()),
+            lease: settings.lease,
             log,
         })
     }
@@ -280,6 +292,22 @@ impl HcloudProvider {
                 .api
                 .call(Method::GET, &path, None, Retry::Always)
                 .await?;
+            // An answer that lists none of the actions asked for says nothing about the boot:
+            // never read as "it succeeded".
+            if actions
+                .iter()
+                .any(|id| !page.actions.iter().any(|a| a.id == *id))
+            {
+                return Err(ApiError::Decode {
+                    method: "GET".into(),
+                    path,
+                    detail: format!(
+                        "the answer lists {} of the {} create actions asked for",
+                        page.actions.len(),
+                        actions.len()
+                    ),
+                });
+            }
             if let Some(failed) = page.actions.iter().find(|a| a.status == "error") {
                 let (code, message) = failed.error.clone().map_or_else(
                     || ("action_failed".to_owned(), "no detail".to_owned()),
@@ -369,29 +397,26 @@ impl Provider for HcloudProvider {
     }
 
     async fn destroy(&self, id: &str) -> Result<(), ProviderError> {
-        let resp = self
-            .api
-            .call::<api::ActionResponse>(
-                Method::DELETE,
-                &format!("/servers/{id}"),
-                None,
-                Retry::Always,
-            )
-            .await;
-        match resp {
-            Ok(resp) => self
-                .wait_action(
-                    resp.action.id,
-                    "the server to be deleted",
-                    FIRST_DELETE_POLL,
-                    DELETE_TIMEOUT,
-                )
-                .await
-                .map_err(|e| runner_error(id, "confirm its deletion", e)),
-            // Already gone: that is the confirmation.
-            Err(e) if e.status() == Some(404) => Ok(()),
-            Err(e) => Err(runner_error(id, "delete it", e)),
-        }
+        self.delete_confirmed(id).await
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        Some(self.lease)
+    }
+
+    fn now(&self) -> Option<u64> {
+        self.api.knows_api_time().then(|| self.api.now())
+    }
+
+    /// `PUT /servers/{id}` with every label, the expiry `seconds` from the API's now
+    /// (`lifetime.rs`).
+    async fn set_lease(
+        &self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+        seconds: u64,
+    ) -> Result<(), ProviderError> {
+        self.put_lease(id, labels, seconds).await
     }
 
     async fn list_leases(&self) -> Result<Vec<LeaseInfo>, ProviderError> {
@@ -419,6 +444,7 @@ impl Provider for HcloudProvider {
                         id: s.id.to_string(),
                         name: s.name,
                         labels: s.labels,
+                        locked: s.locked,
                     }),
             );
         }

@@ -521,6 +521,7 @@ impl Provider for LocalProvider {
                 name: name.clone(),
                 id: name,
                 labels,
+                locked: false,
             });
         }
         leases.sort_by(|a, b| a.id.cmp(&b.id));

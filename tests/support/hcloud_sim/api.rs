@@ -51,8 +51,11 @@ pub(super) fn router(shared: Shared) -> Router {
         .route("/v1/servers", get(servers::list).post(servers::create))
         .route(
             "/v1/servers/{id}",
-            get(servers::get).delete(servers::delete),
+            get(servers::get)
+                .put(servers::update)
+                .delete(servers::delete),
         )
+        .route("/v1/servers/{id}/actions", get(servers::actions_of))
         .route("/v1/servers/{id}/actions/{action}", post(servers::action))
         .route("/v1/ssh_keys", get(keys::list).post(keys::create))
         .route(
@@ -112,6 +115,7 @@ async fn gate(AxumState(sh): AxumState<Shared>, req: Request, next: Next) -> Res
                 state::message_for("token_readonly"),
             ))
         } else if take(&mut st.faults.burst_429) || !st.bucket.take() {
+            st.rate_limited += 1;
             Some(ApiError::new(
                 "rate_limit_exceeded",
                 state::message_for("rate_limit_exceeded"),
@@ -129,12 +133,18 @@ async fn gate(AxumState(sh): AxumState<Shared>, req: Request, next: Next) -> Res
         Some(e) => error(e),
         None => next.run(req).await,
     };
-    let (limit, remaining, reset) = {
+    let (limit, remaining, reset, now) = {
         let mut st = sh.state();
         st.bucket.refill();
-        st.bucket.headers()
+        let (limit, remaining, reset) = st.bucket.headers();
+        (limit, remaining, reset, st.api_time())
     };
     let headers = response.headers_mut();
+    // Every answer carries the API's time (RFC 9110 `Date`; one-second resolution).
+    headers.insert(
+        header::DATE,
+        HeaderValue::from_str(&httpdate::fmt_http_date(now)).expect("an HTTP date"),
+    );
     for (name, value) in [
         ("ratelimit-limit", limit.to_string()),
         ("ratelimit-remaining", remaining.to_string()),

@@ -12,6 +12,10 @@
 //!   `hcloud/client_handler_retry.go`).
 //! - 403 `resource_limit_exceeded`: the project's server (or IP) quota (API reference,
 //!   "Errors").
+//! - a create answered 2xx with a body cut short, and a name lookup that does not list a server
+//!   made a moment ago: the rare paths issue 17 names (a truncating proxy; a listing that lags
+//!   the create, which is also why a repeated create can answer `uniqueness_error` while the
+//!   lookup finds nothing).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -66,6 +70,8 @@ pub enum AfterCreate {
     Slow(Duration),
     /// Send the status line and drop the connection before the body.
     Drop,
+    /// Answer 201 with a body cut short (not JSON the client can decode).
+    Garbled,
 }
 
 #[derive(Default)]
@@ -80,6 +86,8 @@ pub(super) struct Faults {
     pub after_create: Vec<AfterCreate>,
     /// The next `n` creates are refused with 403 `resource_limit_exceeded`.
     pub quota: u32,
+    /// The next `n` `GET /servers?name=…` list nothing (the listing lags the create).
+    pub lagging_lookups: u32,
     /// The next `create_image` actions: the snapshot is made, then answered with this error
     /// code (one entry per request).
     pub after_create_image: Vec<&'static str>,

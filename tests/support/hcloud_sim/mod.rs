@@ -10,7 +10,8 @@
 //! API's rules, `labels.rs` label syntax and selectors, `api.rs` the HTTP side (gate,
 //! catalogue, images, actions), `servers.rs` the servers and their runners, `catalog.rs`
 //! server types, prices and locations (sold and deprecated per location), `keys.rs` SSH keys,
-//! `faults.rs` the scripted faults and the request budget, `strict.rs` the closed enums,
+//! `faults.rs` the scripted faults and the request budget, `render.rs` images, actions and time
+//! as the API writes them, `strict.rs` the closed enums,
 //! unspecified order and paging rules, `client.rs` a tiny raw-HTTP client for tests.
 //!
 //! As strict as the real API where the launcher's correctness depends on it; each file says
@@ -34,6 +35,7 @@ pub mod cloud;
 mod faults;
 mod keys;
 mod labels;
+mod render;
 mod servers;
 mod state;
 mod strict;
@@ -164,6 +166,12 @@ impl HcloudSim {
         self.state().faults.after_create = script.to_vec();
     }
 
+    /// The next `n` name lookups (`GET /servers?name=…`) list nothing, as a listing that lags
+    /// a create a moment old.
+    pub fn lag_name_lookups(&self, n: u32) {
+        self.state().faults.lagging_lookups = n;
+    }
+
     /// The next `n` creates are refused with 403 `resource_limit_exceeded` (the project's
     /// server quota).
     pub fn fail_quota(&self, n: u32) {
@@ -268,6 +276,23 @@ impl HcloudSim {
     /// Actions started from now on stay `running` this long (default 100 ms).
     pub fn action_delay(&self, delay: Duration) {
         self.state().action_delay = delay;
+    }
+
+    /// Actions of `command` (`create_server`, `start_server`, `create_image`, `delete_server`…)
+    /// started from now on run this long: a boot from a large snapshot takes tens of seconds
+    /// to minutes, a snapshot several minutes (FACTS.md). The server is locked meanwhile.
+    pub fn action_time(&self, command: &str, time: Duration) {
+        self.state().command_times.insert(command.into(), time);
+    }
+
+    /// The API's clock runs `seconds` ahead of this machine's (negative: behind).
+    pub fn set_clock_skew(&self, seconds: i64) {
+        self.state().clock_skew = seconds;
+    }
+
+    /// Whether server `id` is locked now (an action runs on it).
+    pub fn is_locked(&self, id: i64) -> bool {
+        self.state().is_locked(id)
     }
 
     /// The next `n` create actions end in `error`: the server stays, `off`, its runner gone.
@@ -405,6 +430,11 @@ impl HcloudSim {
     /// `GET /actions/{id}`, `DELETE /servers/{id}`… (every request, answered or refused).
     pub fn calls(&self) -> BTreeMap<String, u32> {
         self.state().calls.clone()
+    }
+
+    /// Requests answered 429 (the budget spent, or a scripted burst).
+    pub fn rate_limited(&self) -> u32 {
+        self.state().rate_limited
     }
 
     pub fn total_calls(&self) -> u32 {

@@ -1,6 +1,8 @@
 //! Servers in the Hetzner Cloud API simulator (a test double of Hetzner's API, not the real
-//! thing): list, get, create, delete and the server actions (`poweroff`, `poweron`,
-//! `shutdown`, `create_image`). A created server is realized as a sandbox runner
+//! thing): list, get, create, update (name, labels), delete, the server actions (`poweroff`,
+//! `poweron`, `shutdown`, `create_image`) and their listing. A server is locked (423 `locked`
+//! on delete and on actions) while any of its actions runs (`State::is_locked`); a label
+//! update is not an action and is accepted while locked. A created server is realized as a sandbox runner
 //! (`LocalProvider`) listening on `127.0.0.N:22`; its create action succeeds once that sshd
 //! listens, and its delete action succeeds once the runner is torn down and the server gone.
 
@@ -36,13 +38,15 @@ pub(super) async fn list(AxumState(sh): AxumState<Shared>, Query(q): Q) -> Respo
         }
     }
     let (names, statuses) = (param(&q, "name"), param(&q, "status"));
-    let st = sh.state();
+    let mut st = sh.state();
+    let lagging = !names.is_empty() && take(&mut st.faults.lagging_lookups);
     let mut servers: Vec<&ServerRec> = st
         .servers
         .values()
         .filter(|s| names.is_empty() || names.contains(&s.name.as_str()))
         .filter(|s| statuses.is_empty() || statuses.contains(&state::enum_text(&s.status).as_str()))
         .filter(|s| selects(&selector, &s.labels))
+        .filter(|_| !lagging)
         .collect();
     super::strict::unspecified_order(&q, &mut servers);
     sort_by(&mut servers, &q, |s, field| match field {
@@ -95,14 +99,15 @@ pub(super) async fn create(AxumState(sh): AxumState<Shared>, body: Bytes) -> Res
             server_type: plan.server_type,
             location: plan.location.clone(),
             status: server::Status::Initializing,
-            created: now_rfc3339(),
+            created: state::rfc3339(st.api_time()),
             image: Some(plan.image),
             ipv4: None,
             ipv6: plan
                 .ipv6
                 .then(|| format!("2001:db8:{:x}::/64", id % 0xffff)),
             runner: None,
-            locked: false,
+            // Locked from the start: the create answer says `"locked": true` (FACTS.md).
+            locked: true,
         };
         st.servers.insert(id, record);
         (plan, id, after)
@@ -137,6 +142,8 @@ pub(super) async fn create(AxumState(sh): AxumState<Shared>, body: Bytes) -> Res
             Some(server) => {
                 server.runner = runner.clone();
                 server.ipv4 = plan.ipv4.then_some(ip);
+                // From here its running create and start actions lock it.
+                server.locked = false;
                 let action = st.new_action("create_server", vec![(id, "server")]);
                 let start = st.new_action("start_server", vec![(id, "server")]);
                 let server = st.server_model(&st.servers[&id]);
@@ -171,6 +178,15 @@ pub(super) async fn create(AxumState(sh): AxumState<Shared>, body: Bytes) -> Res
             // The runner goes first: once the action reports, the server is unreachable.
             teardown(&sh2, runner).await;
         }
+        let outcome = failed.then_some(("action_failed", "Action failed"));
+        // The create action ends first; the start action runs its own time (`action_time`).
+        let start_left = {
+            let mut st = sh2.state();
+            st.finish_action(action, outcome);
+            let start = &st.actions[&start_action];
+            start.delay.saturating_sub(start.started_at.elapsed())
+        };
+        tokio::time::sleep(start_left).await;
         let mut st = sh2.state();
         if let Some(s) = st.servers.get_mut(&id) {
             s.status = match (failed, start) {
@@ -181,8 +197,6 @@ pub(super) async fn create(AxumState(sh): AxumState<Shared>, body: Bytes) -> Res
                 s.runner = None;
             }
         }
-        let outcome = failed.then_some(("action_failed", "Action failed"));
-        st.finish_action(action, outcome);
         st.finish_action(start_action, outcome);
     });
     match after {
@@ -193,6 +207,11 @@ pub(super) async fn create(AxumState(sh): AxumState<Shared>, body: Bytes) -> Res
             ok(StatusCode::CREATED, body)
         }
         Some(AfterCreate::Drop) => dropped_connection(),
+        Some(AfterCreate::Garbled) => Response::builder()
+            .status(StatusCode::CREATED)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from("{\"server\": {\"id\": "))
+            .expect("a response"),
     }
 }
 
@@ -317,8 +336,8 @@ pub(super) async fn delete(AxumState(sh): AxumState<Shared>, Path(id): Path<Stri
         let Some(id) = id_of(&id).ok().filter(|n| st.servers.contains_key(n)) else {
             return error(ApiError::not_found("server", id));
         };
-        if st.servers[&id].locked {
-            return error(ApiError::new("locked", "server is locked"));
+        if st.is_locked(id) {
+            return error(ApiError::new("locked", state::message_for("locked")));
         }
         if take(&mut st.faults.fail_deletes) {
             return error(ApiError::new(
@@ -327,8 +346,8 @@ pub(super) async fn delete(AxumState(sh): AxumState<Shared>, Path(id): Path<Stri
             ));
         }
         let fail = take(&mut st.faults.fail_delete_actions);
+        // The running delete action locks it.
         let action = st.new_action("delete_server", vec![(id, "server")]);
-        st.servers.get_mut(&id).expect("checked").locked = true;
         (action, fail, id)
     };
     let body = {
@@ -343,9 +362,6 @@ pub(super) async fn delete(AxumState(sh): AxumState<Shared>, Path(id): Path<Stri
         tokio::time::sleep(delay).await;
         if fail {
             let mut st = sh2.state();
-            if let Some(s) = st.servers.get_mut(&id) {
-                s.locked = false;
-            }
             st.finish_action(action, Some(("action_failed", "Action failed")));
             return;
         }
@@ -378,8 +394,8 @@ pub(super) async fn action(
     let Some(id) = id_of(&id).ok().filter(|n| st.servers.contains_key(n)) else {
         return error(ApiError::not_found("server", id));
     };
-    if st.servers[&id].locked {
-        return error(ApiError::new("locked", "server is locked"));
+    if st.is_locked(id) {
+        return error(ApiError::new("locked", state::message_for("locked")));
     }
     let (command, status, image) = match name.as_str() {
         "poweroff" | "shutdown" => (
@@ -488,4 +504,86 @@ pub(super) async fn action(
         return error(ApiError::new(code, state::message_for(code)));
     }
     ok(StatusCode::CREATED, body)
+}
+
+/// `PUT /servers/{id}`: a new name and/or label set (labels replace the whole set; API
+/// reference, "Update a Server"). It starts no action, so a locked server accepts it: the
+/// reference lists no 423 for it, and `locked` means "another action is running" (hcloud-go
+/// `ErrorCodeLocked`).
+pub(super) async fn update(
+    AxumState(sh): AxumState<Shared>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(ApiError::new("json_error", format!("invalid JSON: {e}"))),
+    };
+    let mut st = sh.state();
+    let Some(id) = id_of(&id).ok().filter(|n| st.servers.contains_key(n)) else {
+        return error(ApiError::not_found("server", id));
+    };
+    let labels = match request.get("labels") {
+        None | Some(Value::Null) => None,
+        some => match labels_field(some) {
+            Ok(l) => Some(l),
+            Err(e) => return error(e),
+        },
+    };
+    let name = match request.get("name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(n)) if super::labels::valid_hostname(n) => Some(n.clone()),
+        Some(_) => {
+            return error(ApiError::invalid_field(
+                "name",
+                "must be a valid hostname (RFC 1123)",
+            ));
+        }
+    };
+    if let Some(n) = &name
+        && st.servers.values().any(|s| s.id != id && s.name == *n)
+    {
+        return error(ApiError::new(
+            "uniqueness_error",
+            "server name is already used",
+        ));
+    }
+    let server = st.servers.get_mut(&id).expect("checked");
+    if let Some(labels) = labels {
+        server.labels = labels;
+    }
+    if let Some(name) = name {
+        server.name = name;
+    }
+    let mut body = models::ReplaceServerResponse::new();
+    body.server = Some(Box::new(st.server_model(&st.servers[&id])));
+    ok(StatusCode::OK, body)
+}
+
+/// `GET /servers/{id}/actions` (`status=running` and friends): the actions on one server.
+pub(super) async fn actions_of(
+    AxumState(sh): AxumState<Shared>,
+    Path(id): Path<String>,
+    Query(q): Q,
+) -> Response {
+    if let Err(e) = super::strict::one_of(&q, "status", &["running", "success", "error"]) {
+        return error(e);
+    }
+    let st = sh.state();
+    let Some(id) = id_of(&id).ok().filter(|n| st.servers.contains_key(n)) else {
+        return error(ApiError::not_found("server", id));
+    };
+    let statuses = param(&q, "status");
+    let actions: Vec<_> = st
+        .actions
+        .values()
+        .filter(|a| a.resources.contains(&(id, "server")))
+        .filter(|a| statuses.is_empty() || statuses.contains(&state::enum_text(&a.status).as_str()))
+        .map(action_model)
+        .collect();
+    let (actions, meta) = paginate(actions, &q);
+    ok(
+        StatusCode::OK,
+        models::ListActionsResponse::new(actions, meta),
+    )
 }

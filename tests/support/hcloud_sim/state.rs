@@ -1,16 +1,16 @@
 //! The state of the Hetzner Cloud API simulator (a test double of Hetzner's API, not the real
 //! thing): servers, images, actions, scripted faults, the rate-limit bucket, call counters; the
 //! rules the API applies (label syntax and selectors, create validation, error codes and their
-//! HTTP statuses, create validation); and the rendering of records with the `hcloud` crate's
-//! models. Label syntax and selectors are in `labels.rs`.
+//! HTTP statuses, create validation); and the rendering of servers with the `hcloud` crate's
+//! models (images, actions and time: `render.rs`). Label syntax and selectors are in `labels.rs`.
 //!
 //! No HTTP here: `api.rs` turns an [`ApiError`] into a response.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
-use hcloud::models::{self, Action, Architecture, CreatedFrom, Image, Resource, Server};
-use hcloud::models::{Ipv4, Ipv6, Protection, ServerProtection, ServerPublicNet};
+use hcloud::models::{Architecture, Server};
+use hcloud::models::{Ipv4, Ipv6, ServerProtection, ServerPublicNet};
 use hcloud::models::{action, image, server};
 use serde_json::{Value, json};
 
@@ -18,6 +18,8 @@ use super::catalog::{self, TypeSpec};
 pub(super) use super::faults::{Bucket, Faults};
 use super::keys::SshKeyRec;
 use super::labels::{labels_field, valid_hostname};
+pub(super) use super::render::{action_model, image_model};
+pub(super) use super::render::{now_rfc3339, parse_time, rfc3339, unix_now};
 
 /// Hetzner's limit for `user_data`.
 const USER_DATA_MAX: usize = 32 * 1024;
@@ -104,7 +106,8 @@ pub(super) struct ServerRec {
     pub ipv6: Option<String>,
     /// The sandbox runner realizing it (`None` for `add_server` ones and failed creates).
     pub runner: Option<String>,
-    /// An action that locks it (delete) is running.
+    /// Being created, before its create actions exist (they lock it from then on: see
+    /// [`State::is_locked`]).
     pub locked: bool,
 }
 
@@ -181,8 +184,16 @@ pub(super) struct State {
     pub image_deprecations: BTreeMap<i64, String>,
     pub faults: Faults,
     pub action_delay: Duration,
+    /// How long actions of one command run (`create_server`, `create_image`…), when scripted;
+    /// others run `action_delay`.
+    pub command_times: BTreeMap<String, Duration>,
+    /// The API's clock minus the test machine's, in seconds: what the `Date` header and the
+    /// `created` of new servers show.
+    pub clock_skew: i64,
     pub bucket: Bucket,
     pub calls: BTreeMap<String, u32>,
+    /// Requests answered 429 `rate_limit_exceeded`.
+    pub rate_limited: u32,
     pub requests: Vec<(Instant, String)>,
     pub last_create: Option<Value>,
     /// Sandbox runners that exist right now.
@@ -242,6 +253,8 @@ impl State {
             image_deprecations: BTreeMap::new(),
             faults: Faults::default(),
             action_delay: Duration::from_millis(100),
+            command_times: BTreeMap::new(),
+            clock_skew: 0,
             bucket: Bucket {
                 limit: 3600,
                 tokens: 3600.0,
@@ -249,6 +262,7 @@ impl State {
                 last: Instant::now(),
             },
             calls: BTreeMap::new(),
+            rate_limited: 0,
             requests: Vec::new(),
             last_create: None,
             realized: BTreeSet::new(),
@@ -264,19 +278,45 @@ impl State {
     /// A new action, `running` for the current `action_delay`.
     pub fn new_action(&mut self, command: &str, resources: Vec<(i64, &'static str)>) -> i64 {
         let id = self.alloc_id();
+        let delay = self
+            .command_times
+            .get(command)
+            .copied()
+            .unwrap_or(self.action_delay);
         let action = ActionRec {
             id,
             command: command.into(),
             status: action::Status::Running,
             started: now_rfc3339(),
             started_at: Instant::now(),
-            delay: self.action_delay,
+            delay,
             finished: None,
             error: None,
             resources,
         };
         self.actions.insert(id, action);
         id
+    }
+
+    /// A server is locked while any action on it runs (create and start during boot, delete,
+    /// poweroff, create_image): FACTS.md "Locks", from hcloud-go's `ErrorCodeLocked` ("item is
+    /// locked, another action is running") and the create answer's `"locked": true`.
+    pub fn is_locked(&self, id: i64) -> bool {
+        self.servers.get(&id).is_some_and(|s| s.locked)
+            || self.actions.values().any(|a| {
+                a.status == action::Status::Running && a.resources.contains(&(id, "server"))
+            })
+    }
+
+    /// The API's now, skewed as scripted.
+    pub fn api_time(&self) -> SystemTime {
+        let now = SystemTime::now();
+        let skew = Duration::from_secs(self.clock_skew.unsigned_abs());
+        if self.clock_skew >= 0 {
+            now + skew
+        } else {
+            now - skew
+        }
     }
 
     pub fn finish_action(&mut self, id: i64, error: Option<(&str, &str)>) {
@@ -494,65 +534,12 @@ impl State {
             catalog::server_type_model(s.server_type, &self.sales),
             s.status,
         );
+        model.locked = self.is_locked(s.id);
         model.load_balancers = Some(Vec::new());
         model.volumes = Some(Vec::new());
         model.placement_group = Some(None);
         model
     }
-}
-
-pub(super) fn image_model(i: &ImageRec) -> Image {
-    let mut model = Image::new(
-        i.arch,
-        None,
-        i.created.clone(),
-        i.created_from
-            .clone()
-            .map(|(id, name)| CreatedFrom::new(id, name)),
-        None,
-        None,
-        i.description.clone(),
-        i.disk_size,
-        i.id,
-        (i.kind == image::Type::Snapshot).then_some(1.2),
-        i.labels.clone().into_iter().collect::<HashMap<_, _>>(),
-        i.name.clone(),
-        if i.name.as_deref().is_some_and(|n| n.starts_with("ubuntu")) {
-            image::OsFlavor::Ubuntu
-        } else {
-            image::OsFlavor::Debian
-        },
-        i.os_version.clone(),
-        Protection::new(i.protected),
-        i.status,
-        i.kind,
-    );
-    model.rapid_deploy = Some(i.kind == image::Type::System);
-    model
-}
-
-pub(super) fn action_model(a: &ActionRec) -> Action {
-    let progress = match a.status {
-        action::Status::Running if a.delay.is_zero() => 0,
-        action::Status::Running => {
-            let part = a.started_at.elapsed().as_secs_f64() / a.delay.as_secs_f64();
-            (part * 100.0).min(99.0) as i32
-        }
-        _ => 100,
-    };
-    Action::new(
-        a.command.clone(),
-        a.error.clone().map(|(c, m)| models::Error::new(c, m)),
-        a.finished.clone(),
-        a.id,
-        progress,
-        a.resources
-            .iter()
-            .map(|(id, kind)| Resource::new(*id, (*kind).into()))
-            .collect(),
-        a.started.clone(),
-        a.status,
-    )
 }
 
 /// Decrement a fault counter; true when it was set.
@@ -571,31 +558,4 @@ pub(super) fn enum_text<T: serde::Serialize>(value: &T) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()
-}
-
-// ---- time ---------------------------------------------------------------------------------
-
-pub(super) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// RFC 3339 as the API writes it: `2026-11-02T10:00:00+00:00`.
-pub(super) fn rfc3339(t: SystemTime) -> String {
-    let text = humantime::format_rfc3339_seconds(t).to_string();
-    text.strip_suffix('Z')
-        .map_or(text.clone(), |t| format!("{t}+00:00"))
-}
-
-pub(super) fn now_rfc3339() -> String {
-    rfc3339(SystemTime::now())
-}
-
-/// Parses `…Z` and `…+00:00` (other offsets are not used by the API).
-pub(super) fn parse_time(text: &str) -> Option<SystemTime> {
-    let normalized = text
-        .strip_suffix("+00:00")
-        .map_or(text.to_owned(), |t| format!("{t}Z"));
-    humantime::parse_rfc3339_weak(&normalized).ok()
 }
