@@ -185,6 +185,17 @@ fn a_plugin_docker_buildx_step_runs_with_warnings() {
     ] {
         assert!(out.stderr.contains(warning), "{warning}: {}", out.stderr);
     }
+    // The build log says which launcher ran, why this size, what was sent, where history went
+    // and how long it all took.
+    for line in [
+        "buildkit-launcher: buildkit-launcher 0.",
+        "buildkit-launcher: why cx",
+        "buildkit-launcher: sending the context: ",
+        "buildkit-launcher: history: recorded ",
+        "buildkit-launcher: finished in ",
+    ] {
+        assert!(out.stderr.contains(line), "{line}: {}", out.stderr);
+    }
     let tags = registry.tags("org/moved").unwrap_or_default();
     assert!(
         tags.contains("\"latest\"") && tags.contains("\"1.0\""),
@@ -239,4 +250,31 @@ fn simulate_without_a_valid_sample_is_exit_2() {
         assert!(last.starts_with("error: --trace "), "{last}");
         assert!(last.contains("holds no valid sample"), "{last}");
     }
+}
+
+/// A plain-HTTP registry without `insecure_registry`: what rustls says ("corrupt message of
+/// type InvalidContentType") comes with what it means and what to set, exit 2, no server.
+#[test]
+fn a_plain_http_registry_without_insecure_registry_says_what_to_set() {
+    use support::registry::{Registry, require_root_and_tools};
+    if !require_root_and_tools(&["docker-registry"]) {
+        return;
+    }
+    let sim = HcloudSim::start();
+    sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
+    let registry = Registry::start();
+    let ctx = Context::new().file("Dockerfile", "FROM scratch\n");
+    let out = Launcher::new()
+        .env("HCLOUD_TOKEN", &sim.token)
+        .env("HCLOUD_ENDPOINT", &sim.endpoint)
+        .args(["build", "--history", "none", "--registry", &registry.addr])
+        .args(["--context"])
+        .args([ctx.path()])
+        .run();
+    let line = out.assert_one_line_error(2);
+    assert!(
+        line.contains("plain HTTP where TLS was expected: set insecure_registry: true (--insecure-registry at a terminal)"),
+        "{line}"
+    );
+    assert!(sim.servers().is_empty());
 }

@@ -159,7 +159,11 @@ pub enum AccessError {
 impl AccessError {
     /// Unreachable is infrastructure (exit 4); a refusal is a setting to fix (exit 2).
     pub fn is_refusal(&self) -> bool {
-        !matches!(self, AccessError::Unreachable { .. })
+        match self {
+            // A plain-HTTP registry without insecure_registry is a setting to fix.
+            AccessError::Unreachable { detail, .. } => detail.contains(super::PLAIN_HTTP_HINT),
+            _ => true,
+        }
     }
 }
 

@@ -125,8 +125,16 @@ pub(crate) fn one_line_error(e: &dyn std::error::Error) -> String {
         }
         source = s.source();
     }
-    line.split_whitespace().collect::<Vec<_>>().join(" ")
+    let mut line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+    // rustls meeting a plain-HTTP answer where it expected TLS: say what that means.
+    if line.contains("InvalidContentType") {
+        line.push_str(PLAIN_HTTP_HINT);
+    }
+    line
 }
+
+/// What a TLS handshake answered in plain HTTP means, for the user.
+pub const PLAIN_HTTP_HINT: &str = "; the registry answered in plain HTTP where TLS was expected: set insecure_registry: true (--insecure-registry at a terminal)";
 
 #[cfg(test)]
 mod tests {

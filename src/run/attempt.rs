@@ -126,9 +126,35 @@ async fn build_over(
         conn.put_private_file(&paths.secret(id), value.as_bytes())
             .await?;
     }
-    let stats = conn
-        .sync(&plan.context, &plan.context_entries, &paths.context())
-        .await?;
+    let bytes: u64 = plan
+        .context_entries
+        .iter()
+        .filter_map(|e| plan.context.join(e).symlink_metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    (p.log)(&format!(
+        "sending the context: {} entries, {:.1} MB",
+        plan.context_entries.len(),
+        bytes as f64 / 1e6
+    ));
+    let remote_context = paths.context();
+    let sync = conn.sync(&plan.context, &plan.context_entries, &remote_context);
+    tokio::pin!(sync);
+    // A large context takes a while: say so every 15 s, so the log never looks stuck.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + std::time::Duration::from_secs(15),
+        std::time::Duration::from_secs(15),
+    );
+    let stats = loop {
+        tokio::select! {
+            result = &mut sync => break result?,
+            _ = tick.tick() => (p.log)(&format!(
+                "still sending the context ({:.0} s)",
+                phase.elapsed().as_secs_f64()
+            )),
+        }
+    };
     record.seconds.sync = phase.elapsed().as_secs_f64();
     (p.log)(&format!(
         "context sent: {} entries, {} bytes",
