@@ -14,24 +14,34 @@ use crate::plan::PlanRequest;
 #[derive(Debug, Clone, Args)]
 pub struct BuildArgs {
     /// Build context directory; .build-spec.ncl and language markers are read from its root.
-    #[arg(long, value_name = "DIR", default_value = ".")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = ".",
+        help_heading = "What to build"
+    )]
     pub context: PathBuf,
 
     /// Dockerfile path, relative to the context.
-    #[arg(long, value_name = "FILE", default_value = "Dockerfile")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "Dockerfile",
+        help_heading = "What to build"
+    )]
     pub dockerfile: String,
 
     /// Build stage to stop at (also part of the history key).
-    #[arg(long, value_name = "STAGE")]
+    #[arg(long, value_name = "STAGE", help_heading = "What to build")]
     pub target: Option<String>,
 
     /// Where recent peak memory is read from and written to: file:PATH, registry or none.
     /// Default at a terminal: file: under your state directory.
-    #[arg(long, value_name = "STORE", value_parser = parse_store)]
+    #[arg(long, value_name = "STORE", value_parser = parse_store, help_heading = "Sizing")]
     pub history: Option<StoreSpec>,
 
     /// Runner architecture. Default: the spec file's `arch`, else the config's default_arch.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help_heading = "What to build")]
     pub arch: Option<Arch>,
 
     /// Build for this platform, linux/amd64 or linux/arm64; repeat (or comma-separate) for
@@ -41,98 +51,106 @@ pub struct BuildArgs {
         long = "platform",
         value_name = "PLATFORM",
         value_delimiter = ',',
-        value_parser = parse_platform
-    )]
+        value_parser = parse_platform, help_heading = "What to build")]
     pub platforms: Vec<Arch>,
 
     /// Project name for the history key when CI_REPO is not set (default: the context
     /// directory's name).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help_heading = "Sizing")]
     pub project: Option<String>,
 
     /// Registry to push to and cache in, HOST[:PORT] without scheme.
-    #[arg(long, value_name = "HOST[:PORT]", value_parser = parse_registry)]
+    #[arg(long, value_name = "HOST[:PORT]", value_parser = parse_registry, help_heading = "Where it goes")]
     pub registry: Option<String>,
 
     /// Repository path in the registry (default: the history key's repo, lowercased).
-    #[arg(long, value_name = "PATH", value_parser = parse_repo)]
+    #[arg(long, value_name = "PATH", value_parser = parse_repo, help_heading = "Where it goes")]
     pub repo: Option<String>,
 
     /// Image tag; repeat for several (default: latest).
-    #[arg(long = "tag", value_name = "TAG", value_parser = parse_tag)]
+    #[arg(long = "tag", value_name = "TAG", value_parser = parse_tag, help_heading = "Where it goes")]
     pub tags: Vec<String>,
 
     /// Tags from the pipeline, as plugin-docker-buildx makes them: on a git tag v1.2.3 the tags
     /// 1.2.3, 1.2 and 1; on the default branch latest; on any other branch the build is
     /// skipped. --tag values are added to them.
-    #[arg(long)]
+    #[arg(long, help_heading = "Where it goes")]
     pub auto_tag: bool,
 
     /// With --auto-tag: the tag of the default branch (plugin-docker-buildx's default_tag).
-    #[arg(long, value_name = "TAG", value_parser = parse_tag, default_value = "latest")]
+    #[arg(long, value_name = "TAG", value_parser = parse_tag, default_value = "latest", help_heading = "Where it goes")]
     pub default_tag: String,
 
     /// With --auto-tag: appended to every tag (`1.2-alpine`); the default branch's tag becomes
     /// the suffix itself (plugin-docker-buildx's default_suffix / auto_tag_suffix).
-    #[arg(long, value_name = "SUFFIX", value_parser = parse_tag)]
+    #[arg(long, value_name = "SUFFIX", value_parser = parse_tag, help_heading = "Where it goes")]
     pub auto_tag_suffix: Option<String>,
 
     /// Read the tags from this file (one per line or comma-separated, as plugin-docker-buildx
     /// reads .tags), instead of --tag: a path relative to the current directory (the
     /// workspace), reached through no symlink.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Where it goes")]
     pub tags_file: Option<PathBuf>,
 
     /// Image label KEY=VALUE; repeat for several. In a pipeline the standard OCI labels
     /// (org.opencontainers.image.source, revision, created, url, version) are added too.
-    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = super::pipeline::parse_label)]
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = super::pipeline::parse_label, help_heading = "Where it goes")]
     pub labels: Vec<(String, String)>,
 
     /// Leave out the standard OCI labels taken from the pipeline.
-    #[arg(long)]
+    #[arg(long, help_heading = "Where it goes")]
     pub no_default_labels: bool,
 
     /// Build on the runner but push nothing and verify nothing in the registry (no registry
     /// credentials needed): what pull requests usually run.
-    #[arg(long)]
+    #[arg(long, help_heading = "Where it goes")]
     pub dry_run: bool,
 
     /// Build argument KEY=VALUE; repeat for several.
-    #[arg(long = "build-arg", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    #[arg(long = "build-arg", value_name = "KEY=VALUE", value_parser = parse_key_value, help_heading = "What to build")]
     pub build_args: Vec<(String, String)>,
 
     /// Build secret from an environment variable: id=NAME,env=VARIABLE. The value never
     /// appears in an argument list, log or report.
-    #[arg(long = "secret", value_name = "id=NAME,env=VAR")]
+    #[arg(
+        long = "secret",
+        value_name = "id=NAME,env=VAR",
+        help_heading = "What to build"
+    )]
     pub secrets: Vec<SecretRef>,
 
     /// The registry speaks plain HTTP or has a certificate that does not verify.
-    #[arg(long)]
+    #[arg(long, help_heading = "Where it goes")]
     pub insecure_registry: bool,
 
     /// Registry user name; the password is read from the REGISTRY_PASSWORD environment
     /// variable only (never from an argument, which other users could see).
-    #[arg(long, value_name = "NAME", env = "REGISTRY_USERNAME")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "REGISTRY_USERNAME",
+        help_heading = "Where it goes"
+    )]
     pub registry_user: Option<String>,
 
     /// Registry cache under <registry>/cache/<repo>.
-    #[arg(long, value_enum, default_value = "max")]
+    #[arg(long, value_enum, default_value = "max", help_heading = "Cache")]
     pub cache: CacheMode,
 
     /// Build every step anew, ignoring any cache (the registry cache is still written).
-    #[arg(long)]
+    #[arg(long, help_heading = "Cache")]
     pub no_cache: bool,
 
     /// Also export the build cache here, beside the default cache (repeatable or
     /// comma-separated): HOST[:PORT]/PATH[:TAG] or type=registry,ref=REF[,mode=min|max] (mode
     /// default max). Only in the build's --registry; a dry run writes none.
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", help_heading = "Cache")]
     pub cache_to: Vec<String>,
 
     /// Also import the build cache from here (repeatable or comma-separated):
     /// HOST[:PORT]/PATH[:TAG] or type=registry,ref=REF. Another registry than --registry is
     /// read anonymously.
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", help_heading = "Cache")]
     pub cache_from: Vec<String>,
 
     /// Pass the launcher's environment variable NAME as the build argument NAME (repeatable
@@ -140,21 +158,27 @@ pub struct BuildArgs {
     #[arg(
         long = "build-arg-from-env",
         value_name = "NAME",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help_heading = "What to build"
     )]
     pub build_args_from_env: Vec<String>,
 
     /// Attach an SBOM attestation (BuildKit's attest:sbom; buildctl backend only).
-    #[arg(long)]
+    #[arg(long, help_heading = "What to build")]
     pub sbom: bool,
 
     /// Attach a provenance attestation of this mode (BuildKit's attest:provenance; buildctl
     /// backend only).
-    #[arg(long, value_name = "MODE", value_parser = ["min", "max"])]
+    #[arg(long, value_name = "MODE", value_parser = ["min", "max"], help_heading = "What to build")]
     pub provenance: Option<String>,
 
     /// Build tool on the runner.
-    #[arg(long, value_enum, default_value = "buildctl")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "buildctl",
+        help_heading = "What to build"
+    )]
     pub backend: Backend,
 }
 

@@ -25,15 +25,15 @@ pub struct BuildCommandArgs {
     pub provider: ProviderArgs,
 
     /// Skip the cheap reap of expired runners that every build does first.
-    #[arg(long)]
+    #[arg(long, help_heading = "Run")]
     pub no_reap: bool,
 
     /// Write the run report (JSON) to this file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Run")]
     pub report: Option<PathBuf>,
 
     /// Print the run report as JSON on stdout instead of the summary.
-    #[arg(long)]
+    #[arg(long, help_heading = "Run")]
     pub json: bool,
 
     /// CI pipeline number, part of the runner's name.
@@ -42,7 +42,8 @@ pub struct BuildCommandArgs {
         value_name = "N",
         env = "CI_PIPELINE_NUMBER",
         default_value = "0",
-        value_parser = parse_pipeline
+        value_parser = parse_pipeline,
+        help_heading = "Run"
     )]
     pub pipeline: String,
 }

@@ -22,6 +22,7 @@ pub enum ProviderKind {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Provider")]
 pub struct ProviderArgs {
     /// Where runners come from.
     #[arg(long, value_enum, default_value = "hcloud")]
