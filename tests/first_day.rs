@@ -278,3 +278,21 @@ fn a_plain_http_registry_without_insecure_registry_says_what_to_set() {
     );
     assert!(sim.servers().is_empty());
 }
+
+#[test]
+fn history_list_shows_every_key() {
+    let trace = support::trace("dev-steady-noisy.jsonl");
+    let out = Launcher::new()
+        .args(["history", "list", "--json", "--history"])
+        .args([format!("file:{}", trace.display())])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 12, "{}", out.stdout);
+    assert!(rows.iter().all(|r| r["builds"] == 60), "{}", out.stdout);
+    let out = Launcher::new()
+        .args(["history", "list", "--history", "registry"])
+        .run();
+    let line = out.assert_one_line_error(2);
+    assert!(line.contains("history show --history registry"), "{line}");
+}

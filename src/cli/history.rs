@@ -16,6 +16,8 @@ use crate::sizing::rules::{history_need, smallest_fitting};
 pub enum HistoryCommand {
     /// Show the recent successful builds of a key, their percentile and the tier it selects.
     Show(ShowArgs),
+    /// List every key of a history file: builds, tier, peak memory trend, cost per week.
+    List(super::history_list::ListArgs),
 }
 
 #[derive(Debug, Args)]
@@ -60,7 +62,10 @@ struct Shown<'a> {
 }
 
 pub fn run(cmd: HistoryCommand, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
-    let HistoryCommand::Show(args) = cmd;
+    let args = match cmd {
+        HistoryCommand::Show(args) => args,
+        HistoryCommand::List(args) => return super::history_list::run(args, config, out),
+    };
     let credentials = super::args::registry_credentials(args.registry_user.as_deref())?;
 
     let spec = args

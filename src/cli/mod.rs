@@ -5,6 +5,7 @@ mod build;
 mod check;
 mod golden;
 mod history;
+mod history_list;
 pub mod migrate;
 pub mod pipeline;
 mod plan;
