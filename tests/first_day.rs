@@ -296,3 +296,25 @@ fn history_list_shows_every_key() {
     let line = out.assert_one_line_error(2);
     assert!(line.contains("history show --history registry"), "{line}");
 }
+
+/// The two spec mistakes of a first day: TOML-style lines, and a forgotten comma.
+#[test]
+fn spec_syntax_mistakes_get_a_hint() {
+    let ctx = Context::new()
+        .file("toml.ncl", "memory_gb = 4\ncpus = 2\n")
+        .file("comma.ncl", "{\n  memory_gb = 4\n  cpus = 2\n}\n");
+    for (file, hint) in [
+        (
+            "toml.ncl",
+            "braces around the fields and a comma between them",
+        ),
+        ("comma.ncl", "a comma missing at the end of line 2?"),
+    ] {
+        let out = Launcher::new()
+            .args(["spec", "check"])
+            .args([ctx.path().join(file)])
+            .run();
+        let line = out.assert_one_line_error(2);
+        assert!(line.contains(hint), "{file}: {line}");
+    }
+}

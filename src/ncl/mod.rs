@@ -260,8 +260,51 @@ fn flatten(files: &Files, diag: &Diagnostic<FileId>) -> String {
         line.push_str(": ");
         line.push_str(&detail);
     }
+    if let Some(label) = label
+        && message.first() == Some(&"unexpected token")
+        && let Some(hint) = syntax_hint(files.source(label.file_id), label.range.start)
+    {
+        line.push_str(&format!(" ({hint})"));
+    }
     // One line, whatever Nickel's formatting.
     line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// What the common mistakes behind "unexpected token" at `offset` look like: a TOML-style file
+/// of `key = value` lines without braces, or a field without its comma.
+fn syntax_hint(source: &str, offset: usize) -> Option<String> {
+    let code = |l: &&str| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#')
+    };
+    let first = source.lines().find(code)?.trim();
+    if !first.starts_with('{') && first.contains('=') {
+        return Some(
+            "a spec is a Nickel record: braces around the fields and a comma between them, as { memory_gb = 4, cpus = 2 }"
+                .to_owned(),
+        );
+    }
+    let (row, col) = line_col(source, offset);
+    let lines: Vec<&str> = source.lines().collect();
+    let at = lines.get(row - 1)?;
+    // Nickel reads `4\n  cpus = 2` as `4 cpus` and stops at the `=`: the error stands at the
+    // start of a line or just after the field name that begins it.
+    let before: String = at.chars().take(col - 1).collect();
+    let before = before.trim();
+    let is_name = before
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !is_name {
+        return None;
+    }
+    let (previous_row, previous) = lines[..row - 1]
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, l)| code(l))?;
+    let end = previous.split(" #").next().unwrap_or(previous).trim_end();
+    (!end.ends_with(',') && !end.ends_with('{') && !end.ends_with('['))
+        .then(|| format!("a comma missing at the end of line {}?", previous_row + 1))
 }
 
 /// 1-based line and column (in characters) of a byte offset; past the end means the end.
@@ -300,6 +343,25 @@ mod tests {
     #[test]
     fn escapes_quotes_and_interpolation() {
         assert_eq!(escape_string(Path::new("a\"b%{c}")), "a\\\"b\\%{c}");
+    }
+
+    #[test]
+    fn unexpected_tokens_get_a_hint_for_the_common_mistakes() {
+        let toml = "# sizes\nmemory_gb = 4\ncpus = 2\n";
+        assert!(
+            syntax_hint(toml, 18)
+                .unwrap()
+                .contains("braces around the fields")
+        );
+        let comma = "{\n  memory_gb = 4\n  cpus = 2\n}\n";
+        for at in [comma.find("cpus").unwrap(), comma.find("= 2").unwrap()] {
+            assert_eq!(
+                syntax_hint(comma, at).as_deref(),
+                Some("a comma missing at the end of line 2?")
+            );
+        }
+        let fine = "{\n  memory_gb = 4,\n  cpus = ,\n}\n";
+        assert_eq!(syntax_hint(fine, fine.find(" ,").unwrap() + 1), None);
     }
 
     #[test]
