@@ -9,6 +9,7 @@
 //! confirms (action success, or 404: already gone), retrying transient failures.
 
 pub mod api;
+mod candidates;
 pub mod client;
 mod create;
 mod images;
