@@ -41,6 +41,19 @@ fn cx33_and_cx43_sold_out_run_on_an_8_gb_type_of_another_family_within_the_ceili
         ),
         "{line}"
     );
+    // The report's attempt names the type used and why.
+    let attempt = &c.report()["attempts"][0];
+    assert_eq!(attempt["tier"], "cx33");
+    assert_eq!(attempt["substitute"]["server_type"], "cpx32", "{attempt}");
+    assert!(
+        attempt["substitute"]["why"]
+            .as_str()
+            .unwrap()
+            .starts_with("cx33 sold out in fsn1"),
+        "{attempt}"
+    );
+    assert_eq!(attempt["substitute"]["price_eur_per_hour"], 0.024);
+    assert_eq!(attempt["cost_eur"], 0.024);
     c.sim.assert_clean();
 }
 

@@ -101,11 +101,16 @@ impl HcloudProvider {
             {
                 Ok(id) => {
                     if !sold_out.is_empty() {
-                        (self.log)(&format!(
-                            "{}: {}",
-                            sold_out.join("; "),
-                            candidate.describe()
-                        ));
+                        let why = sold_out.join("; ");
+                        (self.log)(&format!("{why}: {}", candidate.describe()));
+                        self.substitutes.lock().expect("substitutes lock").insert(
+                            id.clone(),
+                            crate::provider::Substitute {
+                                server_type: candidate.name.clone(),
+                                why,
+                                price_eur_per_hour: candidate.price,
+                            },
+                        );
                     }
                     return Ok(id);
                 }
