@@ -109,7 +109,7 @@ fn server_types_and_locations_come_in_the_crates_shapes() {
             .deprecation,
         Some(Some(_))
     ));
-    assert_eq!(types.meta.pagination.total_entries, Some(10));
+    assert_eq!(types.meta.pagination.total_entries, Some(16));
 
     let raw = sim.get("/server_types?name=cx23");
     let cx23 = &raw.json["server_types"][0];
@@ -284,6 +284,51 @@ fn create_is_validated_and_location_faults_answer_412() {
     );
     assert_eq!(sim.servers().len(), 1);
     assert_eq!(sim.calls()["POST /servers"], 11);
+}
+
+#[test]
+fn a_sold_out_type_answers_412_everywhere_and_available_is_a_hint_that_can_be_wrong() {
+    let sim = HcloudSim::start();
+    let post = |name: &str, location: &str, server_type: &str| {
+        sim.call(
+            "POST",
+            "/servers",
+            Some(&create_body(name, location, server_type)),
+        )
+    };
+    let available = |server_type: &str| -> Vec<Value> {
+        sim.get(&format!("/server_types?name={server_type}")).json["server_types"][0]["locations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["available"].clone())
+            .collect()
+    };
+    assert_eq!(available("cx33"), [true, true, true]);
+    sim.sell_out("cx33");
+    // Still listed and sold (not past any deprecation), but out of stock in every location.
+    assert_eq!(available("cx33"), [false, false, false]);
+    for location in ["fsn1", "nbg1", "hel1"] {
+        let reply = post("bkl-s-1-deadbeef", location, "cx33");
+        assert_eq!(
+            (reply.status, reply.code()),
+            (412, "resource_unavailable"),
+            "{}",
+            reply.json
+        );
+    }
+    // The hint wrong both ways: "available" and refused, "unavailable" and ordered.
+    sim.hint_available("cx33", true);
+    assert_eq!(available("cx33"), [true, true, true]);
+    assert_eq!(post("bkl-s-1-deadbeef", "fsn1", "cx33").status, 412);
+    sim.hint_available("cpx32", false);
+    assert_eq!(available("cpx32"), [false, false, false]);
+    // (Ordering it makes a sandbox runner: tests/e2e_hcloud_stock.rs does, as root.)
+    let cpx32 = &sim.get("/server_types?name=cpx32").json["server_types"][0];
+    assert_eq!(
+        (&cpx32["cores"], &cpx32["memory"], &cpx32["disk"]),
+        (&json!(4), &json!(8.0), &json!(160.0))
+    );
 }
 
 #[test]

@@ -202,8 +202,10 @@ fn write_report(path: &std::path::Path, json: &str) -> Result<(), Error> {
 /// deprecated ones are named, the API's prices replace the reference table, and expired
 /// runners of earlier, killed builds are reaped.
 async fn preflight(hcloud: &HcloudProvider, plan: &mut Plan, config: &Config) -> Result<(), Error> {
+    let mut needed = vec![plan.tier.as_str()];
+    needed.extend(plan.retry_server.as_ref().map(|t| t.name.as_str()));
     let check = hcloud
-        .check_ladder(plan.arch, config.ladder(plan.arch))
+        .check_ladder_for(plan.arch, config.ladder(plan.arch), &needed)
         .await
         .map_err(|e| match e {
             LadderError::Unknown { .. } | LadderError::NotSold { .. } => {

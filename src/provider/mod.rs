@@ -39,6 +39,17 @@ pub struct RunnerSpec {
 
 pub use crate::runner::{ConnectPolicy, Runner};
 
+/// A runner on another server type than its rung names ([`Provider::substitute`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Substitute {
+    pub server_type: String,
+    /// "cx33 sold out in fsn1 (resource_unavailable), …"
+    pub why: String,
+    /// Net EUR/h of the type used, when the provider knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_eur_per_hour: Option<f64>,
+}
+
 /// A runner's lease: the reaper deletes runners whose lease has expired.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Lease {
@@ -150,6 +161,11 @@ pub trait Provider: Send + Sync {
     /// The provider's own time (unix seconds) when it has one (Hetzner: the `Date` of its
     /// answers): leases are judged by it, not by this agent's clock.
     fn now(&self) -> Option<u64> {
+        None
+    }
+    /// The server type runner `id` runs on when it is not the rung's configured one, and why
+    /// (Hetzner: the configured type was sold out everywhere). `None`: the configured type.
+    fn substitute(&self, _id: &str) -> Option<Substitute> {
         None
     }
     /// Every runner this provider manages, with its labels.

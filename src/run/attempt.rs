@@ -56,6 +56,7 @@ pub async fn run(
     // cancelled while the create is in flight.
     let id = live.create(&spec).await?;
     record.runner = Some(id.clone());
+    record.substitute = ex.provider.substitute(&id);
     (p.log)(&format!(
         "runner {id} ({}) created; waiting for it",
         spec.name

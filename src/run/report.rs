@@ -53,6 +53,9 @@ pub struct AttemptReport {
     /// `linux/amd64`: with several platforms, each platform's attempts follow each other.
     pub platform: String,
     pub tier: String,
+    /// The server type used instead of `tier`, and why (a sold-out type's substitute).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub substitute: Option<crate::provider::Substitute>,
     pub outcome: AttemptOutcome,
     pub runner: Option<String>,
     pub destroyed: bool,
@@ -74,6 +77,7 @@ impl AttemptReport {
         AttemptReport {
             platform: platform.to_owned(),
             tier: tier.to_owned(),
+            substitute: None,
             outcome: AttemptOutcome::Lost,
             runner: None,
             destroyed: false,
@@ -89,6 +93,12 @@ impl AttemptReport {
     pub fn set_cost(&mut self, price: Option<f64>) {
         let s = &self.seconds;
         let lived = s.spawn + s.ssh + s.sync + s.build + s.destroy;
+        // A substitute is billed at its own price.
+        let price = self
+            .substitute
+            .as_ref()
+            .and_then(|s| s.price_eur_per_hour)
+            .or(price);
         self.cost_eur = match (&self.runner, price) {
             (Some(_), Some(price)) => Some((lived / 3600.0).ceil().max(1.0) * price),
             _ => None,

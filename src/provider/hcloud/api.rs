@@ -116,6 +116,13 @@ pub struct ServerType {
     pub name: String,
     #[serde(default)]
     pub architecture: String,
+    /// vCPUs, memory (GB) and disk (GB): the shape a substitute must match.
+    #[serde(default)]
+    pub cores: u32,
+    #[serde(default)]
+    pub memory: f64,
+    #[serde(default)]
+    pub disk: f64,
     /// Present and non-null when the type is deprecated.
     #[serde(default)]
     pub deprecation: Option<serde_json::Value>,
@@ -133,6 +140,11 @@ pub struct TypeLocation {
     pub name: String,
     #[serde(default)]
     pub deprecation: Option<Deprecation>,
+    /// Since 2026-04-01: whether the type can be ordered there now. A hint only (types
+    /// marked `false` were ordered, types marked `true` answered `resource_unavailable`):
+    /// it orders candidates and locations, it never skips one. `None` in older answers.
+    #[serde(default)]
+    pub available: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,6 +253,15 @@ impl ServerType {
             .filter(|l| !l.deprecation.as_ref().is_some_and(|d| d.is_over(now)))
             .map(|l| l.name.clone())
             .collect()
+    }
+
+    /// What `GET /server_types` says about ordering it in `location` (`None`: it does not say).
+    pub fn available_in(&self, location: &str) -> Option<bool> {
+        self.locations
+            .as_ref()?
+            .iter()
+            .find(|l| l.name == location)?
+            .available
     }
 
     /// Net hourly price in EUR in `location`, else the first listed.

@@ -9,9 +9,11 @@
 //!   when a create is refused with a 4xx that can mean a missing key (`not_found`, or an
 //!   `invalid_input` naming `ssh_keys`), and the create is then tried once more, whoever
 //!   registered the key (eight first builds of a project at once race to register it).
-//! - **Per location.** Only locations that sell the type are tried; `resource_unavailable`,
-//!   `placement_error` and 400 `invalid_input` "unsupported location for server type" move
-//!   on to the next one.
+//! - **Per location, then per type.** Only locations that sell the type are tried;
+//!   `resource_unavailable`, `placement_error` and 400 `invalid_input` "unsupported location for
+//!   server type" move on to the next one. A type refused so in every location moves on to the
+//!   rung's next candidate (`candidates.rs`), and the log says why: "cx33 sold out in fsn1
+//!   (resource_unavailable), …: cpx32, 8 GB, 4 vCPUs, 0.0240 EUR/h".
 //! - **Never lost.** After a 5xx, `timeout` or a transport failure the server may exist: it is
 //!   looked up by its unique name before the create is repeated, and a `uniqueness_error` on
 //!   a repeat means the first one made it (found by name, and used). When the outcome stays
@@ -48,40 +50,111 @@ pub(super) struct Created {
 impl HcloudProvider {
     pub(super) async fn create_server(&self, spec: &RunnerSpec) -> Result<String, ProviderError> {
         let image = self.golden_image(spec.arch).await?;
-        let locations = self.locations_for(&spec.tier.name);
-        let mut refused = Vec::new();
-        let mut key_checked = false;
-        let mut quota_waits = 0;
-        let mut next = 0;
+        let candidates = self.candidates(spec.arch, &spec.tier).await;
+        let mut attempt = Attempt {
+            key_checked: false,
+            quota_waits: 0,
+        };
         // The lease as the API's clock counts (this agent's may be off).
         let mut labels = spec.labels.clone();
         labels.insert(
             LABEL_EXPIRES.to_owned(),
             (self.api.now() + spec.lease.expires.saturating_sub(unix_now())).to_string(),
         );
+        // "cx33 sold out in fsn1, nbg1, hel1", one per candidate tried in vain.
+        let mut sold_out: Vec<String> = Vec::new();
+        if candidates.first().is_some_and(|c| c.name != spec.tier.name) {
+            sold_out.push(format!(
+                "{} is not sold in any configured location",
+                spec.tier.name
+            ));
+        }
+        for candidate in &candidates {
+            if !sold_out.is_empty() {
+                (self.log)(&format!(
+                    "{}: trying {}",
+                    sold_out.join("; "),
+                    candidate.describe()
+                ));
+            }
+            let body = |location: &str| {
+                serde_json::json!({
+                    "name": spec.name,
+                    "server_type": candidate.name,
+                    "image": image.to_string(),
+                    "location": location,
+                    "user_data": spec.user_data,
+                    "labels": labels,
+                    "ssh_keys": [PROJECT_KEY],
+                    "start_after_create": true,
+                })
+            };
+            match self
+                .create_in_locations(
+                    &spec.name,
+                    &candidate.name,
+                    &candidate.locations,
+                    &body,
+                    &mut attempt,
+                )
+                .await?
+            {
+                Ok(id) => {
+                    if !sold_out.is_empty() {
+                        let why = sold_out.join("; ");
+                        (self.log)(&format!("{why}: {}", candidate.describe()));
+                        self.substitutes.lock().expect("substitutes lock").insert(
+                            id.clone(),
+                            crate::provider::Substitute {
+                                server_type: candidate.name.clone(),
+                                why,
+                                price_eur_per_hour: candidate.price,
+                            },
+                        );
+                    }
+                    return Ok(id);
+                }
+                Err(refused) => sold_out.push(format!(
+                    "{} sold out in {}",
+                    candidate.name,
+                    refused.join(", ")
+                )),
+            }
+        }
+        Err(ProviderError::Setup {
+            action: "create a server",
+            detail: format!(
+                "every server type that fits {} ({} vCPUs, {} GB) is sold out: {}; nothing was created",
+                spec.tier.name,
+                spec.tier.vcpus,
+                spec.tier.memory_mib as f64 / 1024.0,
+                sold_out.join("; ")
+            ),
+        })
+    }
+
+    /// One server type, tried in each of `locations` in turn. `Ok(Err(refusals))` when every
+    /// location refused it for capacity or as not sold there ("fsn1 (resource_unavailable)").
+    async fn create_in_locations(
+        &self,
+        name: &str,
+        server_type: &str,
+        locations: &[String],
+        body: &(dyn Fn(&str) -> serde_json::Value + Sync),
+        attempt: &mut Attempt,
+    ) -> Result<Result<String, Vec<String>>, ProviderError> {
+        let mut refused = Vec::new();
+        let mut next = 0;
         while let Some(location) = locations.get(next) {
-            let body = serde_json::json!({
-                "name": spec.name,
-                "server_type": spec.tier.name,
-                "image": image.to_string(),
-                "location": location,
-                "user_data": spec.user_data,
-                "labels": labels,
-                "ssh_keys": [PROJECT_KEY],
-                "start_after_create": true,
-            });
-            let e = match self.create_once(&spec.name, &body).await {
+            let e = match self.create_once(name, &body(location)).await {
                 Err(Unknown(e)) => {
                     return Err(ProviderError::Unconfirmed {
-                        name: spec.name.clone(),
+                        name: name.to_owned(),
                         action: "create a server",
                         detail: e.to_string(),
                     });
                 }
-                Err(Refused(e)) => Err(e),
-                Ok(created) => Ok(created),
-            };
-            let e = match e {
+                Err(Refused(e)) => e,
                 Ok(created) => {
                     let id = created.server.id.to_string();
                     let host = address(&created.server.public_net);
@@ -90,52 +163,49 @@ impl HcloudProvider {
                         .expect("pending lock")
                         .insert(id.clone(), (created.actions, host));
                     (self.log)(&format!(
-                        "server {id} ({}, {location}) is being created",
-                        spec.tier.name
+                        "server {id} ({server_type}, {location}) is being created"
                     ));
-                    return Ok(id);
+                    return Ok(Ok(id));
                 }
-                Err(e) => e,
             };
             let code = e.code().unwrap_or_default().to_owned();
             if matches!(code.as_str(), "resource_unavailable" | "placement_error") {
                 (self.log)(&format!(
-                    "no capacity for {} in {location} ({code}); trying the next location",
-                    spec.tier.name
+                    "no capacity for {server_type} in {location} ({code}); trying the next location"
                 ));
-                refused.push(format!("{location}: {code}"));
+                refused.push(format!("{location} ({code})"));
                 next += 1;
             } else if is_unsupported_location(&e) {
                 (self.log)(&format!(
-                    "{} is not sold in {location}; trying the next location",
-                    spec.tier.name
+                    "{server_type} is not sold in {location}; trying the next location"
                 ));
-                refused.push(format!("{location}: not sold there"));
+                refused.push(format!("{location} (not sold there)"));
                 next += 1;
             } else if code == "resource_limit_exceeded" {
-                quota_waits += 1;
-                if quota_waits >= QUOTA_TRIES {
+                attempt.quota_waits += 1;
+                let waits = attempt.quota_waits;
+                if waits >= QUOTA_TRIES {
                     return Err(ProviderError::Setup {
                         action: "create a server",
                         detail: format!(
-                            "the project's quota is reached ({}) and no slot freed up in {quota_waits} tries; raise the server limit in the Hetzner Cloud console or run fewer builds at once",
+                            "the project's quota is reached ({}) and no slot freed up in {waits} tries; raise the server limit in the Hetzner Cloud console or run fewer builds at once",
                             e.message()
                         ),
                     });
                 }
-                let delay = self.api.policy().delay_random(quota_waits);
+                let delay = self.api.policy().delay_random(waits);
                 (self.log)(&format!(
-                    "the project's quota is reached ({}); waiting {:.1} s for a slot ({quota_waits}/{})",
+                    "the project's quota is reached ({}); waiting {:.1} s for a slot ({waits}/{})",
                     e.message(),
                     delay.as_secs_f64(),
                     QUOTA_TRIES - 1
                 ));
                 tokio::time::sleep(delay).await;
-            } else if !key_checked && may_be_missing_key(&e) {
+            } else if !attempt.key_checked && may_be_missing_key(&e) {
                 // The refusal may be about the project key (deleted, or never registered):
                 // make sure it exists, then try once more, whoever registered it (another
                 // launcher may have done so meanwhile).
-                key_checked = true;
+                attempt.key_checked = true;
                 self.ensure_project_key()
                     .await
                     .map_err(|e| setup("register the project SSH key", e))?;
@@ -143,14 +213,10 @@ impl HcloudProvider {
                 return Err(setup("create a server", e));
             }
         }
-        Err(ProviderError::Setup {
-            action: "create a server",
-            detail: format!(
-                "no capacity for {} in any configured location ({})",
-                spec.tier.name,
-                refused.join(", ")
-            ),
-        })
+        if refused.is_empty() {
+            refused.push("no configured location".to_owned());
+        }
+        Ok(Err(refused))
     }
 
     /// One create that cannot be lost: repeated only when certainly refused, or after the
@@ -319,6 +385,12 @@ impl HcloudProvider {
             Err(e) => Err(e),
         }
     }
+}
+
+/// What one create spends across candidates: the key check happens once, quota waits add up.
+struct Attempt {
+    key_checked: bool,
+    quota_waits: u32,
 }
 
 /// How a create ended when it made no server the launcher holds.

@@ -9,6 +9,7 @@
 //! confirms (action success, or 404: already gone), retrying transient failures.
 
 pub mod api;
+mod candidates;
 pub mod client;
 mod create;
 mod images;
@@ -76,6 +77,8 @@ pub struct HcloudProvider {
     types: tokio::sync::Mutex<Option<Vec<api::ServerType>>>,
     /// Server type → the configured locations that sell it (from the ladder check).
     sold: Mutex<HashMap<String, Vec<String>>>,
+    /// Server id → the type it runs on instead of its rung's, and why (`create.rs`).
+    substitutes: Mutex<HashMap<String, super::Substitute>>,
     lease: Duration,
     log: Arc<dyn Fn(&str) + Send + Sync>,
 }
@@ -102,6 +105,7 @@ impl HcloudProvider {
             images: tokio::sync::Mutex::new(HashMap::new()),
             types: tokio::sync::Mutex::new(None),
             sold: Mutex::new(HashMap::new()),
+            substitutes: Mutex::new(HashMap::new()),
             lease: settings.lease,
             log,
         })
@@ -417,6 +421,14 @@ impl Provider for HcloudProvider {
         seconds: u64,
     ) -> Result<(), ProviderError> {
         self.put_lease(id, labels, seconds).await
+    }
+
+    fn substitute(&self, id: &str) -> Option<super::Substitute> {
+        self.substitutes
+            .lock()
+            .expect("substitutes lock")
+            .get(id)
+            .cloned()
     }
 
     async fn list_leases(&self) -> Result<Vec<LeaseInfo>, ProviderError> {

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use reqwest::Method;
 
+use super::candidates::{Candidate, Ceiling, rank};
 use super::{ApiError, HcloudProvider, Retry, api, hetzner_arch};
 use crate::config::{Arch, Tier};
 
@@ -77,6 +78,18 @@ impl HcloudProvider {
         arch: Arch,
         ladder: &[Tier],
     ) -> Result<LadderCheck, LadderError> {
+        let all: Vec<&str> = ladder.iter().map(|t| t.name.as_str()).collect();
+        self.check_ladder_for(arch, ladder, &all).await
+    }
+
+    /// [`Self::check_ladder`] judging only `needed` (a build's rung and retry rung): a type of
+    /// the ladder the build will not order is a warning when no configured location sells it.
+    pub async fn check_ladder_for(
+        &self,
+        arch: Arch,
+        ladder: &[Tier],
+        needed: &[&str],
+    ) -> Result<LadderCheck, LadderError> {
         let types = self.server_types().await?;
         let now = SystemTime::now();
         let mut check = LadderCheck::default();
@@ -101,6 +114,31 @@ impl HcloudProvider {
                 .filter(|l| t.sold_in(l, now))
                 .cloned()
                 .collect();
+            if usable.is_empty() && !needed.contains(&t.name.as_str()) {
+                // Withdrawn or not sold here, but not a rung this build orders: a warning,
+                // naming what such a rung would use instead (another type meeting its need).
+                let instead = rank(&types, arch, tier, &self.locations, policy_ceiling(), now)
+                    .first()
+                    .map_or_else(
+                        || "a rung of it has no candidate".to_owned(),
+                        |c| format!("a rung of it would use {}", c.name),
+                    );
+                let until = self
+                    .locations
+                    .first()
+                    .and_then(|l| t.deprecation_in(l))
+                    .map_or_else(|| "now".to_owned(), |d| d.until().to_owned());
+                check.deprecated.push((
+                    t.name.clone(),
+                    format!("every configured location ({instead})"),
+                    until,
+                ));
+                self.sold
+                    .lock()
+                    .expect("sold lock")
+                    .insert(t.name.clone(), Vec::new());
+                continue;
+            }
             if usable.is_empty() {
                 let sold = t.sold_anywhere(now);
                 return Err(LadderError::NotSold {
@@ -132,6 +170,33 @@ impl HcloudProvider {
         Ok(check)
     }
 
+    /// The types a rung may run on, in the order to try them ([`candidates::rank`]). When the
+    /// API cannot be asked, the configured type alone.
+    pub(super) async fn candidates(&self, arch: Arch, tier: &Tier) -> Vec<Candidate> {
+        if let Ok(types) = self.server_types().await {
+            let ranked = rank(
+                &types,
+                arch,
+                tier,
+                &self.locations,
+                policy_ceiling(),
+                SystemTime::now(),
+            );
+            // The configured type is first unless no configured location sells it.
+            if !ranked.is_empty() {
+                return ranked;
+            }
+        }
+        let configured = Candidate {
+            name: tier.name.clone(),
+            vcpus: tier.vcpus,
+            memory_gb: tier.memory_mib as f64 / 1024.0,
+            price: tier.price_eur_per_hour,
+            locations: self.locations_for(&tier.name),
+        };
+        vec![configured]
+    }
+
     /// The configured locations to try for `server_type`: those that sell it, once the ladder
     /// was checked; all of them otherwise.
     pub(super) fn locations_for(&self, server_type: &str) -> Vec<String> {
@@ -142,4 +207,15 @@ impl HcloudProvider {
             .cloned()
             .unwrap_or_else(|| self.locations.clone())
     }
+}
+
+/// The operator's price and memory ceiling (policy); none when the policy cannot be read (the
+/// build has already failed on it then).
+fn policy_ceiling() -> Ceiling {
+    crate::policy::Policy::current()
+        .map(|p| Ceiling {
+            eur_per_hour: p.max_eur_per_hour,
+            memory_gb: p.max_memory_gb,
+        })
+        .unwrap_or_default()
 }

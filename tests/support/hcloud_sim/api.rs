@@ -243,12 +243,12 @@ async fn list_server_types(AxumState(sh): AxumState<Shared>, Query(q): Q) -> Res
     let types: Vec<_> = catalog::SERVER_TYPES
         .iter()
         .filter(|t| names.is_empty() || names.contains(&t.name))
-        .map(|t| catalog::server_type_model(t, &st.sales))
+        .map(|t| catalog::server_type_json(t, &st.sales))
         .collect();
     let (types, meta) = paginate(types, &q);
     ok(
         StatusCode::OK,
-        models::ListServerTypesResponse::new(meta, types),
+        serde_json::json!({ "server_types": types, "meta": meta }),
     )
 }
 
@@ -260,7 +260,7 @@ async fn get_server_type(AxumState(sh): AxumState<Shared>, Path(id): Path<String
     {
         Some(t) => ok(
             StatusCode::OK,
-            models::GetServerTypeResponse::new(catalog::server_type_model(t, &st.sales)),
+            serde_json::json!({ "server_type": catalog::server_type_json(t, &st.sales) }),
         ),
         None => error(ApiError::not_found("server type", id)),
     }

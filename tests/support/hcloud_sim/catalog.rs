@@ -5,7 +5,12 @@
 //! Facts: cx23…cx53 and cax11…cax41 shapes from FACTS.md; amd64 hourly prices are SIZING.md's
 //! reference prices; arm64 prices are the ones Hetzner listed in early 2026 (cax11 0.0064 …
 //! cax41 0.0433, as seen in public tool output) and only need to be plausible. cx22/cx32 were
-//! deprecated on 2025-10-16 and not orderable after 2025-12-31. Location coordinates and cities
+//! deprecated on 2025-10-16 and not orderable after 2025-12-31. cpx22…cpx42 and ccx13…ccx33:
+//! vCPUs, memory and disk as a public 2026 price table of Hetzner types lists them (cpx32: 4
+//! vCPUs, 8 GB, 160 GB, also so in public API fixtures); their hourly prices are that table's
+//! monthly prices divided by 730 (its ap-southeast column, the only one with the new cpx
+//! names): plausible, not Hetzner's EU prices, and only their order matters to the tests
+//! (cpx32 within a 0.03 EUR/h ceiling, ccx23 above it). Location coordinates and cities
 //! are Hetzner's. The ids of the new types are made up.
 //!
 //! Types are sold per location: `server_types[].locations[]` lists where, each entry with its
@@ -46,6 +51,12 @@ pub(super) const SERVER_TYPES: &[TypeSpec] = &[
     TypeSpec { id: 115, name: "cx33", arch: Architecture::X86, cores: 4, memory_gb: 8.0, disk_gb: 80.0, hourly_net: 0.0128, deprecated: None },
     TypeSpec { id: 116, name: "cx43", arch: Architecture::X86, cores: 8, memory_gb: 16.0, disk_gb: 160.0, hourly_net: 0.0240, deprecated: None },
     TypeSpec { id: 117, name: "cx53", arch: Architecture::X86, cores: 16, memory_gb: 32.0, disk_gb: 320.0, hourly_net: 0.0464, deprecated: None },
+    TypeSpec { id: 108, name: "cpx22", arch: Architecture::X86, cores: 3, memory_gb: 4.0, disk_gb: 80.0, hourly_net: 0.0123, deprecated: None },
+    TypeSpec { id: 109, name: "cpx32", arch: Architecture::X86, cores: 4, memory_gb: 8.0, disk_gb: 160.0, hourly_net: 0.0240, deprecated: None },
+    TypeSpec { id: 110, name: "cpx42", arch: Architecture::X86, cores: 8, memory_gb: 16.0, disk_gb: 240.0, hourly_net: 0.0425, deprecated: None },
+    TypeSpec { id: 96, name: "ccx13", arch: Architecture::X86, cores: 2, memory_gb: 8.0, disk_gb: 80.0, hourly_net: 0.0240, deprecated: None },
+    TypeSpec { id: 97, name: "ccx23", arch: Architecture::X86, cores: 4, memory_gb: 16.0, disk_gb: 160.0, hourly_net: 0.0459, deprecated: None },
+    TypeSpec { id: 98, name: "ccx33", arch: Architecture::X86, cores: 8, memory_gb: 32.0, disk_gb: 240.0, hourly_net: 0.0877, deprecated: None },
     TypeSpec { id: 45, name: "cax11", arch: Architecture::Arm, cores: 2, memory_gb: 4.0, disk_gb: 40.0, hourly_net: 0.0064, deprecated: None },
     TypeSpec { id: 93, name: "cax21", arch: Architecture::Arm, cores: 4, memory_gb: 8.0, disk_gb: 80.0, hourly_net: 0.0112, deprecated: None },
     TypeSpec { id: 94, name: "cax31", arch: Architecture::Arm, cores: 8, memory_gb: 16.0, disk_gb: 160.0, hourly_net: 0.0216, deprecated: None },
@@ -124,6 +135,47 @@ pub(super) struct Sales {
     pub per_location: BTreeMap<(String, String), (String, String)>,
     /// (type, location) not sold at all.
     pub not_sold: BTreeSet<(String, String)>,
+    /// (type, location) listed and sold, but out of stock: a create there answers 412
+    /// `resource_unavailable` (hcloud-go's error codes list `resource_unavailable`; the 412
+    /// and stock running out per type in every location at once are from public reports of
+    /// July 2026, FACTS.md).
+    pub sold_out: BTreeSet<(String, String)>,
+    /// (type, location) → what `locations[].available` says when a test makes the hint wrong:
+    /// others measured `available: false` types that could be ordered and `available: true`
+    /// ones that answered `resource_unavailable` (FACTS.md). Without an entry it tells the
+    /// truth: available unless sold out there.
+    pub available: BTreeMap<(String, String), bool>,
+}
+
+/// What `locations[].available` says for `spec` in `location` (since 2026-04-01, hcloud-go
+/// `ServerTypeLocation.Available`).
+pub(super) fn available_hint(spec: &TypeSpec, location: &str, sales: &Sales) -> bool {
+    let key = (spec.name.to_owned(), location.to_owned());
+    sales
+        .available
+        .get(&key)
+        .copied()
+        .unwrap_or_else(|| !sales.sold_out.contains(&key))
+}
+
+/// A server type as the API renders it since 2026-04-01: the `hcloud` crate's model (which
+/// predates the field) with `available` and `recommended` added to each `locations[]` entry.
+/// `recommended` is the hint itself here (the API's meaning of it is not documented further).
+pub(super) fn server_type_json(spec: &TypeSpec, sales: &Sales) -> serde_json::Value {
+    let mut value =
+        serde_json::to_value(server_type_model(spec, sales)).expect("a server type renders");
+    if let Some(locations) = value
+        .get_mut("locations")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for l in locations {
+            let name = l["name"].as_str().unwrap_or_default().to_owned();
+            let available = available_hint(spec, &name, sales);
+            l["available"] = serde_json::Value::Bool(available);
+            l["recommended"] = serde_json::Value::Bool(available);
+        }
+    }
+    value
 }
 
 /// The deprecation of a type everywhere: the catalogue's own, or a scripted one.

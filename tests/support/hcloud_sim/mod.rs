@@ -187,6 +187,27 @@ impl HcloudSim {
             .insert((server_type.into(), location.into()));
     }
 
+    /// `server_type` is out of stock in every location: listed and sold, but a create answers
+    /// 412 `resource_unavailable` (catalog.rs `Sales::sold_out`).
+    pub fn sell_out(&self, server_type: &str) {
+        assert!(catalog::server_type(server_type).is_some(), "{server_type}");
+        let mut st = self.state();
+        for l in catalog::LOCATIONS {
+            st.sales.sold_out.insert((server_type.into(), l.1.into()));
+        }
+    }
+
+    /// Make `locations[].available` of `server_type` say `available` in every location,
+    /// whatever the stock (the hint can be wrong both ways: catalog.rs `Sales::available`).
+    pub fn hint_available(&self, server_type: &str, available: bool) {
+        let mut st = self.state();
+        for l in catalog::LOCATIONS {
+            st.sales
+                .available
+                .insert((server_type.into(), l.1.into()), available);
+        }
+    }
+
     /// `server_type` is deprecated in `location` only: announced a month ago, unavailable
     /// after now (`over`) or in a month.
     pub fn deprecate_in(&self, server_type: &str, location: &str, over: bool) {

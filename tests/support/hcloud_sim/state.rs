@@ -462,6 +462,17 @@ impl State {
         if let Some(code) = self.faults.locations.get(&location) {
             return Err(ApiError::new(code, message_for(code)));
         }
+        // Out of stock: 412 `resource_unavailable`, whatever `available` says (catalog.rs).
+        if self
+            .sales
+            .sold_out
+            .contains(&(spec.name.to_owned(), location.clone()))
+        {
+            return Err(ApiError::new(
+                "resource_unavailable",
+                message_for("resource_unavailable"),
+            ));
+        }
         if take(&mut self.faults.quota) {
             return Err(ApiError::new(
                 "resource_limit_exceeded",
