@@ -146,13 +146,20 @@ fn no_child_of_the_launcher_sees_a_secret_in_its_environment() {
             for (pid, comm) in descendants(launcher) {
                 // A child between fork and exec is still a copy of the launcher, with its
                 // command line and its initial environment (ours to give, never what the child
-                // runs with): only what a child execs counts.
-                if cmdline(pid) == own {
+                // runs with): only what a child execs counts. The command line is read before
+                // and after the environment and must be the same exec'd program both times, so
+                // an exec racing the reads (seen once: a fork's environment read just before its
+                // exec, its command line just after) is never taken for a leak.
+                let before = cmdline(pid);
+                if before == own || before.is_empty() {
                     continue;
                 }
                 let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
                     continue;
                 };
+                if cmdline(pid) != before {
+                    continue;
+                }
                 let environ = String::from_utf8_lossy(&environ);
                 for secret in [HCLOUD_TOKEN, REGISTRY_PASSWORD, BUILD_SECRET] {
                     if environ.contains(secret) {
