@@ -368,7 +368,7 @@ fn buildkitd_killed_mid_build_is_exit_4_naming_buildkitd() {
     let Some(f) = Fixture::new("RUN sleep 30") else {
         return;
     };
-    let mut child = support::spawn_until(
+    let (mut child, rest) = support::spawn_until_keeping(
         Command::new(BIN).args(f.args("buildctl")),
         "[2/2] RUN sleep",
     );
@@ -378,8 +378,14 @@ fn buildkitd_killed_mid_build_is_exit_4_naming_buildkitd() {
     )
     .unwrap();
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(4));
+    let said: Vec<String> = rest.iter().collect();
     let report = f.report();
+    assert_eq!(
+        status.code(),
+        Some(4),
+        "{}\nreport: {report:#}",
+        said.join("\n")
+    );
     assert_eq!(outcomes(&report), [("cx33".into(), "lost".into())]);
     let error = report["error"].as_str().unwrap();
     assert!(
