@@ -96,7 +96,10 @@ pub fn rank(
         locations,
     };
     let mut out = Vec::new();
-    if let Some(t) = types.iter().find(|t| t.name == tier.name) {
+    if let Some(t) = types
+        .iter()
+        .find(|t| t.name == tier.name && t.architecture == wanted_arch)
+    {
         let sold = locations_of(t, locations, now);
         if !sold.is_empty() {
             out.push(candidate(t, sold));

@@ -15,6 +15,7 @@ mod create;
 mod images;
 mod lifetime;
 mod rate;
+pub mod stock;
 mod types;
 
 use std::collections::{BTreeMap, HashMap};

@@ -47,7 +47,7 @@ pub enum LadderError {
 
 impl HcloudProvider {
     /// Every server type, read once per run (paged, stable order).
-    async fn server_types(&self) -> Result<Vec<api::ServerType>, ApiError> {
+    pub(super) async fn server_types(&self) -> Result<Vec<api::ServerType>, ApiError> {
         let mut cache = self.types.lock().await;
         if let Some(types) = cache.as_ref() {
             return Ok(types.clone());
@@ -211,7 +211,7 @@ impl HcloudProvider {
 
 /// The operator's price and memory ceiling (policy); none when the policy cannot be read (the
 /// build has already failed on it then).
-fn policy_ceiling() -> Ceiling {
+pub(super) fn policy_ceiling() -> Ceiling {
     crate::policy::Policy::current()
         .map(|p| Ceiling {
             eur_per_hour: p.max_eur_per_hour,
