@@ -73,13 +73,31 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
     for arch in [Arch::Amd64, Arch::Arm64] {
         match hcloud.check_ladder(arch, config.ladder(arch)).await {
             Ok(check) => {
-                findings.push(passed(
-                    "server types",
-                    format!(
-                        "tiers.{arch}: {} exist and are sold in a configured location",
-                        crate::config::tier_names(config.ladder(arch))
-                    ),
-                ));
+                if check.without_candidate.is_empty() && check.notes.is_empty() {
+                    findings.push(passed(
+                        "server types",
+                        format!(
+                            "tiers.{arch}: {} exist and are sold in a configured location",
+                            crate::config::tier_names(config.ladder(arch))
+                        ),
+                    ));
+                }
+                for (_, e) in check.without_candidate {
+                    findings.push(finding(
+                        Severity::High,
+                        "server types",
+                        e.to_string(),
+                        "add a location that sells it to hcloud.locations, raise the policy's ceiling, or replace the type in the ladder",
+                    ));
+                }
+                for note in check.notes {
+                    findings.push(finding(
+                        Severity::Warning,
+                        "server types",
+                        note,
+                        &format!("nothing to do (a rung is a need: the launcher orders a substitute); to choose another first type, change tiers.{arch}"),
+                    ));
+                }
                 for (name, location, until) in check.deprecated {
                     findings.push(finding(
                         Severity::Warning,
@@ -89,11 +107,19 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
                     ));
                 }
             }
-            Err(e @ LadderError::NotSold { .. }) => findings.push(finding(
+            Err(e @ (LadderError::NotSold { .. } | LadderError::AboveCeiling { .. })) => {
+                findings.push(finding(
+                    Severity::High,
+                    "server types",
+                    e.to_string(),
+                    "add a location that sells it to hcloud.locations, raise the policy's ceiling, or replace the type in the ladder",
+                ))
+            }
+            Err(e @ LadderError::WrongArch { .. }) => findings.push(finding(
                 Severity::High,
                 "server types",
                 e.to_string(),
-                "add a location that sells it to hcloud.locations, or replace the type in the ladder",
+                &format!("list only {arch} types in tiers.{arch}"),
             )),
             Err(LadderError::Unknown { name, valid, .. }) => findings.push(finding(
                 Severity::High,

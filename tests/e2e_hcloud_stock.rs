@@ -148,7 +148,7 @@ fn cx53_withdrawn_a_cx23_build_still_runs() {
     // The withdrawn type is a warning naming what a cx53 rung would use.
     assert!(
         out.stderr
-            .contains("cx53 is deprecated at Hetzner in every configured location"),
+            .contains("server type cx53 (tiers.amd64) is not sold in fsn1, nbg1, hel1 any more (a rung of it has no candidate)"),
         "{}",
         out.stderr
     );
