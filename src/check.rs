@@ -366,7 +366,7 @@ async fn expired_findings(hcloud: &HcloudProvider, out: &mut Vec<Finding>) {
             let now = hcloud.now().unwrap_or_else(unix_now);
             let expired: Vec<String> = leases
                 .iter()
-                .filter(|l| l.expires().is_some_and(|e| e < now))
+                .filter(|l| l.judged_expiry().is_some_and(|(e, _)| e < now))
                 .map(|l| l.id.clone())
                 .collect();
             if expired.is_empty() {

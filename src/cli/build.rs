@@ -256,7 +256,7 @@ async fn preflight(hcloud: &HcloudProvider, plan: &mut Plan, config: &Config) ->
         );
     }
     // The snapshot the runners boot from, found now: none is a usage error, before any server.
-    match hcloud.missing_golden_image(plan.arch).await {
+    match hcloud.missing_golden_image(plan.arch, &plan.server).await {
         Ok(None) => {}
         Ok(Some(why)) => return Err(Error::Usage(format!("{}: {why}", plan.build.platform))),
         Err(e) => return Err(super::provider::cloud_error(e)),

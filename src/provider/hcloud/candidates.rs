@@ -105,10 +105,9 @@ pub fn rank(
             }
     };
     let mut out = Vec::new();
-    if let Some(t) = types
-        .iter()
-        .find(|t| t.name == tier.name && t.architecture == wanted_arch)
-    {
+    if let Some(t) = types.iter().find(|t| {
+        t.name == tier.name && t.architecture == wanted_arch && t.disk >= tier.disk_gb as f64
+    }) {
         let sold = locations_of(t, locations, now);
         if !sold.is_empty() {
             let configured = candidate(t, sold);

@@ -279,6 +279,22 @@ impl HcloudProvider {
         vec![configured]
     }
 
+    /// How many candidates `tier` has; `None` when the API cannot be asked.
+    pub(super) async fn ranked(&self, arch: Arch, tier: &Tier) -> Option<usize> {
+        let types = self.server_types().await.ok()?;
+        Some(
+            rank(
+                &types,
+                arch,
+                tier,
+                &self.locations,
+                policy_ceiling(),
+                SystemTime::now(),
+            )
+            .len(),
+        )
+    }
+
     /// The configured locations to try for `server_type`: those that sell it, once the ladder
     /// was checked; all of them otherwise.
     pub(super) fn locations_for(&self, server_type: &str) -> Vec<String> {
