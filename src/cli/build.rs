@@ -311,6 +311,14 @@ async fn check_registry_access(
                 one.history.records,
             )
         });
+        // Each further repository of `repo` gets the image too.
+        for repo in &one.build.also_repos {
+            for need in build_needs(repo, None, None) {
+                if !needs.contains(&need) {
+                    needs.push(need);
+                }
+            }
+        }
         for need in build_needs(
             &one.build.image_repo,
             one.cache_ref
