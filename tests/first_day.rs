@@ -303,7 +303,10 @@ fn history_list_shows_every_key() {
         .args(["history", "list", "--history", "registry"])
         .run();
     let line = out.assert_one_line_error(2);
-    assert!(line.contains("history show --history registry"), "{line}");
+    assert!(
+        line.contains("--history registry lists the history kept in a registry: set --registry"),
+        "{line}"
+    );
 }
 
 /// The two spec mistakes of a first day: TOML-style lines, and a forgotten comma.
