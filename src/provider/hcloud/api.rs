@@ -103,6 +103,9 @@ pub struct Image {
     /// When Hetzner deprecated the image (system images only); null while it is current.
     #[serde(default)]
     pub deprecated: Option<String>,
+    /// A golden snapshot's labels (its buildkitd config digest, for `check`).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
