@@ -1,6 +1,7 @@
 //! The runner's buildkitd.toml comes from the operator's launcher config (`buildkitd`
 //! section), end to end on sandbox runners with the real BuildKit: a plain-HTTP registry, a
-//! mirror and a frontend image each take effect only because the launcher config names them.
+//! mirror, a registry's CA (a TLS registry with a test CA made by openssl), an insecure TLS
+//! registry and a frontend image each take effect only because the launcher config names them.
 //! (Without them the same builds fail: tests/e2e_buildkit.rs and tests/e2e_untrusted_build.rs.)
 //! Every test checks that nothing is left behind.
 
@@ -138,4 +139,142 @@ fn an_unreadable_ca_file_is_exit_2_before_any_runner_exists() {
     );
     let dirs: Vec<_> = std::fs::read_dir(f.runners.path()).unwrap().collect();
     assert!(dirs.is_empty(), "a runner was made: {dirs:?}");
+}
+
+/// `openssl` with its purpose, in `dir`.
+fn openssl(dir: &std::path::Path, purpose: &str, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl ({purpose}) failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA (`ca.pem`) and a server certificate for `name` it signed (`server.pem`,
+/// `server.key`), in `dir`.
+fn certificates(dir: &std::path::Path, name: &str) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=bkl test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, "make the test CA", &args);
+    let mut args = vec!["req"];
+    args.extend(ec);
+    let subject = format!("/CN={name}");
+    args.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        &subject,
+    ]);
+    openssl(dir, "make the server's key and request", &args);
+    std::fs::write(
+        dir.join("server.ext"),
+        format!("subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    openssl(
+        dir,
+        "sign the server's certificate with the test CA",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    );
+}
+
+#[test]
+fn a_registry_whose_ca_is_named_only_in_the_launcher_config_serves_over_tls() {
+    let Some((f, _)) = named(|_| String::new()) else {
+        return;
+    };
+    if !require_root_and_tools(&["openssl"]) {
+        return;
+    }
+    let (name, _) = loopback_name().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    certificates(certs.path(), &name);
+    let tls = f.registry.tls_twin(
+        &certs.path().join("server.pem"),
+        &certs.path().join("server.key"),
+    );
+    let tls_host = tls.addr_as(&name);
+    std::fs::write(
+        f.ctx.path().join("Dockerfile"),
+        format!("FROM {tls_host}/base/busybox:latest\nRUN echo built > /built.txt\n"),
+    )
+    .unwrap();
+    let ca = certs.path().join("ca.pem");
+
+    // Without the CA, BuildKit does not trust the registry's certificate.
+    let without = config(&f, "{}\n");
+    let out = f.build("buildctl", &[&without, "--tag", "v0"]);
+    assert_eq!(out.code, 1, "stderr:\n{}", out.stderr);
+    let report = f.report();
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("{tls_host}/base/busybox:latest"))
+            && error.contains("certificate signed by unknown authority"),
+        "{error}"
+    );
+
+    // With it (read by the launcher, installed beside the runner's buildkitd.toml): trusted.
+    let with = config(
+        &f,
+        &format!(
+            "{{ buildkitd.registries.\"{tls_host}\" = {{ ca_file = \"{}\" }} }}\n",
+            ca.display()
+        ),
+    );
+    let out = f.build("buildctl", &[&with, "--tag", "latest", "--tag", "v1"]);
+    assert_success(&f, &out);
+
+    // `insecure = true` instead: HTTPS without checking the certificate.
+    let insecure = config(
+        &f,
+        &format!("{{ buildkitd.registries.\"{tls_host}\" = {{ insecure = true }} }}\n"),
+    );
+    let out = f.build("buildctl", &[&insecure, "--tag", "v2"]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert_eq!(f.report()["outcome"], "success");
+    f.assert_nothing_left();
 }
