@@ -261,7 +261,7 @@ fn check_disk_space(text: &str) -> Result<(), String> {
         && !number.starts_with('.')
         && !number.ends_with('.')
         && number.matches('.').count() <= 1;
-    let unit = unit.trim_start_matches(' ').to_ascii_lowercase();
+    let unit = unit.strip_prefix(' ').unwrap_or(unit).to_ascii_lowercase();
     let unit_ok = matches!(
         unit.as_str(),
         "" | "b"
@@ -361,7 +361,9 @@ mod tests {
         ] {
             assert_eq!(check_disk_space(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "101%", "-1GB", "GB", "2 PB", "1.2.3G", "x%", "2GBs"] {
+        for bad in [
+            "", "101%", "-1GB", "GB", "2 PB", "1.2.3G", "x%", "2GBs", "2  GB",
+        ] {
             assert!(check_disk_space(bad).is_err(), "{bad}");
         }
     }

@@ -280,6 +280,12 @@ mod tests {
         assert_eq!(golden_digest(&settings()).unwrap(), r.digest);
     }
 
+    /// The whole default file, as an operator reads it (`golden-image config`).
+    #[test]
+    fn the_default_golden_file() {
+        insta::assert_snapshot!(render(&settings(), Target::GOLDEN).unwrap().text);
+    }
+
     #[test]
     fn registries_mirrors_and_hostile_names_are_quoted_by_the_writer() {
         let mut s = settings();
