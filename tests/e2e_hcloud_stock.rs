@@ -148,9 +148,60 @@ fn cx53_withdrawn_a_cx23_build_still_runs() {
     // The withdrawn type is a warning naming what a cx53 rung would use.
     assert!(
         out.stderr
-            .contains("cx53 is deprecated at Hetzner in every configured location"),
+            .contains("server type cx53 (tiers.amd64) is not sold in fsn1, nbg1, hel1 any more (a rung of it has no candidate)"),
         "{}",
         out.stderr
     );
+    c.sim.assert_clean();
+}
+
+#[test]
+fn a_golden_snapshot_from_a_larger_disk_runs_on_a_type_with_that_disk_or_not_at_all() {
+    let Some(c) = Cloud::new("RUN true") else {
+        return;
+    };
+    let golden = *c
+        .sim
+        .images()
+        .iter()
+        .find(|(_, i)| i.labels.get("buildkit-launcher/role").map(String::as_str) == Some("golden"))
+        .expect("the golden snapshot")
+        .0;
+    // Baked on an 80 GB disk: a cx23 (40 GB) cannot boot it; the cheapest type with the
+    // rung's memory and vCPUs and an 80 GB disk is cpx22.
+    c.sim.set_image_disk(golden, 80.0);
+    std::fs::write(c.ctx.path().join(".build-spec.ncl"), "{ tier = \"cx23\" }").unwrap();
+    let out = c.build(&[]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert_eq!(c.sim.last_create_request().unwrap()["server_type"], "cpx22");
+    assert_eq!(c.calls("POST /servers"), 1, "no create was refused");
+    assert!(
+        out.stderr.contains(&format!(
+            "golden snapshot {golden} was taken from a 80 GB disk, more than cx23's 40 GB"
+        )),
+        "{}",
+        out.stderr
+    );
+    // A disk no type has: exit 2 before any server, naming the snapshot and the way out.
+    c.sim.set_image_disk(golden, 5000.0);
+    let creates = c.calls("POST /servers");
+    let out = c.build(&[]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    // One error line (after the progress line naming the snapshot found).
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    let line = errors[0];
+    assert!(
+        line.contains(&format!(
+            "golden snapshot {golden} was taken from a 5000 GB disk"
+        )),
+        "{line}"
+    );
+    assert!(line.contains("bake it on the smallest type"), "{line}");
+    assert_eq!(c.calls("POST /servers"), creates);
     c.sim.assert_clean();
 }

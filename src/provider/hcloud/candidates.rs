@@ -73,8 +73,9 @@ fn locations_of(t: &api::ServerType, locations: &[String], now: SystemTime) -> V
     sold
 }
 
-/// The candidates of `tier`: the configured type first (as long as it is sold in a configured
-/// location), then the others that meet its shape, cheapest first.
+/// The candidates of `tier`: the configured type first (as long as it is of the architecture,
+/// sold in a configured location and within the ceiling), then the others that meet its shape,
+/// cheapest first.
 pub fn rank(
     types: &[api::ServerType],
     arch: Arch,
@@ -95,11 +96,24 @@ pub fn rank(
             .map(|(p, _)| p),
         locations,
     };
+    let within = |c: &Candidate| {
+        ceiling.memory_gb.is_none_or(|max| c.memory_gb <= max)
+            && match (ceiling.eur_per_hour, c.price) {
+                (None, _) => true,
+                (Some(max), Some(p)) => p <= max,
+                (Some(_), None) => false,
+            }
+    };
     let mut out = Vec::new();
-    if let Some(t) = types.iter().find(|t| t.name == tier.name) {
+    if let Some(t) = types.iter().find(|t| {
+        t.name == tier.name && t.architecture == wanted_arch && t.disk >= tier.disk_gb as f64
+    }) {
         let sold = locations_of(t, locations, now);
         if !sold.is_empty() {
-            out.push(candidate(t, sold));
+            let configured = candidate(t, sold);
+            if within(&configured) {
+                out.push(configured);
+            }
         }
     }
     let mut others: Vec<(bool, Candidate)> = types
@@ -107,17 +121,12 @@ pub fn rank(
         .filter(|t| t.name != tier.name && t.architecture == wanted_arch)
         .filter(|t| families(arch).contains(&family(&t.name)))
         .filter(|t| t.cores >= tier.vcpus && t.memory >= need_gb && t.disk >= tier.disk_gb as f64)
-        .filter(|t| ceiling.memory_gb.is_none_or(|max| t.memory <= max))
         .filter_map(|t| {
             let sold = locations_of(t, locations, now);
             let available = sold.iter().any(|l| t.available_in(l) != Some(false));
             (!sold.is_empty()).then(|| (available, candidate(t, sold)))
         })
-        .filter(|(_, c)| match (ceiling.eur_per_hour, c.price) {
-            (None, _) => true,
-            (Some(max), Some(p)) => p <= max,
-            (Some(_), None) => false,
-        })
+        .filter(|(_, c)| within(c))
         .collect();
     others.sort_by(|(a_avail, a), (b_avail, b)| {
         b_avail

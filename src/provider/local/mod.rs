@@ -528,11 +528,18 @@ impl Provider for LocalProvider {
                     .ok()
                     .and_then(|t| serde_json::from_str(&t).ok())
                     .unwrap_or_default();
+            let created = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
             leases.push(LeaseInfo {
                 name: name.clone(),
                 id: name,
                 labels,
                 locked: false,
+                created,
             });
         }
         leases.sort_by(|a, b| a.id.cmp(&b.id));
