@@ -661,6 +661,13 @@ fn a_bake_installs_the_buildkitd_settings_of_the_launcher_config_and_labels_thei
         "{}",
         out.stderr
     );
+    assert!(
+        out.stderr.contains(&format!(
+            "buildkitd.toml from the launcher config: digest {digest}, 1 registry CA file(s)"
+        )),
+        "{}",
+        out.stderr
+    );
     let snapshots = c.snapshots();
     assert_eq!(snapshots.len(), 1, "{snapshots:?}");
     let (id, image) = &snapshots[0];

@@ -317,6 +317,14 @@ async fn provision(conn: &Connection, s: &BakeSettings<'_>) -> Result<(), BakeEr
         conn.put_private_file(&format!("{dir}/{name}"), text.as_bytes())
             .await?;
     }
+    (s.log)(&format!(
+        "buildkitd.toml from the launcher config: digest {}{}",
+        s.buildkitd.digest,
+        match s.buildkitd.ca_files.len() {
+            0 => String::new(),
+            n => format!(", {n} registry CA file(s)"),
+        }
+    ));
     conn.put_private_file(
         &format!("{dir}/buildkitd.toml"),
         s.buildkitd.text.as_bytes(),
