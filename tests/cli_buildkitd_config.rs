@@ -120,6 +120,10 @@ fn each_bad_value_is_one_line_naming_the_setting_and_exit_2() {
             "error: buildkitd.registries.\"a\".ca_file: [CTX]/launcher.ncl: not a PEM certificate (no -----BEGIN CERTIFICATE----- line)",
         ),
         (
+            r#"{ buildkitd.registries.a = { http = "yes" } }"#,
+            "error: [CTX]/launcher.ncl:1:37: contract broken by the value of `http`: expected true or false",
+        ),
+        (
             r#"{ buildkitd.registries.a = { htp = true } }"#,
             "error: [CTX]/launcher.ncl:1:28: contract broken by the value of `registries`: extra field `htp`: Have you misspelled a field? see schemas/launcher.ncl for the settings and their defaults",
         ),
