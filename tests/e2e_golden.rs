@@ -662,6 +662,14 @@ fn a_bake_installs_the_buildkitd_settings_of_the_launcher_config_and_labels_thei
         out.stderr
     );
     assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains("verify: ok: registry CA /")
+                && l.ends_with("/etc/buildkit/registry-ca/zot.internal_5000.pem exists")),
+        "{}",
+        out.stderr
+    );
+    assert!(
         out.stderr.contains(&format!(
             "buildkitd.toml from the launcher config: digest {digest}, 1 registry CA file(s)"
         )),
