@@ -318,6 +318,7 @@ async fn golden_findings(hcloud: &HcloudProvider, config: &Config, out: &mut Vec
                 &fix,
             )),
             Ok(Some(image)) => {
+                out.push(golden_config_finding(arch, &image, config));
                 let created =
                     humantime::parse_rfc3339_weak(image.created.trim_end_matches("+00:00"))
                         .ok()
@@ -356,6 +357,47 @@ async fn golden_findings(hcloud: &HcloudProvider, config: &Config, out: &mut Vec
                 "check the token's permissions (read & write) and the API endpoint",
             )),
         }
+    }
+}
+
+/// Whether the newest golden snapshot of `arch` was baked with the buildkitd.toml the launcher
+/// config renders now (its digest label; `crate::config::buildkitd_toml`).
+fn golden_config_finding(
+    arch: Arch,
+    image: &crate::provider::hcloud::api::Image,
+    config: &Config,
+) -> Finding {
+    let area = "golden image";
+    let fix = format!(
+        "bake again with `buildkit-launcher golden-image build --arch {arch}` (`golden-image config` prints the file it installs)"
+    );
+    match crate::config::buildkitd_toml::golden_digest(&config.buildkitd) {
+        Err(e) => finding(
+            Severity::Warning,
+            area,
+            format!(
+                "cannot tell whether the {arch} golden snapshot has the launcher config's buildkitd settings: {e}"
+            ),
+            "run `check` where the CA files the config names are readable",
+        ),
+        Ok(current) => match crate::golden::config_drift(
+            arch,
+            image.id,
+            image
+                .labels
+                .get(crate::golden::LABEL_BUILDKITD_CONFIG)
+                .map(String::as_str),
+            &current,
+        ) {
+            None => passed(
+                area,
+                format!(
+                    "the newest {arch} golden snapshot ({}) has the launcher config's buildkitd settings (digest {current})",
+                    image.id
+                ),
+            ),
+            Some(warning) => finding(Severity::Warning, area, warning, &fix),
+        },
     }
 }
 

@@ -7,15 +7,27 @@ use support::hcloud_sim::HcloudSim;
 use support::registry::{Registry, require_root_and_tools};
 use support::{Context, Launcher};
 
+/// A golden snapshot baked with the buildkitd settings of the default launcher config.
 fn golden(sim: &HcloudSim, arch: &str, created: &str) {
+    golden_with(sim, arch, created, &current_digest());
+}
+
+fn golden_with(sim: &HcloudSim, arch: &str, created: &str, digest: &str) -> i64 {
     sim.add_snapshot(
         arch,
         &[
             ("buildkit-launcher/role", "golden"),
             ("buildkit-launcher/arch", arch),
+            ("buildkit-launcher/buildkitd-config", digest),
         ],
         created,
-    );
+    )
+}
+
+/// The buildkitd config digest of the default launcher config.
+fn current_digest() -> String {
+    let config = buildkit_launcher::config::Config::defaults();
+    buildkit_launcher::config::buildkitd_toml::golden_digest(&config.buildkitd).unwrap()
 }
 
 fn now_rfc3339(days_ago: u64) -> String {
@@ -95,6 +107,10 @@ fn a_healthy_setup_passes_every_check() {
         ("hcloud token", "may write"),
         ("golden image", "amd64 golden snapshot"),
         ("golden image", "arm64 golden snapshot"),
+        (
+            "golden image",
+            "has the launcher config's buildkitd settings",
+        ),
         ("runners", "no runner with an expired lease"),
         ("hcloud rate limit", "API requests left"),
         ("registry", "answers"),
@@ -347,6 +363,41 @@ fn refused_registry_credentials_are_high() {
         "{findings:#?}"
     );
     assert!(!out.stdout.contains("wrong-password") && !out.stderr.contains("wrong-password"));
+}
+
+#[test]
+fn a_golden_snapshot_baked_with_other_buildkitd_settings_is_a_warning() {
+    let sim = HcloudSim::start();
+    let old = golden_with(
+        &sim,
+        "amd64",
+        &now_rfc3339(1),
+        "0123456789abcdef0123456789abcdef",
+    );
+    golden(&sim, "arm64", &now_rfc3339(1));
+    let (_, findings, stderr) = check(&sim, &[]);
+    let expected = format!(
+        "the newest amd64 golden snapshot ({old}) was baked with other buildkitd settings (digest 0123456789abcdef0123456789abcdef) than the launcher config has now ({}): bake again with `buildkit-launcher golden-image build --arch amd64`",
+        current_digest()
+    );
+    let found = |severity: &str, message: &str| {
+        findings
+            .iter()
+            .any(|f| f["severity"] == severity && f["message"] == message)
+    };
+    assert!(found("warning", &expected), "{stderr}\n{findings:#?}");
+    assert!(
+        has(&findings, "passed", "golden image", "arm64 golden snapshot"),
+        "{findings:#?}"
+    );
+    assert!(
+        !findings.iter().any(|f| f["severity"] != "passed"
+            && f["message"]
+                .as_str()
+                .unwrap()
+                .contains("arm64 golden snapshot")),
+        "{findings:#?}"
+    );
 }
 
 #[test]

@@ -97,9 +97,21 @@ pub fn classify(
             // BuildKit's own refusal (frontend/gateway/gateway.go): the Dockerfile's
             // `# syntax=` names a frontend image outside the operator's list.
             Some(line) if line.contains("is not an allowed gateway source") => format!(
-                "the Dockerfile's # syntax= names a frontend image the runners do not allow (the operator's list: [frontend.\"gateway.v0\"] allowedRepositories in the golden image's buildkitd.toml): {}",
+                "the Dockerfile's # syntax= names a frontend image the runners do not allow (the operator's list: buildkitd.frontends in the launcher config, the golden image's allowedRepositories): {}",
                 cut(line.trim_start_matches("error: ").trim())
             ),
+            // Pulling (a base image, the SBOM scanner) from a plain-HTTP registry BuildKit was
+            // not told about: only buildkitd.toml can say so (pushing and the cache have
+            // --insecure-registry).
+            Some(line)
+                if line.contains("failed to resolve source metadata")
+                    && line.contains("server gave HTTP response to HTTPS client") =>
+            {
+                format!(
+                    "{} (a registry served over plain HTTP: the operator names its host in the launcher config's buildkitd.registries with http = true and bakes the golden image again)",
+                    cut(line.trim_start_matches("error: ").trim())
+                )
+            }
             Some(line) => cut(line.trim_start_matches("error: ").trim()),
             None => format!(
                 "{} failed with exit status {code} (see the build log)",
@@ -431,13 +443,30 @@ mod tests {
     }
 
     #[test]
+    fn a_pull_from_an_unlisted_http_registry_names_the_config_setting() {
+        let tail = lines(
+            "error: failed to solve: zot.internal:5000/base/busybox:latest: failed to resolve source metadata for zot.internal:5000/base/busybox:latest: failed to do request: Head \"https://zot.internal:5000/v2/base/busybox/manifests/latest\": http: server gave HTTP response to HTTPS client",
+        );
+        match classify(&code(1), &tail, Some(0), Backend::Buildctl) {
+            Verdict::Failed { reason } => {
+                assert!(
+                    reason.ends_with("(a registry served over plain HTTP: the operator names its host in the launcher config's buildkitd.registries with http = true and bakes the golden image again)"),
+                    "{reason}"
+                );
+                assert!(reason.contains("server gave HTTP response"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_refused_syntax_frontend_says_whose_list_it_is() {
         let tail = lines(
             "#1 [internal] load build definition\nerror: failed to solve: '127.0.0.1:5000/evil/frontend:1' is not an allowed gateway source",
         );
         match classify(&code(1), &tail, Some(0), Backend::Buildctl) {
             Verdict::Failed { reason } => {
-                assert!(reason.contains("allowedRepositories"), "{reason}");
+                assert!(reason.contains("buildkitd.frontends"), "{reason}");
                 assert!(reason.contains("evil/frontend"), "{reason}");
             }
             other => panic!("{other:?}"),

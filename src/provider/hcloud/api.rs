@@ -110,6 +110,9 @@ pub struct Image {
     /// disk cannot boot it (FACTS.md "Snapshots"; the API refuses the create).
     #[serde(default)]
     pub disk_size: Option<f64>,
+    /// A golden snapshot's labels (its buildkitd config digest, for `check`).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
