@@ -92,7 +92,7 @@ pub const BUILDX: &[(&str, Handling)] = &[
     (
         "mirror",
         Refuse(
-            "registry mirrors are the operator's, in the golden image's buildkitd.toml",
+            "registry mirrors are the operator's: buildkitd.registries.<host>.mirrors in the launcher config",
             None,
         ),
     ),
@@ -130,14 +130,14 @@ pub const BUILDX: &[(&str, Handling)] = &[
     (
         "buildkit_config",
         Refuse(
-            "buildkitd.toml is the operator's, in the golden image",
+            "buildkitd.toml is the operator's: the launcher config's buildkitd section, baked into the golden image",
             None,
         ),
     ),
     (
         "buildkit_debug",
         Refuse(
-            "buildkitd.toml is the operator's, in the golden image",
+            "buildkitd.toml is the operator's: the launcher config's buildkitd section, baked into the golden image",
             Some("false"),
         ),
     ),
