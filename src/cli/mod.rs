@@ -16,6 +16,7 @@ mod reap;
 mod settings;
 mod simulate;
 mod spec;
+mod values;
 
 use std::io::Write;
 use std::path::PathBuf;
