@@ -24,6 +24,7 @@ pub mod run;
 pub mod runner;
 pub mod simulate;
 pub mod sizing;
+pub mod text;
 pub mod transport;
 
 /// A warning line on stderr, printed once per process whatever the number of callers.
