@@ -134,6 +134,28 @@ impl Outcome {
         assert!(self.stdout.is_empty(), "nothing on stdout: {}", self.stdout);
         lines[0]
     }
+
+    /// The run failed with `code` and said why in exactly one line starting with `error: `
+    /// (progress lines and warnings before it are allowed).
+    pub fn assert_one_error_line(&self, code: i32) -> &str {
+        assert_eq!(
+            self.code, code,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        let errors: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        assert_eq!(
+            errors.len(),
+            1,
+            "expected one error line, got:\n{}",
+            self.stderr
+        );
+        errors[0]
+    }
 }
 
 /// A throwaway build context: a Dockerfile plus whatever files a test adds.
