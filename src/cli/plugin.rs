@@ -20,7 +20,12 @@ use super::Cli;
 use crate::policy::{Policy, Redirecting};
 
 /// Settings that are not flags of `build`.
-pub(super) const GLOBAL: &[(&str, &str)] = &[("CONFIG", "--config")];
+pub(super) const GLOBAL: &[(&str, &str)] = &[
+    ("CONFIG", "--config"),
+    ("HTTP_PROXY", "--http-proxy"),
+    ("HTTPS_PROXY", "--https-proxy"),
+    ("NO_PROXY", "--no-proxy"),
+];
 /// Plural spellings users write in pipelines.
 pub(super) const ALIASES: &[(&str, &str)] = &[
     ("TAGS", "TAG"),
