@@ -229,12 +229,12 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> Result<String, String> {
     }
 }
 
-/// Copy stdin to the tunnel and the tunnel to stdout until either ends. Both through their
-/// descriptors, unbuffered: Rust's stdout holds bytes back until a newline, which would stall
-/// ssh's handshake.
+/// Copy stdin to the tunnel and the tunnel to stdout until either ends. Through the
+/// descriptors with a plain read/write loop: Rust's stdout holds bytes back until a newline,
+/// which would stall ssh's handshake.
 fn pump(reader: BufReader<TcpStream>) {
     use std::os::fd::AsFd;
-    let (Ok(mut upstream), Ok(stdin), Ok(stdout)) = (
+    let (Ok(upstream), Ok(stdin), Ok(stdout)) = (
         reader.get_ref().try_clone(),
         std::io::stdin().as_fd().try_clone_to_owned(),
         std::io::stdout().as_fd().try_clone_to_owned(),
@@ -242,10 +242,27 @@ fn pump(reader: BufReader<TcpStream>) {
         return;
     };
     std::thread::spawn(move || {
-        let mut stdin = std::fs::File::from(stdin);
-        let _ = std::io::copy(&mut stdin, &mut upstream);
+        let mut upstream = upstream;
+        copy(&mut std::fs::File::from(stdin), &mut upstream);
         let _ = upstream.shutdown(Shutdown::Write);
     });
     let mut reader = reader;
-    let _ = std::io::copy(&mut reader, &mut std::fs::File::from(stdout));
+    copy(&mut reader, &mut std::fs::File::from(stdout));
+}
+
+/// Each read written out at once, until end of file or an error.
+fn copy(from: &mut impl Read, to: &mut impl Write) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
