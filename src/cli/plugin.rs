@@ -427,6 +427,27 @@ mod tests {
     }
 
     #[test]
+    fn proxies_are_global_flags() {
+        let a = args(&[
+            ("PLUGIN_HTTPS_PROXY", "http://proxy.corp:3128"),
+            ("PLUGIN_NO_PROXY", ".corp"),
+            ("PLUGIN_HTTP_PROXY", "http://proxy.corp:3128"),
+        ]);
+        assert_eq!(
+            a[1..8],
+            [
+                "--https-proxy",
+                "http://proxy.corp:3128",
+                "--http-proxy",
+                "http://proxy.corp:3128",
+                "--no-proxy",
+                ".corp",
+                "build"
+            ]
+        );
+    }
+
+    #[test]
     fn build_secrets_become_secret_ids_never_arguments() {
         let e = env(&[(
             "PLUGIN_BUILD_SECRETS",
