@@ -279,3 +279,41 @@ fn a_pipelines_proxy_is_the_operators_choice() {
         "error: https_proxy: \"socks5://203.0.113.9:1080\": a socks5:// proxy is not supported: the launcher tunnels through an HTTP proxy with CONNECT; write http://HOST:PORT"
     );
 }
+
+#[test]
+fn the_hetzner_api_goes_through_the_proxy_too() {
+    let Some(c) = support::hcloud_sim::cloud::Cloud::new("RUN true") else {
+        return;
+    };
+    let proxy = Proxy::start(Options::default());
+    let out = c
+        .launcher()
+        .args(c.args())
+        .env("http_proxy", proxy.url(None))
+        .env("https_proxy", proxy.url(None))
+        .run();
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    let api = c
+        .sim
+        .endpoint
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let forwarded = proxy.forwarded();
+    for method in ["GET", "POST", "DELETE"] {
+        assert!(
+            forwarded
+                .iter()
+                .any(|s| s.method == method && s.target == api),
+            "{method} to the API {api} through the proxy: {forwarded:?}"
+        );
+    }
+    assert!(
+        proxy.connects().iter().any(|s| s.status == 200),
+        "SSH to the server through the proxy: {:?}",
+        proxy.seen()
+    );
+    c.sim.assert_clean();
+}
