@@ -9,14 +9,22 @@ mod support;
 use support::Launcher;
 use support::local_build::{Fixture, assert_success};
 use support::proxy::{Options, Proxy};
+use support::registry::Registry;
 
 const USER_INFO: &str = "agent:fake-proxy-pass";
+const REGISTRY_PASSWORD: &str = "fake-registry-pass-51ab";
 
 #[test]
 fn registry_and_ssh_go_through_the_agents_proxy() {
-    let Some(f) = Fixture::new("RUN echo built > /built.txt") else {
+    if !support::registry::require_root_and_tools(support::local_build::TOOLS) {
         return;
-    };
+    }
+    let registry = Registry::start_with_auth("ci", REGISTRY_PASSWORD).with_base_image();
+    let dockerfile = format!(
+        "FROM {}\nRUN echo built > /built.txt\n",
+        registry.base_image()
+    );
+    let f = Fixture::with(registry, &dockerfile);
     let proxy = Proxy::start(Options {
         basic_auth: Some(USER_INFO.into()),
         ..Options::default()
@@ -25,11 +33,21 @@ fn registry_and_ssh_go_through_the_agents_proxy() {
     // The agent's variables, as curl reads them (lower case).
     let out = Launcher::new()
         .args(f.args("buildctl"))
-        .args(["--tag", "v1", "--tag", "latest"])
+        .args(["--tag", "v1", "--tag", "latest", "--registry-user", "ci"])
+        .env("REGISTRY_PASSWORD", REGISTRY_PASSWORD)
         .env("http_proxy", &url)
         .env("https_proxy", &url)
         .run();
     assert_success(&f, &out);
+    // The registry speaks plain HTTP: the proxy reads its password, and the launcher says so.
+    assert!(
+        out.stderr.contains(&format!(
+            "warning: registry {} speaks plain HTTP and is reached through the proxy http://{}: the proxy reads the registry password; list the registry in no_proxy or give it TLS",
+            f.registry.addr, proxy.addr
+        )),
+        "{}",
+        out.stderr
+    );
     let connects = proxy.connects();
     assert!(
         !connects.is_empty() && connects.iter().all(|s| s.status == 200),
@@ -55,6 +73,7 @@ fn registry_and_ssh_go_through_the_agents_proxy() {
     let report = std::fs::read_to_string(&f.report).unwrap();
     for text in [&out.stdout, &out.stderr, &report] {
         assert!(!text.contains("fake-proxy-pass"), "{text}");
+        assert!(!text.contains(REGISTRY_PASSWORD), "{text}");
     }
 }
 
@@ -254,17 +273,19 @@ fn a_pipelines_proxy_is_the_operators_choice() {
         "{line}"
     );
     // The agent's own value repeated is no choice: accepted (the build then stops later, at
-    // the missing token, not at the proxy).
+    // the missing Dockerfile, not at the proxy).
     let out = plugin(&[
         ("PLUGIN_HTTPS_PROXY", "http://127.0.0.1:9"),
         ("https_proxy", "http://127.0.0.1:9"),
         ("PLUGIN_DRY_RUN", "true"),
     ])
     .run();
+    let line = out.assert_one_line_error(2);
     assert!(
-        !out.stderr.contains("the proxy is the operator's"),
-        "{}",
-        out.stderr
+        line.ends_with(
+            "/Dockerfile: no Dockerfile there (set --dockerfile to a file inside the context)"
+        ),
+        "past the settings and the proxy: {line}"
     );
     // With the policy's 'proxy, the setting is the pipeline's, held to the same syntax.
     let policy = ws.path().join("policy.ncl");

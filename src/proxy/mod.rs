@@ -302,9 +302,23 @@ impl Proxies {
     /// tunnelled with CONNECT, as HTTPS is), unless `no_proxy` names the host. The same matcher
     /// as reqwest's decides.
     pub fn for_ssh(&self, host: &str, port: u16) -> Option<&ProxyUrl> {
-        let proxy = self.https.as_ref().filter(|_| !self.bypasses_all())?;
-        let uri: http::Uri = format!("https://{}/", authority(host, port)).parse().ok()?;
+        self.through(
+            self.https.as_ref(),
+            &format!("https://{}/", authority(host, port)),
+        )
+    }
+
+    /// The proxy a plain-HTTP request to `authority` (`host[:port]`) goes through: the proxy
+    /// reads such a request whole, credentials included.
+    pub fn for_plain_http(&self, authority: &str) -> Option<&ProxyUrl> {
+        self.through(self.http.as_ref(), &format!("http://{authority}/"))
+    }
+
+    fn through<'a>(&self, proxy: Option<&'a ProxyUrl>, url: &str) -> Option<&'a ProxyUrl> {
+        let proxy = proxy.filter(|_| !self.bypasses_all())?;
+        let uri: http::Uri = url.parse().ok()?;
         let matcher = hyper_util::client::proxy::matcher::Matcher::builder()
+            .http(proxy.display())
             .https(proxy.display())
             .no(self.no_proxy.clone())
             .build();

@@ -152,6 +152,15 @@ fn ssh_goes_through_the_https_proxy_unless_no_proxy_names_the_runner() {
         https: None,
         ..proxies("")
     };
+    assert_eq!(
+        p.for_plain_http("10.1.2.3:5000").unwrap().display(),
+        "http://plain:1"
+    );
+    assert!(
+        proxies("10.0.0.0/8")
+            .for_plain_http("10.1.2.3:5000")
+            .is_none()
+    );
     assert!(
         none.for_ssh("203.0.113.7", 22).is_none(),
         "only the https proxy tunnels"
