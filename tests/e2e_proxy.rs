@@ -172,6 +172,39 @@ fn the_tunnel_wants_the_proxys_credentials() {
         )),
         "{said}"
     );
+    // A runner that does not listen yet (the proxy answers 502) and a proxy that is not there:
+    // worth another try (ssh's attempts go on), said as such.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let tunnel = |proxy_url: &str, port: u16| {
+        let _ = std::fs::remove_file(&errors);
+        let out = std::process::Command::new(support::BIN)
+            .args(["connect-proxy", "--proxy", proxy_url, "--error-file"])
+            .arg(&errors)
+            .args(["127.0.0.1", &port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(4));
+        std::fs::read_to_string(&errors).unwrap()
+    };
+    let open = Proxy::start(Options::default());
+    let said = tunnel(&open.url(None), closed_port);
+    assert_eq!(
+        said,
+        format!(
+            "unreachable: the proxy http://{} could not open the tunnel to 127.0.0.1:{closed_port}: HTTP/1.1 502 Bad Gateway\n",
+            open.addr
+        )
+    );
+    let said = tunnel(&format!("http://127.0.0.1:{closed_port}"), 22);
+    assert!(
+        said.starts_with(&format!(
+            "unreachable: cannot reach the proxy http://127.0.0.1:{closed_port} for the tunnel to 127.0.0.1:22: "
+        )),
+        "{said}"
+    );
     // User info is never taken from an argument.
     let out = std::process::Command::new(support::BIN)
         .args([

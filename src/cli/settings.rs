@@ -195,7 +195,7 @@ fn proxy_setting(setting: &str, name: &str, value: &str, policy: &Policy) -> Res
         None => format!("the agent sets no {}", vars[0]),
     };
     Err(format!(
-        "{setting}: {}: the proxy is the operator's ({agents}): it sees every host the launcher reaches and a plain-HTTP registry's password; remove the setting and set {} in the agent's environment, or ask the operator to add 'proxy to repository_may_set in the policy ({})",
+        "{setting}: {}: the proxy is the operator's ({agents}): it sees every host the launcher reaches and a plain-HTTP registry's password; remove the setting and set {} in the agent's environment, or ask the operator to add 'proxy to repository_may_set in the policy ({}); a proxy for the build itself goes in build_args (HTTP_PROXY=…)",
         proxy::redacted(value),
         vars[0],
         policy.origin
@@ -444,7 +444,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err,
-            "https_proxy: \"http://****@evil.example:3128\": the proxy is the operator's (the agent sets no https_proxy): it sees every host the launcher reaches and a plain-HTTP registry's password; remove the setting and set https_proxy in the agent's environment, or ask the operator to add 'proxy to repository_may_set in the policy (defaults)"
+            "https_proxy: \"http://****@evil.example:3128\": the proxy is the operator's (the agent sets no https_proxy): it sees every host the launcher reaches and a plain-HTTP registry's password; remove the setting and set https_proxy in the agent's environment, or ask the operator to add 'proxy to repository_may_set in the policy (defaults); a proxy for the build itself goes in build_args (HTTP_PROXY=…)"
         );
         let err = check(&env(&[("PLUGIN_NO_PROXY", "*")]), &p, ws.path()).unwrap_err();
         assert!(
