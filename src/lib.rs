@@ -17,6 +17,7 @@ pub mod ncl;
 pub mod plan;
 pub mod policy;
 pub mod provider;
+pub mod proxy;
 pub mod reap;
 pub mod registry;
 pub mod retry;

@@ -7,6 +7,7 @@ pub mod fake_release;
 pub mod hcloud_sim;
 pub mod local_build;
 pub mod plugin_step;
+pub mod proxy;
 pub mod registry;
 pub mod runner;
 pub mod token_auth;
@@ -88,6 +89,8 @@ impl Launcher {
                 || key.starts_with("PLUGIN_")
                 || key.starts_with("BUILDKIT_LAUNCHER")
                 || key.starts_with("HCLOUD_")
+                // The machine's own proxy is never the test's.
+                || key.to_ascii_lowercase().ends_with("_proxy")
             {
                 cmd.env_remove(key.as_ref());
             }
