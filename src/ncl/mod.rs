@@ -9,6 +9,7 @@
 //! Nickel's most useful note.
 
 mod imports;
+pub use imports::read_capped;
 pub mod sandbox;
 
 use std::path::{Path, PathBuf};

@@ -109,15 +109,9 @@ fn every_problem(path: &Path, error: NclError) -> SpecError {
     let Some((_, list)) = line.split_once(PROBLEMS) else {
         return error.into();
     };
-    // Read again only to place each field: bounded (the evaluation read it within its caps).
-    let source = std::fs::File::open(path)
-        .ok()
-        .and_then(|f| {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::Read::take(f, 1 << 20), &mut text).ok()?;
-            Some(text)
-        })
-        .unwrap_or_default();
+    // Read again only to place each field, as the evaluation read it: a regular file within
+    // the cap, opened without blocking (a file swapped for a FIFO cannot hang this).
+    let source = ncl::read_capped(path).unwrap_or_default();
     let mut placed: Vec<(Option<(usize, usize)>, String)> = list
         .split(BETWEEN)
         .map(|problem| {
@@ -130,7 +124,7 @@ fn every_problem(path: &Path, error: NclError) -> SpecError {
             {
                 problem = format!("{field}: not a field of a spec; did you mean {close}?");
             }
-            (field_position(&source, field), problem)
+            (field_position(&source, field), cut(&problem))
         })
         .collect();
     placed.sort_by_key(|(at, _)| at.unwrap_or((usize::MAX, 0)));
@@ -148,6 +142,15 @@ fn every_problem(path: &Path, error: NclError) -> SpecError {
         problems.push(format!("and {more} more problem(s)"));
     }
     SpecError::Problems { problems }
+}
+
+/// A problem as the error line shows it: at most 300 characters (a field's name is the spec's
+/// and can be long).
+fn cut(problem: &str) -> String {
+    match problem.char_indices().nth(300) {
+        Some((end, _)) => format!("{}…", &problem[..end]),
+        None => problem.to_owned(),
+    }
 }
 
 /// Where `field` is defined in `source` (1-based line and column): its name at the start of a
