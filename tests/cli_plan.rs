@@ -164,8 +164,16 @@ fn plan_by_history_json_has_the_design_fields() {
     assert_eq!(plan["required_memory_mib"], 3622);
     assert_eq!(plan["samples"], 20);
     assert_eq!(plan["arch"], "amd64");
-    // durations 4000 s → 2 started hours × 0.0128
-    assert!((plan["estimated_cost_eur"].as_f64().unwrap() - 0.0256).abs() < 1e-12);
+    // durations 4000 s → 2 started hours × (0.0104 server + 0.0008 primary IPv4)
+    assert!((plan["estimated_cost_eur"].as_f64().unwrap() - 0.0224).abs() < 1e-12);
+    assert!(
+        plan["cost_basis"]
+            .as_str()
+            .unwrap()
+            .contains("0.0008 EUR/h primary IPv4"),
+        "{}",
+        plan["cost_basis"]
+    );
     assert!(
         plan["reason"]
             .as_str()
@@ -206,9 +214,19 @@ fn plan_on_arm64_uses_the_arm64_ladder() {
     let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(plan["tier"], "cax31");
     assert_eq!(plan["retry_tier"], "cax41");
-    // The default config has no arm64 prices: the cost says so instead of guessing.
-    assert!(plan["estimated_cost_eur"].is_null());
-    assert!(plan["cost_basis"].as_str().unwrap().starts_with("unknown"));
+    // arm64 has reference prices too; the runner's primary IPv4 is part of the cost.
+    let cost = plan["estimated_cost_eur"].as_f64().unwrap();
+    assert!((cost - (0.013 + 0.0008)).abs() < 1e-12, "{cost}");
+    assert_eq!(plan["ipv4_eur_per_hour"], 0.0008);
+    // The rung: its need, then the cax candidates in the order a create tries them.
+    assert_eq!(plan["rung"]["need"]["memory_gb"], 16.0);
+    let names: Vec<&str> = plan["rung"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cax31", "cax41"]);
 }
 
 #[test]
@@ -282,7 +300,8 @@ fn the_example_config_of_the_readme_is_valid() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(plan["tier"], "cax11");
-    assert!((plan["estimated_cost_eur"].as_f64().unwrap() - 0.0066).abs() < 1e-12);
+    // The example's own price, and the primary IPv4's reference price.
+    assert!((plan["estimated_cost_eur"].as_f64().unwrap() - (0.0066 + 0.0008)).abs() < 1e-12);
 }
 
 #[test]
