@@ -10,6 +10,7 @@ mod support;
 use serde_json::json;
 use support::hcloud_sim::HcloudSim;
 use support::hcloud_sim::cloud::Cloud;
+use support::{Context, Launcher};
 
 /// The simulator's prices (tests/support/hcloud_sim/catalog.rs): cx33, the generic default
 /// rung, and the primary IPv4 (made up to differ from the launcher's reference 0.0008).
@@ -155,4 +156,90 @@ fn a_server_with_neither_public_ip_nor_private_network_is_refused() {
         "public_net"
     );
     assert!(sim.servers().is_empty());
+}
+
+#[test]
+fn plan_with_a_token_prices_and_ranks_from_the_api_and_without_one_asks_nothing() {
+    let sim = HcloudSim::start();
+    // cpx32 out of stock: the API marks it unavailable, so it is ranked after the others.
+    sim.sell_out("cpx32");
+    let ctx = Context::new();
+    let plan = |token: bool| {
+        let mut launcher = Launcher::new();
+        if token {
+            launcher = launcher
+                .env("HCLOUD_TOKEN", &sim.token)
+                .env("HCLOUD_ENDPOINT", &sim.endpoint);
+        }
+        let out = launcher
+            .args(["plan", "--json", "--history", "none", "--context"])
+            .args([ctx.path()])
+            .run();
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let offline = plan(false);
+    assert_eq!(sim.total_calls(), 0, "no token, no request");
+    assert_eq!(offline["tier"], "cx33");
+    assert!(close(&offline["estimated_cost_eur"], 0.0104 + 0.0008));
+    assert!(
+        offline["rung"]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("the built-in catalogue")
+    );
+    let online = plan(true);
+    let calls = sim.calls();
+    assert_eq!(
+        (calls.get("GET /server_types"), calls.get("GET /pricing")),
+        (Some(&1), Some(&1)),
+        "{calls:?}"
+    );
+    assert_eq!(
+        sim.total_calls(),
+        2,
+        "read-only, nothing created: {calls:?}"
+    );
+    assert!(
+        close(&online["estimated_cost_eur"], CX33 + IPV4),
+        "{online}"
+    );
+    assert!(close(&online["ipv4_eur_per_hour"], IPV4));
+    assert!(
+        online["cost_basis"]
+            .as_str()
+            .unwrap()
+            .contains("IPv4: GET /pricing in fsn1"),
+        "{}",
+        online["cost_basis"]
+    );
+    assert_eq!(
+        online["rung"]["source"],
+        "GET /server_types at the API's prices"
+    );
+    let names: Vec<&str> = online["rung"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.first(), Some(&"cx33"), "{names:?}");
+    assert_eq!(names.last(), Some(&"cpx32"), "{names:?}");
+}
+
+#[test]
+fn plan_never_sends_the_token_to_an_unsafe_endpoint() {
+    let ctx = Context::new();
+    let out = Launcher::new()
+        .env("HCLOUD_TOKEN", "fake-token-for-tests")
+        .env("HCLOUD_ENDPOINT", "http://evil.example/v1")
+        .args(["plan", "--history", "none", "--context"])
+        .args([ctx.path()])
+        .run();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_eq!(
+        out.stderr.trim(),
+        "error: --hcloud-endpoint: hcloud endpoint http://evil.example/v1: the token is only sent over https (plain http only to a loopback address)"
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
 }
