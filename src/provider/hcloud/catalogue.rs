@@ -7,8 +7,10 @@
 //! changed its prices on 2026-04-01 and again for new orders on 2026-06-15 (no public table of
 //! the latter was found), so these are references for estimates, never what is billed. Where no
 //! 2026 figure was found the price is an estimate and says its basis, or it is left out (an
-//! unpriced type counts as above a price ceiling). The shapes are the ones the API lists
-//! (FACTS.md; public API fixtures and benchmarks for cpx).
+//! unpriced type counts as above a price ceiling). Shapes: cx and cax from FACTS.md, cpx from
+//! public benchmarks and the simulator's source, ccx13…33 from the simulator's source, ccx43…63
+//! from memory of the API's older listing (say so). No cpx52 or cpx62 was found in any source
+//! read, so there is none here. `docs/design/hcloud.md` shows the table.
 
 use super::api;
 use crate::config::Arch;
@@ -27,47 +29,48 @@ pub struct RefType {
     pub basis: &'static str,
 }
 
-const VDHOME: &str = "docs.vdhome.be/reference/costs (\"Actual 2026-04-15\"), read 2026-12-06";
+const VDHOME: &str =
+    "https://docs.vdhome.be/reference/costs (\"Actual 2026-04-15\"), read 2026-12-06";
 const CNAP: &str =
-    "docs.cnap.tech/compute/providers/hetzner (undated, 3 decimals), read 2026-12-06";
+    "https://docs.cnap.tech/compute/providers/hetzner (undated, 3 decimals), read 2026-12-06";
 const SIM: &str = "estimate: a public 2026 table's monthly price ÷ 730 (its ap-southeast column; the simulator's catalogue uses the same), not an EU price";
 
 #[rustfmt::skip]
 pub const SERVER_TYPES: &[RefType] = &[
     RefType { name: "cx23", arch: Arch::Amd64, vcpus: 2, memory_gb: 4.0, disk_gb: 40.0, eur_per_hour: Some(0.0064),
-        basis: "estimate: 3.99 EUR/month (docs.vdhome.be/reference/costs, 2026-04-15) ÷ 624 h, the month-to-hour ratio of cx33's API prices" },
+        basis: "estimate: 3.99 EUR/month (https://docs.vdhome.be/reference/costs, 2026-04-15, read 2026-12-06) ÷ 624 h, the month-to-hour ratio of cx33's API prices" },
     RefType { name: "cx33", arch: Arch::Amd64, vcpus: 4, memory_gb: 8.0, disk_gb: 80.0, eur_per_hour: Some(0.0104),
-        basis: "GET /v1/pricing, fsn1, 2026-05-27, as quoted in github.com/devantler-tech/platform commit cb791c6 (6.49 EUR/month cap)" },
+        basis: "GET /v1/pricing, fsn1, 2026-05-27, as quoted in https://github.com/devantler-tech/platform/commit/cb791c6f (6.49 EUR/month cap), read 2026-12-06" },
     RefType { name: "cx43", arch: Arch::Amd64, vcpus: 8, memory_gb: 16.0, disk_gb: 160.0, eur_per_hour: Some(0.0210), basis: CNAP },
     RefType { name: "cx53", arch: Arch::Amd64, vcpus: 16, memory_gb: 32.0, disk_gb: 320.0, eur_per_hour: Some(0.0360), basis: VDHOME },
     RefType { name: "cpx12", arch: Arch::Amd64, vcpus: 1, memory_gb: 2.0, disk_gb: 40.0, eur_per_hour: None,
-        basis: "shape: a public benchmark of 2026-07-22 (gist derhuerst/4ef9a832…); no 2026 net price found" },
+        basis: "shape: a public benchmark of 2026-07-22 (https://gist.github.com/derhuerst/4ef9a832e031bf82d6e640e2dd6b2d24); no 2026 net price found" },
     RefType { name: "cpx22", arch: Arch::Amd64, vcpus: 2, memory_gb: 4.0, disk_gb: 80.0, eur_per_hour: Some(0.0080),
-        basis: "price: docs.cnap.tech (undated; it lists 3 vCPUs), vCPUs: a public benchmark of 2025-10-21 measured 2" },
+        basis: "price: https://docs.cnap.tech/compute/providers/hetzner (undated); vCPUs uncertain: a public benchmark of 2025-10-21 measured 2 (gist derhuerst/4ef9a832…), docs.cnap.tech and the simulator's table list 3; 2 is the safe side" },
     RefType { name: "cpx32", arch: Arch::Amd64, vcpus: 4, memory_gb: 8.0, disk_gb: 160.0, eur_per_hour: Some(0.0160), basis: CNAP },
     RefType { name: "cpx42", arch: Arch::Amd64, vcpus: 8, memory_gb: 16.0, disk_gb: 240.0, eur_per_hour: Some(0.0320),
-        basis: "estimate: twice cpx32, as each cpx step doubles (no 2026 figure found)" },
+        basis: "estimate: twice cpx32, as cpx22 to cpx32 doubles (no 2026 figure found); shape: the simulator's source, a public 2026 price table" },
     RefType { name: "ccx13", arch: Arch::Amd64, vcpus: 2, memory_gb: 8.0, disk_gb: 80.0, eur_per_hour: Some(0.0240), basis: SIM },
     RefType { name: "ccx23", arch: Arch::Amd64, vcpus: 4, memory_gb: 16.0, disk_gb: 160.0, eur_per_hour: Some(0.0459), basis: SIM },
     RefType { name: "ccx33", arch: Arch::Amd64, vcpus: 8, memory_gb: 32.0, disk_gb: 240.0, eur_per_hour: Some(0.0877), basis: SIM },
     RefType { name: "ccx43", arch: Arch::Amd64, vcpus: 16, memory_gb: 64.0, disk_gb: 360.0, eur_per_hour: None,
-        basis: "shape as the API listed it before 2026 (not re-checked); no 2026 net price found" },
+        basis: "shape from memory of the API's listing before 2026, in no source read this time; no 2026 net price found" },
     RefType { name: "ccx53", arch: Arch::Amd64, vcpus: 32, memory_gb: 128.0, disk_gb: 600.0, eur_per_hour: None,
-        basis: "shape as the API listed it before 2026 (not re-checked); no 2026 net price found" },
+        basis: "shape from memory of the API's listing before 2026, in no source read this time; no 2026 net price found" },
     RefType { name: "ccx63", arch: Arch::Amd64, vcpus: 48, memory_gb: 192.0, disk_gb: 960.0, eur_per_hour: None,
-        basis: "shape as the API listed it before 2026 (not re-checked); no 2026 net price found" },
+        basis: "shape from memory of the API's listing before 2026, in no source read this time; no 2026 net price found" },
     RefType { name: "cax11", arch: Arch::Arm64, vcpus: 2, memory_gb: 4.0, disk_gb: 40.0, eur_per_hour: Some(0.0040), basis: CNAP },
     RefType { name: "cax21", arch: Arch::Arm64, vcpus: 4, memory_gb: 8.0, disk_gb: 80.0, eur_per_hour: Some(0.0070), basis: CNAP },
     RefType { name: "cax31", arch: Arch::Arm64, vcpus: 8, memory_gb: 16.0, disk_gb: 160.0, eur_per_hour: Some(0.0130), basis: CNAP },
     RefType { name: "cax41", arch: Arch::Arm64, vcpus: 16, memory_gb: 32.0, disk_gb: 320.0, eur_per_hour: Some(0.0260),
-        basis: "estimate: twice cax31, as each cax step doubles (no 2026 figure found)" },
+        basis: "estimate: twice cax31, as each cax step about doubles (no 2026 figure found)" },
 ];
 
 /// The primary IPv4's reference net price per started hour (every server gets one unless it is
 /// created IPv6-only, `hcloud.ipv4 = false`).
 pub const IPV4_EUR_PER_HOUR: f64 = 0.0008;
 /// Where [`IPV4_EUR_PER_HOUR`] comes from.
-pub const IPV4_BASIS: &str = "docs.hetzner.com/cloud/servers/primary-ips/overview (0.0008 EUR/h, 0.50 EUR/month; page last changed 2022-08-10, read 2026-12-06): no 2026 figure was found, so whether the 2026 price changes touched it is unknown";
+pub const IPV4_BASIS: &str = "https://docs.hetzner.com/cloud/servers/primary-ips/overview (0.0008 EUR/h, 0.50 EUR/month; page last changed 2022-08-10, read 2026-12-06): no 2026 figure was found, so whether the 2026 price changes touched it is unknown";
 
 /// The reference entry of `name`.
 pub fn reference(name: &str) -> Option<&'static RefType> {

@@ -535,5 +535,10 @@ mod tests {
         assert_eq!(address(&net).as_deref(), Some("2001:db8:1:2::1"));
         let net: api::PublicNet = serde_json::from_str(r#"{"ipv4": null, "ipv6": null}"#).unwrap();
         assert_eq!(address(&net), None);
+        // A single address (the simulator's IPv4-mapped loopback for an IPv6-only server).
+        let net: api::PublicNet =
+            serde_json::from_str(r#"{"ipv4": null, "ipv6": {"ip": "::ffff:127.0.0.9/128"}}"#)
+                .unwrap();
+        assert_eq!(address(&net).as_deref(), Some("::ffff:127.0.0.9"));
     }
 }
