@@ -282,6 +282,105 @@ fn a_config_file_changes_the_decision() {
 }
 
 #[test]
+fn ipv6_only_runners_cost_no_ipv4_and_a_bad_switch_is_one_line() {
+    let ctx = Context::new();
+    let config = ctx.path().join("launcher.ncl");
+    std::fs::write(&config, "{ hcloud.ipv4 = false }").unwrap();
+    let plan = |config: &std::path::Path| {
+        Launcher::new()
+            .args(["plan", "--json", "--history", "none", "--config"])
+            .args([config])
+            .args(["--context"])
+            .args([ctx.path()])
+            .run()
+    };
+    let out = plan(&config);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan_json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(plan_json["ipv4_eur_per_hour"].is_null());
+    assert_eq!(plan_json["estimated_cost_eur"], 0.0104);
+    assert_eq!(
+        plan_json["cost_basis"],
+        "1 started hour × 0.0104 EUR/h, the reference price in the launcher config; IPv6 only, no primary IPv4"
+    );
+    std::fs::write(&config, "{ hcloud.ipv4 = \"no\" }").unwrap();
+    let out = plan(&config);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "error: {}:1:17: contract broken by the value of `ipv4`",
+            config.display()
+        )
+    );
+}
+
+#[test]
+fn the_rung_lists_its_candidates_in_create_order_and_marks_those_above_the_ceiling() {
+    let ctx = Context::new();
+    let policy = ctx.path().join("policy.ncl");
+    std::fs::write(&policy, "{ max_eur_per_hour = 0.025, max_memory_gb = 16 }").unwrap();
+    let plan = |json: bool| {
+        let out = Launcher::new()
+            .env("BUILDKIT_LAUNCHER_POLICY", &policy)
+            .args(["plan", "--history", "none", "--context"])
+            .args([ctx.path()])
+            .args(if json { &["--json"][..] } else { &[][..] })
+            .run();
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.stdout
+    };
+    let json: serde_json::Value = serde_json::from_str(&plan(true)).unwrap();
+    assert_eq!(json["tier"], "cx33");
+    let rung = &json["rung"];
+    assert_eq!(
+        rung["need"],
+        serde_json::json!({"arch": "amd64", "memory_gb": 8.0, "vcpus": 4, "disk_gb": 80})
+    );
+    let listed: Vec<(String, Option<String>)> = rung["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["above_ceiling"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    let within: Vec<&str> = listed
+        .iter()
+        .filter(|(_, above)| above.is_none())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    // What a create tries, in order: the rung's type, then the cheapest that meet its need.
+    assert_eq!(within, ["cx33", "cpx32", "cx43"]);
+    assert_eq!(
+        listed[3],
+        (
+            "cpx42".to_owned(),
+            Some("above the price ceiling (0.025 EUR/h)".to_owned())
+        )
+    );
+    assert!(
+        listed.contains(&(
+            "cx53".to_owned(),
+            Some("above the memory ceiling (16 GB)".to_owned())
+        )),
+        "{listed:?}"
+    );
+    let text = plan(false);
+    assert!(
+        text.contains("  rung      needs 8 GB memory, 4 vCPUs, 80 GB disk (amd64); a create tries, in this order"),
+        "{text}"
+    );
+    assert!(
+        text.contains("not tried: above the price ceiling (0.025 EUR/h)"),
+        "{text}"
+    );
+}
+
+#[test]
 fn the_example_config_of_the_readme_is_valid() {
     let out = Launcher::new()
         .args([
