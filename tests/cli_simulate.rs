@@ -109,6 +109,8 @@ fn every_runner_pays_for_its_primary_ipv4_unless_it_is_ipv6_only() {
         fixed(&with),
         fixed(&without)
     );
+    assert_eq!(with["ipv4_eur_per_hour"], 0.0008);
+    assert_eq!(without["ipv4_eur_per_hour"], 0.0);
     for field in ["policy_cost", "oracle_cost"] {
         assert!(
             with[field].as_f64() > without[field].as_f64(),

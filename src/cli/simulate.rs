@@ -102,7 +102,7 @@ pub fn run(args: SimulateArgs, config: &Config, out: &mut dyn Write) -> Result<E
                 tier.name
             ))
         })?;
-        prices.push(price + ipv4);
+        prices.push(price);
     }
     let fixed = index_of(ladder, &args.fixed_tier).ok_or_else(|| {
         Error::Usage(format!(
@@ -133,6 +133,7 @@ pub fn run(args: SimulateArgs, config: &Config, out: &mut dyn Write) -> Result<E
             policy: policy.clone(),
             ladder,
             prices,
+            ipv4_eur_per_hour: ipv4,
             default_for: &default_for,
             fixed,
         },
