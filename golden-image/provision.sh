@@ -2,8 +2,9 @@
 # Provision a golden-image bake server: BuildKit (pinned version, verified checksum), its
 # config and systemd unit, rsync, and bkl-runner-stats. Run as root on the bake server by
 # `buildkit-launcher golden-image build`, from a directory holding this script's siblings
-# (buildkit.pin, buildkitd.toml, buildkit.service, bkl-runner-stats). Idempotent: running it
-# again leaves the same result.
+# (buildkit.pin, buildkitd.toml, buildkit.service, bkl-runner-stats; buildkitd.toml and the
+# CA files in registry-ca/ are rendered by the launcher from the operator's launcher config).
+# Idempotent: running it again leaves the same result.
 #
 #   provision.sh [PIN]        PIN: the pin file (default: $BKL_PIN, else ./buildkit.pin)
 #
@@ -111,6 +112,16 @@ fi
 # 3. Configuration, units and the stats command.
 units="$ROOT/etc/systemd/system"
 install -D -m 0644 "$here/buildkitd.toml" "$ROOT/etc/buildkit/buildkitd.toml"
+# CA certificates the config names for registries (buildkitd.registries.*.ca_file), exactly
+# those: a CA left from an earlier provisioning would stay trusted.
+rm -rf "$ROOT/etc/buildkit/registry-ca"
+if [ -d "$here/registry-ca" ]; then
+    for f in "$here"/registry-ca/*.pem; do
+        [ -e "$f" ] || continue
+        install -D -m 0644 "$f" "$ROOT/etc/buildkit/registry-ca/$(basename "$f")"
+        say "installed the registry CA $ROOT/etc/buildkit/registry-ca/$(basename "$f")"
+    done
+fi
 install -D -m 0644 "$here/buildkit.service" "$units/buildkit.service"
 install -D -m 0644 "$here/bkl-runner-stats.service" "$units/bkl-runner-stats.service"
 install -D -m 0644 "$here/ssh-oom.conf" "$units/ssh.service.d/buildkit-launcher-oom.conf"

@@ -44,6 +44,10 @@ for f in "$ROOT/etc/buildkit/buildkitd.toml" "$ROOT/etc/systemd/system/buildkit.
     "$ROOT/etc/systemd/system/ssh.service.d/buildkit-launcher-oom.conf"; do
     if [ -s "$f" ]; then ok "$f exists"; else fail "$f is missing or empty"; fi
 done
+# Each registry CA the rendered buildkitd.toml names (ca = ["/etc/buildkit/registry-ca/…"]).
+for ca in $(grep -o '"/[^"]*/registry-ca/[^"]*"' "$ROOT/etc/buildkit/buildkitd.toml" 2>/dev/null | tr -d '"'); do
+    if [ -s "$ROOT$ca" ]; then ok "registry CA $ROOT$ca exists"; else fail "registry CA $ROOT$ca, named in buildkitd.toml, is missing or empty"; fi
+done
 if command -v rsync >/dev/null 2>&1; then ok "rsync is installed"; else fail "rsync is not installed"; fi
 stats="$ROOT/usr/local/bin/bkl-runner-stats"
 if [ -x "$stats" ]; then ok "$stats is executable"; else fail "$stats is missing or not executable"; fi

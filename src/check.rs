@@ -1,6 +1,7 @@
 //! Infrastructure validation: what is wrong before builds start failing, each with a fix.
 //!
-//! Looks at the Hetzner token and request budget, the ladder's server types, the newest golden
+//! Looks at the Hetzner token and request budget, the ladder's server types and, per rung and
+//! location, the stock its candidates have by the API's hint (`server stock`), the newest golden
 //! snapshot per architecture (missing, or older than 14 days), runners whose lease expired but
 //! which still exist, the registry (reachable, credentials accepted) and the history store.
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde::Serialize;
 
-use crate::config::{Arch, Config};
+use crate::config::{Arch, Config, Tier};
 use crate::history::{HistoryKey, HistoryStore};
 use crate::provider::Provider;
 use crate::provider::hcloud::api::ImagesPage;
@@ -72,13 +73,31 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
     for arch in [Arch::Amd64, Arch::Arm64] {
         match hcloud.check_ladder(arch, config.ladder(arch)).await {
             Ok(check) => {
-                findings.push(passed(
-                    "server types",
-                    format!(
-                        "tiers.{arch}: {} exist and are sold in a configured location",
-                        crate::config::tier_names(config.ladder(arch))
-                    ),
-                ));
+                if check.without_candidate.is_empty() && check.notes.is_empty() {
+                    findings.push(passed(
+                        "server types",
+                        format!(
+                            "tiers.{arch}: {} exist and are sold in a configured location",
+                            crate::config::tier_names(config.ladder(arch))
+                        ),
+                    ));
+                }
+                for (_, e) in check.without_candidate {
+                    findings.push(finding(
+                        Severity::High,
+                        "server types",
+                        e.to_string(),
+                        "add a location that sells it to hcloud.locations, raise the policy's ceiling, or replace the type in the ladder",
+                    ));
+                }
+                for note in check.notes {
+                    findings.push(finding(
+                        Severity::Warning,
+                        "server types",
+                        note,
+                        &format!("nothing to do (a rung is a need: the launcher orders a substitute); to choose another first type, change tiers.{arch}"),
+                    ));
+                }
                 for (name, location, until) in check.deprecated {
                     findings.push(finding(
                         Severity::Warning,
@@ -88,11 +107,19 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
                     ));
                 }
             }
-            Err(e @ LadderError::NotSold { .. }) => findings.push(finding(
+            Err(e @ (LadderError::NotSold { .. } | LadderError::AboveCeiling { .. })) => {
+                findings.push(finding(
+                    Severity::High,
+                    "server types",
+                    e.to_string(),
+                    "add a location that sells it to hcloud.locations, raise the policy's ceiling, or replace the type in the ladder",
+                ))
+            }
+            Err(e @ LadderError::WrongArch { .. }) => findings.push(finding(
                 Severity::High,
                 "server types",
                 e.to_string(),
-                "add a location that sells it to hcloud.locations, or replace the type in the ladder",
+                &format!("list only {arch} types in tiers.{arch}"),
             )),
             Err(LadderError::Unknown { name, valid, .. }) => findings.push(finding(
                 Severity::High,
@@ -118,6 +145,9 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
         }
     }
     if token_ok {
+        for arch in [Arch::Amd64, Arch::Arm64] {
+            stock_findings(hcloud, arch, config.ladder(arch), &mut findings).await;
+        }
         write_findings(hcloud, &mut findings).await;
         golden_findings(hcloud, config, &mut findings).await;
         expired_findings(hcloud, &mut findings).await;
@@ -177,6 +207,62 @@ pub async fn run(hcloud: &HcloudProvider, inputs: &CheckInputs<'_>) -> Vec<Findi
     findings
 }
 
+/// Per rung: what a build of it would meet, by `GET /server_types`' stock hint (it can be
+/// wrong both ways, so a rung with no candidate in stock is High, not Critical: its builds
+/// fail with exit 4 unless the hint is wrong).
+async fn stock_findings(
+    hcloud: &HcloudProvider,
+    arch: Arch,
+    ladder: &[Tier],
+    out: &mut Vec<Finding>,
+) {
+    let rungs = match hcloud.ladder_stock(arch, ladder).await {
+        Ok(rungs) => rungs,
+        // The ladder check above already said what is wrong with the API.
+        Err(_) => return,
+    };
+    for rung in rungs {
+        let need = format!(
+            "rung {} of tiers.{arch} ({} GB, {} vCPUs)",
+            rung.tier.name,
+            rung.tier.memory_mib as f64 / 1024.0,
+            rung.tier.vcpus
+        );
+        let all: Vec<String> = rung.candidates.iter().map(|c| c.describe()).collect();
+        match rung.first_in_stock() {
+            None if rung.candidates.is_empty() => out.push(finding(
+                Severity::High,
+                "server stock",
+                format!("{need}: no server type of any allowed family meets it in a configured location"),
+                &format!("set tiers.{arch} to types Hetzner sells, or add locations to hcloud.locations"),
+            )),
+            None => out.push(finding(
+                Severity::High,
+                "server stock",
+                format!(
+                    "{need}: no candidate in stock anywhere; builds of this rung fail with exit 4 unless the API's hint is wrong: {}",
+                    all.join("; ")
+                ),
+                "add locations to hcloud.locations, raise the policy's max_eur_per_hour or max_memory_gb to admit larger families, or wait for Hetzner's stock",
+            )),
+            Some(first) if first.name == rung.tier.name => out.push(passed(
+                "server stock",
+                format!("{need}: {}", first.describe()),
+            )),
+            Some(first) => out.push(finding(
+                Severity::Warning,
+                "server stock",
+                format!(
+                    "{need}: builds of this rung will use {} ({})",
+                    first.name,
+                    all.join("; ")
+                ),
+                &format!("nothing to do (a rung is a need: the launcher orders a substitute); to choose another first type, change tiers.{arch}"),
+            )),
+        }
+    }
+}
+
 /// Reads succeeded; can the token write? A harmless write says (`probe_write`): a read-only
 /// token is refused with 403 `token_readonly`, and every build would be too.
 async fn write_findings(hcloud: &HcloudProvider, out: &mut Vec<Finding>) {
@@ -232,6 +318,7 @@ async fn golden_findings(hcloud: &HcloudProvider, config: &Config, out: &mut Vec
                 &fix,
             )),
             Ok(Some(image)) => {
+                out.push(golden_config_finding(arch, &image, config));
                 let created =
                     humantime::parse_rfc3339_weak(image.created.trim_end_matches("+00:00"))
                         .ok()
@@ -273,13 +360,55 @@ async fn golden_findings(hcloud: &HcloudProvider, config: &Config, out: &mut Vec
     }
 }
 
+/// Whether the newest golden snapshot of `arch` was baked with the buildkitd.toml the launcher
+/// config renders now (its digest label; `crate::config::buildkitd_toml`).
+fn golden_config_finding(
+    arch: Arch,
+    image: &crate::provider::hcloud::api::Image,
+    config: &Config,
+) -> Finding {
+    let area = "golden image";
+    let fix = format!(
+        "bake again with `buildkit-launcher golden-image build --arch {arch}` (`golden-image config` prints the file it installs)"
+    );
+    match crate::config::buildkitd_toml::golden_digest(&config.buildkitd) {
+        Err(e) => finding(
+            Severity::Warning,
+            area,
+            format!(
+                "cannot tell whether the {arch} golden snapshot has the launcher config's buildkitd settings: {e}"
+            ),
+            "run `check` where the CA files the config names are readable",
+        ),
+        Ok(current) => match crate::golden::config_drift(
+            arch,
+            image.id,
+            image
+                .labels
+                .get(crate::golden::LABEL_BUILDKITD_CONFIG)
+                .map(String::as_str),
+            &current,
+        ) {
+            None => passed(
+                area,
+                format!(
+                    "the newest {arch} golden snapshot ({}) has the launcher config's buildkitd settings (digest {current})",
+                    image.id
+                ),
+            ),
+            Some(warning) => finding(Severity::Warning, area, warning, &fix),
+        },
+    }
+}
+
 async fn expired_findings(hcloud: &HcloudProvider, out: &mut Vec<Finding>) {
     match hcloud.list_leases().await {
         Ok(leases) => {
-            let now = unix_now();
+            // The API's time (the listing's own answer), as `reap` judges it.
+            let now = hcloud.now().unwrap_or_else(unix_now);
             let expired: Vec<String> = leases
                 .iter()
-                .filter(|l| l.expires().is_some_and(|e| e < now))
+                .filter(|l| l.judged_expiry().is_some_and(|(e, _)| e < now))
                 .map(|l| l.id.clone())
                 .collect();
             if expired.is_empty() {

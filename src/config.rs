@@ -12,6 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::ncl::{self, Contract, NclError};
 
+mod buildkitd;
+pub mod buildkitd_toml;
+
+pub use buildkitd::{BuildkitdSettings, GcSettings, RegistryHost};
+
 pub const LAUNCHER_CONTRACT: Contract = Contract {
     name: "schemas/launcher.ncl",
     source: include_str!("../schemas/launcher.ncl"),
@@ -237,16 +242,6 @@ pub struct Limits {
     pub memory_gb: Option<f64>,
 }
 
-/// The BuildKit daemon on a runner (the buildctl backend).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BuildkitdSettings {
-    /// Seconds a build waits for buildkitd to serve and list a worker.
-    pub ready_timeout_s: u64,
-    /// The SBOM scanner image BuildKit runs for `--sbom` (`attest:sbom=generator=IMAGE`).
-    pub sbom_generator: String,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
@@ -290,7 +285,10 @@ impl Config {
                 }));
             }
         }
-        let config: Config = ncl::evaluate(file, &root, LAUNCHER_CONTRACT, CONFIG_EVAL_LIMIT)?;
+        let mut config: Config = ncl::evaluate(file, &root, LAUNCHER_CONTRACT, CONFIG_EVAL_LIMIT)?;
+        config
+            .buildkitd
+            .resolve_paths(&std::path::absolute(&root).unwrap_or(root));
         let origin = file.map_or_else(
             || LAUNCHER_CONTRACT.name.to_owned(),
             |f| f.display().to_string(),
@@ -360,6 +358,9 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Err((setting, message)) = self.buildkitd.validate() {
+            return Err(invalid(setting, message));
         }
         if self.sizing.min_samples > self.sizing.window {
             return Err(invalid(

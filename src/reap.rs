@@ -4,6 +4,10 @@
 //! `reap` deletes the managed runners whose lease has expired, and nothing else: unmanaged
 //! servers are never listed, unexpired ones and ones without a readable expiry are kept.
 //!
+//! A managed runner whose expiry label is missing or unreadable (edited, damaged) is judged by
+//! its creation time instead: expired once it is older than the longest build and an hour
+//! (`UNLABELLED_MAX_AGE_S`, 25 h), so no runner escapes the reaper for ever.
+//!
 //! Expiry is judged by the provider's clock when it has one (Hetzner: the `Date` of the listing's
 //! answer), never by this agent's alone: an agent whose clock runs ahead cannot reap another
 //! agent's live runner. Leases are short and renewed while their build runs (run/live.rs), so a
@@ -24,6 +28,9 @@ pub struct Reaped {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repo: Option<String>,
     pub expires: Option<u64>,
+    /// Expiry judged by its creation: it had no readable expiry label.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub by_age: bool,
     pub action: ReapAction,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -72,18 +79,30 @@ async fn reap_with(
     // The API's time, read from the listing's own answer.
     let now = provider.now().unwrap_or(now);
     for lease in leases {
-        let expires = lease.expires();
+        let judged = lease.judged_expiry();
+        let expires = judged.map(|(e, _)| e);
         let mut entry = Reaped {
             id: lease.id.clone(),
             name: lease.name.clone(),
             lease: lease.labels.get(LABEL_LEASE).cloned(),
             repo: lease.labels.get(LABEL_REPO).cloned(),
             expires,
+            by_age: false,
             action: ReapAction::Kept,
             error: None,
         };
-        // No readable expiry: not ours to judge.
+        // No readable expiry label: judged by its creation (`UNLABELLED_MAX_AGE_S`); with
+        // neither, not ours to judge.
         let expired = expires.is_some_and(|e| e <= now);
+        if expired && judged.is_some_and(|(_, by_age)| by_age) {
+            entry.by_age = true;
+            log(&format!(
+                "runner {} ({}) has no readable {LABEL_EXPIRES} label and was created more than {} ago: judged expired by its age",
+                lease.name,
+                lease.id,
+                human_duration(crate::provider::UNLABELLED_MAX_AGE_S)
+            ));
+        }
         if expired && dry_run {
             entry.action = ReapAction::WouldDelete;
         } else if expired && lease.locked && !wait_locked {
@@ -169,6 +188,7 @@ mod tests {
             lease: Some("deadbeef".into()),
             repo: None,
             expires,
+            by_age: false,
             action,
             error: None,
         };

@@ -398,3 +398,11 @@ fn cache_settings_that_cannot_work_are_exit_2() {
         out.stdout
     );
 }
+
+#[test]
+fn every_spec_problem_at_once_each_at_its_field() {
+    let line = plan_with_spec(
+        "{\n  memory_gb = 1000,\n  cpus = 2.5,\n  arch = \"x86\",\n  memroy_gb = 4,\n  colour = \"blue\",\n}\n",
+    );
+    insta::assert_snapshot!(line, @r#"error: [CTX]/.build-spec.ncl:2:3: memory_gb: must be between 0.5 and 512 GB, got 1000; [CTX]/.build-spec.ncl:3:3: cpus: expected a whole number between 1 and 64 vCPUs, got 2.5; [CTX]/.build-spec.ncl:4:3: arch: expected one of "amd64", "arm64"; [CTX]/.build-spec.ncl:5:3: memroy_gb: not a field of a spec; did you mean memory_gb?; [CTX]/.build-spec.ncl:6:3: colour: not a field of a spec (a spec may set memory_gb, cpus, tier, arch, disk_gb and timeout_minutes)"#);
+}

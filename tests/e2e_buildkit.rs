@@ -166,8 +166,8 @@ fn named_registry_fixture() -> Option<(Fixture, String)> {
 
 #[test]
 fn from_an_http_registry_missing_from_buildkitd_toml_fails_clearly() {
-    // The runner's buildkitd.toml is the golden image's: only its placeholder host has
-    // `http = true`.
+    // The runner's buildkitd.toml is rendered from the default launcher config, which names
+    // no registry host (tests/e2e_buildkitd_config.rs names this one and the build works).
     let Some((f, host)) = named_registry_fixture() else {
         return;
     };
@@ -179,7 +179,8 @@ fn from_an_http_registry_missing_from_buildkitd_toml_fails_clearly() {
     assert!(
         error.contains(&format!(
             "failed to resolve source metadata for {host}/base/busybox:latest"
-        )) && error.contains("http: server gave HTTP response to HTTPS client"),
+        )) && error.contains("http: server gave HTTP response to HTTPS client")
+            && error.contains("launcher config's buildkitd.registries with http = true"),
         "{error}"
     );
     f.assert_nothing_left();

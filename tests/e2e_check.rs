@@ -7,15 +7,27 @@ use support::hcloud_sim::HcloudSim;
 use support::registry::{Registry, require_root_and_tools};
 use support::{Context, Launcher};
 
+/// A golden snapshot baked with the buildkitd settings of the default launcher config.
 fn golden(sim: &HcloudSim, arch: &str, created: &str) {
+    golden_with(sim, arch, created, &current_digest());
+}
+
+fn golden_with(sim: &HcloudSim, arch: &str, created: &str, digest: &str) -> i64 {
     sim.add_snapshot(
         arch,
         &[
             ("buildkit-launcher/role", "golden"),
             ("buildkit-launcher/arch", arch),
+            ("buildkit-launcher/buildkitd-config", digest),
         ],
         created,
-    );
+    )
+}
+
+/// The buildkitd config digest of the default launcher config.
+fn current_digest() -> String {
+    let config = buildkit_launcher::config::Config::defaults();
+    buildkit_launcher::config::buildkitd_toml::golden_digest(&config.buildkitd).unwrap()
 }
 
 fn now_rfc3339(days_ago: u64) -> String {
@@ -95,6 +107,10 @@ fn a_healthy_setup_passes_every_check() {
         ("hcloud token", "may write"),
         ("golden image", "amd64 golden snapshot"),
         ("golden image", "arm64 golden snapshot"),
+        (
+            "golden image",
+            "has the launcher config's buildkitd settings",
+        ),
         ("runners", "no runner with an expired lease"),
         ("hcloud rate limit", "API requests left"),
         ("registry", "answers"),
@@ -347,4 +363,96 @@ fn refused_registry_credentials_are_high() {
         "{findings:#?}"
     );
     assert!(!out.stdout.contains("wrong-password") && !out.stderr.contains("wrong-password"));
+}
+
+#[test]
+fn a_golden_snapshot_baked_with_other_buildkitd_settings_is_a_warning() {
+    let sim = HcloudSim::start();
+    let old = golden_with(
+        &sim,
+        "amd64",
+        &now_rfc3339(1),
+        "0123456789abcdef0123456789abcdef",
+    );
+    golden(&sim, "arm64", &now_rfc3339(1));
+    let (_, findings, stderr) = check(&sim, &[]);
+    let expected = format!(
+        "the newest amd64 golden snapshot ({old}) was baked with other buildkitd settings (digest 0123456789abcdef0123456789abcdef) than the launcher config has now ({}): bake again with `buildkit-launcher golden-image build --arch amd64`",
+        current_digest()
+    );
+    let found = |severity: &str, message: &str| {
+        findings
+            .iter()
+            .any(|f| f["severity"] == severity && f["message"] == message)
+    };
+    assert!(found("warning", &expected), "{stderr}\n{findings:#?}");
+    assert!(
+        has(&findings, "passed", "golden image", "arm64 golden snapshot"),
+        "{findings:#?}"
+    );
+    assert!(
+        !findings.iter().any(|f| f["severity"] != "passed"
+            && f["message"]
+                .as_str()
+                .unwrap()
+                .contains("arm64 golden snapshot")),
+        "{findings:#?}"
+    );
+}
+
+#[test]
+fn each_rung_is_reported_with_what_a_build_of_it_would_meet_per_location() {
+    let sim = HcloudSim::start();
+    golden(&sim, "amd64", &now_rfc3339(1));
+    golden(&sim, "arm64", &now_rfc3339(1));
+    // July 2026: cx33, cx43, cx53 and every cax type orderable nowhere (FACTS.md "Stock").
+    for t in ["cx33", "cx43", "cx53", "cax11", "cax21", "cax31", "cax41"] {
+        sim.sell_out(t);
+    }
+    // The substitute is deprecated in one location (per location, as the API gives it).
+    sim.deprecate_in("cpx32", "hel1", false);
+    let (code, findings, stderr) = check(&sim, &[]);
+    assert_eq!(code, 4, "a rung with nothing in stock is high\n{stderr}");
+    let message = |text: &str| {
+        findings
+            .iter()
+            .find(|f| f["area"] == "server stock" && f["message"].as_str().unwrap().contains(text))
+            .unwrap_or_else(|| panic!("no server stock finding with {text:?}: {findings:#?}"))
+            .clone()
+    };
+    // In stock: passed, per location.
+    let cx23 = message("rung cx23 of tiers.amd64");
+    assert_eq!(cx23["severity"], "passed");
+    assert_eq!(
+        cx23["message"],
+        "rung cx23 of tiers.amd64 (4 GB, 2 vCPUs): cx23 in stock in fsn1, nbg1, hel1"
+    );
+    // Sold out: a warning naming the substitute and every candidate's stock per location.
+    let cx33 = message("rung cx33 of tiers.amd64");
+    assert_eq!(cx33["severity"], "warning");
+    let text = cx33["message"].as_str().unwrap();
+    assert!(
+        text.starts_with("rung cx33 of tiers.amd64 (8 GB, 4 vCPUs): builds of this rung will use cpx32 (cx33 sold out in fsn1, nbg1, hel1; cpx32 in stock in fsn1, nbg1, hel1 (deprecated there, sold until "),
+        "{text}"
+    );
+    // Every arm64 candidate sold out: high, naming them.
+    let cax21 = message("rung cax21 of tiers.arm64");
+    assert_eq!(cax21["severity"], "high");
+    let text = cax21["message"].as_str().unwrap();
+    assert!(text.contains("no candidate in stock anywhere"), "{text}");
+    for t in [
+        "cax21 sold out in fsn1, nbg1, hel1",
+        "cax31 sold out",
+        "cax41 sold out",
+    ] {
+        assert!(text.contains(t), "{t}: {text}");
+    }
+    assert!(cax21["fix"].as_str().unwrap().contains("hcloud.locations"));
+    // Reading stock costs no request beyond the one GET /server_types of the run.
+    assert_eq!(
+        sim.calls().get("GET /server_types").copied(),
+        Some(1),
+        "{:?}",
+        sim.calls()
+    );
 }

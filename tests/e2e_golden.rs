@@ -601,3 +601,114 @@ fn a_snapshot_whose_answer_is_lost_is_found_by_its_labels_not_made_twice() {
     assert_eq!(c.calls("POST /servers/{id}/actions/create_image"), 1);
     c.sim.assert_clean();
 }
+
+#[test]
+fn a_bake_installs_the_buildkitd_settings_of_the_launcher_config_and_labels_their_digest() {
+    if !require_root_and_tools(TOOLS) {
+        return;
+    }
+    let release = Release::serve();
+    let c = Cloud::new();
+    let dir = c.config.path();
+    std::fs::write(
+        dir.join("zot-ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let settings = |mirror: &str| {
+        format!(
+            "{{ hcloud.retry = {{ initial_delay_ms = 50, max_delay_ms = 400 }}, buildkitd.registries = {{ \"zot.internal:5000\" = {{ ca_file = \"zot-ca.pem\" }}, \"docker.io\" = {{ mirrors = [\"{mirror}\"] }} }} }}"
+        )
+    };
+    std::fs::write(dir.join("fast.ncl"), settings("zot.internal:5000")).unwrap();
+
+    // What the bake will install, before any server exists.
+    let printed = c.run(&["config"]);
+    assert_eq!(printed.code, 0, "{}", printed.stderr);
+    assert!(
+        printed
+            .stdout
+            .contains("[registry.\"docker.io\"]\nmirrors = [\"zot.internal:5000\"]\n"),
+        "{}",
+        printed.stdout
+    );
+    assert!(
+        printed.stdout.contains(
+            "[registry.\"zot.internal:5000\"]\nca = [\"/etc/buildkit/registry-ca/zot.internal_5000.pem\"]\n"
+        ),
+        "{}",
+        printed.stdout
+    );
+    let digest = c.run(&["config", "--digest"]);
+    assert_eq!(digest.code, 0, "{}", digest.stderr);
+    let digest = digest.stdout.trim().to_owned();
+    assert_eq!(digest.len(), 32, "{digest}");
+    assert!(
+        printed
+            .stdout
+            .contains(&format!("# config digest: {digest}\n"))
+    );
+
+    let out = c.bake(&release.pin(None));
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    // provision.sh on the bake server (a sandbox: below its BKL_ROOT) installed the CA the
+    // config names.
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains("provision: installed the registry CA /")
+                && l.ends_with("/etc/buildkit/registry-ca/zot.internal_5000.pem")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains("verify: ok: registry CA /")
+                && l.ends_with("/etc/buildkit/registry-ca/zot.internal_5000.pem exists")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "buildkitd.toml from the launcher config: digest {digest}, 1 registry CA file(s)"
+        )),
+        "{}",
+        out.stderr
+    );
+    let snapshots = c.snapshots();
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    let (id, image) = &snapshots[0];
+    assert_eq!(image.labels["buildkit-launcher/buildkitd-config"], digest);
+    let listed = c.run(&["list", "--json"]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let listed = json(&listed);
+    assert_eq!(listed[0]["config"], "current");
+    assert_eq!(listed[0]["buildkitd_config"], digest.as_str());
+    assert!(
+        !listed_warns(&c),
+        "no warning while the settings are the same"
+    );
+
+    // The operator changes the mirror: the snapshot no longer has the config's settings.
+    std::fs::write(dir.join("fast.ncl"), settings("mirror.internal:5000")).unwrap();
+    let out = c.run(&["list"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.lines().nth(1).unwrap().ends_with(" differs"),
+        "{}",
+        out.stdout
+    );
+    let now = c.run(&["config", "--digest"]).stdout.trim().to_owned();
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "buildkit-launcher: warning: the newest amd64 golden snapshot ({id}) was baked with other buildkitd settings (digest {digest}) than the launcher config has now ({now}): bake again with `buildkit-launcher golden-image build --arch amd64`"
+        )
+    );
+    c.sim.assert_clean();
+}
+
+fn listed_warns(c: &Cloud) -> bool {
+    c.run(&["list"]).stderr.contains("warning")
+}

@@ -65,13 +65,38 @@ fn types_are_tried_only_where_sold_and_unsupported_location_means_the_next_one()
     assert_eq!(c.sim.last_create_request().unwrap()["location"], "hel1");
     assert!(out.stderr.contains("not sold in nbg1"), "{}", out.stderr);
     c.sim.fail_location("nbg1", "");
-    // Sold in none of the configured locations: exit 2 before any server, naming where.
+    // Sold in none of the configured locations: the rung is a need, and another type meets
+    // it there (the cheapest: cpx32), said before the server.
     c.sim.stop_selling("cx33", "nbg1");
+    let out = c.build(&["--location", "fsn1,nbg1"]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert_eq!(c.sim.last_create_request().unwrap()["server_type"], "cpx32");
+    assert!(
+        out.stderr.contains(
+            "rung cx33 of tiers.amd64: cx33 is not sold in fsn1, nbg1; builds of this rung use cpx32, 8 GB, 4 vCPUs, 0.0240 EUR/h"
+        ),
+        "{}",
+        out.stderr
+    );
+    // No type meeting the need sold there: exit 2 before any server, naming where it is.
+    for t in ["cx43", "cx53", "cpx32", "cpx42", "ccx23", "ccx33"] {
+        c.sim.stop_selling(t, "fsn1");
+        c.sim.stop_selling(t, "nbg1");
+    }
     let creates = c.calls("POST /servers");
     let out = c.build(&["--location", "fsn1,nbg1"]);
-    let line = out.assert_one_line_error(2);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    // One error line (after the warning that cx53, which the build does not order, is sold
+    // in neither location).
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    let line = errors[0];
     assert!(
-        line.contains("\"cx33\" is not sold in any configured location (fsn1, nbg1)"),
+        line.contains("\"cx33\" is not sold in any configured location (fsn1, nbg1) and no other type meets its need there"),
         "{line}"
     );
     assert!(line.contains("sold in hel1"), "{line}");

@@ -292,6 +292,61 @@ fn leases_are_judged_by_the_apis_clock_not_the_agents() {
 }
 
 #[test]
+fn a_runner_without_a_readable_lease_is_reaped_by_its_age_in_the_apis_time() {
+    let Some(c) = Cloud::new("RUN true") else {
+        return;
+    };
+    config(&c, 600);
+    // The API's clock is two hours behind this agent's: ages are the API's.
+    c.sim.set_clock_skew(-7200);
+    let managed = |name: &str, expires: &str, age_s: u64| {
+        let id = c.sim.add_server(
+            name,
+            &[("managed-by", "buildkit-launcher"), (EXPIRES, expires)],
+        );
+        c.sim.set_age(id, age_s);
+        id
+    };
+    // Label edited away, 26 h old: past the longest build and an hour; deleted.
+    let old = managed("bkl-a-1-aaaaaaaa", "soon", 26 * 3600);
+    // Label damaged, 24 h old (24 h 2 min by this agent's clock, which is ahead): kept.
+    let young = managed("bkl-a-2-bbbbbbbb", "", 24 * 3600 - 7200 + 120);
+    let out = c
+        .launcher()
+        .args([
+            "--config",
+            &format!("{}/fast.ncl", c.ctx.path().display()),
+            "reap",
+            "--json",
+        ])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let left: Vec<i64> = c.sim.servers().iter().map(|s| s.id).collect();
+    assert_eq!(left, [young], "{}", out.stdout);
+    assert!(!left.contains(&old));
+    let entries: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let entry = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "bkl-a-1-aaaaaaaa")
+        .unwrap();
+    assert_eq!(entry["action"], "deleted");
+    assert_eq!(entry["by_age"], true);
+    assert!(
+        out.stderr.contains(
+            "has no readable buildkit-launcher/expires label and was created more than 1 d 1 h ago"
+        ),
+        "{}",
+        out.stderr
+    );
+    c.sim.call("DELETE", &format!("/servers/{young}"), None);
+    wait_for("the young one gone", Duration::from_secs(10), || {
+        c.sim.servers().is_empty()
+    });
+}
+
+#[test]
 fn eight_first_builds_starting_with_10_requests_left_all_succeed() {
     let Some(c) = Cloud::new("RUN true") else {
         return;

@@ -70,7 +70,22 @@ fn two_platforms_build_at_the_same_time_on_native_servers_under_one_index() {
     let Some(c) = cloud(SCRATCH) else {
         return;
     };
-    let mut child = spawn(&c, &["--platform", BOTH, "--tag", "1.0", "--tag", "latest"]);
+    // Two repositories (`repo` as a list): the same index under both tags in each.
+    let mut child = spawn(
+        &c,
+        &[
+            "--platform",
+            BOTH,
+            "--tag",
+            "1.0",
+            "--tag",
+            "latest",
+            "--repo",
+            "e2e/app",
+            "--repo",
+            "e2e/mirror",
+        ],
+    );
     // Watch the simulator while the build runs: the most servers alive at once, and their types.
     let mut most = 0;
     let mut types = std::collections::BTreeSet::new();
@@ -140,6 +155,23 @@ fn two_platforms_build_at_the_same_time_on_native_servers_under_one_index() {
         stderr.contains(&format!("image index {index_digest} verified")),
         "{stderr}"
     );
+    for tag in ["1.0", "latest"] {
+        let (status, index) = c.registry.manifest_json("e2e/mirror", tag, INDEX);
+        assert_eq!(status, 200, "{index}");
+        let listed: Vec<&str> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["platform"]["architecture"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, ["amd64", "arm64"], "e2e/mirror:{tag}");
+        for m in index["manifests"].as_array().unwrap() {
+            let config = c
+                .registry
+                .image_config("e2e/mirror", m["digest"].as_str().unwrap());
+            assert_eq!(config["architecture"], m["platform"]["architecture"]);
+        }
+    }
     // Only the two tags exist: each platform pushed by digest, under no tag of its own.
     let tags: serde_json::Value =
         serde_json::from_str(&c.registry.tags("e2e/app").unwrap()).unwrap();

@@ -162,7 +162,8 @@ fn a_plugin_docker_buildx_step_runs_with_warnings() {
         ),
     );
     let url = format!("http://{}/", registry.addr);
-    let repo = format!("{}/org/moved", registry.addr);
+    // `repo` as a list: the host of the first moves to registry, the image goes to both.
+    let repo = format!("{}/org/moved,org/mirror", registry.addr);
     let cache = format!("{}/cache/org/moved:buildx", registry.addr);
     let out = support::plugin_step::run(
         &sim,
@@ -196,10 +197,18 @@ fn a_plugin_docker_buildx_step_runs_with_warnings() {
     ] {
         assert!(out.stderr.contains(line), "{line}: {}", out.stderr);
     }
-    let tags = registry.tags("org/moved").unwrap_or_default();
+    for repository in ["org/moved", "org/mirror"] {
+        let tags = registry.tags(repository).unwrap_or_default();
+        assert!(
+            tags.contains("\"latest\"") && tags.contains("\"1.0\""),
+            "{repository}: {tags}"
+        );
+    }
+    // The cache stays with the first repository only.
     assert!(
-        tags.contains("\"latest\"") && tags.contains("\"1.0\""),
-        "{tags}"
+        registry
+            .tags("cache/org/mirror")
+            .is_none_or(|t| !t.contains("latest"))
     );
     sim.assert_clean();
 }
@@ -294,7 +303,10 @@ fn history_list_shows_every_key() {
         .args(["history", "list", "--history", "registry"])
         .run();
     let line = out.assert_one_line_error(2);
-    assert!(line.contains("history show --history registry"), "{line}");
+    assert!(
+        line.contains("--history registry lists the history kept in a registry: set --registry"),
+        "{line}"
+    );
 }
 
 /// The two spec mistakes of a first day: TOML-style lines, and a forgotten comma.

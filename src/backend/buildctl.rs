@@ -173,7 +173,7 @@ pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
         // launcher pushes the index under the tags.
         format!(
             "type=image,\"name={}\",push-by-digest=true,name-canonical=true",
-            req.repository()
+            req.repositories().join(",")
         )
     } else {
         format!("type=image,\"name={}\"", req.images().join(","))
@@ -310,6 +310,27 @@ mod tests {
         assert!(
             !a.contains("NPM_TOKEN"),
             "only the id and a file path appear"
+        );
+    }
+
+    #[test]
+    fn several_repositories_get_every_tag_and_the_cache_stays_with_the_first() {
+        let mut r = request();
+        r.also_repos = vec!["mirror/app".into()];
+        let a = args(&r, &paths()).join(" ");
+        assert!(a.contains(
+            "--output type=image,\"name=zot.example:5000/org/app:1.2,zot.example:5000/org/app:latest,zot.example:5000/mirror/app:1.2,zot.example:5000/mirror/app:latest\",push=true"
+        ), "{a}");
+        assert!(a.contains("ref=zot.example:5000/cache/org/app,"), "{a}");
+        assert!(!a.contains("cache/mirror"), "{a}");
+        // One platform of several: pushed by digest to each repository.
+        r.by_digest = true;
+        let a = args(&r, &paths()).join(" ");
+        assert!(
+            a.contains(
+                "\"name=zot.example:5000/org/app,zot.example:5000/mirror/app\",push-by-digest=true"
+            ),
+            "{a}"
         );
     }
 

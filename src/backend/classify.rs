@@ -12,8 +12,10 @@
 //!    `error:` line (the last line of its output; the build's own lines come prefixed `#N` in
 //!    plain progress) reports BuildKit's ENOMEM, `ResourceExhausted: ... cannot allocate memory`.
 //!
-//! buildkitd lost mid-build (buildctl's own final line: `failed to receive status: rpc error:
-//! code = Unavailable …`, measured with BuildKit v0.32.2 by killing the daemon) is the runner's
+//! buildkitd lost mid-build (buildctl's own final line, in one of two forms depending on which
+//! of buildctl's calls saw the connection drop first: `failed to receive status: rpc error:
+//! code = Unavailable …` or `failed to solve: Unavailable: error reading from server: EOF`, both
+//! measured with BuildKit v0.32.2 by killing the daemon) is the runner's
 //! failure, not the build's: [`Verdict::Lost`] (infrastructure), naming buildkitd, unless the
 //! evidence above says the kernel killed it for memory (then OOM).
 //!
@@ -61,7 +63,7 @@ pub fn classify(
         };
     }
     let final_error = final_error_line(output_tail, backend);
-    if let Some(line) = final_error.filter(|l| l.contains("code = Unavailable")) {
+    if let Some(line) = final_error.filter(|l| daemon_unavailable(l)) {
         return Verdict::Lost {
             reason: format!(
                 "buildkitd on the runner stopped answering during the build: {}",
@@ -95,9 +97,21 @@ pub fn classify(
             // BuildKit's own refusal (frontend/gateway/gateway.go): the Dockerfile's
             // `# syntax=` names a frontend image outside the operator's list.
             Some(line) if line.contains("is not an allowed gateway source") => format!(
-                "the Dockerfile's # syntax= names a frontend image the runners do not allow (the operator's list: [frontend.\"gateway.v0\"] allowedRepositories in the golden image's buildkitd.toml): {}",
+                "the Dockerfile's # syntax= names a frontend image the runners do not allow (the operator's list: buildkitd.frontends in the launcher config, the golden image's allowedRepositories): {}",
                 cut(line.trim_start_matches("error: ").trim())
             ),
+            // Pulling (a base image, the SBOM scanner) from a plain-HTTP registry BuildKit was
+            // not told about: only buildkitd.toml can say so (pushing and the cache have
+            // --insecure-registry).
+            Some(line)
+                if line.contains("failed to resolve source metadata")
+                    && line.contains("server gave HTTP response to HTTPS client") =>
+            {
+                format!(
+                    "{} (a registry served over plain HTTP: the operator names its host in the launcher config's buildkitd.registries with http = true and bakes the golden image again)",
+                    cut(line.trim_start_matches("error: ").trim())
+                )
+            }
             Some(line) => cut(line.trim_start_matches("error: ").trim()),
             None => format!(
                 "{} failed with exit status {code} (see the build log)",
@@ -198,6 +212,13 @@ fn backend_name(backend: Backend) -> &'static str {
 }
 
 /// buildctl's own last word: the last non-empty line, when it is an unprefixed `error:` line.
+/// buildctl's final line says its gRPC connection to buildkitd broke: the status `Unavailable`,
+/// as grpc-go prints it (`rpc error: code = Unavailable desc = …`) or as BuildKit's own error
+/// conversion does (`failed to solve: Unavailable: …`).
+fn daemon_unavailable(line: &str) -> bool {
+    line.contains("code = Unavailable") || line.starts_with("error: failed to solve: Unavailable: ")
+}
+
 fn final_error_line(tail: &[String], backend: Backend) -> Option<&str> {
     if backend != Backend::Buildctl {
         return None;
@@ -346,6 +367,16 @@ mod tests {
             classify(&code(1), &t, Some(1), Buildctl),
             Verdict::Oom { .. }
         ));
+        // The other form it prints for the same kill (about one run in six).
+        let t = lines(
+            "#6 [2/2] RUN sleep 30\nerror: failed to solve: Unavailable: error reading from server: EOF",
+        );
+        match classify(&code(1), &t, Some(0), Buildctl) {
+            Verdict::Lost { reason } => {
+                assert!(reason.contains("Unavailable: error reading"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
         // The build's own words are never that line.
         let t = lines(
             "#6 0.1 error: rpc error: code = Unavailable\nerror: failed to solve: process \"/bin/sh -c x\" did not complete successfully: exit code: 1",
@@ -412,13 +443,30 @@ mod tests {
     }
 
     #[test]
+    fn a_pull_from_an_unlisted_http_registry_names_the_config_setting() {
+        let tail = lines(
+            "error: failed to solve: zot.internal:5000/base/busybox:latest: failed to resolve source metadata for zot.internal:5000/base/busybox:latest: failed to do request: Head \"https://zot.internal:5000/v2/base/busybox/manifests/latest\": http: server gave HTTP response to HTTPS client",
+        );
+        match classify(&code(1), &tail, Some(0), Backend::Buildctl) {
+            Verdict::Failed { reason } => {
+                assert!(
+                    reason.ends_with("(a registry served over plain HTTP: the operator names its host in the launcher config's buildkitd.registries with http = true and bakes the golden image again)"),
+                    "{reason}"
+                );
+                assert!(reason.contains("server gave HTTP response"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_refused_syntax_frontend_says_whose_list_it_is() {
         let tail = lines(
             "#1 [internal] load build definition\nerror: failed to solve: '127.0.0.1:5000/evil/frontend:1' is not an allowed gateway source",
         );
         match classify(&code(1), &tail, Some(0), Backend::Buildctl) {
             Verdict::Failed { reason } => {
-                assert!(reason.contains("allowedRepositories"), "{reason}");
+                assert!(reason.contains("buildkitd.frontends"), "{reason}");
                 assert!(reason.contains("evil/frontend"), "{reason}");
             }
             other => panic!("{other:?}"),

@@ -128,6 +128,9 @@ pub struct BuildRequest {
     pub registry: Option<String>,
     /// Repository path in the registry (`org/app`).
     pub image_repo: String,
+    /// More repositories of the same registry that get the same image under the same tags
+    /// (`repo` as a list); the cache, labels and runner name follow `image_repo`.
+    pub also_repos: Vec<String>,
     pub tags: Vec<String>,
     pub insecure_registry: bool,
     pub cache: CacheMode,
@@ -163,10 +166,23 @@ impl BuildRequest {
         }
     }
 
-    /// Every image reference the build produces.
+    /// Every repository the image goes to: `image_repo`, then `also_repos`, with the registry.
+    pub fn repositories(&self) -> Vec<String> {
+        std::iter::once(&self.image_repo)
+            .chain(&self.also_repos)
+            .map(|r| match &self.registry {
+                Some(registry) => format!("{registry}/{r}"),
+                None => r.clone(),
+            })
+            .collect()
+    }
+
+    /// Every image reference the build produces: each tag in each repository.
     pub fn images(&self) -> Vec<String> {
-        let base = self.repository();
-        self.tags.iter().map(|t| format!("{base}:{t}")).collect()
+        self.repositories()
+            .iter()
+            .flat_map(|base| self.tags.iter().map(move |t| format!("{base}:{t}")))
+            .collect()
     }
 
     /// Whether the image is pushed (a registry, and not a dry run).

@@ -63,9 +63,11 @@ pub struct BuildArgs {
     #[arg(long, value_name = "HOST[:PORT]", value_parser = parse_registry, help_heading = "Where it goes")]
     pub registry: Option<String>,
 
-    /// Repository path in the registry (default: the history key's repo, lowercased).
-    #[arg(long, value_name = "PATH", value_parser = parse_repo, help_heading = "Where it goes")]
-    pub repo: Option<String>,
+    /// Repository path in the registry (default: the history key's repo, lowercased); repeat
+    /// to push the same image under the same tags to several repositories of the registry (the
+    /// first one keeps the cache and names the runner).
+    #[arg(long, value_name = "PATH", value_parser = parse_repo, action = clap::ArgAction::Append, help_heading = "Where it goes")]
+    pub repo: Vec<String>,
 
     /// Image tag; repeat for several (default: latest).
     #[arg(long = "tag", value_name = "TAG", value_parser = parse_tag, help_heading = "Where it goes")]
@@ -397,7 +399,12 @@ impl BuildArgs {
                 platform: String::new(), // set by the plan from the chosen arch
                 by_digest: false,        // set by the plan for one platform of several
                 registry: self.registry.clone(),
-                image_repo: self.repo.clone().unwrap_or_else(|| repo_slug(&repo)),
+                image_repo: self
+                    .repo
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| repo_slug(&repo)),
+                also_repos: self.repo.iter().skip(1).cloned().collect(),
                 tags,
                 insecure_registry: self.insecure_registry,
                 cache: self.cache,

@@ -248,10 +248,8 @@ async fn preflight(hcloud: &HcloudProvider, plan: &mut Plan, config: &Config) ->
         .check_ladder_for(plan.arch, config.ladder(plan.arch), &needed)
         .await
         .map_err(|e| match e {
-            LadderError::Unknown { .. } | LadderError::NotSold { .. } => {
-                Error::Usage(e.to_string())
-            }
             LadderError::Api(e) => super::provider::cloud_error(e),
+            e => Error::Usage(e.to_string()),
         })?;
     for (name, location, until) in &check.deprecated {
         warn(&format!(
@@ -259,17 +257,25 @@ async fn preflight(hcloud: &HcloudProvider, plan: &mut Plan, config: &Config) ->
             plan.arch
         ));
     }
-    if let Some((price, location)) = check.prices.get(&plan.tier) {
-        let policy = crate::policy::Policy::current()?;
-        if let Some(max) = policy.max_eur_per_hour
-            && *price > max
-        {
-            return Err(Error::Usage(format!(
-                "server type {}: the API's price in {location}, {price} EUR/h, is above the ceiling: {}",
-                plan.tier,
-                policy.describe_ceiling(plan.arch)
-            )));
+    for note in &check.notes {
+        warn(note);
+    }
+    for (rung, why) in &check.without_candidate {
+        if *rung == plan.tier {
+            // Nothing this build could order: before any request that costs anything.
+            return Err(Error::Usage(why.to_string()));
         }
+        if plan.retry_server.as_ref().is_some_and(|r| r.name == *rung) {
+            plan.retry_server = None;
+            plan.retry_tier = None;
+            plan.retry_note = Some(format!(
+                "the retry rung has no server type to run on: {why}"
+            ));
+        }
+    }
+    // The rung's first candidate is within the ceiling (candidates above it are never
+    // ranked); its price is the API's.
+    if let Some((price, location)) = check.prices.get(&plan.tier) {
         plan.use_api_price(*price, location);
     } else if crate::policy::Policy::current()?.max_eur_per_hour.is_some() {
         return Err(Error::Usage(format!(
@@ -297,7 +303,7 @@ async fn preflight(hcloud: &HcloudProvider, plan: &mut Plan, config: &Config) ->
     )
     .await;
     // The snapshot the runners boot from, found now: none is a usage error, before any server.
-    match hcloud.missing_golden_image(plan.arch).await {
+    match hcloud.missing_golden_image(plan.arch, &plan.server).await {
         Ok(None) => {}
         Ok(Some(why)) => return Err(Error::Usage(format!("{}: {why}", plan.build.platform))),
         Err(e) => return Err(super::provider::cloud_error(e)),
@@ -352,6 +358,14 @@ async fn check_registry_access(
                 one.history.records,
             )
         });
+        // Each further repository of `repo` gets the image too.
+        for repo in &one.build.also_repos {
+            for need in build_needs(repo, None, None) {
+                if !needs.contains(&need) {
+                    needs.push(need);
+                }
+            }
+        }
         for need in build_needs(
             &one.build.image_repo,
             one.cache_ref

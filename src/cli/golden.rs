@@ -1,5 +1,6 @@
-//! `buildkit-launcher golden-image build|list|prune`: bake, list and rotate the golden
-//! snapshots runners boot from (Hetzner Cloud only; see `crate::golden`).
+//! `buildkit-launcher golden-image build|list|prune|config`: bake, list and rotate the golden
+//! snapshots runners boot from (Hetzner Cloud only; see `crate::golden`), and print the
+//! buildkitd.toml a bake would install.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
+use crate::config::buildkitd_toml::{self, BuildkitdToml, Target, golden_digest};
 use crate::config::{Arch, Config};
 use crate::exit::{Error, Exit};
 use crate::golden::{self, BakeSettings, Pin, PruneAction};
@@ -27,6 +29,17 @@ pub enum GoldenCommand {
     /// Delete old golden snapshots: per arch keep the newest N (never the newest one), skip
     /// snapshots protected against deletion, leave every other image alone.
     Prune(PruneArgs),
+    /// Print the buildkitd.toml a bake would install, rendered from the launcher config's
+    /// `buildkitd` section (registries, mirrors, CA files, frontends, gc); its header holds
+    /// the digest a snapshot baked with it carries. Contacts nothing; needs no token.
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Print only the digest (the snapshot label buildkit-launcher/buildkitd-config).
+    #[arg(long)]
+    pub digest: bool,
 }
 
 /// The Hetzner endpoint; the token is read from HCLOUD_TOKEN only.
@@ -104,12 +117,37 @@ pub fn run(command: GoldenCommand, config: &Config, out: &mut dyn Write) -> Resu
         Arc::new(|line: &str| eprintln!("buildkit-launcher: {line}"));
     match command {
         GoldenCommand::Build(args) => build(args, config, log, out),
+        GoldenCommand::Config(args) => {
+            let rendered = render_buildkitd(config)?;
+            if args.digest {
+                writeln!(out, "{}", rendered.digest).map_err(Error::Output)?;
+            } else {
+                write!(out, "{}", rendered.text).map_err(Error::Output)?;
+            }
+            Ok(Exit::Success)
+        }
         GoldenCommand::List(args) => {
-            let hcloud = provider(&args.api, Vec::new(), config, log)?;
+            let hcloud = provider(&args.api, Vec::new(), config, log.clone())?;
             let snapshots = super::runtime()?
                 .block_on(golden::list(&hcloud, args.arch))
                 .map_err(super::provider::cloud_error)?;
-            let text = golden::render_list(&snapshots, unix_now(), args.api.json);
+            // Listing works without the CA files at hand; the comparison then says unknown.
+            let current = match golden_digest(&config.buildkitd) {
+                Ok(digest) => {
+                    for warning in golden::config_warnings(&snapshots, &digest) {
+                        log(&format!("warning: {warning}"));
+                    }
+                    Some(digest)
+                }
+                Err(e) => {
+                    log(&format!(
+                        "warning: cannot tell whether the snapshots have the current buildkitd settings: {e}"
+                    ));
+                    None
+                }
+            };
+            let text =
+                golden::render_list(&snapshots, unix_now(), args.api.json, current.as_deref());
             write!(out, "{text}").map_err(Error::Output)?;
             Ok(Exit::Success)
         }
@@ -162,6 +200,7 @@ fn build(
             "--buildkit-mirror {mirror}: must be an http:// or https:// URL"
         )));
     }
+    let buildkitd = render_buildkitd(config)?;
     let arch = args.arch.unwrap_or(config.default_arch);
     let tier = config
         .ladder(arch)
@@ -182,6 +221,7 @@ fn build(
         pin,
         source_commit: source_commit(),
         mirror: args.buildkit_mirror.clone(),
+        buildkitd,
         log: log.as_ref(),
         output: &output,
     };
@@ -204,6 +244,13 @@ fn build(
         );
     }
     Ok(report.exit)
+}
+
+/// The golden image's buildkitd.toml from the launcher config; a CA file that cannot be read
+/// is bad input (exit 2).
+fn render_buildkitd(config: &Config) -> Result<BuildkitdToml, Error> {
+    buildkitd_toml::render(&config.buildkitd, Target::GOLDEN)
+        .map_err(|e| Error::Usage(e.to_string()))
 }
 
 /// An hcloud provider for the golden-image commands; nothing is contacted yet.

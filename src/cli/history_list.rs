@@ -1,9 +1,8 @@
-//! `buildkit-launcher history list`: every key of a history file with its builds, the tier of
-//! its latest build, the trend of its peak memory and what its builds cost per week.
+//! `buildkit-launcher history list`: every key of a history file or a registry with its builds,
+//! the tier of its latest build, the trend of its peak memory and what its builds cost per week.
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
 
 use clap::Args;
 use serde::Serialize;
@@ -15,14 +14,27 @@ use crate::sizing::rules::billed_hours;
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// The history to read: file:PATH (default at a terminal: the state-directory file). The
-    /// registry keeps one repository per key; `history show --history registry` reads one.
+    /// The history to read: file:PATH or registry (default at a terminal: the state-directory
+    /// file). In a registry every key is a repository beneath registry.history; listing them
+    /// needs the registry's repository list (GET /v2/_catalog).
     #[arg(long, value_name = "STORE")]
     pub history: Option<StoreSpec>,
+    /// The registry, for --history registry.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub registry: Option<String>,
+    /// The registry speaks plain HTTP.
+    #[arg(long)]
+    pub insecure_registry: bool,
+    /// Registry user; the password comes from REGISTRY_PASSWORD.
+    #[arg(long, value_name = "NAME", env = "REGISTRY_USERNAME")]
+    pub registry_user: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
+
+/// Samples read per key from a registry: the newest, as many as it keeps.
+const PER_KEY: usize = crate::history::registry::DEFAULT_RETENTION;
 
 /// One key's builds.
 #[derive(Debug, Serialize, PartialEq)]
@@ -44,19 +56,44 @@ pub fn run(args: ListArgs, config: &Config, out: &mut dyn Write) -> Result<Exit,
         .history
         .clone()
         .unwrap_or_else(StoreSpec::terminal_default);
-    let path: PathBuf = match &spec {
-        StoreSpec::File(path) => path.clone(),
-        _ => {
-            return Err(Error::Usage(
-                "--history: history list reads a history file (file:PATH); the registry keeps one repository per key, read one with history show --history registry"
-                    .into(),
-            ));
+    let mut samples = Vec::new();
+    let place = match &spec {
+        StoreSpec::File(path) => {
+            for w in crate::history::file::read_samples(path, |s| samples.push(s))? {
+                super::warn(&w);
+            }
+            path.display().to_string()
+        }
+        StoreSpec::Registry => {
+            let Some(registry) = args.registry.clone() else {
+                return Err(Error::Usage(format!(
+                    "{} registry lists the history kept in a registry: set {}",
+                    crate::exit::option("--history"),
+                    crate::exit::option("--registry"),
+                )));
+            };
+            let credentials = super::args::registry_credentials(args.registry_user.as_deref())?;
+            let store = crate::history::registry::RegistryStore::new(
+                registry,
+                args.insecure_registry,
+                credentials,
+                0,
+            )
+            .with_namespace(&config.registry.history);
+            let recent = store.every_key(PER_KEY)?;
+            for w in &recent.warnings {
+                super::warn(w);
+            }
+            samples = recent.samples;
+            crate::history::HistoryStore::describe(&store)
+        }
+        StoreSpec::None => {
+            return Err(Error::Usage(format!(
+                "{} none keeps no history: there is nothing to list",
+                crate::exit::option("--history")
+            )));
         }
     };
-    let mut samples = Vec::new();
-    for w in crate::history::file::read_samples(&path, |s| samples.push(s))? {
-        super::warn(&w);
-    }
     let rows = rows(&samples, config);
     if args.json {
         let json = serde_json::to_string_pretty(&rows).expect("rows serialize");
@@ -65,7 +102,7 @@ pub fn run(args: ListArgs, config: &Config, out: &mut dyn Write) -> Result<Exit,
     }
     use std::io::IsTerminal;
     let chart = std::io::stdout().is_terminal();
-    let mut text = format!("{} key(s) in {}\n\n", rows.len(), path.display());
+    let mut text = format!("{} key(s) in {place}\n\n", rows.len());
     text.push_str(&format!(
         "  {:<44} {:>6} {:>6} {:<7} {:<24} {:>10}\n",
         "key", "builds", "failed", "tier", "peak MiB (first → last)", "EUR/week"

@@ -55,7 +55,9 @@ pub const BUILDX: &[(&str, Handling)] = &[
     ),
     (
         "repo",
-        Mapped("a host in front moves to registry; one repository per step"),
+        Mapped(
+            "a host in front moves to registry; a list pushes the image to each repository of the registry",
+        ),
     ),
     (
         "pull_image",
@@ -90,7 +92,7 @@ pub const BUILDX: &[(&str, Handling)] = &[
     (
         "mirror",
         Refuse(
-            "registry mirrors are the operator's, in the golden image's buildkitd.toml",
+            "registry mirrors are the operator's: buildkitd.registries.<host>.mirrors in the launcher config",
             None,
         ),
     ),
@@ -128,14 +130,14 @@ pub const BUILDX: &[(&str, Handling)] = &[
     (
         "buildkit_config",
         Refuse(
-            "buildkitd.toml is the operator's, in the golden image",
+            "buildkitd.toml is the operator's: the launcher config's buildkitd section, baked into the golden image",
             None,
         ),
     ),
     (
         "buildkit_debug",
         Refuse(
-            "buildkitd.toml is the operator's, in the golden image",
+            "buildkitd.toml is the operator's: the launcher config's buildkitd section, baked into the golden image",
             Some("false"),
         ),
     ),
@@ -367,7 +369,7 @@ fn mapped(
 /// plugin-docker-buildx's `repo` is the whole image name, host included (`zot.example/app`);
 /// here the host is `registry` and `repo` the path in it. A list names one repository.
 fn repo(value: &str, out: &mut BTreeMap<String, String>, _workspace: &Path) -> Result<(), String> {
-    let repos = super::plugin::split_list("tag", value)?;
+    let repos = super::plugin::split_list("repo", value)?;
     let mut paths = Vec::new();
     for r in &repos {
         let (host, path) = match r.split_once('/') {
@@ -395,17 +397,11 @@ fn repo(value: &str, out: &mut BTreeMap<String, String>, _workspace: &Path) -> R
             paths.push(path.to_owned());
         }
     }
-    match paths.as_slice() {
-        [one] => {
-            out.insert("PLUGIN_REPO".into(), one.clone());
-            Ok(())
-        }
-        [] => Ok(()),
-        many => Err(format!(
-            "repo: {}: several repositories; this launcher pushes one repository per step (use a step per repository)",
-            quote(&many.join(","))
-        )),
+    // Several: the same image under the same tags in each (the first keeps the cache).
+    if !paths.is_empty() {
+        out.insert("PLUGIN_REPO".into(), paths.join(","));
     }
+    Ok(())
 }
 
 /// `registry: https://zot.example/` as plugin-docker-buildx takes it: the host here. Plain
@@ -530,6 +526,21 @@ mod tests {
         );
         assert!(!out.contains_key("PLUGIN_PULL_IMAGE"));
         assert_eq!(warnings.len(), 4, "{warnings:?}");
+    }
+
+    #[test]
+    fn repo_as_a_list_keeps_every_repository_of_the_registry() {
+        let ws = tempfile::tempdir().unwrap();
+        let (out, _) = migrate(
+            &env(&[(
+                "PLUGIN_REPO",
+                "zot.example.com/images/app,images/mirror,zot.example.com/images/app",
+            )]),
+            ws.path(),
+        )
+        .unwrap();
+        assert_eq!(out["PLUGIN_REGISTRY"], "zot.example.com");
+        assert_eq!(out["PLUGIN_REPO"], "images/app,images/mirror");
     }
 
     #[test]

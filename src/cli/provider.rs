@@ -168,11 +168,13 @@ impl ProviderArgs {
                     }
                     tools.push(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()));
                 }
-                Ok(Chosen::Local(Arc::new(LocalProvider::new(
-                    self.local_dir.clone(),
-                    self.local_memory_scale,
-                    tools,
-                ))))
+                // A CA file the config names must be readable before any runner exists.
+                crate::config::buildkitd_toml::golden_digest(&config.buildkitd)
+                    .map_err(|e| Error::Usage(e.to_string()))?;
+                Ok(Chosen::Local(Arc::new(
+                    LocalProvider::new(self.local_dir.clone(), self.local_memory_scale, tools)
+                        .with_buildkitd(config.buildkitd.clone()),
+                )))
             }
         }
     }

@@ -4,7 +4,8 @@
 //! base image id (--base-image, e.g. debian-12)      unknown → exit 2, nothing created
 //! server bkl-golden-<arch>-<lease>: smallest tier, lease labels, user data = golden-image/
 //!     cloud-init.yaml + the bake's own SSH keys       registered for deletion at once
-//! SSH (strict host key) → upload golden-image/ files → provision.sh → verify.sh → clean.sh
+//! SSH (strict host key) → upload golden-image/ files and the buildkitd.toml rendered from the
+//!     launcher config (its digest is a snapshot label) → provision.sh → verify.sh → clean.sh
 //! power off → create_image (type snapshot, golden labels) → wait
 //! delete the server (always; confirmed, retried)    not confirmed → exit 6
 //! ```
@@ -18,9 +19,10 @@ use serde_yaml_ng::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CLOUD_INIT, FILES, LABEL_ARCH, LABEL_BUILDKIT, LABEL_CREATED, LABEL_ROLE, LABEL_SOURCE_COMMIT,
-    Pin, ROLE_BAKE, ROLE_GOLDEN, label_value,
+    CLOUD_INIT, FILES, LABEL_ARCH, LABEL_BUILDKIT, LABEL_BUILDKITD_CONFIG, LABEL_CREATED,
+    LABEL_ROLE, LABEL_SOURCE_COMMIT, Pin, ROLE_BAKE, ROLE_GOLDEN, label_value,
 };
+use crate::config::buildkitd_toml::BuildkitdToml;
 use crate::config::{Arch, Tier};
 use crate::exit::Exit;
 use crate::provider::cloud_init::UserData;
@@ -50,6 +52,9 @@ pub struct BakeSettings<'a> {
     pub source_commit: String,
     /// Passed to provision.sh as `BUILDKIT_MIRROR`.
     pub mirror: Option<String>,
+    /// buildkitd.toml rendered from the launcher config for a golden snapshot
+    /// (`Target::GOLDEN`), with its CA files; its digest becomes a label.
+    pub buildkitd: BuildkitdToml,
     pub log: &'a (dyn Fn(&str) + Send + Sync),
     /// The bake server's script output, streamed.
     pub output: &'a (dyn Fn(&str) + Send + Sync),
@@ -312,6 +317,23 @@ async fn provision(conn: &Connection, s: &BakeSettings<'_>) -> Result<(), BakeEr
         conn.put_private_file(&format!("{dir}/{name}"), text.as_bytes())
             .await?;
     }
+    (s.log)(&format!(
+        "buildkitd.toml from the launcher config: digest {}{}",
+        s.buildkitd.digest,
+        match s.buildkitd.ca_files.len() {
+            0 => String::new(),
+            n => format!(", {n} registry CA file(s)"),
+        }
+    ));
+    conn.put_private_file(
+        &format!("{dir}/buildkitd.toml"),
+        s.buildkitd.text.as_bytes(),
+    )
+    .await?;
+    for ca in &s.buildkitd.ca_files {
+        conn.put_private_file(&format!("{dir}/registry-ca/{}", ca.name), &ca.contents)
+            .await?;
+    }
     let mut env = format!("BKL_ARCH={}", s.arch);
     if let Some(mirror) = &s.mirror {
         env.push_str(&format!(" BUILDKIT_MIRROR={}", shell_quote(mirror)));
@@ -369,6 +391,10 @@ fn golden_labels(s: &BakeSettings<'_>, created: u64) -> BTreeMap<String, String>
         (
             LABEL_SOURCE_COMMIT.to_owned(),
             label_value(&s.source_commit),
+        ),
+        (
+            LABEL_BUILDKITD_CONFIG.to_owned(),
+            label_value(&s.buildkitd.digest),
         ),
         (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
     ])
@@ -429,6 +455,11 @@ mod tests {
             pin: Pin::embedded(),
             source_commit: "refs/x y".into(),
             mirror: None,
+            buildkitd: crate::config::buildkitd_toml::render(
+                &crate::config::Config::defaults().buildkitd,
+                crate::config::buildkitd_toml::Target::GOLDEN,
+            )
+            .unwrap(),
             log: &log,
             output: &log,
         };
@@ -438,6 +469,7 @@ mod tests {
         assert_eq!(l[LABEL_BUILDKIT], s.pin.version);
         assert_eq!(l[LABEL_CREATED], "1800000000");
         assert_eq!(l[LABEL_SOURCE_COMMIT], "refs_x_y");
+        assert_eq!(l[LABEL_BUILDKITD_CONFIG], s.buildkitd.digest);
         assert_eq!(l["managed-by"], "buildkit-launcher");
     }
 }

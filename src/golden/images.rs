@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{LABEL_ARCH, LABEL_BUILDKIT, LABEL_SOURCE_COMMIT, arch_from, golden_selector};
+use super::{
+    LABEL_ARCH, LABEL_BUILDKIT, LABEL_BUILDKITD_CONFIG, LABEL_SOURCE_COMMIT, arch_from,
+    config_drift, golden_selector,
+};
 use crate::config::Arch;
 use crate::provider::hcloud::{ApiError, HcloudProvider};
 
@@ -65,6 +68,17 @@ impl Snapshot {
             .map(|d| d.as_secs())
     }
 
+    /// `current` when baked with the buildkitd.toml that `current` (the digest the launcher
+    /// config renders now) stands for, `differs` when with another, `unknown` when either is
+    /// not known.
+    pub fn config_state(&self, current: Option<&str>) -> &'static str {
+        match (self.labels.get(LABEL_BUILDKITD_CONFIG), current) {
+            (Some(label), Some(current)) if label == current => "current",
+            (Some(_), Some(_)) => "differs",
+            _ => "unknown",
+        }
+    }
+
     fn created_day(&self) -> &str {
         self.created.get(..10).unwrap_or(&self.created)
     }
@@ -82,6 +96,10 @@ struct Listed<'a> {
     status: &'a str,
     source_commit: Option<&'a str>,
     description: Option<&'a str>,
+    /// The digest of the buildkitd.toml it was baked with (label), if recorded.
+    buildkitd_config: Option<&'a str>,
+    /// `current`, `differs` (from what the launcher config renders now) or `unknown`.
+    config: &'static str,
 }
 
 /// Golden snapshots (of `arch`, or of every arch), newest first.
@@ -97,7 +115,34 @@ fn sort_newest_first(snapshots: &mut [Snapshot]) {
     snapshots.sort_by_key(|s| std::cmp::Reverse((s.created_unix().unwrap_or(0), s.id)));
 }
 
-pub fn render_list(snapshots: &[Snapshot], now: u64, json: bool) -> String {
+/// The warnings for the newest available snapshot of each arch that was not baked with the
+/// buildkitd settings the launcher config has now (`current`: their digest).
+pub fn config_warnings(snapshots: &[Snapshot], current: &str) -> Vec<String> {
+    let mut newest: BTreeMap<&str, &Snapshot> = BTreeMap::new();
+    for s in snapshots.iter().filter(|s| s.status == "available") {
+        if let Some(arch) = s.arch() {
+            let entry = newest.entry(arch.as_str()).or_insert(s);
+            if (s.created_unix(), s.id) > (entry.created_unix(), entry.id) {
+                *entry = s;
+            }
+        }
+    }
+    newest
+        .values()
+        .filter_map(|s| {
+            config_drift(
+                s.arch()?,
+                s.id,
+                s.labels.get(LABEL_BUILDKITD_CONFIG).map(String::as_str),
+                current,
+            )
+        })
+        .collect()
+}
+
+/// The list as a table or JSON; `current`: the digest of the buildkitd.toml the launcher
+/// config renders now (`None` when it could not be rendered here).
+pub fn render_list(snapshots: &[Snapshot], now: u64, json: bool, current: Option<&str>) -> String {
     if json {
         let listed: Vec<Listed> = snapshots
             .iter()
@@ -111,6 +156,8 @@ pub fn render_list(snapshots: &[Snapshot], now: u64, json: bool) -> String {
                 status: &s.status,
                 source_commit: s.labels.get(LABEL_SOURCE_COMMIT).map(String::as_str),
                 description: s.description.as_deref(),
+                buildkitd_config: s.labels.get(LABEL_BUILDKITD_CONFIG).map(String::as_str),
+                config: s.config_state(current),
             })
             .collect();
         return serde_json::to_string_pretty(&listed).expect("a list serializes") + "\n";
@@ -119,8 +166,8 @@ pub fn render_list(snapshots: &[Snapshot], now: u64, json: bool) -> String {
         return "no golden snapshots\n".to_owned();
     }
     let mut out = format!(
-        "{:<12} {:<6} {:<10} {:<10} {:>8} {}\n",
-        "id", "arch", "buildkit", "created", "age_days", "protected"
+        "{:<12} {:<6} {:<10} {:<10} {:>8} {:<9} {}\n",
+        "id", "arch", "buildkit", "created", "age_days", "protected", "config"
     );
     for s in snapshots {
         let age = s.created_unix().map_or_else(
@@ -128,13 +175,14 @@ pub fn render_list(snapshots: &[Snapshot], now: u64, json: bool) -> String {
             |c| (now.saturating_sub(c) / 86_400).to_string(),
         );
         out.push_str(&format!(
-            "{:<12} {:<6} {:<10} {:<10} {:>8} {}\n",
+            "{:<12} {:<6} {:<10} {:<10} {:>8} {:<9} {}\n",
             s.id,
             s.arch().map_or("?", Arch::as_str),
             s.buildkit(),
             s.created_day(),
             age,
-            if s.protection.delete { "yes" } else { "no" }
+            if s.protection.delete { "yes" } else { "no" },
+            s.config_state(current)
         ));
     }
     out
@@ -355,11 +403,48 @@ mod tests {
         let mut z = s.clone();
         z.created = "2026-11-01T06:00:00Z".into();
         assert_eq!(z.created_unix(), Some(at));
-        let text = render_list(&[s], at + 3 * 86_400 + 5, false);
-        assert!(text.lines().nth(1).unwrap().contains(" 3 no"), "{text}");
+        let text = render_list(&[s], at + 3 * 86_400 + 5, false, Some("d1"));
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .contains(" 3 no        unknown"),
+            "{text}"
+        );
         let json: serde_json::Value =
-            serde_json::from_str(&render_list(&[z], at + 86_400, true)).unwrap();
+            serde_json::from_str(&render_list(&[z], at + 86_400, true, None)).unwrap();
         assert_eq!(json[0]["age_days"], 1);
         assert_eq!(json[0]["arch"], "amd64");
+        assert_eq!(json[0]["config"], "unknown");
+        assert_eq!(json[0]["buildkitd_config"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn the_newest_snapshot_of_each_arch_is_checked_against_the_current_config() {
+        let mut old = snap(1, "amd64", 1, false);
+        old.labels
+            .insert(LABEL_BUILDKITD_CONFIG.into(), "aaaa".into());
+        let mut new = snap(2, "amd64", 2, false);
+        new.labels
+            .insert(LABEL_BUILDKITD_CONFIG.into(), "bbbb".into());
+        let arm = snap(3, "arm64", 1, false);
+        assert_eq!(new.config_state(Some("bbbb")), "current");
+        assert_eq!(old.config_state(Some("bbbb")), "differs");
+        assert_eq!(arm.config_state(Some("bbbb")), "unknown");
+        assert_eq!(new.config_state(None), "unknown");
+        let warnings = config_warnings(&[old.clone(), new.clone(), arm.clone()], "bbbb");
+        assert_eq!(
+            warnings,
+            [
+                "the newest arm64 golden snapshot (3) records no buildkitd config digest (baked before the launcher recorded one): it may not have the launcher config's buildkitd settings; bake again with `buildkit-launcher golden-image build --arch arm64`"
+            ]
+        );
+        let warnings = config_warnings(&[old, new], "aaaa");
+        assert_eq!(
+            warnings,
+            [
+                "the newest amd64 golden snapshot (2) was baked with other buildkitd settings (digest bbbb) than the launcher config has now (aaaa): bake again with `buildkit-launcher golden-image build --arch amd64`"
+            ]
+        );
     }
 }

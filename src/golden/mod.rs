@@ -11,14 +11,17 @@
 //!
 //! Labels of a golden snapshot: `buildkit-launcher/role=golden`, `buildkit-launcher/arch`,
 //! `buildkit-launcher/buildkit` (the BuildKit version), `buildkit-launcher/created` (unix s),
-//! `buildkit-launcher/source-commit`, `managed-by=buildkit-launcher`.
+//! `buildkit-launcher/source-commit`, `buildkit-launcher/buildkitd-config` (the digest of the
+//! buildkitd.toml rendered from the operator's launcher config), `managed-by=buildkit-launcher`.
 
 mod bake;
 mod images;
 mod pin;
 
 pub use bake::{BakeReport, BakeSettings, bake};
-pub use images::{PruneAction, PruneEntry, Snapshot, list, prune, render_list, render_prune};
+pub use images::{
+    PruneAction, PruneEntry, Snapshot, config_warnings, list, prune, render_list, render_prune,
+};
 pub use pin::{DEFAULT_PIN, Pin, PinError};
 
 use crate::config::Arch;
@@ -28,11 +31,15 @@ pub const LABEL_ARCH: &str = "buildkit-launcher/arch";
 pub const LABEL_BUILDKIT: &str = "buildkit-launcher/buildkit";
 pub const LABEL_CREATED: &str = "buildkit-launcher/created";
 pub const LABEL_SOURCE_COMMIT: &str = "buildkit-launcher/source-commit";
+/// The digest of the buildkitd.toml the snapshot was baked with
+/// ([`crate::config::buildkitd_toml`]).
+pub const LABEL_BUILDKITD_CONFIG: &str = "buildkit-launcher/buildkitd-config";
 pub const ROLE_GOLDEN: &str = "golden";
 /// The role label of a bake server (a golden snapshot's is [`ROLE_GOLDEN`]).
 pub const ROLE_BAKE: &str = "bake";
 
-/// The files uploaded to a bake server, beside the pin (`buildkit.pin`).
+/// The files uploaded to a bake server, beside the pin (`buildkit.pin`) and the
+/// `buildkitd.toml` rendered from the launcher config (with its CA files in `registry-ca/`).
 pub const FILES: &[(&str, &str)] = &[
     (
         "provision.sh",
@@ -40,10 +47,6 @@ pub const FILES: &[(&str, &str)] = &[
     ),
     ("verify.sh", include_str!("../../golden-image/verify.sh")),
     ("clean.sh", include_str!("../../golden-image/clean.sh")),
-    (
-        "buildkitd.toml",
-        include_str!("../../golden-image/buildkitd.toml"),
-    ),
     (
         "buildkit.service",
         include_str!("../../golden-image/buildkit.service"),
@@ -72,6 +75,21 @@ pub fn golden_selector() -> String {
 }
 
 pub use crate::provider::label_value;
+
+/// The warning for the newest golden snapshot of `arch` (`id`) when its buildkitd config
+/// digest (`label`) is not `current`, the one the launcher config renders now; `None` when it is.
+pub fn config_drift(arch: Arch, id: i64, label: Option<&str>, current: &str) -> Option<String> {
+    let fix = format!("bake again with `buildkit-launcher golden-image build --arch {arch}`");
+    match label {
+        Some(label) if label == current => None,
+        Some(label) => Some(format!(
+            "the newest {arch} golden snapshot ({id}) was baked with other buildkitd settings (digest {label}) than the launcher config has now ({current}): {fix}"
+        )),
+        None => Some(format!(
+            "the newest {arch} golden snapshot ({id}) records no buildkitd config digest (baked before the launcher recorded one): it may not have the launcher config's buildkitd settings; {fix}"
+        )),
+    }
+}
 
 /// `x86`/`arm` (Hetzner's names) or ours.
 fn arch_from(text: &str) -> Option<Arch> {

@@ -289,12 +289,13 @@ impl Plan {
         let (estimated_cost_eur, cost_basis) = cost(&sizing, hours, ipv4);
         let mut build = req.build.clone();
         build.platform = sizing.arch.platform().to_owned();
-        if let Some(namespace) = config.registry.namespace_of(&build.image_repo) {
-            return Err(PlanError::Unsupported(format!(
-                "{}: \"{}\" is inside {namespace}; push images elsewhere",
-                crate::exit::option("--repo"),
-                build.image_repo
-            )));
+        for repo in std::iter::once(&build.image_repo).chain(&build.also_repos) {
+            if let Some(namespace) = config.registry.namespace_of(repo) {
+                return Err(PlanError::Unsupported(format!(
+                    "{}: \"{repo}\" is inside {namespace}; push images elsewhere",
+                    crate::exit::option("--repo"),
+                )));
+            }
         }
         build.cache_repo = config.registry.cache_repo(&build.image_repo);
         if build.sbom {

@@ -80,11 +80,29 @@ pub struct LeaseInfo {
     /// An action runs on it now (Hetzner's `locked`): a delete must wait for it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub locked: bool,
+    /// When it was created (unix s, in the provider's time), when the provider says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<u64>,
 }
+
+/// The longest a managed runner without a readable expiry label is kept, counted from its
+/// creation: the longest build (`timeout_minutes` at most 1440) and an hour more. Every runner
+/// gets the label when it is created, so only an edited or damaged label gets here; without
+/// this it would never be reaped.
+pub const UNLABELLED_MAX_AGE_S: u64 = 25 * 3600;
 
 impl LeaseInfo {
     pub fn expires(&self) -> Option<u64> {
         self.labels.get(LABEL_EXPIRES)?.parse().ok()
+    }
+
+    /// When it is judged expired: its label, else (no readable label) its creation and
+    /// [`UNLABELLED_MAX_AGE_S`]; the flag says the latter.
+    pub fn judged_expiry(&self) -> Option<(u64, bool)> {
+        match self.expires() {
+            Some(e) => Some((e, false)),
+            None => self.created.map(|c| (c + UNLABELLED_MAX_AGE_S, true)),
+        }
     }
 }
 

@@ -252,6 +252,18 @@ pub async fn authenticate(
     actions: &str,
     credentials: Option<&Credentials>,
 ) -> Result<Auth, TokenError> {
+    let scope = format!("repository:{repository}:{actions}");
+    authenticate_scope(http, base, registry, &scope, credentials).await
+}
+
+/// [`authenticate`] for any token `scope` (`registry:catalog:*` for the repository list).
+pub async fn authenticate_scope(
+    http: &reqwest::Client,
+    base: &str,
+    registry: &str,
+    scope: &str,
+    credentials: Option<&Credentials>,
+) -> Result<Auth, TokenError> {
     let basic = || match credentials {
         Some(c) => Auth::Basic(c.username.clone(), c.password.clone()),
         None => Auth::Anonymous,
@@ -259,19 +271,16 @@ pub async fn authenticate(
     match challenge(http, base).await.map_err(TokenError::Failed)? {
         Challenge::Open => Ok(Auth::Anonymous),
         Challenge::Basic => Ok(basic()),
-        Challenge::Bearer { realm, service } => {
-            let scope = format!("repository:{repository}:{actions}");
-            fetch_token(
-                http,
-                registry,
-                &realm,
-                service.as_deref(),
-                &scope,
-                credentials,
-            )
-            .await
-            .map(Auth::Bearer)
-        }
+        Challenge::Bearer { realm, service } => fetch_token(
+            http,
+            registry,
+            &realm,
+            service.as_deref(),
+            scope,
+            credentials,
+        )
+        .await
+        .map(Auth::Bearer),
     }
 }
 

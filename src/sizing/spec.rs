@@ -49,6 +49,10 @@ pub struct LoadedSpec {
 pub enum SpecError {
     #[error(transparent)]
     Nickel(#[from] NclError),
+    /// Every field the contract refused, each at its place in the file when it is written
+    /// there (`file:line:col: field: message`), in the file's order, on one line.
+    #[error("{}", problems.join("; "))]
+    Problems { problems: Vec<String> },
     #[error("{}: {field}: {message}", path.display())]
     Invalid {
         path: PathBuf,
@@ -79,10 +83,102 @@ impl BuildSpec {
     }
 }
 
+/// The most problems one error lists.
+const MAX_PROBLEMS: usize = 20;
+
+/// The fields a spec may set (`schemas/build_spec.ncl`).
+const SPEC_FIELDS: [&str; 6] = [
+    "memory_gb",
+    "cpus",
+    "tier",
+    "arch",
+    "disk_gb",
+    "timeout_minutes",
+];
+
+/// What `schemas/build_spec.ncl` puts before its list of problems, and between them.
+const PROBLEMS: &str = "spec problems ␞ ";
+const BETWEEN: &str = " ␞ ";
+
+/// The contract's list of problems as [`SpecError::Problems`], each placed at its field; any
+/// other error as it is.
+fn every_problem(path: &Path, error: NclError) -> SpecError {
+    let NclError::Nickel(line) = &error else {
+        return error.into();
+    };
+    let Some((_, list)) = line.split_once(PROBLEMS) else {
+        return error.into();
+    };
+    // Read again only to place each field: bounded (the evaluation read it within its caps).
+    let source = std::fs::File::open(path)
+        .ok()
+        .and_then(|f| {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::Read::take(f, 1 << 20), &mut text).ok()?;
+            Some(text)
+        })
+        .unwrap_or_default();
+    let mut placed: Vec<(Option<(usize, usize)>, String)> = list
+        .split(BETWEEN)
+        .map(|problem| {
+            let field = problem.split(':').next().unwrap_or_default();
+            let mut problem = problem.to_owned();
+            if problem.contains(": not a field of a spec")
+                && let Some(close) = SPEC_FIELDS
+                    .iter()
+                    .find(|known| strsim::damerau_levenshtein(field, known) <= 2)
+            {
+                problem = format!("{field}: not a field of a spec; did you mean {close}?");
+            }
+            (field_position(&source, field), problem)
+        })
+        .collect();
+    placed.sort_by_key(|(at, _)| at.unwrap_or((usize::MAX, 0)));
+    // A spec of thousands of wrong fields gets a line of reasonable length.
+    let more = placed.len().saturating_sub(MAX_PROBLEMS);
+    let mut problems: Vec<String> = placed
+        .into_iter()
+        .take(MAX_PROBLEMS)
+        .map(|(at, problem)| match at {
+            Some((line, col)) => format!("{}:{line}:{col}: {problem}", path.display()),
+            None => format!("{}: {problem}", path.display()),
+        })
+        .collect();
+    if more > 0 {
+        problems.push(format!("and {more} more problem(s)"));
+    }
+    SpecError::Problems { problems }
+}
+
+/// Where `field` is defined in `source` (1-based line and column): its name at the start of a
+/// line or after `{` or `,`, followed by `=` or `|`. `None` when it is not written there (it
+/// comes from an import or a merge).
+fn field_position(source: &str, field: &str) -> Option<(usize, usize)> {
+    if field.is_empty() {
+        return None;
+    }
+    for (n, line) in source.lines().enumerate() {
+        let mut from = 0;
+        while let Some(i) = line[from..].find(field) {
+            let at = from + i;
+            let before = line[..at].trim_end();
+            let after = line[at + field.len()..].trim_start();
+            let starts = before.is_empty() || before.ends_with('{') || before.ends_with(',');
+            let quoted = line[..at].ends_with('"');
+            if starts && !quoted && (after.starts_with('=') || after.starts_with('|')) {
+                return Some((n + 1, line[..at].chars().count() + 1));
+            }
+            from = at + field.len();
+        }
+    }
+    None
+}
+
 impl LoadedSpec {
     /// Evaluate `path` against the build-spec contract, confining imports to `repo_root`.
     pub fn load(path: &Path, repo_root: &Path, timeout: Duration) -> Result<LoadedSpec, SpecError> {
-        let spec: BuildSpec = ncl::evaluate(Some(path), repo_root, BUILD_SPEC_CONTRACT, timeout)?;
+        let spec: BuildSpec = ncl::evaluate(Some(path), repo_root, BUILD_SPEC_CONTRACT, timeout)
+            .map_err(|e| every_problem(path, e))?;
         Ok(LoadedSpec {
             path: path.to_owned(),
             spec,

@@ -277,6 +277,84 @@ impl Registry {
     }
 }
 
+/// A second docker-registry serving the same storage over HTTPS (see [`Registry::tls_twin`]),
+/// killed on drop.
+pub struct TlsTwin {
+    /// `IP:PORT`
+    pub addr: String,
+    child: Child,
+    /// Its config and log, removed on drop.
+    _dir: tempfile::TempDir,
+}
+
+impl TlsTwin {
+    /// `NAME:PORT`: this registry under another name for its address.
+    pub fn addr_as(&self, name: &str) -> String {
+        let port = self.addr.rsplit_once(':').unwrap().1;
+        format!("{name}:{port}")
+    }
+}
+
+impl Drop for TlsTwin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    /// The same repositories (this registry's storage) served over HTTPS with `cert` and `key`
+    /// (PEM) on another port of the same address: images pushed here over HTTP (the base image)
+    /// are pulled there over TLS. Ready once it accepts connections.
+    pub fn tls_twin(&self, cert: &Path, key: &Path) -> TlsTwin {
+        let ip: Ipv4Addr = self.addr.rsplit_once(':').unwrap().0.parse().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("test-registry-tls-")
+            .tempdir()
+            .expect("temp dir for the TLS registry");
+        let config = dir.path().join("config.yml");
+        let log_path = dir.path().join("registry.log");
+        let addr = free_loopback_addr(ip);
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    \
+                 rootdirectory: {}\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n",
+                self.dir.path().join("data").display(),
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry with TLS");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(&addr).is_err() {
+            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "docker-registry with TLS on {addr} did not listen: {}",
+                    last_line(&log_path)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsTwin {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();

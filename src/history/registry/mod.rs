@@ -172,7 +172,13 @@ impl RegistryStore {
     /// `/v2/` handshake of `registry::bounded` (a token only from a realm the policy allows,
     /// read within its cap).
     async fn session(&self, repository: &str, actions: &str) -> Result<Session, String> {
-        use crate::registry::bounded::{TokenError, authenticate, http_client};
+        self.session_for(repository, &format!("repository:{repository}:{actions}"))
+            .await
+    }
+
+    /// [`RegistryStore::session`] with the token `scope` spelled out.
+    async fn session_for(&self, repository: &str, scope: &str) -> Result<Session, String> {
+        use crate::registry::bounded::{TokenError, authenticate_scope, http_client};
         let http = http_client(CONNECT_TIMEOUT, READ_TIMEOUT)?;
         let user = self.credentials.as_ref().map(|c| c.username.clone());
         // `docker.io` is served by `index.docker.io`.
@@ -185,12 +191,11 @@ impl RegistryStore {
         .to_owned();
         let scheme = if self.insecure { "http" } else { "https" };
         let base = format!("{scheme}://{host}");
-        let auth = authenticate(
+        let auth = authenticate_scope(
             &http,
             &base,
             &self.registry,
-            repository,
-            actions,
+            scope,
             self.credentials.as_ref(),
         )
         .await
@@ -439,6 +444,7 @@ where
         .collect()
 }
 
+mod catalog;
 mod layout;
 mod session;
 #[cfg(test)]

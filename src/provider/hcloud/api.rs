@@ -46,6 +46,9 @@ pub struct Server {
     /// An action runs on it (boot, snapshot, delete…): a delete now answers 423.
     #[serde(default)]
     pub locked: bool,
+    /// RFC 3339, in the API's time.
+    #[serde(default)]
+    pub created: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -103,6 +106,13 @@ pub struct Image {
     /// When Hetzner deprecated the image (system images only); null while it is current.
     #[serde(default)]
     pub deprecated: Option<String>,
+    /// GB: the disk of the server a snapshot was taken from. A server type with a smaller
+    /// disk cannot boot it (FACTS.md "Snapshots"; the API refuses the create).
+    #[serde(default)]
+    pub disk_size: Option<f64>,
+    /// A golden snapshot's labels (its buildkitd config digest, for `check`).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -74,9 +74,9 @@ fn locations_of(t: &api::ServerType, locations: &[String], now: SystemTime) -> V
     sold
 }
 
-/// The candidates of `tier`: the configured type first (as long as it is sold in a configured
-/// location), then the others that meet its shape within the ceiling, cheapest first: the order
-/// a create tries them.
+/// The candidates of `tier`: the configured type first (as long as it is of the architecture,
+/// sold in a configured location and within the ceiling), then the others that meet its shape
+/// within the ceiling, cheapest first: the order a create tries them.
 pub fn rank(
     types: &[api::ServerType],
     arch: Arch,
@@ -87,9 +87,8 @@ pub fn rank(
 ) -> Vec<Candidate> {
     rank_all(types, arch, tier, locations, ceiling, now)
         .into_iter()
-        .enumerate()
-        .filter(|(i, r)| r.above_ceiling.is_none() || (*i == 0 && r.candidate.name == tier.name))
-        .map(|(_, r)| r.candidate)
+        .filter(|r| r.above_ceiling.is_none())
+        .map(|r| r.candidate)
         .collect()
 }
 
@@ -102,8 +101,8 @@ pub struct Ranked {
 }
 
 /// Every type that meets `tier`'s need, in the order [`rank`] tries them, then those above the
-/// ceiling (marked why), for `plan` to show. The configured type is first whatever the ceiling
-/// says of it (the ladder was capped by reference price; preflight judges the API's).
+/// ceiling (marked why), for `plan` to show. The configured type (of the architecture, with the
+/// disk) is first, marked when above the ceiling.
 pub fn rank_all(
     types: &[api::ServerType],
     arch: Arch,
@@ -142,7 +141,9 @@ pub fn rank_all(
         }
     };
     let mut out = Vec::new();
-    if let Some(t) = types.iter().find(|t| t.name == tier.name) {
+    if let Some(t) = types.iter().find(|t| {
+        t.name == tier.name && t.architecture == wanted_arch && t.disk >= tier.disk_gb as f64
+    }) {
         let sold = locations_of(t, locations, now);
         if !sold.is_empty() {
             let c = candidate(t, sold);

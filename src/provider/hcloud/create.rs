@@ -49,8 +49,11 @@ pub(super) struct Created {
 
 impl HcloudProvider {
     pub(super) async fn create_server(&self, spec: &RunnerSpec) -> Result<String, ProviderError> {
-        let image = self.golden_image(spec.arch).await?;
-        let candidates = self.candidates(spec.arch, &spec.tier).await;
+        let (image, disk) = self.golden_image(spec.arch).await?;
+        // A snapshot boots only types with at least its disk: that is part of the need.
+        let candidates = self
+            .candidates(spec.arch, &super::bootable(&spec.tier, disk))
+            .await;
         let mut attempt = Attempt {
             key_checked: false,
             quota_waits: 0,
@@ -65,7 +68,7 @@ impl HcloudProvider {
         let mut sold_out: Vec<String> = Vec::new();
         if candidates.first().is_some_and(|c| c.name != spec.tier.name) {
             sold_out.push(format!(
-                "{} is not sold in any configured location",
+                "{} is not a candidate (not sold in a configured location, above the ceiling, or too small a disk for the golden snapshot)",
                 spec.tier.name
             ));
         }

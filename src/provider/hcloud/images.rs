@@ -38,7 +38,7 @@ impl HcloudProvider {
     /// Boot this provider's `arch` runners from image `image` instead of the golden snapshot
     /// (the golden-image bake starts from a base system image such as debian-12).
     pub async fn boot_from(&self, arch: Arch, image: i64) {
-        self.images.lock().await.insert(arch, image);
+        self.images.lock().await.insert(arch, (image, None));
     }
 
     /// The id of the image called `name` for `arch` (a system image such as "debian-12"), or of

@@ -16,6 +16,7 @@ mod create;
 mod images;
 mod lifetime;
 mod rate;
+pub mod stock;
 mod types;
 
 use std::collections::{BTreeMap, HashMap};
@@ -73,7 +74,8 @@ pub struct HcloudProvider {
     pending: Mutex<HashMap<String, Pending>>,
     /// Create actions to watch while SSH waits, by server id.
     booting: Mutex<HashMap<String, Vec<i64>>>,
-    images: tokio::sync::Mutex<HashMap<Arch, i64>>,
+    /// The golden snapshot per architecture: its id and disk size (GB), once looked up.
+    images: tokio::sync::Mutex<HashMap<Arch, (i64, Option<f64>)>>,
     /// `GET /server_types`, read once per run.
     types: tokio::sync::Mutex<Option<Vec<api::ServerType>>>,
     /// `GET /pricing`, read once per run (every platform's estimate uses it).
@@ -143,8 +145,31 @@ impl HcloudProvider {
     /// Before any server: a golden snapshot for `arch` exists. `Ok(Some(why))` when none does
     /// (a usage error: bake one, or fix `--golden-image`); `Err` when the API cannot be asked.
     /// The answer is kept, so the create asks nothing more.
-    pub async fn missing_golden_image(&self, arch: Arch) -> Result<Option<String>, ProviderError> {
+    ///
+    /// Also: the snapshot's disk fits the rung (`tier`). A snapshot taken from a larger disk
+    /// boots only types with at least that disk (FACTS.md "Snapshots"), so the rung's need
+    /// grows to it; a rung no type can then serve is a usage error too.
+    pub async fn missing_golden_image(
+        &self,
+        arch: Arch,
+        tier: &crate::config::Tier,
+    ) -> Result<Option<String>, ProviderError> {
         match self.golden_image(arch).await {
+            Ok((id, Some(disk))) if disk > tier.disk_gb as f64 => {
+                if self.ranked(arch, &bootable(tier, Some(disk))).await == Some(0) {
+                    return Ok(Some(format!(
+                        "golden snapshot {id} was taken from a {disk} GB disk, and no server type that meets rung {} ({} vCPUs, {} GB memory) with at least that disk can be ordered; bake it on the smallest type (`golden-image build` does)",
+                        tier.name,
+                        tier.vcpus,
+                        tier.memory_mib as f64 / 1024.0
+                    )));
+                }
+                (self.log)(&format!(
+                    "golden snapshot {id} was taken from a {disk} GB disk, more than {}'s {} GB: this build runs on a type with at least that disk",
+                    tier.name, tier.disk_gb
+                ));
+                Ok(None)
+            }
             Ok(_) => Ok(None),
             Err(ProviderError::Setup {
                 action: FIND_GOLDEN,
@@ -162,10 +187,10 @@ impl HcloudProvider {
     }
 
     /// The golden snapshot to boot from: `--golden-image`, else the newest labelled one.
-    async fn golden_image(&self, arch: Arch) -> Result<i64, ProviderError> {
+    async fn golden_image(&self, arch: Arch) -> Result<(i64, Option<f64>), ProviderError> {
         let mut cache = self.images.lock().await;
-        if let Some(id) = cache.get(&arch) {
-            return Ok(*id);
+        if let Some(found) = cache.get(&arch) {
+            return Ok(*found);
         }
         // `--golden-image` (a pipeline's `golden_image`) chooses among the golden snapshots of
         // this architecture only: a selector is narrowed to them, an id must be one of them,
@@ -196,16 +221,16 @@ impl HcloudProvider {
                 .call(Method::GET, &path, None, Retry::Always)
                 .await
                 .map_err(|e| setup("look up the golden snapshot", e))?;
-            if !page.images.iter().any(|i| i.id == id) {
+            let Some(image) = page.images.iter().find(|i| i.id == id) else {
                 return Err(ProviderError::Setup {
                     action: FIND_GOLDEN,
                     detail: format!(
                         "golden_image (--golden-image) {id}: not one of the newest golden {arch} snapshots (labels {golden}); a runner boots only from those"
                     ),
                 });
-            }
-            cache.insert(arch, id);
-            return Ok(id);
+            };
+            cache.insert(arch, (id, image.disk_size));
+            return Ok((id, image.disk_size));
         }
         let page: api::ImagesPage = self
             .api
@@ -224,8 +249,8 @@ impl HcloudProvider {
             image.description.as_deref().unwrap_or("no description"),
             image.created
         ));
-        cache.insert(arch, image.id);
-        Ok(image.id)
+        cache.insert(arch, (image.id, image.disk_size));
+        Ok((image.id, image.disk_size))
     }
 
     /// Poll an action until it succeeds, fails or `timeout` passes. The first poll comes after
@@ -468,6 +493,9 @@ impl Provider for HcloudProvider {
                     })
                     .map(|s| LeaseInfo {
                         id: s.id.to_string(),
+                        created: api::parse_time(&s.created)
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map(|d| d.as_secs()),
                         name: s.name,
                         labels: s.labels,
                         locked: s.locked,
@@ -476,6 +504,15 @@ impl Provider for HcloudProvider {
         }
         Ok(leases)
     }
+}
+
+/// `tier` as a need a golden snapshot of `disk` GB can boot: its disk at least the snapshot's.
+fn bootable(tier: &crate::config::Tier, disk: Option<f64>) -> crate::config::Tier {
+    let mut tier = tier.clone();
+    if let Some(disk) = disk {
+        tier.disk_gb = tier.disk_gb.max(disk.ceil() as u64);
+    }
+    tier
 }
 
 /// Where to reach a server: its IPv4, else the first address (`::1`) of its IPv6 network

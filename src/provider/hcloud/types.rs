@@ -20,6 +20,13 @@ pub struct LadderCheck {
     /// A tier deprecated in a configured location where it is still sold: (type, location,
     /// the date after which it is not sold there).
     pub deprecated: Vec<(String, String, String)>,
+    /// Warnings: a needed rung that runs on a substitute (and why), a type of the ladder the
+    /// build does not order that Hetzner does not know.
+    pub notes: Vec<String>,
+    /// A needed rung no type can serve (not sold in a configured location, or above the
+    /// ceiling, with no other type meeting its need): the caller decides (the build's rung:
+    /// exit 2; its retry rung: no retry).
+    pub without_candidate: Vec<(String, LadderError)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +40,7 @@ pub enum LadderError {
         valid: String,
     },
     #[error(
-        "tiers.{arch}: server type \"{name}\" is not sold in any configured location ({configured}); it is sold in {sold}: add one of them to hcloud.locations (or --location)"
+        "tiers.{arch}: server type \"{name}\" is not sold in any configured location ({configured}) and no other type meets its need there; it is sold in {sold}: add one of them to hcloud.locations (or --location)"
     )]
     NotSold {
         arch: Arch,
@@ -41,13 +48,30 @@ pub enum LadderError {
         configured: String,
         sold: String,
     },
+    #[error(
+        "tiers.{arch}: server type \"{name}\" is of Hetzner's \"{its}\" architecture, not {arch}; list only {arch} types there"
+    )]
+    WrongArch {
+        arch: Arch,
+        name: String,
+        its: String,
+    },
+    #[error(
+        "tiers.{arch}: rung {name} has no candidate within the ceiling: {name} {price}, and no other type meeting its need is within it either; the ceiling: {ceiling}"
+    )]
+    AboveCeiling {
+        arch: Arch,
+        name: String,
+        price: String,
+        ceiling: String,
+    },
     #[error(transparent)]
     Api(#[from] ApiError),
 }
 
 impl HcloudProvider {
     /// Every server type, read once per run (paged, stable order).
-    async fn server_types(&self) -> Result<Vec<api::ServerType>, ApiError> {
+    pub(super) async fn server_types(&self) -> Result<Vec<api::ServerType>, ApiError> {
         let mut cache = self.types.lock().await;
         if let Some(types) = cache.as_ref() {
             return Ok(types.clone());
@@ -82,8 +106,13 @@ impl HcloudProvider {
         self.check_ladder_for(arch, ladder, &all).await
     }
 
-    /// [`Self::check_ladder`] judging only `needed` (a build's rung and retry rung): a type of
-    /// the ladder the build will not order is a warning when no configured location sells it.
+    /// [`Self::check_ladder`] judging only `needed` (a build's rung and retry rung) by their
+    /// candidates ([`rank`]): a needed rung runs as long as some type meets its need within
+    /// the ceiling, on a substitute when its configured type is not sold in a configured
+    /// location or costs more than the ceiling (a note says which). A needed rung without any
+    /// candidate is listed in [`LadderCheck::without_candidate`]; a type of another
+    /// architecture and an unknown needed type are errors (exit 2); a type of the ladder the build will not order is a warning when it is unknown or no
+    /// configured location sells it.
     pub async fn check_ladder_for(
         &self,
         arch: Arch,
@@ -92,8 +121,10 @@ impl HcloudProvider {
     ) -> Result<LadderCheck, LadderError> {
         let types = self.server_types().await?;
         let now = SystemTime::now();
+        let ceiling = policy_ceiling();
         let mut check = LadderCheck::default();
         for tier in ladder {
+            let is_needed = needed.contains(&tier.name.as_str());
             let Some(t) = types.iter().find(|t| t.name == tier.name) else {
                 let mut valid: Vec<&str> = types
                     .iter()
@@ -102,36 +133,42 @@ impl HcloudProvider {
                     .map(|t| t.name.as_str())
                     .collect();
                 valid.sort_unstable();
-                return Err(LadderError::Unknown {
+                let e = LadderError::Unknown {
                     arch,
                     name: tier.name.clone(),
                     valid: valid.join(", "),
-                });
+                };
+                if is_needed {
+                    return Err(e);
+                }
+                check.notes.push(e.to_string());
+                continue;
             };
+            if t.architecture != hetzner_arch(arch) {
+                return Err(LadderError::WrongArch {
+                    arch,
+                    name: tier.name.clone(),
+                    its: t.architecture.clone(),
+                });
+            }
             let usable: Vec<String> = self
                 .locations
                 .iter()
                 .filter(|l| t.sold_in(l, now))
                 .cloned()
                 .collect();
-            if usable.is_empty() && !needed.contains(&t.name.as_str()) {
+            let ranked = rank(&types, arch, tier, &self.locations, ceiling, now);
+            if usable.is_empty() && !is_needed {
                 // Withdrawn or not sold here, but not a rung this build orders: a warning,
                 // naming what such a rung would use instead (another type meeting its need).
-                let instead = rank(&types, arch, tier, &self.locations, policy_ceiling(), now)
-                    .first()
-                    .map_or_else(
-                        || "a rung of it has no candidate".to_owned(),
-                        |c| format!("a rung of it would use {}", c.name),
-                    );
-                let until = self
-                    .locations
-                    .first()
-                    .and_then(|l| t.deprecation_in(l))
-                    .map_or_else(|| "now".to_owned(), |d| d.until().to_owned());
-                check.deprecated.push((
-                    t.name.clone(),
-                    format!("every configured location ({instead})"),
-                    until,
+                let instead = ranked.first().map_or_else(
+                    || "a rung of it has no candidate".to_owned(),
+                    |c| format!("a rung of it would use {}", c.name),
+                );
+                check.notes.push(format!(
+                    "server type {} (tiers.{arch}) is not sold in {} any more ({instead}); replace it in tiers.{arch} of the launcher config",
+                    t.name,
+                    self.locations.join(", ")
                 ));
                 self.sold
                     .lock()
@@ -139,18 +176,35 @@ impl HcloudProvider {
                     .insert(t.name.clone(), Vec::new());
                 continue;
             }
-            if usable.is_empty() {
-                let sold = t.sold_anywhere(now);
-                return Err(LadderError::NotSold {
+            let price_here = usable.first().and_then(|l| t.hourly_price(l));
+            if is_needed && ranked.is_empty() {
+                let why = if usable.is_empty() {
+                    let sold = t.sold_anywhere(now);
+                    LadderError::NotSold {
+                        arch,
+                        name: t.name.clone(),
+                        configured: self.locations.join(", "),
+                        sold: if sold.is_empty() {
+                            "no location any more".into()
+                        } else {
+                            sold.join(", ")
+                        },
+                    }
+                } else {
+                    LadderError::AboveCeiling {
                     arch,
                     name: t.name.clone(),
-                    configured: self.locations.join(", "),
-                    sold: if sold.is_empty() {
-                        "no location any more".into()
-                    } else {
-                        sold.join(", ")
-                    },
-                });
+                    price: price_here.map_or_else(
+                        || "has no price from the API (an unpriced type counts as above a price ceiling)".to_owned(),
+                        |(p, l)| format!("costs {p} EUR/h in {l} (the API's price)"),
+                    ),
+                        ceiling: crate::policy::Policy::current()
+                            .map(|p| p.describe_ceiling(arch))
+                            .unwrap_or_default(),
+                    }
+                };
+                check.without_candidate.push((t.name.clone(), why));
+                continue;
             }
             for location in &usable {
                 if let Some(d) = t.deprecation_in(location) {
@@ -159,8 +213,36 @@ impl HcloudProvider {
                         .push((t.name.clone(), location.clone(), d.until().to_owned()));
                 }
             }
-            if let Some(price) = t.hourly_price(&usable[0]) {
-                check.prices.insert(t.name.clone(), price);
+            match ranked.first() {
+                Some(first) if is_needed && first.name != t.name => {
+                    let why = if usable.is_empty() {
+                        format!("is not sold in {}", self.locations.join(", "))
+                    } else {
+                        match &price_here {
+                            Some((p, l)) => {
+                                format!("costs {p} EUR/h in {l}, above the price ceiling")
+                            }
+                            None => "has no price and a price ceiling is set".to_owned(),
+                        }
+                    };
+                    check.notes.push(format!(
+                        "rung {} of tiers.{arch}: {} {why}; builds of this rung use {}",
+                        t.name,
+                        t.name,
+                        first.describe()
+                    ));
+                    if let (Some(price), Some(location)) = (first.price, first.locations.first()) {
+                        check.prices.insert(
+                            t.name.clone(),
+                            (price, format!("{location} ({})", first.name)),
+                        );
+                    }
+                }
+                _ => {
+                    if let Some(price) = price_here {
+                        check.prices.insert(t.name.clone(), price);
+                    }
+                }
             }
             self.sold
                 .lock()
@@ -234,6 +316,22 @@ impl HcloudProvider {
         vec![configured]
     }
 
+    /// How many candidates `tier` has; `None` when the API cannot be asked.
+    pub(super) async fn ranked(&self, arch: Arch, tier: &Tier) -> Option<usize> {
+        let types = self.server_types().await.ok()?;
+        Some(
+            rank(
+                &types,
+                arch,
+                tier,
+                &self.locations,
+                policy_ceiling(),
+                SystemTime::now(),
+            )
+            .len(),
+        )
+    }
+
     /// The configured locations to try for `server_type`: those that sell it, once the ladder
     /// was checked; all of them otherwise.
     pub(super) fn locations_for(&self, server_type: &str) -> Vec<String> {
@@ -248,7 +346,7 @@ impl HcloudProvider {
 
 /// The operator's price and memory ceiling (policy); none when the policy cannot be read (the
 /// build has already failed on it then).
-fn policy_ceiling() -> Ceiling {
+pub(super) fn policy_ceiling() -> Ceiling {
     crate::policy::Policy::current()
         .map(|p| Ceiling {
             eur_per_hour: p.max_eur_per_hour,

@@ -1,15 +1,17 @@
 //! A sandbox runner's own buildkitd: the real BuildKit daemon, set up the way the golden image
 //! sets it up and started inside the runner's memory cgroup.
 //!
-//! 1. The golden image's files (`golden-image/`, compiled in) are written to `<dir>/golden/` and
+//! 1. The golden image's files (`golden-image/`, compiled in, and the rendered `buildkitd.toml`
+//!    with its `registry-ca/` files) are written to `<dir>/golden/` and
 //!    `provision.sh` runs with `BKL_ROOT=<dir>/root`: it installs `buildkitd.toml` as
 //!    `<root>/etc/buildkit/buildkitd.toml`, the units and `bkl-runner-stats` under the root, and
 //!    finds BuildKit already installed in `<root>/usr/local/bin` (links to this machine's
 //!    buildctl and buildkitd, put there by `scripts/install-deps`), so nothing is downloaded. The
 //!    pin it reads names the version this machine has; everything else is the golden image's.
-//! 2. The one setting that differs from a Hetzner runner is where build containers go: the
-//!    golden image puts them under buildkitd's systemd unit, a sandbox under the runner's memory
-//!    cgroup (`defaultCgroupParent`), so the tier's memory limit applies to the build.
+//! 2. `buildkitd.toml` is rendered from the launcher config's `buildkitd` settings exactly as
+//!    a bake renders it (`crate::config::buildkitd_toml`), with two differences: build
+//!    containers go under the runner's memory cgroup (`defaultCgroupParent`), so the tier's
+//!    memory limit applies to the build, and CA files are named under the sandbox's root.
 //! 3. buildkitd starts with that config and its own root, socket and trace socket under
 //!    `<root>`, Debian's runc (`--oci-worker-binary`; the release tarball's buildkit-runc is not
 //!    installed), snapshotter `auto`, host networking (no CNI config), and on a runner standing
@@ -25,17 +27,15 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use crate::config::BuildkitdSettings;
+use crate::config::buildkitd_toml::{self, Target};
+
 /// The golden image's files, as `provision.sh` expects to find them beside itself.
-const GOLDEN_FILES: [(&str, &str, u32); 7] = [
+const GOLDEN_FILES: [(&str, &str, u32); 6] = [
     (
         "provision.sh",
         include_str!("../../../golden-image/provision.sh"),
         0o755,
-    ),
-    (
-        "buildkitd.toml",
-        include_str!("../../../golden-image/buildkitd.toml"),
-        0o644,
     ),
     (
         "buildkit.service",
@@ -63,9 +63,6 @@ const GOLDEN_FILES: [(&str, &str, u32); 7] = [
         0o644,
     ),
 ];
-
-/// The golden image's `defaultCgroupParent` line, replaced in a sandbox.
-const GOLDEN_CGROUP_PARENT: &str = "defaultCgroupParent = \"system.slice/buildkit.service\"";
 
 /// Debian's runc (`apt-get install runc`; scripts/install-deps).
 pub const RUNC: &str = "/usr/sbin/runc";
@@ -102,14 +99,16 @@ pub fn version(buildkitd: &Path) -> Result<String, String> {
         })
 }
 
-/// Provision `root` from the golden image's files and write the sandbox's buildkitd.toml;
-/// returns the config's path. `buildctl` and `buildkitd` are this machine's.
+/// Provision `root` from the golden image's files and the buildkitd.toml rendered from
+/// `settings` for this sandbox; returns the config's path. `buildctl` and `buildkitd` are this
+/// machine's.
 pub fn provision(
     dir: &Path,
     root: &Path,
     buildctl: &Path,
     buildkitd: &Path,
     cgroup_parent: &str,
+    settings: &BuildkitdSettings,
 ) -> Result<PathBuf, String> {
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
     let golden = dir.join("golden");
@@ -119,9 +118,29 @@ pub fn provision(
         fs::write(&path, text).map_err(|e| io(name, e))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(|e| io(name, e))?;
     }
+    let root_text = root
+        .to_str()
+        .ok_or_else(|| format!("{} is not UTF-8", root.display()))?;
+    let rendered = buildkitd_toml::render(
+        settings,
+        Target {
+            root: root_text,
+            cgroup_parent,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    fs::write(golden.join("buildkitd.toml"), &rendered.text)
+        .map_err(|e| io("buildkitd.toml", e))?;
+    if !rendered.ca_files.is_empty() {
+        let cas = golden.join("registry-ca");
+        fs::create_dir_all(&cas).map_err(|e| io("create golden/registry-ca/", e))?;
+        for ca in &rendered.ca_files {
+            fs::write(cas.join(&ca.name), &ca.contents).map_err(|e| io(&ca.name, e))?;
+        }
+    }
     let version = version(buildkitd)?;
     // The golden pin with this machine's version: provision.sh then finds BuildKit installed.
-    let pin = GOLDEN_FILES[6]
+    let pin = GOLDEN_FILES[5]
         .1
         .lines()
         .map(|l| {
@@ -161,21 +180,7 @@ pub fn provision(
             stderr.lines().last().unwrap_or("no output")
         ));
     }
-    let config = root.join("etc/buildkit/buildkitd.toml");
-    let text = fs::read_to_string(&config).map_err(|e| io("read buildkitd.toml", e))?;
-    if !text.contains(GOLDEN_CGROUP_PARENT) {
-        return Err(format!(
-            "golden-image/buildkitd.toml has no line {GOLDEN_CGROUP_PARENT} to point at the runner's cgroup"
-        ));
-    }
-    let text = text.replace(
-        GOLDEN_CGROUP_PARENT,
-        &format!(
-            "# sandbox runner: build containers under the runner's memory cgroup\n  defaultCgroupParent = \"{cgroup_parent}\""
-        ),
-    );
-    fs::write(&config, text).map_err(|e| io("write buildkitd.toml", e))?;
-    Ok(config)
+    Ok(root.join("etc/buildkit/buildkitd.toml"))
 }
 
 /// The environment variable that delays every sandbox runner's buildkitd by this many seconds

@@ -79,6 +79,8 @@ pub struct LocalProvider {
     samplers: Mutex<HashMap<String, Child>>,
     /// Each runner's buildkitd (inside its cgroup).
     buildkitd: Mutex<HashMap<String, Child>>,
+    /// What each runner's buildkitd.toml is rendered from (the launcher config's).
+    buildkitd_settings: crate::config::BuildkitdSettings,
 }
 
 impl LocalProvider {
@@ -91,7 +93,15 @@ impl LocalProvider {
             sshd: Mutex::new(HashMap::new()),
             samplers: Mutex::new(HashMap::new()),
             buildkitd: Mutex::new(HashMap::new()),
+            buildkitd_settings: crate::config::Config::defaults().buildkitd,
         }
+    }
+
+    /// Render each runner's buildkitd.toml from these settings (default: the embedded
+    /// defaults of the launcher config).
+    pub fn with_buildkitd(mut self, settings: crate::config::BuildkitdSettings) -> LocalProvider {
+        self.buildkitd_settings = settings;
+        self
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -309,6 +319,7 @@ impl LocalProvider {
             &buildctl,
             &daemon,
             &parent.display().to_string(),
+            &self.buildkitd_settings,
         )
         .map_err(fail)?;
         let platform = (arch.as_str() != host_arch()).then(|| arch.platform());
@@ -517,11 +528,18 @@ impl Provider for LocalProvider {
                     .ok()
                     .and_then(|t| serde_json::from_str(&t).ok())
                     .unwrap_or_default();
+            let created = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
             leases.push(LeaseInfo {
                 name: name.clone(),
                 id: name,
                 labels,
                 locked: false,
+                created,
             });
         }
         leases.sort_by(|a, b| a.id.cmp(&b.id));

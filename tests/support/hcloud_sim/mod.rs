@@ -367,6 +367,16 @@ impl HcloudSim {
         };
     }
 
+    /// Set an image's `disk_size` (GB): a snapshot taken from a larger server's disk boots
+    /// only types with at least that disk (state.rs `plan_create`).
+    pub fn set_image_disk(&self, id: i64, gb: f64) {
+        let mut st = self.state();
+        st.images
+            .get_mut(&id)
+            .expect("set_image_disk: no such image")
+            .disk_size = gb;
+    }
+
     /// Set an image's `protection.delete` (a delete is then refused with 423 `protected`).
     pub fn protect_image(&self, id: i64, protected: bool) {
         let mut st = self.state();
@@ -417,9 +427,6 @@ impl HcloudSim {
         id
     }
 
-    /// Deprecates a server type as of now: `deprecation` is set (announced a month ago,
-    /// unavailable after now) and creating a server of that type fails with `invalid_input`
-    /// "unsupported location for server type".
     /// Set one label of a server, as an operator (or time passing, for a lease) would.
     pub fn set_label(&self, id: i64, key: &str, value: &str) {
         let mut st = self.state();
@@ -427,6 +434,19 @@ impl HcloudSim {
         server.labels.insert(key.into(), value.into());
     }
 
+    /// Make a server `seconds_ago` old by the API's clock (its `created`).
+    pub fn set_age(&self, id: i64, seconds_ago: u64) {
+        let mut st = self.state();
+        let created = state::rfc3339(st.api_time() - Duration::from_secs(seconds_ago));
+        st.servers
+            .get_mut(&id)
+            .expect("set_age: no such server")
+            .created = created;
+    }
+
+    /// Deprecates a server type as of now: `deprecation` is set (announced a month ago,
+    /// unavailable after now) and creating a server of that type fails with `invalid_input`
+    /// "unsupported location for server type".
     pub fn deprecate_server_type(&self, name: &str) {
         assert!(
             catalog::server_type(name).is_some(),

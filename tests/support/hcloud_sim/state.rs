@@ -377,6 +377,10 @@ impl State {
             .ok_or_else(|| {
                 ApiError::new("invalid_input", format!("image '{image_ref}' not found"))
             })?;
+        // An image boots only a type of its architecture with at least its disk (FACTS.md
+        // "Snapshots"; the OpenAPI description's `image.disk_size`: "size of the disk contained
+        // in the image"). The launcher picks only `status=available` golden snapshots of the
+        // build's architecture, so the status is not judged here.
         if image.arch != spec.arch {
             return Err(ApiError::new(
                 "invalid_input",
