@@ -17,6 +17,7 @@ pub mod ncl;
 pub mod plan;
 pub mod policy;
 pub mod provider;
+pub mod proxy;
 pub mod reap;
 pub mod registry;
 pub mod retry;
@@ -24,6 +25,7 @@ pub mod run;
 pub mod runner;
 pub mod simulate;
 pub mod sizing;
+pub mod text;
 pub mod transport;
 
 /// A warning line on stderr, printed once per process whatever the number of callers.

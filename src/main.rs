@@ -12,6 +12,13 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == ncl::sandbox::SUBCOMMAND) {
         return ExitCode::from(cli::eval_child(&args[2..]) as u8);
     }
+    // ssh's ProxyCommand (proxy::tunnel): a pipe through the proxy, nothing else runs.
+    if args
+        .get(1)
+        .is_some_and(|a| a == buildkit_launcher::proxy::tunnel::SUBCOMMAND)
+    {
+        return ExitCode::from(buildkit_launcher::proxy::tunnel::main(&args[2..]) as u8);
+    }
     // Untrusted Nickel files are evaluated by a child of this very binary.
     ncl::sandbox::enable("/proc/self/exe".into());
     let env = environment::with_prefixes(&["PLUGIN_", "CI_"]);

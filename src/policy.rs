@@ -60,6 +60,8 @@ pub fn mask(text: &str, secrets: &[zeroize::Zeroizing<String>]) -> String {
 pub enum Redirecting {
     Config,
     HcloudEndpoint,
+    /// `http_proxy`, `https_proxy`, `no_proxy` other than the agent's own (docs/design/proxy.md).
+    Proxy,
 }
 
 /// Where a pull-request build pushes (`pull_requests.push`).
@@ -209,6 +211,12 @@ impl Policy {
             .filter(|v| !v.trim().is_empty())
             .map(zeroize::Zeroizing::new)
             .collect();
+        values.extend(
+            crate::proxy::current()
+                .passwords()
+                .into_iter()
+                .map(zeroize::Zeroizing::new),
+        );
         values.sort_by(|a, b| {
             b.len()
                 .cmp(&a.len())

@@ -85,16 +85,7 @@ fn types_are_tried_only_where_sold_and_unsupported_location_means_the_next_one()
     }
     let creates = c.calls("POST /servers");
     let out = c.build(&["--location", "fsn1,nbg1"]);
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    // One error line (after the warning that cx53, which the build does not order, is sold
-    // in neither location).
-    let errors: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{}", out.stderr);
-    let line = errors[0];
+    let line = out.assert_one_error_line(2);
     assert!(
         line.contains("\"cx33\" is not sold in any configured location (fsn1, nbg1) and no other type meets its need there"),
         "{line}"

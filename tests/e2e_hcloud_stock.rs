@@ -188,15 +188,7 @@ fn a_golden_snapshot_from_a_larger_disk_runs_on_a_type_with_that_disk_or_not_at_
     c.sim.set_image_disk(golden, 5000.0);
     let creates = c.calls("POST /servers");
     let out = c.build(&[]);
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    // One error line (after the progress line naming the snapshot found).
-    let errors: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{}", out.stderr);
-    let line = errors[0];
+    let line = out.assert_one_error_line(2);
     assert!(
         line.contains(&format!(
             "golden snapshot {golden} was taken from a 5000 GB disk"

@@ -74,6 +74,18 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     }
     let secrets = read_secrets(plan.first())?;
     enforce_policy(plan.first(), credentials.is_some(), &secrets)?;
+    // A plain-HTTP registry behind the proxy: the proxy reads the password (docs/design/proxy.md).
+    if let (Some(_), true, Some(registry)) = (
+        &credentials,
+        plan.first().build.insecure_registry,
+        &plan.first().build.registry,
+    ) && let Some(proxy) = crate::proxy::current().for_plain_http(registry)
+    {
+        warn(&format!(
+            "registry {registry} speaks plain HTTP and is reached through the proxy {}: the proxy reads the registry password; list the registry in no_proxy or give it TLS",
+            proxy.display()
+        ));
+    }
     let stale = crate::transport::session::remove_stale_key_dirs();
     if stale > 0 {
         warn(&format!(

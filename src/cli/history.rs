@@ -37,6 +37,16 @@ pub struct ShowArgs {
     /// file:PATH, registry or none (default at a terminal: the state-directory file).
     #[arg(long, value_name = "STORE")]
     pub history: Option<StoreSpec>,
+    #[command(flatten)]
+    pub access: RegistryAccess,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How to reach a registry that keeps history (`--history registry`).
+#[derive(Debug, Args)]
+pub struct RegistryAccess {
     /// The registry, for --history registry.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub registry: Option<String>,
@@ -46,9 +56,6 @@ pub struct ShowArgs {
     /// Registry user; the password comes from REGISTRY_PASSWORD.
     #[arg(long, value_name = "NAME", env = "REGISTRY_USERNAME")]
     pub registry_user: Option<String>,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Serialize)]
@@ -66,7 +73,7 @@ pub fn run(cmd: HistoryCommand, config: &Config, out: &mut dyn Write) -> Result<
         HistoryCommand::Show(args) => args,
         HistoryCommand::List(args) => return super::history_list::run(args, config, out),
     };
-    let credentials = super::args::registry_credentials(args.registry_user.as_deref())?;
+    let credentials = super::args::registry_credentials(args.access.registry_user.as_deref())?;
 
     let spec = args
         .history
@@ -74,8 +81,8 @@ pub fn run(cmd: HistoryCommand, config: &Config, out: &mut dyn Write) -> Result<
         .unwrap_or_else(StoreSpec::terminal_default);
     let store = open_store(
         &spec,
-        args.registry.as_deref(),
-        args.insecure_registry,
+        args.access.registry.as_deref(),
+        args.access.insecure_registry,
         credentials,
         &config.registry.history,
     )?;

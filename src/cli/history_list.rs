@@ -19,15 +19,8 @@ pub struct ListArgs {
     /// needs the registry's repository list (GET /v2/_catalog).
     #[arg(long, value_name = "STORE")]
     pub history: Option<StoreSpec>,
-    /// The registry, for --history registry.
-    #[arg(long, value_name = "HOST[:PORT]")]
-    pub registry: Option<String>,
-    /// The registry speaks plain HTTP.
-    #[arg(long)]
-    pub insecure_registry: bool,
-    /// Registry user; the password comes from REGISTRY_PASSWORD.
-    #[arg(long, value_name = "NAME", env = "REGISTRY_USERNAME")]
-    pub registry_user: Option<String>,
+    #[command(flatten)]
+    pub access: super::history::RegistryAccess,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -65,17 +58,18 @@ pub fn run(args: ListArgs, config: &Config, out: &mut dyn Write) -> Result<Exit,
             path.display().to_string()
         }
         StoreSpec::Registry => {
-            let Some(registry) = args.registry.clone() else {
+            let Some(registry) = args.access.registry.clone() else {
                 return Err(Error::Usage(format!(
                     "{} registry lists the history kept in a registry: set {}",
                     crate::exit::option("--history"),
                     crate::exit::option("--registry"),
                 )));
             };
-            let credentials = super::args::registry_credentials(args.registry_user.as_deref())?;
+            let credentials =
+                super::args::registry_credentials(args.access.registry_user.as_deref())?;
             let store = crate::history::registry::RegistryStore::new(
                 registry,
-                args.insecure_registry,
+                args.access.insecure_registry,
                 credentials,
                 0,
             )

@@ -487,6 +487,7 @@ pub fn markdown_table() -> String {
     text.push_str("| `registry` as a URL | accepted: `https://` and a trailing `/` are dropped; `http://` also sets `insecure_registry` |\n");
     text.push_str("| `dockerfile` relative to the workspace | accepted: beneath `context`, it is made relative to the context |\n");
     text.push_str("| `.tags` (read when no tags are set) | accepted: read as `tags_file: .tags`, with a note |\n");
+    text.push_str("| `http_proxy`, `https_proxy`, `no_proxy` (settings or the agent's variables) | accepted, with another meaning: the launcher's own proxy (Hetzner API, registry, SSH to the server through CONNECT), never passed into the build, whose server has its own way out (a build that needs a proxy names it in `build_args`); a value other than the agent's own needs `'proxy` in the policy's `repository_may_set` |\n");
     text
 }
 
@@ -575,6 +576,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("one registry per step"), "{err}");
+    }
+
+    #[test]
+    fn proxies_are_the_launchers_own_settings() {
+        let ws = tempfile::tempdir().unwrap();
+        let given = env(&[
+            ("PLUGIN_HTTP_PROXY", "http://proxy.corp:3128"),
+            ("PLUGIN_HTTPS_PROXY", "http://proxy.corp:3128"),
+            ("PLUGIN_NO_PROXY", "localhost,.corp"),
+        ]);
+        let (out, warnings) = migrate(&given, ws.path()).unwrap();
+        assert_eq!(out, given);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        super::super::plugin_names::check_known(&out).unwrap();
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod reap;
 mod settings;
 mod simulate;
 mod spec;
+mod values;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -74,6 +75,22 @@ pub struct Cli {
         env = "BUILDKIT_LAUNCHER_CONFIG"
     )]
     pub config: Option<PathBuf>,
+
+    /// Proxy for the launcher's plain-HTTP requests, http://HOST:PORT (default: http_proxy,
+    /// else all_proxy, as curl reads them). Never used by the build on the runner.
+    #[arg(long, global = true, value_name = "URL", help_heading = "Proxy")]
+    pub http_proxy: Option<String>,
+
+    /// Proxy for HTTPS requests (API, registry) and for SSH to the runner (a CONNECT tunnel),
+    /// http://HOST:PORT (default: https_proxy, HTTPS_PROXY, else all_proxy). Credentials are
+    /// better given in the variable: an argument is visible to other users.
+    #[arg(long, global = true, value_name = "URL", help_heading = "Proxy")]
+    pub https_proxy: Option<String>,
+
+    /// Hosts, domains (.example.com), IP addresses and networks (10.0.0.0/8) reached without
+    /// the proxy, comma-separated; * for all (default: no_proxy, NO_PROXY).
+    #[arg(long, global = true, value_name = "HOSTS", help_heading = "Proxy")]
+    pub no_proxy: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -138,6 +155,17 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         }
         _ => {}
     }
+    // The proxies every HTTP client and SSH connection use, fixed before any of them exists.
+    let given = crate::proxy::Given {
+        http: cli.http_proxy.clone(),
+        https: cli.https_proxy.clone(),
+        no_proxy: cli.no_proxy.clone(),
+    };
+    let proxies = crate::proxy::resolve(&given, &|name| crate::environment::var(name), &|flag| {
+        crate::exit::option(flag)
+    })
+    .map_err(Error::Usage)?;
+    crate::proxy::set(proxies);
     let mut config = Config::load(cli.config.as_deref())?;
     // Whatever the config says, no tier above the operator's ceiling is ever chosen.
     crate::policy::Policy::current()?.cap(&mut config)?;

@@ -278,6 +278,42 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A pull request never writes where the default branch's builds do (the operator's
+/// `pull_requests.push`): its image goes under `pr-<N>` only and its caches under that scope,
+/// or nothing is pushed.
+pub(super) fn scope_pull_request(
+    request: &mut crate::plan::PlanRequest,
+    facts: &Facts,
+    policy: &crate::policy::Policy,
+) {
+    match pull_request_push(facts, policy) {
+        None => {}
+        Some(PullRequestPush::DryRun(why)) if !request.build.dry_run => {
+            request.notes.push(why);
+            request.build.dry_run = true;
+        }
+        Some(PullRequestPush::DryRun(_)) => {}
+        Some(PullRequestPush::Scoped(scope)) => {
+            if request.build.tags != [scope.clone()] {
+                let note = format!(
+                    "a pull-request build pushes only the tag {scope} (operator policy pull_requests.push), not {}",
+                    request.build.tags.join(", ")
+                );
+                request.notes.push(note);
+            }
+            let build = &mut request.build;
+            build.tags = vec![scope.clone()];
+            for export in &mut build.cache_to {
+                // A tag has at most 128 characters: the base gives way to the scope.
+                let base = export.reference.tag_or_latest();
+                let keep = base.len().min(127 - scope.len());
+                export.reference.tag = Some(format!("{}-{scope}", &base[..keep]));
+            }
+            build.cache_scope = Some(scope);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

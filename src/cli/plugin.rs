@@ -20,7 +20,12 @@ use super::Cli;
 use crate::policy::{Policy, Redirecting};
 
 /// Settings that are not flags of `build`.
-pub(super) const GLOBAL: &[(&str, &str)] = &[("CONFIG", "--config")];
+pub(super) const GLOBAL: &[(&str, &str)] = &[
+    ("CONFIG", "--config"),
+    ("HTTP_PROXY", "--http-proxy"),
+    ("HTTPS_PROXY", "--https-proxy"),
+    ("NO_PROXY", "--no-proxy"),
+];
 /// Plural spellings users write in pipelines.
 pub(super) const ALIASES: &[(&str, &str)] = &[
     ("TAGS", "TAG"),
@@ -419,6 +424,27 @@ mod tests {
             .map(|s| s.into_string().unwrap())
             .collect();
         assert_eq!(a[1..4], ["--config", "/etc/bkl.ncl", "build"]);
+    }
+
+    #[test]
+    fn proxies_are_global_flags() {
+        let a = args(&[
+            ("PLUGIN_HTTPS_PROXY", "http://proxy.corp:3128"),
+            ("PLUGIN_NO_PROXY", ".corp"),
+            ("PLUGIN_HTTP_PROXY", "http://proxy.corp:3128"),
+        ]);
+        assert_eq!(
+            a[1..8],
+            [
+                "--https-proxy",
+                "http://proxy.corp:3128",
+                "--http-proxy",
+                "http://proxy.corp:3128",
+                "--no-proxy",
+                ".corp",
+                "build"
+            ]
+        );
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub fn check(
                     out.insert(key.clone(), format!("file:{}", file.display()));
                 }
             }
+            "HTTP_PROXY" | "HTTPS_PROXY" | "NO_PROXY" => {
+                proxy_setting(&setting, name, value, policy)?
+            }
             "PIPELINE" => {
                 crate::provider::check_pipeline_name(value)
                     .map_err(|e| format!("{setting}: {}: {e}", quote(value)))?;
@@ -167,6 +170,36 @@ pub fn refuse_secret_values(
         )),
         None => Ok(()),
     }
+}
+
+/// The proxy is the operator's (docs/design/proxy.md): it sees every host the launcher talks
+/// to, can hold up every build, and reads a plain-HTTP registry's password. A pipeline may
+/// repeat the agent's own value (a pipeline written for plugin-docker-buildx often does), or
+/// choose another one only when the policy's `repository_may_set` names `'proxy`.
+fn proxy_setting(setting: &str, name: &str, value: &str, policy: &Policy) -> Result<(), String> {
+    use crate::proxy;
+    if policy.may_set(crate::policy::Redirecting::Proxy) {
+        return Ok(());
+    }
+    let vars = match name {
+        "HTTP_PROXY" => proxy::HTTP_VARS,
+        "HTTPS_PROXY" => proxy::HTTPS_VARS,
+        _ => proxy::NO_PROXY_VARS,
+    };
+    let agent = proxy::from_env(vars, &|n| crate::environment::var(n));
+    if agent.as_ref().is_some_and(|(_, v)| v == value.trim()) {
+        return Ok(());
+    }
+    let agents = match &agent {
+        Some((var, _)) => format!("the agent's {var} says otherwise"),
+        None => format!("the agent sets no {}", vars[0]),
+    };
+    Err(format!(
+        "{setting}: {}: the proxy is the operator's ({agents}): it sees every host the launcher reaches and a plain-HTTP registry's password; remove the setting and set {} in the agent's environment, or ask the operator to add 'proxy to repository_may_set in the policy ({}); a proxy for the build itself goes in build_args (HTTP_PROXY=…)",
+        proxy::redacted(value),
+        vars[0],
+        policy.origin
+    ))
 }
 
 /// May a setting read the variable `var` of the agent's environment?
@@ -376,6 +409,58 @@ mod tests {
                 .unwrap_err()
                 .contains("pull-request")
         );
+    }
+
+    #[test]
+    fn a_pipeline_chooses_no_proxy_unless_the_policy_lets_it() {
+        let ws = tempfile::tempdir().unwrap();
+        let mut p = Policy {
+            origin: "defaults".into(),
+            ..Policy::default()
+        };
+        // The unit tests' environment names no proxy (std::env, no snapshot).
+        for var in [
+            "http_proxy",
+            "https_proxy",
+            "HTTPS_PROXY",
+            "all_proxy",
+            "ALL_PROXY",
+            "no_proxy",
+            "NO_PROXY",
+        ] {
+            assert!(
+                std::env::var(var).is_err(),
+                "{var} is set where the unit tests run"
+            );
+        }
+        let err = check(
+            &env(&[(
+                "PLUGIN_HTTPS_PROXY",
+                "http://mallory:s3cret@evil.example:3128",
+            )]),
+            &p,
+            ws.path(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "https_proxy: \"http://****@evil.example:3128\": the proxy is the operator's (the agent sets no https_proxy): it sees every host the launcher reaches and a plain-HTTP registry's password; remove the setting and set https_proxy in the agent's environment, or ask the operator to add 'proxy to repository_may_set in the policy (defaults); a proxy for the build itself goes in build_args (HTTP_PROXY=…)"
+        );
+        let err = check(&env(&[("PLUGIN_NO_PROXY", "*")]), &p, ws.path()).unwrap_err();
+        assert!(
+            err.starts_with("no_proxy: \"*\": the proxy is the operator's"),
+            "{err}"
+        );
+        p.repository_may_set = vec![crate::policy::Redirecting::Proxy];
+        check(
+            &env(&[
+                ("PLUGIN_HTTP_PROXY", "http://proxy.corp:3128"),
+                ("PLUGIN_NO_PROXY", "*"),
+            ]),
+            &p,
+            ws.path(),
+        )
+        .unwrap();
     }
 
     #[test]

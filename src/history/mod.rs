@@ -111,26 +111,12 @@ pub enum HistoryError {
     /// `file:PATH` names something that is not a history file: a device, a FIFO, a symlink, a
     /// directory, or a file larger than [`file::MAX_HISTORY_BYTES`]. A setting to fix (exit 2),
     /// not a store that is down.
-    #[error("history file {}: {what}", printable(&path.display().to_string()))]
+    #[error("history file {}: {what}", crate::text::escape_controls(&path.display().to_string()))]
     NotAHistoryFile { path: PathBuf, what: String },
     #[error("history store \"{0}\" is not valid: use file:PATH, registry or none")]
     BadSpec(String),
     #[error("history store \"registry\" is not available yet; use file:PATH or none")]
     RegistryUnavailable,
-}
-
-/// `text` with its control characters escaped (`\u{1b}`), so a setting cannot drive the
-/// terminal through a message.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 pub trait HistoryStore {

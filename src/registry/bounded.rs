@@ -284,9 +284,9 @@ pub async fn authenticate_scope(
     }
 }
 
-/// A client for a registry's requests: bounded waits, no proxy from the environment.
+/// A client for a registry's requests: bounded waits, the launcher's proxies (crate::proxy).
 pub fn http_client(connect: Duration, read: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+    crate::proxy::client(reqwest::Client::builder())
         .connect_timeout(connect)
         .read_timeout(read)
         .build()

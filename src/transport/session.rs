@@ -50,6 +50,13 @@ pub enum TransportError {
     },
     #[error("{purpose}: {detail}")]
     Command { purpose: String, detail: String },
+    /// The proxy will not tunnel to the runner (crate::proxy::tunnel): retrying cannot help.
+    #[error("cannot reach runner {host}:{port} through the proxy: {detail}")]
+    Proxy {
+        host: String,
+        port: u16,
+        detail: String,
+    },
 }
 
 pub struct Connection {
@@ -100,9 +107,26 @@ impl Connection {
         let known_hosts = dir.path().join("known_hosts");
         std::fs::write(&known_hosts, format!("{host_pattern} {host_key}\n"))
             .map_err(|e| TransportError::Local(e.to_string()))?;
+        // Behind a proxy, ssh reaches the runner through a CONNECT tunnel the launcher makes
+        // itself (the proxy URL, with any credentials, in a 0600 file, never an argument).
+        let proxy_command = match crate::proxy::current().for_ssh(&runner.host, runner.port) {
+            Some(proxy) => {
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(dir.path().join(PROXY_FILE))
+                    .map_err(|e| TransportError::Local(e.to_string()))?;
+                file.write_all(proxy.to_private_url().as_bytes())
+                    .map_err(|e| TransportError::Local(e.to_string()))?;
+                Some(proxy_command(dir.path(), &runner.host, runner.port)?)
+            }
+            None => None,
+        };
         let config = dir.path().join("config");
-        std::fs::write(&config, ssh_config(dir.path()))
+        std::fs::write(&config, ssh_config(dir.path(), proxy_command.as_deref()))
             .map_err(|e| TransportError::Local(e.to_string()))?;
+        let proxy_error = dir.path().join(PROXY_ERROR_FILE);
 
         let mut builder = SessionBuilder::default();
         builder
@@ -120,6 +144,7 @@ impl Connection {
         let mut delay = policy.first_delay;
         let mut last = String::new();
         for attempt in 1..=policy.attempts {
+            let _ = std::fs::remove_file(&proxy_error);
             match builder.connect_mux(&runner.host).await {
                 Ok(session) => {
                     return Ok(Connection {
@@ -139,6 +164,20 @@ impl Connection {
                             host: runner.host.clone(),
                             port: runner.port,
                         });
+                    }
+                    // What the tunnel said (ssh does not pass it on when it logs to a file).
+                    if let Ok(said) = std::fs::read_to_string(&proxy_error) {
+                        let said = said.trim();
+                        if let Some(detail) = said.strip_prefix(crate::proxy::tunnel::REFUSED) {
+                            return Err(TransportError::Proxy {
+                                host: runner.host.clone(),
+                                port: runner.port,
+                                detail: detail.trim().to_owned(),
+                            });
+                        }
+                        if let Some(detail) = said.strip_prefix(crate::proxy::tunnel::UNREACHABLE) {
+                            last = detail.trim().to_owned();
+                        }
                     }
                 }
             }
@@ -403,6 +442,45 @@ impl Drop for Connection {
 }
 
 const KEY_DIR_PREFIX: &str = "bkl-ssh-";
+/// The proxy URL (with its credentials) for the tunnel, 0600 in the key directory.
+const PROXY_FILE: &str = "proxy";
+/// Where the tunnel writes why it failed.
+const PROXY_ERROR_FILE: &str = "proxy-error";
+
+/// The `ProxyCommand` line: this launcher's `connect-proxy` with the runner's address written
+/// out (never ssh's `%h`, which reaches the shell unquoted), each word shell-quoted and `%`
+/// doubled for ssh's own expansion. A word that ssh's config parser could cut (a line break,
+/// `#`) is refused.
+fn proxy_command(dir: &Path, host: &str, port: u16) -> Result<String, TransportError> {
+    let exe = std::env::current_exe().map_err(|e| {
+        TransportError::Local(format!("cannot find the launcher's own binary: {e}"))
+    })?;
+    let words = [
+        exe.display().to_string(),
+        crate::proxy::tunnel::SUBCOMMAND.to_owned(),
+        "--proxy-file".to_owned(),
+        dir.join(PROXY_FILE).display().to_string(),
+        "--error-file".to_owned(),
+        dir.join(PROXY_ERROR_FILE).display().to_string(),
+        host.to_owned(),
+        port.to_string(),
+    ];
+    if let Some(bad) = words
+        .iter()
+        .find(|w| w.chars().any(|c| c.is_control() || c == '#'))
+    {
+        return Err(TransportError::Local(format!(
+            "cannot write the ssh ProxyCommand: {} holds a line break, a control byte or '#'",
+            crate::exit::quote(bad)
+        )));
+    }
+    Ok(words
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('%', "%%"))
+}
 
 /// Where key directories live. Control sockets must fit in 108 bytes: keep the directory short
 /// ($TMPDIR when it is short, else /tmp); it is private (it holds the build's client key).
@@ -496,9 +574,10 @@ pub fn describe(exit: &RemoteExit) -> String {
     }
 }
 
-fn ssh_config(dir: &Path) -> String {
+fn ssh_config(dir: &Path, proxy_command: Option<&str>) -> String {
+    let proxy = proxy_command.map_or_else(String::new, |c| format!("  ProxyCommand {c}\n"));
     format!(
-        "Host *\n  IdentitiesOnly yes\n  IdentityAgent none\n  IdentityFile {0}/id\n  UserKnownHostsFile {0}/known_hosts\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  CheckHostIP no\n  BatchMode yes\n  PasswordAuthentication no\n  KbdInteractiveAuthentication no\n  LogLevel ERROR\n  ServerAliveInterval 5\n  ServerAliveCountMax 3\n",
+        "Host *\n{proxy}  IdentitiesOnly yes\n  IdentityAgent none\n  IdentityFile {0}/id\n  UserKnownHostsFile {0}/known_hosts\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  CheckHostIP no\n  BatchMode yes\n  PasswordAuthentication no\n  KbdInteractiveAuthentication no\n  LogLevel ERROR\n  ServerAliveInterval 5\n  ServerAliveCountMax 3\n",
         dir.display()
     )
 }
@@ -558,6 +637,21 @@ mod tests {
         assert_eq!(bracketed("2001:db8:1:2::1"), "[2001:db8:1:2::1]");
         assert_eq!(bracketed("127.0.0.2"), "127.0.0.2");
         assert_eq!(bracketed("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn the_proxy_command_quotes_every_word() {
+        let line = proxy_command(Path::new("/tmp/bkl-ssh-1 %x"), "203.0.113.7", 22).unwrap();
+        assert!(line.contains(" connect-proxy --proxy-file '/tmp/bkl-ssh-1 %%x/proxy' --error-file '/tmp/bkl-ssh-1 %%x/proxy-error' 203.0.113.7 22"), "{line}");
+        let line = proxy_command(Path::new("/tmp/d"), "a'b;rm -rf /", 22).unwrap();
+        assert!(line.ends_with(r"'a'\''b;rm -rf /' 22"), "{line}");
+        assert!(proxy_command(Path::new("/tmp/d"), "evil\nProxyCommand x", 22).is_err());
+        assert!(proxy_command(Path::new("/tmp/d"), "h#x", 22).is_err());
+        let config = ssh_config(Path::new("/tmp/d"), Some("x y"));
+        assert!(
+            config.starts_with("Host *\n  ProxyCommand x y\n  IdentitiesOnly"),
+            "{config}"
+        );
     }
 
     #[test]

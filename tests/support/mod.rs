@@ -7,6 +7,7 @@ pub mod fake_release;
 pub mod hcloud_sim;
 pub mod local_build;
 pub mod plugin_step;
+pub mod proxy;
 pub mod registry;
 pub mod runner;
 pub mod token_auth;
@@ -88,6 +89,8 @@ impl Launcher {
                 || key.starts_with("PLUGIN_")
                 || key.starts_with("BUILDKIT_LAUNCHER")
                 || key.starts_with("HCLOUD_")
+                // The machine's own proxy is never the test's.
+                || key.to_ascii_lowercase().ends_with("_proxy")
             {
                 cmd.env_remove(key.as_ref());
             }
@@ -133,6 +136,28 @@ impl Outcome {
         assert!(lines[0].starts_with("error: "), "{}", lines[0]);
         assert!(self.stdout.is_empty(), "nothing on stdout: {}", self.stdout);
         lines[0]
+    }
+
+    /// The run failed with `code` and said why in exactly one line starting with `error: `
+    /// (progress lines and warnings before it are allowed).
+    pub fn assert_one_error_line(&self, code: i32) -> &str {
+        assert_eq!(
+            self.code, code,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        let errors: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        assert_eq!(
+            errors.len(),
+            1,
+            "expected one error line, got:\n{}",
+            self.stderr
+        );
+        errors[0]
     }
 }
 

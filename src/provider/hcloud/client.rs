@@ -132,7 +132,7 @@ impl ApiClient {
         policy: RetryPolicy,
         log: Arc<dyn Fn(&str) + Send + Sync>,
     ) -> Result<ApiClient, ApiError> {
-        let http = reqwest::Client::builder()
+        let http = crate::proxy::client(reqwest::Client::builder())
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("buildkit-launcher/", env!("CARGO_PKG_VERSION")))

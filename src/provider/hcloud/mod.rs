@@ -156,7 +156,11 @@ impl HcloudProvider {
     ) -> Result<Option<String>, ProviderError> {
         match self.golden_image(arch).await {
             Ok((id, Some(disk))) if disk > tier.disk_gb as f64 => {
-                if self.ranked(arch, &bootable(tier, Some(disk))).await == Some(0) {
+                if self
+                    .ranked(arch, &bootable(tier, Some(disk)))
+                    .await
+                    .is_some_and(|c| c.is_empty())
+                {
                     return Ok(Some(format!(
                         "golden snapshot {id} was taken from a {disk} GB disk, and no server type that meets rung {} ({} vCPUs, {} GB memory) with at least that disk can be ordered; bake it on the smallest type (`golden-image build` does)",
                         tier.name,

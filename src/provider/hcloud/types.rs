@@ -291,45 +291,33 @@ impl HcloudProvider {
     /// The types a rung may run on, in the order to try them ([`candidates::rank`]). When the
     /// API cannot be asked, the configured type alone.
     pub(super) async fn candidates(&self, arch: Arch, tier: &Tier) -> Vec<Candidate> {
-        if let Ok(types) = self.server_types().await {
-            let ranked = rank(
-                &types,
-                arch,
-                tier,
-                &self.locations,
-                policy_ceiling(),
-                SystemTime::now(),
-            );
+        match self.ranked(arch, tier).await {
             // The configured type is first unless no configured location sells it.
-            if !ranked.is_empty() {
-                return ranked;
-            }
+            Some(ranked) if !ranked.is_empty() => ranked,
+            _ => vec![Candidate {
+                name: tier.name.clone(),
+                vcpus: tier.vcpus,
+                memory_gb: tier.memory_mib as f64 / 1024.0,
+                disk_gb: tier.disk_gb as f64,
+                price: tier.price_eur_per_hour,
+                locations: self.locations_for(&tier.name),
+            }],
         }
-        let configured = Candidate {
-            name: tier.name.clone(),
-            vcpus: tier.vcpus,
-            memory_gb: tier.memory_mib as f64 / 1024.0,
-            disk_gb: tier.disk_gb as f64,
-            price: tier.price_eur_per_hour,
-            locations: self.locations_for(&tier.name),
-        };
-        vec![configured]
     }
 
-    /// How many candidates `tier` has; `None` when the API cannot be asked.
-    pub(super) async fn ranked(&self, arch: Arch, tier: &Tier) -> Option<usize> {
+    /// The candidates of `tier` by this run's `GET /server_types`; `None` when the API cannot
+    /// be asked.
+    pub(super) async fn ranked(&self, arch: Arch, tier: &Tier) -> Option<Vec<Candidate>> {
         let types = self.server_types().await.ok()?;
-        Some(
-            rank(
-                &types,
-                arch,
-                tier,
-                &self.locations,
-                policy_ceiling(),
-                SystemTime::now(),
-            )
-            .len(),
-        )
+        let now = SystemTime::now();
+        Some(rank(
+            &types,
+            arch,
+            tier,
+            &self.locations,
+            policy_ceiling(),
+            now,
+        ))
     }
 
     /// The configured locations to try for `server_type`: those that sell it, once the ladder
