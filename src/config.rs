@@ -151,6 +151,8 @@ pub struct HcloudConfig {
     pub lease_s: u64,
     /// How long one API request may wait in all for the project's request budget (429s).
     pub rate_limit_wait_s: u64,
+    /// Each runner gets a primary IPv4 (billed); false: IPv6-only runners.
+    pub ipv4: bool,
 }
 
 impl HcloudConfig {
@@ -227,6 +229,17 @@ pub struct Config {
     /// Set when the operator policy took tiers out of the ladders: the ceiling, in words.
     #[serde(skip)]
     pub ceiling: Option<String>,
+    /// The operator policy's ceiling in numbers (set with the policy; none by default), which
+    /// the plan's candidates are held to.
+    #[serde(skip)]
+    pub limits: Limits,
+}
+
+/// The operator's price and memory ceiling (policy `max_eur_per_hour`, `max_memory_gb`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    pub eur_per_hour: Option<f64>,
+    pub memory_gb: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -402,7 +415,7 @@ mod tests {
             .iter()
             .map(|t| t.price_eur_per_hour.unwrap())
             .collect();
-        assert_eq!(prices, [0.0080, 0.0128, 0.0240, 0.0464]);
+        assert_eq!(prices, [0.0064, 0.0104, 0.0210, 0.0360]);
         assert_eq!(c.sizing.percentile, 95.0);
         assert_eq!(c.sizing.margin, 1.2);
         assert_eq!(c.sizing.window, 30);
@@ -417,6 +430,10 @@ mod tests {
         assert_eq!(c.hcloud.retry.policy(), crate::retry::RetryPolicy::API);
         assert_eq!(c.hcloud.lease(), Duration::from_secs(600));
         assert_eq!(c.hcloud.rate_limit_wait(), Duration::from_secs(600));
+        assert!(
+            c.hcloud.ipv4,
+            "runners get a primary IPv4 unless the config says otherwise"
+        );
     }
 
     fn load_str(text: &str) -> Result<Config, ConfigError> {

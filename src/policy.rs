@@ -247,6 +247,10 @@ impl Policy {
     /// ceiling empties fails only the builds of that architecture (sizing says why); both
     /// empty is an error of the policy.
     pub fn cap(&self, config: &mut Config) -> Result<(), PolicyError> {
+        config.limits = crate::config::Limits {
+            eur_per_hour: self.max_eur_per_hour,
+            memory_gb: self.max_memory_gb,
+        };
         let mut capped = false;
         let mut emptied = Vec::new();
         for arch in [Arch::Amd64, Arch::Arm64] {

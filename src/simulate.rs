@@ -19,6 +19,8 @@ pub struct SimParams<'a> {
     pub ladder: &'a [Tier],
     /// Per-tier hourly prices, aligned with `ladder`.
     pub prices: Vec<f64>,
+    /// Each runner's primary IPv4, per started hour (0 for IPv6-only runners).
+    pub ipv4_eur_per_hour: f64,
     /// Default tier index per language.
     pub default_for: &'a dyn Fn(Language) -> usize,
     /// The fixed baseline's tier index.
@@ -40,18 +42,23 @@ pub struct SimReport {
     pub fixed_failures: usize,
     pub sized_by_history: usize,
     pub sized_by_default: usize,
+    /// The primary IPv4's hourly price counted on every runner (0: IPv6-only runners).
+    pub ipv4_eur_per_hour: f64,
 }
 
 /// Replay `builds` in order.
 pub fn simulate(builds: &[Sample], p: &SimParams<'_>) -> SimReport {
     let reserved = p.policy.reserved_mib;
     let fits = |t: usize, peak: u64| p.ladder[t].usable_mib(reserved) >= peak;
-    let fit_cost = |t: usize, d: f64| billed_hours(d) * p.prices[t];
-    let oom_cost = |t: usize, d: f64| billed_hours(0.5 * d) * p.prices[t];
+    // A runner is billed per started hour for its server and its primary IPv4.
+    let hourly = |t: usize| p.prices[t] + p.ipv4_eur_per_hour;
+    let fit_cost = |t: usize, d: f64| billed_hours(d) * hourly(t);
+    let oom_cost = |t: usize, d: f64| billed_hours(0.5 * d) * hourly(t);
     let top = p.ladder.len() - 1;
 
     let mut r = SimReport {
         builds: builds.len(),
+        ipv4_eur_per_hour: p.ipv4_eur_per_hour,
         ..SimReport::default()
     };
     let mut history: HashMap<(&str, &str, Option<&str>), Vec<u64>> = HashMap::new();
@@ -187,12 +194,15 @@ mod tests {
     }
 
     fn run(builds: &[Sample]) -> SimReport {
+        run_with_ipv4(builds, 0.0)
+    }
+
+    fn run_with_ipv4(builds: &[Sample], ipv4: f64) -> SimReport {
         let config = Config::defaults();
         let ladder = config.tiers.amd64.clone();
-        let prices = ladder
-            .iter()
-            .map(|t| t.price_eur_per_hour.unwrap())
-            .collect();
+        // SIZING.md's simulation prices, not the defaults' (which follow Hetzner's), so the
+        // arithmetic below stays readable.
+        let prices = vec![0.0080, 0.0128, 0.0240, 0.0464];
         let defaults = config.language_defaults.amd64.clone();
         let l2 = ladder.clone();
         let default_for =
@@ -203,6 +213,7 @@ mod tests {
                 policy: config.sizing.clone(),
                 ladder: &ladder,
                 prices,
+                ipv4_eur_per_hour: ipv4,
                 default_for: &default_for,
                 fixed: 2,
             },
@@ -218,6 +229,15 @@ mod tests {
         assert!((r.policy_cost - (0.0080 + 0.0128)).abs() < 1e-12);
         assert!((r.oracle_cost - 0.0128).abs() < 1e-12);
         assert_eq!(r.sized_by_default, 1);
+    }
+
+    #[test]
+    fn every_runner_of_every_attempt_pays_for_its_primary_ipv4() {
+        // The OOM attempt on cx23 and the retry on cx33: two runners, one started hour each.
+        let r = run_with_ipv4(&[sample("a", "python", 5000, 100.0)], 0.001);
+        assert!((r.policy_cost - (0.0080 + 0.0128 + 2.0 * 0.001)).abs() < 1e-12);
+        assert!((r.oracle_cost - (0.0128 + 0.001)).abs() < 1e-12);
+        assert_eq!(r.ipv4_eur_per_hour, 0.001);
     }
 
     #[test]

@@ -164,8 +164,16 @@ fn plan_by_history_json_has_the_design_fields() {
     assert_eq!(plan["required_memory_mib"], 3622);
     assert_eq!(plan["samples"], 20);
     assert_eq!(plan["arch"], "amd64");
-    // durations 4000 s → 2 started hours × 0.0128
-    assert!((plan["estimated_cost_eur"].as_f64().unwrap() - 0.0256).abs() < 1e-12);
+    // durations 4000 s → 2 started hours × (0.0104 server + 0.0008 primary IPv4)
+    assert!((plan["estimated_cost_eur"].as_f64().unwrap() - 0.0224).abs() < 1e-12);
+    assert!(
+        plan["cost_basis"]
+            .as_str()
+            .unwrap()
+            .contains("0.0008 EUR/h primary IPv4"),
+        "{}",
+        plan["cost_basis"]
+    );
     assert!(
         plan["reason"]
             .as_str()
@@ -206,9 +214,19 @@ fn plan_on_arm64_uses_the_arm64_ladder() {
     let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(plan["tier"], "cax31");
     assert_eq!(plan["retry_tier"], "cax41");
-    // The default config has no arm64 prices: the cost says so instead of guessing.
-    assert!(plan["estimated_cost_eur"].is_null());
-    assert!(plan["cost_basis"].as_str().unwrap().starts_with("unknown"));
+    // arm64 has reference prices too; the runner's primary IPv4 is part of the cost.
+    let cost = plan["estimated_cost_eur"].as_f64().unwrap();
+    assert!((cost - (0.013 + 0.0008)).abs() < 1e-12, "{cost}");
+    assert_eq!(plan["ipv4_eur_per_hour"], 0.0008);
+    // The rung: its need, then the cax candidates in the order a create tries them.
+    assert_eq!(plan["rung"]["need"]["memory_gb"], 16.0);
+    let names: Vec<&str> = plan["rung"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cax31", "cax41"]);
 }
 
 #[test]
@@ -264,6 +282,105 @@ fn a_config_file_changes_the_decision() {
 }
 
 #[test]
+fn ipv6_only_runners_cost_no_ipv4_and_a_bad_switch_is_one_line() {
+    let ctx = Context::new();
+    let config = ctx.path().join("launcher.ncl");
+    std::fs::write(&config, "{ hcloud.ipv4 = false }").unwrap();
+    let plan = |config: &std::path::Path| {
+        Launcher::new()
+            .args(["plan", "--json", "--history", "none", "--config"])
+            .args([config])
+            .args(["--context"])
+            .args([ctx.path()])
+            .run()
+    };
+    let out = plan(&config);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan_json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(plan_json["ipv4_eur_per_hour"].is_null());
+    assert_eq!(plan_json["estimated_cost_eur"], 0.0104);
+    assert_eq!(
+        plan_json["cost_basis"],
+        "1 started hour × 0.0104 EUR/h, the reference price in the launcher config; IPv6 only, no primary IPv4"
+    );
+    std::fs::write(&config, "{ hcloud.ipv4 = \"no\" }").unwrap();
+    let out = plan(&config);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "error: {}:1:17: contract broken by the value of `ipv4`",
+            config.display()
+        )
+    );
+}
+
+#[test]
+fn the_rung_lists_its_candidates_in_create_order_and_marks_those_above_the_ceiling() {
+    let ctx = Context::new();
+    let policy = ctx.path().join("policy.ncl");
+    std::fs::write(&policy, "{ max_eur_per_hour = 0.025, max_memory_gb = 16 }").unwrap();
+    let plan = |json: bool| {
+        let out = Launcher::new()
+            .env("BUILDKIT_LAUNCHER_POLICY", &policy)
+            .args(["plan", "--history", "none", "--context"])
+            .args([ctx.path()])
+            .args(if json { &["--json"][..] } else { &[][..] })
+            .run();
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.stdout
+    };
+    let json: serde_json::Value = serde_json::from_str(&plan(true)).unwrap();
+    assert_eq!(json["tier"], "cx33");
+    let rung = &json["rung"];
+    assert_eq!(
+        rung["need"],
+        serde_json::json!({"arch": "amd64", "memory_gb": 8.0, "vcpus": 4, "disk_gb": 80})
+    );
+    let listed: Vec<(String, Option<String>)> = rung["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["above_ceiling"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    let within: Vec<&str> = listed
+        .iter()
+        .filter(|(_, above)| above.is_none())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    // What a create tries, in order: the rung's type, then the cheapest that meet its need.
+    assert_eq!(within, ["cx33", "cpx32", "cx43"]);
+    assert_eq!(
+        listed[3],
+        (
+            "cpx42".to_owned(),
+            Some("above the price ceiling (0.025 EUR/h)".to_owned())
+        )
+    );
+    assert!(
+        listed.contains(&(
+            "cx53".to_owned(),
+            Some("above the memory ceiling (16 GB)".to_owned())
+        )),
+        "{listed:?}"
+    );
+    let text = plan(false);
+    assert!(
+        text.contains("  rung      needs 8 GB memory, 4 vCPUs, 80 GB disk (amd64); a create tries, in this order"),
+        "{text}"
+    );
+    assert!(
+        text.contains("not tried: above the price ceiling (0.025 EUR/h)"),
+        "{text}"
+    );
+}
+
+#[test]
 fn the_example_config_of_the_readme_is_valid() {
     let out = Launcher::new()
         .args([
@@ -282,7 +399,8 @@ fn the_example_config_of_the_readme_is_valid() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(plan["tier"], "cax11");
-    assert!((plan["estimated_cost_eur"].as_f64().unwrap() - 0.0066).abs() < 1e-12);
+    // The example's own price, and the primary IPv4's reference price.
+    assert!((plan["estimated_cost_eur"].as_f64().unwrap() - (0.0066 + 0.0008)).abs() < 1e-12);
 }
 
 #[test]

@@ -113,9 +113,13 @@ fn two_platforms_build_at_the_same_time_on_native_servers_under_one_index() {
         ["linux/amd64 cx33", "linux/arm64 cax21"]
     );
     assert_eq!(report["plan"]["platforms"].as_array().unwrap().len(), 2);
-    // The summary's cost is the sum of both runners' (the API's prices, one started hour each).
+    // The summary's cost is the sum of both runners' (the API's prices, one started hour each,
+    // each with its primary IPv4 at the simulator's 0.0010 EUR/h).
     let cost = report["cost_eur"].as_f64().unwrap();
-    assert!((cost - (0.0128 + 0.0112)).abs() < 1e-9, "{cost}");
+    assert!(
+        (cost - (0.0128 + 0.0112 + 2.0 * 0.0010)).abs() < 1e-9,
+        "{cost}"
+    );
 
     // Every tag names one index listing both platforms; the report gives its digest.
     let index_digest = report["digest"].as_str().unwrap();

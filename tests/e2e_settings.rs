@@ -237,12 +237,17 @@ fn auto_tag_never_tags_a_pull_request_latest() {
 #[test]
 fn no_server_above_the_price_ceiling_not_even_the_retry() {
     let a = Attack::new();
-    std::fs::write(a.ctx.path().join(".build-spec.ncl"), "{ arch = \"arm64\" }").unwrap();
-    // The arm64 ladder has no reference prices: under a price ceiling it has no server at all.
-    let out = plugin(&a, &pinned(&a, ", max_eur_per_hour = 0.009"), &[]);
+    // 8 GB on arm64 is cax21 (0.007 EUR/h by reference), above a 0.0065 EUR/h ceiling that
+    // leaves only cax11: refused before any request, the ceiling named.
+    std::fs::write(
+        a.ctx.path().join(".build-spec.ncl"),
+        "{ arch = \"arm64\", memory_gb = 8 }",
+    )
+    .unwrap();
+    let out = plugin(&a, &pinned(&a, ", max_eur_per_hour = 0.0065"), &[]);
     let line = a.assert_refused_before_any_request(&out, "arm64 under a price ceiling");
     assert!(
-        line.contains("no arm64 server type is within the ceiling"),
+        line.contains("no arm64 tier has 8 GB memory") && line.contains("0.0065 EUR/h"),
         "{line}"
     );
 }

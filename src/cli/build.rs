@@ -210,6 +210,46 @@ fn write_report(path: &std::path::Path, json: &str) -> Result<(), Error> {
     writeln!(file, "{json}").map_err(fail)
 }
 
+/// What a runner really costs and where it may run, from the API (for `build` and `plan` with a
+/// token): the primary IPv4 at `GET /pricing`'s price in `location` (where the server is priced;
+/// an IPv6-only runner has none), and the rung's candidates as `GET /server_types` lists them.
+/// Not knowing the IPv4's price is a warning: the reference price stays, and the cost basis
+/// says so.
+pub(super) async fn api_costs(
+    hcloud: &HcloudProvider,
+    plan: &mut Plan,
+    config: &Config,
+    location: Option<&str>,
+) {
+    if plan.ipv4_eur_per_hour.is_some() {
+        let location = location
+            .map(str::to_owned)
+            .or_else(|| config.hcloud.locations.first().cloned())
+            .unwrap_or_default();
+        match hcloud.primary_ipv4_price(&location).await {
+            Ok(Some((price, location))) => plan.use_api_ipv4_price(price, &location),
+            Ok(None) => warn(&format!(
+                "GET /pricing lists no primary IPv4 price; the estimate uses the reference price ({} EUR/h)",
+                crate::provider::hcloud::catalogue::IPV4_EUR_PER_HOUR
+            )),
+            Err(e) => warn(&format!(
+                "the primary IPv4's price could not be read ({e}); the estimate uses the reference price"
+            )),
+        }
+    }
+    if let Ok(ranked) = hcloud
+        .rank_rung(plan.arch, &plan.server, crate::plan::rung::ceiling(config))
+        .await
+    {
+        plan.rung = crate::plan::Rung::from_ranked(
+            &plan.server,
+            plan.arch,
+            &ranked,
+            "GET /server_types at the API's prices",
+        );
+    }
+}
+
 /// Before the first server: the ladder's types exist (exit 2 otherwise, nothing created),
 /// deprecated ones are named, the API's prices replace the reference table, and expired
 /// runners of earlier, killed builds are reaped.
@@ -267,6 +307,13 @@ async fn preflight(hcloud: &HcloudProvider, plan: &mut Plan, config: &Config) ->
             &policy.describe_ceiling(plan.arch),
         );
     }
+    api_costs(
+        hcloud,
+        plan,
+        config,
+        check.prices.get(&plan.tier).map(|(_, l)| l.as_str()),
+    )
+    .await;
     // The snapshot the runners boot from, found now: none is a usage error, before any server.
     match hcloud.missing_golden_image(plan.arch, &plan.server).await {
         Ok(None) => {}

@@ -39,7 +39,8 @@ pub struct KeyRow {
     /// Peak memory of the key's successful builds, oldest first (the last 30).
     pub peak_mib: Vec<u64>,
     /// What the key's builds of the 7 days before the newest sample cost, at the config's
-    /// reference prices (started hours; `None` where a tier has no price).
+    /// reference prices, each runner's primary IPv4 included (started hours; `None` where a
+    /// tier has no price).
     pub eur_last_week: Option<f64>,
 }
 
@@ -131,6 +132,11 @@ pub fn rows(samples: &[Sample], config: &Config) -> Vec<KeyRow> {
         };
         by_key.entry(key).or_default().push(s);
     }
+    let ipv4 = if config.hcloud.ipv4 {
+        crate::provider::hcloud::catalogue::IPV4_EUR_PER_HOUR
+    } else {
+        0.0
+    };
     let price = |tier: &str| {
         config
             .tiers
@@ -139,6 +145,8 @@ pub fn rows(samples: &[Sample], config: &Config) -> Vec<KeyRow> {
             .chain(&config.tiers.arm64)
             .find(|t| t.name == tier)
             .and_then(|t| t.price_eur_per_hour)
+            // Each runner's primary IPv4 is billed per started hour too.
+            .map(|p| p + ipv4)
     };
     by_key
         .into_iter()
@@ -238,9 +246,13 @@ mod tests {
         assert_eq!((a.builds, a.failed_or_oom), (3, 1));
         assert_eq!(a.last_tier.as_deref(), Some("cx33"));
         assert_eq!(a.peak_mib, [1000, 3500]);
-        // The week before 2026-11-21: one started hour on cx23 and one on cx33.
+        // The week before 2026-11-21: one started hour on cx23 and one on cx33, each with its
+        // primary IPv4.
         let eur = a.eur_last_week.unwrap();
-        assert!((eur - (0.0080 + 0.0128)).abs() < 1e-9, "{eur}");
+        assert!(
+            (eur - (0.0064 + 0.0104 + 2.0 * 0.0008)).abs() < 1e-9,
+            "{eur}"
+        );
         assert_eq!(sparkline(&[1, 5, 9]), "▁▄█");
     }
 }

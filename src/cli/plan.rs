@@ -2,14 +2,17 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
+use zeroize::Zeroizing;
 
 use super::provider::{ProviderKind, resolve_backend};
 use super::{BuildArgs, warn};
 use crate::config::Config;
 use crate::exit::{Error, Exit};
-use crate::plan::BuildPlan;
+use crate::plan::{BuildPlan, Plan};
+use crate::provider::hcloud::{DEFAULT_ENDPOINT, HcloudProvider, HcloudSettings};
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -28,6 +31,11 @@ pub struct PlanArgs {
     /// Print the plan as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// Hetzner Cloud API endpoint, asked only when HCLOUD_TOKEN is set (then the prices and the
+    /// rung's candidates come from the API: GET /server_types, GET /pricing).
+    #[arg(long, value_name = "URL", env = "HCLOUD_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub hcloud_endpoint: String,
 }
 
 pub fn run(args: PlanArgs, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
@@ -45,6 +53,11 @@ pub fn run(args: PlanArgs, config: &Config, out: &mut dyn Write) -> Result<Exit,
     for one in plan.plans_mut() {
         one.backend_note = note.clone();
     }
+    if args.provider == ProviderKind::Hcloud
+        && let Some(token) = super::plugin::secret_env(&["HCLOUD_TOKEN", "PLUGIN_HCLOUD_TOKEN"])
+    {
+        with_api_prices(&mut plan, config, &args.hcloud_endpoint, token)?;
+    }
     if args.json {
         let json = serde_json::to_string_pretty(&plan).expect("a Plan always serializes");
         writeln!(out, "{json}").map_err(Error::Output)?;
@@ -52,4 +65,86 @@ pub fn run(args: PlanArgs, config: &Config, out: &mut dyn Write) -> Result<Exit,
         write!(out, "{}", plan.render_human()).map_err(Error::Output)?;
     }
     Ok(Exit::Success)
+}
+
+/// With a token the plan's prices and the rung's candidates are the API's (two read-only
+/// requests: `GET /server_types`, `GET /pricing`); without one nothing is contacted. An API that
+/// cannot be asked is a warning: the plan keeps its reference prices, and says so.
+fn with_api_prices(
+    plan: &mut BuildPlan,
+    config: &Config,
+    endpoint: &str,
+    token: String,
+) -> Result<(), Error> {
+    crate::policy::Policy::current()?
+        .check_endpoint(endpoint)
+        .map_err(|e| Error::Usage(format!("--hcloud-endpoint: {e}")))?;
+    let log: Arc<dyn Fn(&str) + Send + Sync> =
+        Arc::new(|line: &str| eprintln!("buildkit-launcher: {}", super::printable(line)));
+    let hcloud = HcloudProvider::new(
+        HcloudSettings {
+            endpoint: endpoint.to_owned(),
+            token: Zeroizing::new(token),
+            locations: config.hcloud.locations.clone(),
+            golden_image: None,
+            retry: config.hcloud.retry.policy(),
+            lease: config.hcloud.lease(),
+            rate_limit_wait: config.hcloud.rate_limit_wait(),
+        },
+        log,
+    )
+    .map_err(|e| Error::Usage(e.to_string()))?
+    .with_ipv4(config.hcloud.ipv4);
+    super::runtime()?.block_on(async {
+        for one in plan.plans_mut() {
+            api_prices(&hcloud, one, config).await?;
+        }
+        Ok(())
+    })
+}
+
+/// One platform's plan at the API's prices, held to the ceiling as a build holds it (the
+/// build refuses what the plan warns about here).
+async fn api_prices(
+    hcloud: &HcloudProvider,
+    plan: &mut Plan,
+    config: &Config,
+) -> Result<(), Error> {
+    let mut needed = vec![plan.tier.clone()];
+    needed.extend(plan.retry_server.as_ref().map(|t| t.name.clone()));
+    let needed: Vec<&str> = needed.iter().map(String::as_str).collect();
+    let check = match hcloud
+        .check_ladder_for(plan.arch, config.ladder(plan.arch), &needed)
+        .await
+    {
+        Ok(check) => check,
+        Err(e) => {
+            warn(&format!(
+                "the Hetzner API could not be asked for prices ({e}); the plan shows reference prices"
+            ));
+            return Ok(());
+        }
+    };
+    let policy = crate::policy::Policy::current()?;
+    let location = check.prices.get(&plan.tier).map(|(_, l)| l.clone());
+    if let Some((price, location)) = check.prices.get(&plan.tier) {
+        if policy.max_eur_per_hour.is_some_and(|max| *price > max) {
+            warn(&format!(
+                "server type {}: the API's price in {location}, {price} EUR/h, is above the ceiling, so a build would refuse it: {}",
+                plan.tier,
+                policy.describe_ceiling(plan.arch)
+            ));
+        }
+        plan.use_api_price(*price, location);
+    }
+    if let Some(retry) = &plan.retry_server {
+        let price = check.prices.get(&retry.name).map(|(p, l)| (*p, l.as_str()));
+        plan.hold_retry_to_ceiling(
+            price,
+            policy.max_eur_per_hour,
+            &policy.describe_ceiling(plan.arch),
+        );
+    }
+    super::build::api_costs(hcloud, plan, config, location.as_deref()).await;
+    Ok(())
 }

@@ -152,7 +152,8 @@ impl ProviderArgs {
                     },
                     log,
                 )
-                .map_err(|e| Error::Usage(e.to_string()))?;
+                .map_err(|e| Error::Usage(e.to_string()))?
+                .with_ipv4(config.hcloud.ipv4);
                 Ok(Chosen::Hcloud(Arc::new(provider)))
             }
             ProviderKind::Local => {

@@ -87,6 +87,13 @@ pub fn run(args: SimulateArgs, config: &Config, out: &mut dyn Write) -> Result<E
     }
 
     let ladder = config.ladder(Arch::Amd64);
+    // What a runner really costs: its primary IPv4 is billed per started hour too, unless the
+    // runners are IPv6-only.
+    let ipv4 = if config.hcloud.ipv4 {
+        crate::provider::hcloud::catalogue::IPV4_EUR_PER_HOUR
+    } else {
+        0.0
+    };
     let mut prices = Vec::with_capacity(ladder.len());
     for (i, tier) in ladder.iter().enumerate() {
         let price = tier.price_eur_per_hour.ok_or_else(|| {
@@ -126,6 +133,7 @@ pub fn run(args: SimulateArgs, config: &Config, out: &mut dyn Write) -> Result<E
             policy: policy.clone(),
             ladder,
             prices,
+            ipv4_eur_per_hour: ipv4,
             default_for: &default_for,
             fixed,
         },
@@ -143,6 +151,16 @@ pub fn run(args: SimulateArgs, config: &Config, out: &mut dyn Write) -> Result<E
             policy.min_samples
         );
         write!(out, "{}", render(&report, &title, &args.fixed_tier)).map_err(Error::Output)?;
+        let prices = if config.hcloud.ipv4 {
+            format!("each runner's primary IPv4 included ({ipv4} EUR/h)")
+        } else {
+            "IPv6-only runners: no primary IPv4 (hcloud.ipv4 = false)".to_owned()
+        };
+        writeln!(
+            out,
+            "prices: the config's amd64 reference prices per started hour, {prices}"
+        )
+        .map_err(Error::Output)?;
     }
     Ok(Exit::Success)
 }

@@ -5,6 +5,7 @@
 //! real run cannot drift apart.
 
 mod render;
+pub mod rung;
 mod several;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use crate::sizing::rules::{billed_hours, nearest_rank};
 use crate::sizing::{self, Language, LoadedSpec, Sizing, SizingError, SizingInput, Source};
 
 pub use render::render_human;
+pub use rung::Rung;
 pub use several::BuildPlan;
 
 /// What the user asked for, after argument parsing.
@@ -192,10 +194,21 @@ pub struct Plan {
     pub samples: usize,
     pub reason: String,
     pub arch: Arch,
-    /// First attempt, per started hour; `None` when the tier has no known price.
+    /// First attempt, per started hour, the primary IPv4 included; `None` when the tier has no
+    /// known price.
     pub estimated_cost_eur: Option<f64>,
     pub cost_basis: String,
+    /// The runner's primary IPv4, net EUR per started hour; `None` for IPv6-only runners
+    /// (`hcloud.ipv4 = false`).
+    pub ipv4_eur_per_hour: Option<f64>,
     pub server: Tier,
+    /// The rung as a need, and the types a create would try for it.
+    pub rung: Rung,
+    /// Where the server's and the IPv4's prices come from, for the cost basis.
+    #[serde(skip)]
+    pub server_price_from: String,
+    #[serde(skip)]
+    pub ipv4_price_from: String,
     pub retry_server: Option<Tier>,
     /// Why there is no retry although a larger tier exists (its price is above the ceiling).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -269,7 +282,11 @@ impl Plan {
             .collect();
         let expected_s = nearest_rank(&durations, config.sizing.percentile).unwrap_or(0) as f64;
         let hours = billed_hours(expected_s);
-        let (estimated_cost_eur, cost_basis) = cost(&sizing, hours);
+        let ipv4 = config
+            .hcloud
+            .ipv4
+            .then_some(crate::provider::hcloud::catalogue::IPV4_EUR_PER_HOUR);
+        let (estimated_cost_eur, cost_basis) = cost(&sizing, hours, ipv4);
         let mut build = req.build.clone();
         build.platform = sizing.arch.platform().to_owned();
         for repo in std::iter::once(&build.image_repo).chain(&build.also_repos) {
@@ -310,6 +327,10 @@ impl Plan {
             arch: sizing.arch,
             estimated_cost_eur,
             cost_basis,
+            ipv4_eur_per_hour: ipv4,
+            rung: Rung::offline(&sizing.tier, sizing.arch, config),
+            server_price_from: REFERENCE_SERVER.to_owned(),
+            ipv4_price_from: REFERENCE_IPV4.to_owned(),
             server: sizing.tier.clone(),
             retry_server: sizing.retry_tier.clone(),
             retry_note: None,
@@ -374,31 +395,93 @@ impl Plan {
 
     /// Replace the reference price with the API's (hourly, net, in `location`).
     pub fn use_api_price(&mut self, eur_per_hour: f64, location: &str) {
-        let hours = self.history.billed_hours;
         self.server.price_eur_per_hour = Some(eur_per_hour);
-        self.estimated_cost_eur = Some(hours * eur_per_hour);
-        self.cost_basis = format!(
-            "{hours} started hour{} × {eur_per_hour} EUR/h, the Hetzner API's net price in {location}",
-            if hours == 1.0 { "" } else { "s" }
+        self.server_price_from = format!("the Hetzner API's net price in {location}");
+        self.recost();
+    }
+
+    /// Replace the primary IPv4's reference price with the API's (`GET /pricing`, in
+    /// `location`). IPv6-only runners have none to replace.
+    pub fn use_api_ipv4_price(&mut self, eur_per_hour: f64, location: &str) {
+        if self.ipv4_eur_per_hour.is_none() {
+            return;
+        }
+        self.ipv4_eur_per_hour = Some(eur_per_hour);
+        self.ipv4_price_from = format!("GET /pricing in {location}");
+        self.recost();
+    }
+
+    fn recost(&mut self) {
+        let hours = self.history.billed_hours;
+        let (cost, basis) = cost_of(
+            hours,
+            self.server.price_eur_per_hour,
+            &self.server_price_from,
+            self.ipv4_eur_per_hour,
+            &self.ipv4_price_from,
         );
+        self.estimated_cost_eur = cost;
+        self.cost_basis = match cost {
+            Some(_) => basis,
+            None => self.cost_basis.clone(),
+        };
     }
 }
 
-fn cost(sizing: &Sizing, hours: f64) -> (Option<f64>, String) {
-    match sizing.tier.price_eur_per_hour {
-        Some(price) => (
-            Some(hours * price),
-            format!(
-                "{hours} started hour{} × {price} EUR/h, the reference price in the launcher config",
-                if hours == 1.0 { "" } else { "s" }
-            ),
-        ),
-        None => (
+const REFERENCE_SERVER: &str = "the reference price in the launcher config";
+const REFERENCE_IPV4: &str = "the reference price (catalogue.rs)";
+
+fn cost(sizing: &Sizing, hours: f64, ipv4: Option<f64>) -> (Option<f64>, String) {
+    match cost_of(
+        hours,
+        sizing.tier.price_eur_per_hour,
+        REFERENCE_SERVER,
+        ipv4,
+        REFERENCE_IPV4,
+    ) {
+        (Some(eur), basis) => (Some(eur), basis),
+        (None, _) => (
             None,
             format!(
                 "unknown: the launcher config has no price for {} (tiers.{}[].price_eur_per_hour)",
                 sizing.tier.name, sizing.arch
             ),
+        ),
+    }
+}
+
+/// "1 started hour × (0.0104 EUR/h server + 0.0008 EUR/h primary IPv4): reference prices …";
+/// IPv6 only: "1 started hour × 0.0104 EUR/h, …; IPv6 only, no primary IPv4".
+fn cost_of(
+    hours: f64,
+    server: Option<f64>,
+    server_from: &str,
+    ipv4: Option<f64>,
+    ipv4_from: &str,
+) -> (Option<f64>, String) {
+    let Some(server) = server else {
+        return (None, String::new());
+    };
+    let started = format!(
+        "{hours} started hour{}",
+        if hours == 1.0 { "" } else { "s" }
+    );
+    match ipv4 {
+        Some(ip) => {
+            let from = if server_from == REFERENCE_SERVER && ipv4_from == REFERENCE_IPV4 {
+                "reference prices (the server's from the launcher config, the IPv4's built in)"
+                    .to_owned()
+            } else {
+                format!("server: {server_from}; IPv4: {ipv4_from}")
+            };
+            (
+                Some(hours * (server + ip)),
+                format!("{started} × ({server} EUR/h server + {ip} EUR/h primary IPv4): {from}"),
+            )
+        }
+        None => (
+            Some(hours * server),
+            format!("{started} × {server} EUR/h, {server_from}; IPv6 only, no primary IPv4"),
         ),
     }
 }
@@ -443,6 +526,36 @@ mod tests {
             history_unreadable: false,
         };
         Plan::new(&req, &config, &facts).unwrap()
+    }
+
+    #[test]
+    fn the_estimate_counts_the_primary_ipv4_at_the_reference_then_the_apis_price() {
+        let mut p = plan();
+        assert_eq!(p.ipv4_eur_per_hour, Some(0.0008));
+        assert!((p.estimated_cost_eur.unwrap() - (0.0064 + 0.0008)).abs() < 1e-12);
+        assert_eq!(
+            p.cost_basis,
+            "1 started hour × (0.0064 EUR/h server + 0.0008 EUR/h primary IPv4): reference prices (the server's from the launcher config, the IPv4's built in)"
+        );
+        p.use_api_price(0.007, "fsn1");
+        p.use_api_ipv4_price(0.001, "fsn1");
+        assert!((p.estimated_cost_eur.unwrap() - 0.008).abs() < 1e-12);
+        assert_eq!(
+            p.cost_basis,
+            "1 started hour × (0.007 EUR/h server + 0.001 EUR/h primary IPv4): server: the Hetzner API's net price in fsn1; IPv4: GET /pricing in fsn1"
+        );
+        // IPv6-only runners: no IPv4 to count, whatever /pricing says.
+        let mut p = plan();
+        p.ipv4_eur_per_hour = None;
+        p.use_api_ipv4_price(0.001, "fsn1");
+        p.use_api_price(0.007, "fsn1");
+        assert_eq!(p.ipv4_eur_per_hour, None);
+        assert!((p.estimated_cost_eur.unwrap() - 0.007).abs() < 1e-12);
+        assert!(
+            p.cost_basis.ends_with("IPv6 only, no primary IPv4"),
+            "{}",
+            p.cost_basis
+        );
     }
 
     #[test]

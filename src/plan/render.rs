@@ -35,6 +35,7 @@ pub fn render_human(plan: &Plan) -> String {
         },
     };
     row(&mut out, "retry", &retry);
+    rung(&mut out, &plan.rung);
     let cost = match plan.estimated_cost_eur {
         Some(eur) => format!("about {eur:.4} EUR ({})", plan.cost_basis),
         None => plan.cost_basis.clone(),
@@ -88,6 +89,40 @@ pub fn render_human(plan: &Plan) -> String {
         let _ = writeln!(out, "  {}", wrap_flags(command).replace('\n', "\n  "));
     }
     out
+}
+
+/// The rung's need, then one line per candidate in the order a create tries them.
+fn rung(out: &mut String, rung: &super::Rung) {
+    let need = &rung.need;
+    row(
+        out,
+        "rung",
+        &format!(
+            "needs {} GB memory, {} vCPUs, {} GB disk ({}); a create tries, in this order ({}):",
+            need.memory_gb, need.vcpus, need.disk_gb, need.arch, rung.source
+        ),
+    );
+    let width = rung
+        .candidates
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0);
+    for c in &rung.candidates {
+        let price = c
+            .eur_per_hour
+            .map_or_else(|| "no price".to_owned(), |p| format!("{p:.4} EUR/h"));
+        let not_tried = c
+            .above_ceiling
+            .as_ref()
+            .map(|why| format!("  not tried: {why}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "            {:<width$}  {:>2} vCPUs  {:>3} GB  {:>4} GB disk  {price}{not_tried}",
+            c.name, c.vcpus, c.memory_gb, c.disk_gb
+        );
+    }
 }
 
 fn row(out: &mut String, label: &str, value: &str) {

@@ -351,7 +351,7 @@ async fn run_platform(
             }
         }
         record.seconds.destroy = destroy_started.elapsed().as_secs_f64();
-        record.set_cost(tier.price_eur_per_hour);
+        record.set_cost(tier.price_eur_per_hour, p.plan.ipv4_eur_per_hour);
         let Some(result) = result else {
             record.outcome = report::AttemptOutcome::Cancelled;
             run.attempts.push(record);

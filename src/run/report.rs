@@ -63,9 +63,12 @@ pub struct AttemptReport {
     pub destroy_error: Option<String>,
     pub peak_memory_mib: Option<u64>,
     pub seconds: Seconds,
-    /// What the runner cost: its lifetime in started hours × the tier's hourly price (Hetzner
-    /// bills per started hour); `None` without a runner or a price.
+    /// What the runner cost: its lifetime in started hours × (the tier's hourly price + its
+    /// primary IPv4's; Hetzner bills both per started hour); `None` without a runner or a price.
     pub cost_eur: Option<f64>,
+    /// The primary IPv4's part of `cost_eur` (absent for an IPv6-only runner).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv4_cost_eur: Option<f64>,
     /// What went wrong without failing the attempt: a registry cache that could not be
     /// written (backend::classify::cache_export_failures).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -85,12 +88,14 @@ impl AttemptReport {
             peak_memory_mib: None,
             seconds: Seconds::default(),
             cost_eur: None,
+            ipv4_cost_eur: None,
             warnings: Vec::new(),
         }
     }
 
-    /// The runner's cost at `price` EUR per started hour, once its seconds are known.
-    pub fn set_cost(&mut self, price: Option<f64>) {
+    /// The runner's cost at `price` EUR per started hour and its primary IPv4's at `ipv4`
+    /// (`None`: IPv6 only), once its seconds are known.
+    pub fn set_cost(&mut self, price: Option<f64>, ipv4: Option<f64>) {
         let s = &self.seconds;
         let lived = s.spawn + s.ssh + s.sync + s.build + s.destroy;
         // A substitute is billed at its own price.
@@ -99,8 +104,13 @@ impl AttemptReport {
             .as_ref()
             .and_then(|s| s.price_eur_per_hour)
             .or(price);
+        let hours = (lived / 3600.0).ceil().max(1.0);
+        self.ipv4_cost_eur = match (&self.runner, ipv4) {
+            (Some(_), Some(ip)) => Some(hours * ip),
+            _ => None,
+        };
         self.cost_eur = match (&self.runner, price) {
-            (Some(_), Some(price)) => Some((lived / 3600.0).ceil().max(1.0) * price),
+            (Some(_), Some(price)) => Some(hours * price + self.ipv4_cost_eur.unwrap_or(0.0)),
             _ => None,
         };
     }
@@ -235,8 +245,13 @@ impl RunReport {
             let _ = match self.cost_eur {
                 Some(eur) => writeln!(
                     out,
-                    "\n  cost: {eur:.4} EUR for {runners} runner{} (each billed per started hour)",
-                    if runners == 1 { "" } else { "s" }
+                    "\n  cost: {eur:.4} EUR for {runners} runner{} (each billed per started hour{})",
+                    if runners == 1 { "" } else { "s" },
+                    if self.attempts.iter().any(|a| a.ipv4_cost_eur.is_some()) {
+                        ", its primary IPv4 included"
+                    } else {
+                        ""
+                    }
                 ),
                 None => writeln!(out, "\n  cost: unknown (a tier has no known price)"),
             };
@@ -252,5 +267,28 @@ fn outcome_word(o: RunOutcome) -> &'static str {
         RunOutcome::OutOfMemory => "ran out of memory",
         RunOutcome::Infrastructure => "stopped by an infrastructure failure",
         RunOutcome::Cancelled => "cancelled",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_costs_its_server_and_its_primary_ipv4_per_started_hour() {
+        let mut a = AttemptReport::new("cx33", "linux/amd64");
+        a.runner = Some("7".into());
+        a.seconds.build = 3700.0; // 2 started hours
+        a.set_cost(Some(0.0104), Some(0.0008));
+        assert!((a.cost_eur.unwrap() - 2.0 * (0.0104 + 0.0008)).abs() < 1e-12);
+        assert!((a.ipv4_cost_eur.unwrap() - 0.0016).abs() < 1e-12);
+        // IPv6 only: the server alone.
+        a.set_cost(Some(0.0104), None);
+        assert!((a.cost_eur.unwrap() - 0.0208).abs() < 1e-12);
+        assert_eq!(a.ipv4_cost_eur, None);
+        // No runner, no cost.
+        let mut none = AttemptReport::new("cx33", "linux/amd64");
+        none.set_cost(Some(0.0104), Some(0.0008));
+        assert_eq!((none.cost_eur, none.ipv4_cost_eur), (None, None));
     }
 }

@@ -364,7 +364,9 @@ impl Connection {
             .arg("-e")
             .arg(&ssh)
             .arg(format!("{}/", context.display()))
-            .arg(format!("root@{}:{}/", self.host, remote_dir))
+            // An IPv6 literal (an IPv6-only runner) is bracketed, or rsync would cut the host
+            // at its first colon.
+            .arg(format!("root@{}:{}/", bracketed(&self.host), remote_dir))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -412,7 +414,7 @@ impl Connection {
     }
 
     pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        format!("{}:{}", bracketed(&self.host), self.port)
     }
 }
 
@@ -608,6 +610,16 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
+/// `host`, in brackets when it is an IPv6 literal (`[2001:db8::1]`), for `host:path` and
+/// `host:port`.
+fn bracketed(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,6 +630,13 @@ mod tests {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn ipv6_literals_are_bracketed() {
+        assert_eq!(bracketed("2001:db8:1:2::1"), "[2001:db8:1:2::1]");
+        assert_eq!(bracketed("127.0.0.2"), "127.0.0.2");
+        assert_eq!(bracketed("[::1]"), "[::1]");
     }
 
     #[test]

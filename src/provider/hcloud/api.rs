@@ -198,6 +198,52 @@ pub struct Amount {
     pub net: String,
 }
 
+/// `GET /pricing` (hcloud-go `schema.PricingGetResponse`): only the primary IPs are read here;
+/// server types are priced by `GET /server_types`.
+#[derive(Debug, Deserialize)]
+pub struct PricingResponse {
+    pub pricing: Pricing,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Pricing {
+    #[serde(default)]
+    pub currency: String,
+    #[serde(default)]
+    pub primary_ips: Vec<PrimaryIpPricing>,
+}
+
+/// hcloud-go `schema.PricingPrimaryIP`: per type (`ipv4`, `ipv6`), a price per location.
+#[derive(Debug, Deserialize)]
+pub struct PrimaryIpPricing {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub prices: Vec<PrimaryIpPrice>,
+}
+
+/// hcloud-go `schema.PricingPrimaryIPTypePrice` (`location`; its `datacenter` is deprecated and
+/// no longer sent).
+#[derive(Debug, Deserialize)]
+pub struct PrimaryIpPrice {
+    #[serde(default)]
+    pub location: String,
+    pub price_hourly: Amount,
+}
+
+impl Pricing {
+    /// The primary IPv4's net hourly price in `location`, else the first listed.
+    pub fn primary_ipv4_hourly(&self, location: &str) -> Option<(f64, String)> {
+        let ipv4 = self.primary_ips.iter().find(|p| p.kind == "ipv4")?;
+        let price = ipv4
+            .prices
+            .iter()
+            .find(|p| p.location == location)
+            .or_else(|| ipv4.prices.first())?;
+        Some((price.price_hourly.net.parse().ok()?, price.location.clone()))
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub struct ServerTypesPage {
     pub server_types: Vec<ServerType>,
@@ -315,6 +361,29 @@ mod tests {
         assert!(!t.sold_in("fsn1", now));
         assert_eq!(t.hourly_price("hel1"), Some((0.007, "hel1".into())));
         assert_eq!(t.hourly_price("nbg1"), Some((0.006, "fsn1".into())));
+    }
+
+    #[test]
+    fn the_primary_ipv4_price_is_read_per_location() {
+        let p: PricingResponse = serde_json::from_str(
+            r#"{"pricing": {"currency": "EUR", "vat_rate": "19.00",
+                "primary_ips": [
+                  {"type": "ipv6", "prices": [{"location": "fsn1", "price_hourly": {"net": "0.0000000000", "gross": "0"}}]},
+                  {"type": "ipv4", "prices": [
+                    {"location": "fsn1", "price_hourly": {"net": "0.0008000000", "gross": "0.000952"}, "price_monthly": {"net": "0.5000000000", "gross": "0.595"}},
+                    {"location": "hel1", "price_hourly": {"net": "0.0009000000", "gross": "0.001071"}}]}],
+                "server_types": []}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p.pricing.primary_ipv4_hourly("hel1"),
+            Some((0.0009, "hel1".into()))
+        );
+        assert_eq!(
+            p.pricing.primary_ipv4_hourly("nbg1"),
+            Some((0.0008, "fsn1".into()))
+        );
+        assert_eq!(Pricing::default().primary_ipv4_hourly("fsn1"), None);
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub struct Candidate {
     pub name: String,
     pub vcpus: u32,
     pub memory_gb: f64,
+    pub disk_gb: f64,
     /// Net EUR/h in the first location tried, when the API gives one.
     pub price: Option<f64>,
     /// Configured locations that sell it, the ones marked available first.
@@ -74,8 +75,8 @@ fn locations_of(t: &api::ServerType, locations: &[String], now: SystemTime) -> V
 }
 
 /// The candidates of `tier`: the configured type first (as long as it is of the architecture,
-/// sold in a configured location and within the ceiling), then the others that meet its shape,
-/// cheapest first.
+/// sold in a configured location and within the ceiling), then the others that meet its shape
+/// within the ceiling, cheapest first: the order a create tries them.
 pub fn rank(
     types: &[api::ServerType],
     arch: Arch,
@@ -84,25 +85,60 @@ pub fn rank(
     ceiling: Ceiling,
     now: SystemTime,
 ) -> Vec<Candidate> {
+    rank_all(types, arch, tier, locations, ceiling, now)
+        .into_iter()
+        .filter(|r| r.above_ceiling.is_none())
+        .map(|r| r.candidate)
+        .collect()
+}
+
+/// A candidate, and why the ceiling keeps it out when it does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranked {
+    pub candidate: Candidate,
+    /// "above the price ceiling (0.03 EUR/h)"; `None` within it.
+    pub above_ceiling: Option<String>,
+}
+
+/// Every type that meets `tier`'s need, in the order [`rank`] tries them, then those above the
+/// ceiling (marked why), for `plan` to show. The configured type (of the architecture, with the
+/// disk) is first, marked when above the ceiling.
+pub fn rank_all(
+    types: &[api::ServerType],
+    arch: Arch,
+    tier: &Tier,
+    locations: &[String],
+    ceiling: Ceiling,
+    now: SystemTime,
+) -> Vec<Ranked> {
     let wanted_arch = super::hetzner_arch(arch);
     let need_gb = tier.memory_mib as f64 / 1024.0;
     let candidate = |t: &api::ServerType, locations: Vec<String>| Candidate {
         name: t.name.clone(),
         vcpus: t.cores,
         memory_gb: t.memory,
+        disk_gb: t.disk,
         price: locations
             .first()
             .and_then(|l| t.hourly_price(l))
             .map(|(p, _)| p),
         locations,
     };
-    let within = |c: &Candidate| {
-        ceiling.memory_gb.is_none_or(|max| c.memory_gb <= max)
-            && match (ceiling.eur_per_hour, c.price) {
-                (None, _) => true,
-                (Some(max), Some(p)) => p <= max,
-                (Some(_), None) => false,
+    let above = |c: &Candidate| -> Option<String> {
+        if let Some(max) = ceiling.memory_gb
+            && c.memory_gb > max
+        {
+            return Some(format!("above the memory ceiling ({max} GB)"));
+        }
+        match (ceiling.eur_per_hour, c.price) {
+            (Some(max), Some(p)) if p > max => {
+                Some(format!("above the price ceiling ({max} EUR/h)"))
             }
+            (Some(max), None) => Some(format!(
+                "no price, so above the price ceiling ({max} EUR/h)"
+            )),
+            _ => None,
+        }
     };
     let mut out = Vec::new();
     if let Some(t) = types.iter().find(|t| {
@@ -110,13 +146,14 @@ pub fn rank(
     }) {
         let sold = locations_of(t, locations, now);
         if !sold.is_empty() {
-            let configured = candidate(t, sold);
-            if within(&configured) {
-                out.push(configured);
-            }
+            let c = candidate(t, sold);
+            out.push(Ranked {
+                above_ceiling: above(&c),
+                candidate: c,
+            });
         }
     }
-    let mut others: Vec<(bool, Candidate)> = types
+    let mut others: Vec<(bool, Ranked)> = types
         .iter()
         .filter(|t| t.name != tier.name && t.architecture == wanted_arch)
         .filter(|t| families(arch).contains(&family(&t.name)))
@@ -124,13 +161,24 @@ pub fn rank(
         .filter_map(|t| {
             let sold = locations_of(t, locations, now);
             let available = sold.iter().any(|l| t.available_in(l) != Some(false));
-            (!sold.is_empty()).then(|| (available, candidate(t, sold)))
+            (!sold.is_empty()).then(|| {
+                let c = candidate(t, sold);
+                (
+                    available,
+                    Ranked {
+                        above_ceiling: above(&c),
+                        candidate: c,
+                    },
+                )
+            })
         })
-        .filter(|(_, c)| within(c))
         .collect();
     others.sort_by(|(a_avail, a), (b_avail, b)| {
-        b_avail
-            .cmp(a_avail)
+        let (a_above, b_above) = (a.above_ceiling.is_some(), b.above_ceiling.is_some());
+        let (a, b) = (&a.candidate, &b.candidate);
+        a_above
+            .cmp(&b_above)
+            .then(b_avail.cmp(a_avail))
             .then(
                 a.price
                     .unwrap_or(f64::INFINITY)
@@ -139,7 +187,7 @@ pub fn rank(
             .then(a.memory_gb.total_cmp(&b.memory_gb))
             .then(a.name.cmp(&b.name))
     });
-    out.extend(others.into_iter().map(|(_, c)| c));
+    out.extend(others.into_iter().map(|(_, r)| r));
     out
 }
 

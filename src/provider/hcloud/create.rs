@@ -90,6 +90,9 @@ impl HcloudProvider {
                     "labels": labels,
                     "ssh_keys": [PROJECT_KEY],
                     "start_after_create": true,
+                    // A primary IPv4 is billed per started hour; IPv6 is free (Hetzner,
+                    // "Primary IPs"). At least one of them must be enabled.
+                    "public_net": { "enable_ipv4": self.ipv4, "enable_ipv6": true },
                 })
             };
             match self

@@ -9,7 +9,8 @@
 //! confirms (action success, or 404: already gone), retrying transient failures.
 
 pub mod api;
-mod candidates;
+pub mod candidates;
+pub mod catalogue;
 pub mod client;
 mod create;
 mod images;
@@ -77,11 +78,15 @@ pub struct HcloudProvider {
     images: tokio::sync::Mutex<HashMap<Arch, (i64, Option<f64>)>>,
     /// `GET /server_types`, read once per run.
     types: tokio::sync::Mutex<Option<Vec<api::ServerType>>>,
+    /// `GET /pricing`, read once per run (every platform's estimate uses it).
+    pricing: tokio::sync::Mutex<Option<api::Pricing>>,
     /// Server type → the configured locations that sell it (from the ladder check).
     sold: Mutex<HashMap<String, Vec<String>>>,
     /// Server id → the type it runs on instead of its rung's, and why (`create.rs`).
     substitutes: Mutex<HashMap<String, super::Substitute>>,
     lease: Duration,
+    /// Each runner gets a primary IPv4; false: IPv6-only (`hcloud.ipv4`).
+    ipv4: bool,
     log: Arc<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -106,11 +111,20 @@ impl HcloudProvider {
             booting: Mutex::new(HashMap::new()),
             images: tokio::sync::Mutex::new(HashMap::new()),
             types: tokio::sync::Mutex::new(None),
+            pricing: tokio::sync::Mutex::new(None),
             sold: Mutex::new(HashMap::new()),
             substitutes: Mutex::new(HashMap::new()),
             lease: settings.lease,
+            ipv4: true,
             log,
         })
+    }
+
+    /// `false`: create IPv6-only runners (`public_net.enable_ipv4 = false`): no primary IPv4 to
+    /// pay for, and the launcher reaches the runner at `::1` of its /64 (`address`).
+    pub fn with_ipv4(mut self, ipv4: bool) -> HcloudProvider {
+        self.ipv4 = ipv4;
+        self
     }
 
     /// Requests sent to the API so far.
@@ -562,5 +576,10 @@ mod tests {
         assert_eq!(address(&net).as_deref(), Some("2001:db8:1:2::1"));
         let net: api::PublicNet = serde_json::from_str(r#"{"ipv4": null, "ipv6": null}"#).unwrap();
         assert_eq!(address(&net), None);
+        // A single address (the simulator's IPv4-mapped loopback for an IPv6-only server).
+        let net: api::PublicNet =
+            serde_json::from_str(r#"{"ipv4": null, "ipv6": {"ip": "::ffff:127.0.0.9/128"}}"#)
+                .unwrap();
+        assert_eq!(address(&net).as_deref(), Some("::ffff:127.0.0.9"));
     }
 }

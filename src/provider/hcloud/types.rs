@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use reqwest::Method;
 
-use super::candidates::{Candidate, Ceiling, rank};
+use super::candidates::{Candidate, Ceiling, Ranked, rank, rank_all};
 use super::{ApiError, HcloudProvider, Retry, api, hetzner_arch};
 use crate::config::{Arch, Tier};
 
@@ -252,6 +252,42 @@ impl HcloudProvider {
         Ok(check)
     }
 
+    /// The primary IPv4's net hourly price in `location` (`GET /pricing`, read once per run);
+    /// `None` when the answer lists none.
+    pub async fn primary_ipv4_price(
+        &self,
+        location: &str,
+    ) -> Result<Option<(f64, String)>, ApiError> {
+        let mut cache = self.pricing.lock().await;
+        if cache.is_none() {
+            let resp: api::PricingResponse = self
+                .api
+                .call(Method::GET, "/pricing", None, Retry::Always)
+                .await?;
+            *cache = Some(resp.pricing);
+        }
+        Ok(cache.as_ref().and_then(|p| p.primary_ipv4_hourly(location)))
+    }
+
+    /// Every type that meets `tier`'s need as `GET /server_types` lists them, in the order a
+    /// create tries them, those above `ceiling` last and marked (for the plan).
+    pub async fn rank_rung(
+        &self,
+        arch: Arch,
+        tier: &Tier,
+        ceiling: Ceiling,
+    ) -> Result<Vec<Ranked>, ApiError> {
+        let types = self.server_types().await?;
+        Ok(rank_all(
+            &types,
+            arch,
+            tier,
+            &self.locations,
+            ceiling,
+            SystemTime::now(),
+        ))
+    }
+
     /// The types a rung may run on, in the order to try them ([`candidates::rank`]). When the
     /// API cannot be asked, the configured type alone.
     pub(super) async fn candidates(&self, arch: Arch, tier: &Tier) -> Vec<Candidate> {
@@ -262,6 +298,7 @@ impl HcloudProvider {
                 name: tier.name.clone(),
                 vcpus: tier.vcpus,
                 memory_gb: tier.memory_mib as f64 / 1024.0,
+                disk_gb: tier.disk_gb as f64,
                 price: tier.price_eur_per_hour,
                 locations: self.locations_for(&tier.name),
             }],

@@ -46,6 +46,7 @@ pub(super) fn router(shared: Shared) -> Router {
         .route("/v1/server_types", get(list_server_types))
         .route("/v1/server_types/{id}", get(get_server_type))
         .route("/v1/locations", get(list_locations))
+        .route("/v1/pricing", get(get_pricing))
         .route("/v1/images", get(list_images))
         .route("/v1/images/{id}", get(get_image).delete(delete_image))
         .route("/v1/servers", get(servers::list).post(servers::create))
@@ -264,6 +265,10 @@ async fn get_server_type(AxumState(sh): AxumState<Shared>, Path(id): Path<String
         ),
         None => error(ApiError::not_found("server type", id)),
     }
+}
+
+async fn get_pricing() -> Response {
+    ok(StatusCode::OK, catalog::pricing())
 }
 
 async fn list_locations(Query(q): Q) -> Response {

@@ -24,7 +24,11 @@ use std::time::SystemTime;
 
 use hcloud::models::server_type::{CpuType, StorageType};
 use hcloud::models::{
-    Architecture, DeprecationInfo, Location, Price, PricePerTime, ServerType, ServerTypeLocation,
+    Architecture, DeprecationInfo, IpType, ListPricesResponse, ListPricesResponsePricing,
+    ListPricesResponsePricingFloatingIp, ListPricesResponsePricingImage,
+    ListPricesResponsePricingPrimaryIps, ListPricesResponsePricingServerBackup,
+    ListPricesResponsePricingServerTypes, ListPricesResponsePricingVolume, Location, Price,
+    PricePerTime, PricePerTimeWithoutTraffic, ServerType, ServerTypeLocation,
 };
 
 /// One server type of the catalogue.
@@ -258,4 +262,62 @@ pub(super) fn server_type_model(spec: &TypeSpec, sales: &Sales) -> ServerType {
     model.category = Some("cost_optimized".into());
     model.deprecation = Some(deprecation.map(Box::new));
     model
+}
+
+/// The primary IPv4's net hourly price here, in every location. Made up: it differs from the
+/// launcher's reference price (0.0008, Hetzner's "Primary IPs" page) so a test can tell which
+/// one an estimate or report used. A primary IPv6 is free (same page).
+pub(super) const IPV4_HOURLY_NET: f64 = 0.0010;
+
+/// `GET /pricing` as the API answers it: the `hcloud` crate's `ListPricesResponse` (the
+/// OpenAPI description's shape; hcloud-go `schema.PricingGetResponse` reads the same fields),
+/// `primary_ips` per type with a price per location (`location`; hcloud-go deprecated the
+/// per-datacenter field in v1.39.0 as the API stopped sending it), server types at the
+/// catalogue's prices. The other sections only need to be well-formed.
+pub(super) fn pricing() -> ListPricesResponse {
+    let per_location = |hourly: f64| -> Vec<PricePerTimeWithoutTraffic> {
+        LOCATIONS
+            .iter()
+            .map(|l| {
+                PricePerTimeWithoutTraffic::new(
+                    l.1.into(),
+                    price(hourly),
+                    price((hourly * 730.0 * 100.0).round() / 100.0),
+                )
+            })
+            .collect()
+    };
+    let server_types = SERVER_TYPES
+        .iter()
+        .map(|t| {
+            let prices = LOCATIONS
+                .iter()
+                .map(|l| {
+                    PricePerTime::new(
+                        INCLUDED_TRAFFIC,
+                        l.1.into(),
+                        price(t.hourly_net),
+                        price((t.hourly_net * 730.0 * 100.0).round() / 100.0),
+                        price(1.0),
+                    )
+                })
+                .collect();
+            ListPricesResponsePricingServerTypes::new(t.id, t.name.into(), prices)
+        })
+        .collect();
+    ListPricesResponse::new(ListPricesResponsePricing {
+        currency: "EUR".into(),
+        floating_ip: Box::new(ListPricesResponsePricingFloatingIp::new(price(3.0))),
+        floating_ips: Vec::new(),
+        image: Box::new(ListPricesResponsePricingImage::new(price(0.011))),
+        load_balancer_types: Vec::new(),
+        primary_ips: vec![
+            ListPricesResponsePricingPrimaryIps::new(per_location(IPV4_HOURLY_NET), IpType::Ipv4),
+            ListPricesResponsePricingPrimaryIps::new(per_location(0.0), IpType::Ipv6),
+        ],
+        server_backup: Box::new(ListPricesResponsePricingServerBackup::new("20.00".into())),
+        server_types,
+        vat_rate: "19.00".into(),
+        volume: Box::new(ListPricesResponsePricingVolume::new(price(0.044))),
+    })
 }

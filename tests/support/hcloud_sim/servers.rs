@@ -141,7 +141,15 @@ pub(super) async fn create(AxumState(sh): AxumState<Shared>, body: Bytes) -> Res
             None => None,
             Some(server) => {
                 server.runner = runner.clone();
-                server.ipv4 = plan.ipv4.then_some(ip);
+                server.ipv4 = plan.ipv4.then_some(ip.clone());
+                // IPv6 only: Hetzner gives a /64 and the host is its `::1`; loopback has no
+                // routable /64, so the simulator reports the runner's loopback address
+                // IPv4-mapped (RFC 4291 2.5.5.2) as a single address. The launcher then
+                // reaches the runner through its IPv6 path (a literal with colons, bracketed
+                // for rsync) as it would on Hetzner.
+                if !plan.ipv4 && plan.ipv6 {
+                    server.ipv6 = Some(format!("::ffff:{ip}/128"));
+                }
                 // From here its running create and start actions lock it.
                 server.locked = false;
                 let action = st.new_action("create_server", vec![(id, "server")]);

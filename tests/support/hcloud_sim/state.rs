@@ -415,6 +415,21 @@ impl State {
             flag("public_net", "enable_ipv4"),
             flag("public_net", "enable_ipv6"),
         );
+        // Neither a public IP nor a private network: refused. The API "did not allow creating
+        // servers with neither public nor private networking" (ansible-collections/
+        // hetzner.hcloud PR #160, which fixed issue #150 by passing `networks`); a server
+        // without Primary IPs must be in a private network (Hetzner docs, "Primary IPs"). The
+        // code is the API's for a refused field; the wording here is the simulator's own.
+        let networks = body
+            .get("networks")
+            .and_then(Value::as_array)
+            .is_some_and(|n| !n.is_empty());
+        if !ipv4 && !ipv6 && !networks {
+            return Err(ApiError::invalid_field(
+                "public_net",
+                "a server without public IPs must be attached to a private network (networks)",
+            ));
+        }
         let start = body
             .get("start_after_create")
             .and_then(Value::as_bool)
