@@ -242,6 +242,20 @@ pub struct Limits {
     pub memory_gb: Option<f64>,
 }
 
+impl Limits {
+    /// The most memory (GB) a server of `arch` may have: the policy's `max_memory_gb`, else the
+    /// top of the built-in ladder (as the policy holds sizing to it), so no substitute type is
+    /// larger than the biggest server a build could be sized to.
+    pub fn memory_gb_for(&self, arch: Arch) -> f64 {
+        self.memory_gb.unwrap_or_else(|| {
+            Config::defaults()
+                .ladder(arch)
+                .last()
+                .map_or(f64::INFINITY, |t| t.memory_mib as f64 / 1024.0)
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]

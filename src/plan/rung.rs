@@ -60,7 +60,7 @@ impl Rung {
             arch,
             tier,
             locations,
-            ceiling(config),
+            ceiling(config, arch),
             SystemTime::now(),
         );
         Rung::from_ranked(
@@ -95,11 +95,11 @@ impl Rung {
     }
 }
 
-/// The policy's ceiling, as the config carries it.
-pub fn ceiling(config: &Config) -> Ceiling {
+/// The policy's ceiling for `arch`, as the config carries it.
+pub fn ceiling(config: &Config, arch: Arch) -> Ceiling {
     Ceiling {
         eur_per_hour: config.limits.eur_per_hour,
-        memory_gb: config.limits.memory_gb,
+        memory_gb: Some(config.limits.memory_gb_for(arch)),
     }
 }
 
@@ -175,10 +175,11 @@ mod tests {
                 ("cx53", false),
                 ("ccx23", false),
                 ("ccx33", false),
-                // No reference price: last (unknown sorts after every price).
-                ("ccx43", false),
-                ("ccx53", false),
-                ("ccx63", false),
+                // Above the built-in ladder's top (32 GB), the policy's memory ceiling when it
+                // sets none: listed, never tried.
+                ("ccx43", true),
+                ("ccx53", true),
+                ("ccx63", true),
             ]
         );
         assert_eq!(r.candidates[1].eur_per_hour, Some(0.016));

@@ -96,7 +96,7 @@ pub fn ladder_stock(
         .iter()
         .map(|tier| RungStock {
             tier: tier.clone(),
-            candidates: rank(types, arch, tier, locations, policy_ceiling(), now)
+            candidates: rank(types, arch, tier, locations, policy_ceiling(arch), now)
                 .into_iter()
                 .filter_map(|c| {
                     let t = types.iter().find(|t| t.name == c.name)?;

@@ -121,7 +121,7 @@ impl HcloudProvider {
     ) -> Result<LadderCheck, LadderError> {
         let types = self.server_types().await?;
         let now = SystemTime::now();
-        let ceiling = policy_ceiling();
+        let ceiling = policy_ceiling(arch);
         let mut check = LadderCheck::default();
         for tier in ladder {
             let is_needed = needed.contains(&tier.name.as_str());
@@ -315,7 +315,7 @@ impl HcloudProvider {
             arch,
             tier,
             &self.locations,
-            policy_ceiling(),
+            policy_ceiling(arch),
             now,
         ))
     }
@@ -334,11 +334,13 @@ impl HcloudProvider {
 
 /// The operator's price and memory ceiling (policy); none when the policy cannot be read (the
 /// build has already failed on it then).
-pub(super) fn policy_ceiling() -> Ceiling {
+pub(super) fn policy_ceiling(arch: Arch) -> Ceiling {
     crate::policy::Policy::current()
         .map(|p| Ceiling {
             eur_per_hour: p.max_eur_per_hour,
-            memory_gb: p.max_memory_gb,
+            // Without `max_memory_gb`, the built-in ladder's top (the policy's own default):
+            // a sold-out cx23 must not end up on a 192 GB server.
+            memory_gb: Some(p.max_memory_mib(arch) as f64 / 1024.0),
         })
         .unwrap_or_default()
 }
