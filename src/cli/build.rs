@@ -238,7 +238,11 @@ pub(super) async fn api_costs(
         }
     }
     if let Ok(ranked) = hcloud
-        .rank_rung(plan.arch, &plan.server, crate::plan::rung::ceiling(config, plan.arch))
+        .rank_rung(
+            plan.arch,
+            &plan.server,
+            crate::plan::rung::ceiling(config, plan.arch),
+        )
         .await
     {
         plan.rung = crate::plan::Rung::from_ranked(
