@@ -2,3 +2,4 @@
 
 pub mod dockerignore;
 pub mod session;
+mod ssh_config;
