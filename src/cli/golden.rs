@@ -8,13 +8,12 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
-use zeroize::Zeroizing;
 
 use crate::config::buildkitd_toml::{self, BuildkitdToml, Target, golden_digest};
 use crate::config::{Arch, Config};
 use crate::exit::{Error, Exit};
 use crate::golden::{self, BakeSettings, Pin, PruneAction};
-use crate::provider::hcloud::{DEFAULT_ENDPOINT, HcloudProvider, HcloudSettings};
+use crate::provider::hcloud::{DEFAULT_ENDPOINT, HcloudProvider};
 use crate::provider::unix_now;
 
 #[derive(Debug, Subcommand)]
@@ -267,32 +266,8 @@ fn provider(
             )
         },
     )?;
-    crate::policy::Policy::current()?
-        .check_endpoint(&api.hcloud_endpoint)
-        .map_err(|e| Error::Usage(format!("--hcloud-endpoint: {e}")))?;
-    let locations = if locations.is_empty() {
-        config.hcloud.locations.clone()
-    } else {
-        locations
-    };
-    if locations.iter().any(|l| l.trim().is_empty()) {
-        return Err(Error::Usage(
-            "--location: a location name is empty; give names such as fsn1".into(),
-        ));
-    }
-    HcloudProvider::new(
-        HcloudSettings {
-            endpoint: api.hcloud_endpoint.clone(),
-            token: Zeroizing::new(token),
-            locations,
-            golden_image: None,
-            retry: config.hcloud.retry.policy(),
-            lease: config.hcloud.lease(),
-            rate_limit_wait: config.hcloud.rate_limit_wait(),
-        },
-        log,
-    )
-    .map_err(|e| Error::Usage(e.to_string()))
+    let locations = super::provider::chosen_locations(&locations, config)?;
+    super::provider::hcloud_provider(config, &api.hcloud_endpoint, token, locations, None, log)
 }
 
 /// The commit of the golden-image definition: `CI_COMMIT_SHA`, else `git rev-parse HEAD` here,

@@ -5,14 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use zeroize::Zeroizing;
 
 use super::provider::{ProviderKind, resolve_backend};
 use super::{BuildArgs, warn};
 use crate::config::Config;
 use crate::exit::{Error, Exit};
 use crate::plan::{BuildPlan, Plan};
-use crate::provider::hcloud::{DEFAULT_ENDPOINT, HcloudProvider, HcloudSettings};
+use crate::provider::hcloud::{DEFAULT_ENDPOINT, HcloudProvider};
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -76,24 +75,16 @@ fn with_api_prices(
     endpoint: &str,
     token: String,
 ) -> Result<(), Error> {
-    crate::policy::Policy::current()?
-        .check_endpoint(endpoint)
-        .map_err(|e| Error::Usage(format!("--hcloud-endpoint: {e}")))?;
     let log: Arc<dyn Fn(&str) + Send + Sync> =
         Arc::new(|line: &str| eprintln!("buildkit-launcher: {}", super::printable(line)));
-    let hcloud = HcloudProvider::new(
-        HcloudSettings {
-            endpoint: endpoint.to_owned(),
-            token: Zeroizing::new(token),
-            locations: config.hcloud.locations.clone(),
-            golden_image: None,
-            retry: config.hcloud.retry.policy(),
-            lease: config.hcloud.lease(),
-            rate_limit_wait: config.hcloud.rate_limit_wait(),
-        },
+    let hcloud = super::provider::hcloud_provider(
+        config,
+        endpoint,
+        token,
+        config.hcloud.locations.clone(),
+        None,
         log,
-    )
-    .map_err(|e| Error::Usage(e.to_string()))?
+    )?
     .with_ipv4(config.hcloud.ipv4);
     super::runtime()?.block_on(async {
         for one in plan.plans_mut() {

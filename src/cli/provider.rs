@@ -98,6 +98,49 @@ pub fn cloud_error(e: impl std::fmt::Display) -> Error {
 }
 
 /// The provider, concrete (for provider-specific preflight) and as a trait object.
+/// A Hetzner provider with the launcher config's retries, lease and request-budget wait; its
+/// endpoint held to the operator policy first. Nothing is contacted yet.
+pub(super) fn hcloud_provider(
+    config: &Config,
+    endpoint: &str,
+    token: String,
+    locations: Vec<String>,
+    golden_image: Option<String>,
+    log: Arc<dyn Fn(&str) + Send + Sync>,
+) -> Result<HcloudProvider, Error> {
+    crate::policy::Policy::current()?
+        .check_endpoint(endpoint)
+        .map_err(|e| Error::Usage(format!("--hcloud-endpoint: {e}")))?;
+    HcloudProvider::new(
+        HcloudSettings {
+            endpoint: endpoint.to_owned(),
+            token: Zeroizing::new(token),
+            locations,
+            golden_image,
+            retry: config.hcloud.retry.policy(),
+            lease: config.hcloud.lease(),
+            rate_limit_wait: config.hcloud.rate_limit_wait(),
+        },
+        log,
+    )
+    .map_err(|e| Error::Usage(e.to_string()))
+}
+
+/// `--location` (a list), else the config's `hcloud.locations`; an empty name is exit 2.
+pub(super) fn chosen_locations(given: &[String], config: &Config) -> Result<Vec<String>, Error> {
+    let locations = if given.is_empty() {
+        config.hcloud.locations.clone()
+    } else {
+        given.to_vec()
+    };
+    if locations.iter().any(|l| l.trim().is_empty()) {
+        return Err(Error::Usage(
+            "--location: a location name is empty; give names such as fsn1".into(),
+        ));
+    }
+    Ok(locations)
+}
+
 pub enum Chosen {
     Hcloud(Arc<HcloudProvider>),
     Local(Arc<LocalProvider>),
@@ -127,32 +170,14 @@ impl ProviderArgs {
                             "HCLOUD_TOKEN is not set: the hcloud provider needs a Hetzner Cloud API token (read & write) in that environment variable (in a Woodpecker step: the setting hcloud_token from_secret)".into(),
                         )
                     })?;
-                crate::policy::Policy::current()?
-                    .check_endpoint(&self.hcloud_endpoint)
-                    .map_err(|e| Error::Usage(format!("--hcloud-endpoint: {e}")))?;
-                let locations = if self.locations.is_empty() {
-                    config.hcloud.locations.clone()
-                } else {
-                    self.locations.clone()
-                };
-                if locations.iter().any(|l| l.trim().is_empty()) {
-                    return Err(Error::Usage(
-                        "--location: a location name is empty; give names such as fsn1".into(),
-                    ));
-                }
-                let provider = HcloudProvider::new(
-                    HcloudSettings {
-                        endpoint: self.hcloud_endpoint.clone(),
-                        token: Zeroizing::new(token),
-                        locations,
-                        golden_image: self.golden_image.clone(),
-                        retry: config.hcloud.retry.policy(),
-                        lease: config.hcloud.lease(),
-                        rate_limit_wait: config.hcloud.rate_limit_wait(),
-                    },
+                let provider = hcloud_provider(
+                    config,
+                    &self.hcloud_endpoint,
+                    token,
+                    chosen_locations(&self.locations, config)?,
+                    self.golden_image.clone(),
                     log,
-                )
-                .map_err(|e| Error::Usage(e.to_string()))?
+                )?
                 .with_ipv4(config.hcloud.ipv4);
                 Ok(Chosen::Hcloud(Arc::new(provider)))
             }
