@@ -8,33 +8,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use buildkit_launcher::history::registry::RegistryStore;
-use buildkit_launcher::history::{HistoryKey, HistoryStore, Outcome, Sample};
+use buildkit_launcher::history::{HistoryStore, Outcome};
 use support::Launcher;
+use support::history::{key, sample};
 use support::registry::{Registry, http_get, require_root_and_tools};
-
-fn key(repo: &str) -> HistoryKey {
-    HistoryKey {
-        repo: repo.into(),
-        dockerfile: "Dockerfile".into(),
-        target: None,
-        arch: buildkit_launcher::config::Arch::Amd64,
-    }
-}
-
-fn sample(key: &HistoryKey, peak: u64, outcome: Outcome) -> Sample {
-    Sample {
-        ts: "2026-11-01T00:00:00Z".into(),
-        repo: key.repo.clone(),
-        dockerfile: key.dockerfile.clone(),
-        target: None,
-        lang: Some("go".into()),
-        tier: Some("cx23".into()),
-        peak_memory_mib: peak,
-        arch: None,
-        duration_s: 60.0,
-        outcome,
-    }
-}
 
 /// `PUT path` with `body` over HTTP/1.0; the status.
 fn http_put(addr: &str, path: &str, content_type: &str, body: &str) -> u16 {
@@ -60,7 +37,7 @@ fn every_key_of_a_registry_with_its_builds() {
     }
     let registry = Registry::start();
     let store = RegistryStore::new(registry.addr.clone(), true, None, 0);
-    let (app, api) = (key("org/app"), key("org/api"));
+    let (app, api) = (key("org/app", "Dockerfile"), key("org/api", "Dockerfile"));
     for peak in [1000, 1200, 1400] {
         store.append(&sample(&app, peak, Outcome::Ok)).unwrap();
     }

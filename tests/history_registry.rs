@@ -10,34 +10,11 @@ use std::time::{Duration, Instant};
 
 use buildkit_launcher::config::Config;
 use buildkit_launcher::history::registry::RegistryStore;
-use buildkit_launcher::history::{HistoryKey, HistoryStore, Outcome, Sample};
+use buildkit_launcher::history::{HistoryKey, HistoryStore, Outcome};
 use buildkit_launcher::registry::Credentials;
 use buildkit_launcher::sizing::{self, Language, SizingInput, Source};
+use support::history::{key, sample};
 use support::registry::{Registry, http_get, require_root_and_tools};
-
-fn key(repo: &str, dockerfile: &str) -> HistoryKey {
-    HistoryKey {
-        repo: repo.into(),
-        dockerfile: dockerfile.into(),
-        target: None,
-        arch: buildkit_launcher::config::Arch::Amd64,
-    }
-}
-
-fn sample(key: &HistoryKey, peak: u64, outcome: Outcome) -> Sample {
-    Sample {
-        ts: "2026-11-01T00:00:00Z".into(),
-        repo: key.repo.clone(),
-        dockerfile: key.dockerfile.clone(),
-        target: key.target.clone(),
-        lang: Some("rust".into()),
-        tier: Some("cx33".into()),
-        peak_memory_mib: peak,
-        arch: None,
-        duration_s: 60.0,
-        outcome,
-    }
-}
 
 fn peaks(store: &dyn HistoryStore, key: &HistoryKey, window: usize) -> Vec<u64> {
     let recent = store.recent(key, window).unwrap();

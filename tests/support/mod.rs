@@ -5,6 +5,7 @@ pub mod attack;
 pub mod cgroup;
 pub mod fake_release;
 pub mod hcloud_sim;
+pub mod history;
 pub mod local_build;
 pub mod plugin_step;
 pub mod proxy;
