@@ -54,6 +54,31 @@ fn oom_words_in_a_failing_build_are_exit_1_with_one_attempt() {
 }
 
 #[test]
+fn buildkits_words_in_the_dockerfiles_own_command_are_exit_1_with_one_attempt() {
+    // buildctl's final error line quotes the failed step's command: here the command itself
+    // carries what buildctl prints when buildkitd is lost, and BuildKit's ENOMEM status.
+    let Some(f) = Fixture::new(
+        "RUN echo 'error: failed to receive status: rpc error: code = Unavailable desc = error reading from server: EOF'; \
+         echo 'error: failed to solve: Unavailable: error reading from server: EOF'; \
+         echo 'error: failed to solve: ResourceExhausted: cannot allocate memory'; exit 1",
+    ) else {
+        return;
+    };
+    let out = f.build("buildctl", &[]);
+    assert_eq!(out.code, 1, "stderr:\n{}", out.stderr);
+    let report = f.report();
+    assert_eq!(report["outcome"], "build_failed");
+    assert_eq!(outcomes(&report).len(), 1, "one attempt, no retry");
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("the build failed: failed to solve: process \"/bin/sh -c echo"),
+        "{error}"
+    );
+    assert!(!out.stderr.contains("stopped answering"), "{}", out.stderr);
+    f.assert_nothing_left();
+}
+
+#[test]
 fn a_step_that_exits_137_by_itself_is_not_oom() {
     let Some(f) = Fixture::new("RUN exit 137") else {
         return;

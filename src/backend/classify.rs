@@ -63,7 +63,11 @@ pub fn classify(
         };
     }
     let final_error = final_error_line(output_tail, backend);
-    if let Some(line) = final_error.filter(|l| daemon_unavailable(l)) {
+    // What buildctl's line says in BuildKit's own words: the build's command (which the line
+    // quotes) and every other quoted value the Dockerfile's author chose are blanked out.
+    let own_words = final_error.map(buildkits_own_words);
+    let own_words = own_words.as_deref();
+    if let Some(line) = final_error.filter(|_| own_words.is_some_and(daemon_unavailable)) {
         return Verdict::Lost {
             reason: format!(
                 "buildkitd on the runner stopped answering during the build: {}",
@@ -78,8 +82,9 @@ pub fn classify(
             };
         }
         (_, Backend::Buildctl, None)
-            if final_error.is_some_and(|l| {
-                l.contains("ResourceExhausted") && l.contains("cannot allocate memory")
+            if own_words.is_some_and(|l| {
+                l.starts_with("error: failed to solve: ResourceExhausted: ")
+                    && l.contains("cannot allocate memory")
             }) =>
         {
             return Verdict::Oom {
@@ -144,20 +149,24 @@ pub fn classify_request(
         format!("docker.io/{image}"),
         format!("docker.io/library/{image}"),
     ];
-    match final_error_line(output_tail, req.backend) {
-        Some(line)
-            if names
-                .iter()
-                .any(|n| line.contains(&format!("source metadata for {n}"))) =>
-        {
-            Verdict::Lost {
-                reason: format!(
-                    "the SBOM scanner image {image} (config buildkitd.sbom_generator) could not be pulled on the runner: {}",
-                    cut(line.trim_start_matches("error: ").trim())
-                ),
-            }
-        }
-        _ => verdict,
+    let Some(line) = final_error_line(output_tail, req.backend) else {
+        return verdict;
+    };
+    let own_words = buildkits_own_words(line);
+    let prefixes = names.iter().flat_map(|n| {
+        [
+            format!("error: failed to solve: failed to resolve source metadata for {n}:"),
+            format!("error: failed to solve: {n}: failed to resolve source metadata for {n}:"),
+        ]
+    });
+    if !prefixes.into_iter().any(|p| own_words.starts_with(&p)) {
+        return verdict;
+    }
+    Verdict::Lost {
+        reason: format!(
+            "the SBOM scanner image {image} (config buildkitd.sbom_generator) could not be pulled on the runner: {}",
+            cut(line.trim_start_matches("error: ").trim())
+        ),
     }
 }
 
@@ -215,8 +224,47 @@ fn backend_name(backend: Backend) -> &'static str {
 /// buildctl's final line says its gRPC connection to buildkitd broke: the status `Unavailable`,
 /// as grpc-go prints it (`rpc error: code = Unavailable desc = …`) or as BuildKit's own error
 /// conversion does (`failed to solve: Unavailable: …`).
+///
+/// Both are matched at the start of the line only: BuildKit's own words come first, and the
+/// build's words (its command, its file names) can only come later.
 fn daemon_unavailable(line: &str) -> bool {
-    line.contains("code = Unavailable") || line.starts_with("error: failed to solve: Unavailable: ")
+    line.starts_with("error: failed to receive status: rpc error: code = Unavailable ")
+        || line.starts_with("error: failed to solve: rpc error: code = Unavailable ")
+        || line.starts_with("error: failed to solve: Unavailable: ")
+}
+
+/// `line` with every double-quoted part (Go's `%q`, as BuildKit quotes a step's command, a file
+/// name, a URL) replaced by `"…"`: what is left is BuildKit's own framing, which the Dockerfile's
+/// author cannot write. `RUN echo "code = Unavailable"; exit 1` fails with
+/// `process "/bin/sh -c echo \"code = Unavailable\"; exit 1" did not complete successfully`,
+/// whose own words say nothing of buildkitd. An unterminated quote blanks the rest of the line.
+fn buildkits_own_words(line: &str) -> String {
+    let mut own = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        own.push(c);
+        if c != '"' {
+            continue;
+        }
+        own.push('…');
+        let mut closed = false;
+        while let Some(q) = chars.next() {
+            match q {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => {
+                    closed = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if closed {
+            own.push('"');
+        }
+    }
+    own
 }
 
 fn final_error_line(tail: &[String], backend: Backend) -> Option<&str> {
@@ -385,6 +433,50 @@ mod tests {
             classify(&code(1), &t, Some(0), Buildctl),
             Verdict::Failed { .. }
         ));
+    }
+
+    #[test]
+    fn words_in_the_builds_command_are_not_buildkits() {
+        // buildctl's final line quotes the failed step's command (Go's %q): the Dockerfile's
+        // author writes that part, and can write in it every phrase a verdict rests on.
+        let quoted = |cmd: &str| {
+            lines(&format!(
+                "error: failed to solve: process \"/bin/sh -c {cmd}\" did not complete successfully: exit code: 1"
+            ))
+        };
+        for cmd in [
+            r#"echo \"rpc error: code = Unavailable desc = EOF\"; exit 1"#,
+            "echo code = Unavailable; exit 1",
+            r#"echo \"\\\" error: failed to solve: Unavailable: x\"; exit 1"#,
+        ] {
+            match classify(&code(1), &quoted(cmd), Some(0), Buildctl) {
+                Verdict::Failed { reason } => assert!(reason.contains(cmd), "{reason}"),
+                other => panic!("{cmd}: {other:?}"),
+            }
+        }
+        // ENOMEM counts (without a counter) only as BuildKit's own status, not as a command.
+        let t = quoted("echo ResourceExhausted: cannot allocate memory; exit 1");
+        assert!(matches!(
+            classify(&code(1), &t, None, Buildctl),
+            Verdict::Failed { .. }
+        ));
+        // A command that names the SBOM scanner is not the scanner failing to pull.
+        let req = BuildRequest {
+            sbom: true,
+            sbom_generator: "docker/buildkit-syft-scanner:stable-1".into(),
+            ..Default::default()
+        };
+        let t = quoted(
+            "echo failed to resolve source metadata for docker.io/docker/buildkit-syft-scanner:stable-1: x; exit 1",
+        );
+        assert!(matches!(
+            classify_request(&code(1), &t, Some(0), &req),
+            Verdict::Failed { .. }
+        ));
+        assert_eq!(
+            buildkits_own_words(r#"error: a "b\"c" d "e"#),
+            r#"error: a "…" d "…"#
+        );
     }
 
     #[test]
