@@ -445,7 +445,7 @@ async fn registry_findings(registry: &str, inputs: &CheckInputs<'_>, out: &mut V
         "https"
     };
     let url = format!("{scheme}://{registry}/v2/");
-    let client = match crate::proxy::client(reqwest::Client::builder())
+    let client = match crate::registry::bounded::client_builder()
         .timeout(Duration::from_secs(10))
         .build()
     {

@@ -383,6 +383,63 @@ fn a_token_realm_on_another_host_is_never_asked() {
     assert_no_request(&sim, "token realm allowed by the policy");
 }
 
+/// The same attack one hop later: the realm is on the registry's own host (allowed), and the
+/// token service there redirects to the internal address; so does the `/v2/` handshake of a
+/// second registry. Neither redirect is followed: the internal service is never asked.
+#[test]
+fn a_redirect_to_another_host_is_never_followed_for_a_token_or_the_handshake() {
+    let internal = Hostile::start("127.0.0.2", |_| {
+        Answer::new("200 OK", "{\"token\":\"internal-secret-73a1\"}")
+    });
+    let target = format!("http://{}/latest/meta-data/token", internal.addr);
+    let own = Arc::new(Mutex::new(String::new()));
+    let (host, to) = (own.clone(), target.clone());
+    let registry = Hostile::start("127.0.0.1", move |path| {
+        if path == "/v2/" {
+            let mut answer = Answer::new("401 Unauthorized", "{}");
+            answer.headers.push(format!(
+                "WWW-Authenticate: Bearer realm=\"http://{}/token\",service=\"registry\"",
+                host.lock().unwrap()
+            ));
+            return answer;
+        }
+        let mut answer = Answer::new("302 Found", "");
+        answer.headers.push(format!("Location: {to}"));
+        answer
+    });
+    *own.lock().unwrap() = registry.addr.clone();
+    let to = target.clone();
+    let handshake = Hostile::start("127.0.0.1", move |_| {
+        let mut answer = Answer::new("307 Temporary Redirect", "");
+        answer.headers.push(format!("Location: {to}"));
+        answer
+    });
+    let sim = simulator();
+    let ctx = Context::new().file("Dockerfile", "FROM scratch\n");
+    for (registry, code) in [(&registry.addr, 2), (&handshake.addr, 4)] {
+        let out = finishes_within(
+            launcher(&ctx)
+                .env("HCLOUD_TOKEN", &sim.token)
+                .env("HCLOUD_ENDPOINT", &sim.endpoint)
+                .env("REGISTRY_PASSWORD", "fake-registry-password")
+                .args(["build", "--provider", "hcloud", "--history", "none"])
+                .args(["--registry", registry, "--insecure-registry"])
+                .args(["--registry-user", "ci", "--context"])
+                .arg(ctx.path()),
+            Duration::from_secs(60),
+        );
+        let line = out.assert_one_line_error(code);
+        assert!(line.contains(registry.as_str()), "{line}");
+        assert!(
+            line.contains("redirected to the host \"127.0.0.2\""),
+            "{line}"
+        );
+        assert!(!line.contains("fake-registry-password"), "{line}");
+    }
+    assert_eq!(internal.requests(), Vec::<String>::new());
+    assert_no_request(&sim, "a redirected token or handshake");
+}
+
 /// `token_realms` holds hosts only: a URL or a host with a port is a policy error.
 #[test]
 fn token_realms_in_the_policy_are_hosts() {

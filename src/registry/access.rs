@@ -178,7 +178,7 @@ pub async fn check(
         registry: registry.to_owned(),
         detail,
     };
-    let http = match crate::proxy::client(reqwest::Client::builder())
+    let http = match super::bounded::client_builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
         .build()

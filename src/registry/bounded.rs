@@ -188,10 +188,12 @@ pub async fn fetch_token(
             .query(&[("account", c.username.as_str())]);
     }
     let response = request.send().await.map_err(|e| {
-        TokenError::Failed(format!(
-            "token service {realm}: {}",
-            super::one_line_error(&e)
-        ))
+        let why = format!("token service {realm}: {}", super::one_line_error(&e));
+        if e.is_redirect() {
+            TokenError::RealmRefused(format!("registry {registry}: {why}; no token was sent"))
+        } else {
+            TokenError::Failed(why)
+        }
     })?;
     match response.status() {
         s if s.is_success() => {}
@@ -284,13 +286,58 @@ pub async fn authenticate_scope(
     }
 }
 
-/// A client for a registry's requests: bounded waits, the launcher's proxies (crate::proxy).
+/// A client for a registry's requests: bounded waits, the launcher's proxies (crate::proxy),
+/// [`redirects`].
 pub fn http_client(connect: Duration, read: Duration) -> Result<reqwest::Client, String> {
-    crate::proxy::client(reqwest::Client::builder())
+    client_builder()
         .connect_timeout(connect)
         .read_timeout(read)
         .build()
         .map_err(|e| super::one_line_error(&e))
+}
+
+/// A reqwest builder for any request to a registry or its token service: the launcher's
+/// proxies and [`redirects`].
+pub fn client_builder() -> reqwest::ClientBuilder {
+    crate::proxy::client(reqwest::Client::builder()).redirect(redirects())
+}
+
+/// Which redirects a registry's answers may lead to. A registry (or a pull request's registry
+/// playing one) could otherwise send the `/v2/` handshake or a token request on to an internal
+/// address one hop after [`check_realm`] allowed its own host, and have the answer sent back to
+/// it as a token.
+///
+/// - A blob download may be redirected to storage on another host (distribution with S3 and
+///   Docker Hub do this), over https only; reqwest drops the credentials on the way.
+/// - Anything else (the handshake, a token, a manifest, a tag list, the catalogue) follows a
+///   redirect only on the same host: a new host is refused, naming it.
+/// - At most 5 hops.
+pub fn redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().len() > 5 {
+            return attempt.error("more than 5 redirects");
+        }
+        let Some(from) = attempt.previous().last() else {
+            return attempt.follow();
+        };
+        let to = attempt.url();
+        let same_host = from.host_str() == to.host_str();
+        let blob = from.path().contains("/blobs/");
+        if same_host || (blob && to.scheme() == "https") {
+            return attempt.follow();
+        }
+        let why = format!(
+            "{} redirected to the host {:?}, which the launcher does not follow (a registry's \
+             redirects are followed on its own host, and for blob downloads to https storage)",
+            crate::text::escape_controls(&format!(
+                "{}{}",
+                from.host_str().unwrap_or_default(),
+                from.path()
+            )),
+            to.host_str().unwrap_or_default(),
+        );
+        attempt.error(why)
+    })
 }
 
 /// `Bearer realm="…",service="…",scope="…"` → (realm, service).
