@@ -113,6 +113,18 @@ pub fn for_child() -> Vec<(String, String)> {
         .collect()
 }
 
+/// `PR_SET_DUMPABLE` 0 for this process: other processes of the same user can no longer read
+/// its memory or its `/proc/PID/environ` (where the initial environment, secrets included,
+/// stays readable after [`scrub`]) unless they hold `CAP_SYS_PTRACE`, which a Woodpecker step's
+/// container does not. A rsync that a swapped workspace symlink pointed at
+/// `/proc/<launcher>/environ` reads nothing. Core dumps are off with it.
+pub fn forbid_inspection() {
+    // SAFETY: prctl with these arguments only changes this process's dumpable flag.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong, 0, 0, 0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

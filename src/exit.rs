@@ -87,11 +87,34 @@ pub fn set_plugin_mode() {
     PLUGIN_MODE.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// How the user wrote the option `--repo`: `repo` in plugin mode, `--repo` at a terminal.
+/// Whether [`set_plugin_mode`] was called.
+pub fn plugin_mode() -> bool {
+    PLUGIN_MODE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static WRITTEN: std::sync::OnceLock<std::collections::BTreeMap<String, String>> =
+    std::sync::OnceLock::new();
+
+/// Remember which setting became which flag (`tag` ← `tags`, `build-arg` ← `build_args`), so
+/// that messages name the setting as the pipeline's YAML spells it.
+pub fn remember_settings(flag_to_setting: std::collections::BTreeMap<String, String>) {
+    let _ = WRITTEN.set(flag_to_setting);
+}
+
+/// The setting each flag came from, once [`remember_settings`] was told.
+pub fn written_settings() -> Option<&'static std::collections::BTreeMap<String, String>> {
+    WRITTEN.get()
+}
+
+/// How the user wrote the option `--repo`: `repo` in plugin mode (the setting as the pipeline
+/// spelt it: `tags` for `--tag` when it wrote `tags`), `--repo` at a terminal.
 pub fn option(flag: &str) -> String {
-    if PLUGIN_MODE.load(std::sync::atomic::Ordering::Relaxed) {
-        flag.trim_start_matches('-').replace('-', "_")
-    } else {
-        flag.to_owned()
+    if !PLUGIN_MODE.load(std::sync::atomic::Ordering::Relaxed) {
+        return flag.to_owned();
     }
+    let long = flag.trim_start_matches('-');
+    written_settings()
+        .and_then(|w| w.get(long))
+        .cloned()
+        .unwrap_or_else(|| long.replace('-', "_"))
 }

@@ -19,6 +19,11 @@ fn main() -> ExitCode {
     {
         return ExitCode::from(buildkit_launcher::proxy::tunnel::main(&args[2..]) as u8);
     }
+    // The launcher's memory and its initial environment (the token, the registry password:
+    // /proc/PID/environ keeps the strings the process started with, whatever is unset later)
+    // are not for other processes of its user: no ptrace, no /proc/PID/environ or /mem
+    // without CAP_SYS_PTRACE, no core dump. A child gets its own (exec resets it).
+    environment::forbid_inspection();
     // Untrusted Nickel files are evaluated by a child of this very binary.
     ncl::sandbox::enable("/proc/self/exe".into());
     let env = environment::with_prefixes(&["PLUGIN_", "CI_"]);
@@ -27,10 +32,7 @@ fn main() -> ExitCode {
         match plugin::build_secrets(&env) {
             Ok(secrets) => secrets,
             Err(message) => {
-                eprintln!(
-                    "error: {}",
-                    buildkit_launcher::exit::escape_controls(&message)
-                );
+                eprintln!("error: {}", cli::printable(&message));
                 return ExitCode::from(2);
             }
         }
@@ -45,17 +47,14 @@ fn main() -> ExitCode {
         let policy = match buildkit_launcher::policy::Policy::current() {
             Ok(policy) => policy,
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", cli::printable(&e.to_string()));
                 return ExitCode::from(2);
             }
         };
         match plugin::argv(&env, policy) {
             Ok(argv) => argv,
             Err(message) => {
-                eprintln!(
-                    "error: {}",
-                    buildkit_launcher::exit::escape_controls(&message)
-                );
+                eprintln!("error: {}", cli::printable(&message));
                 return ExitCode::from(2);
             }
         }
@@ -93,7 +92,10 @@ fn usage_error(e: clap::Error, plugin: bool) -> ExitCode {
                     "docs.md lists the settings.",
                 );
             }
-            eprintln!("{}", text.trim_end());
+            // Masked: a setting's value (a secret passed through the wrong setting) may be
+            // quoted by clap; every line's control bytes escaped.
+            let text: Vec<String> = text.trim_end().lines().map(cli::printable).collect();
+            eprintln!("{}", text.join("\n"));
             ExitCode::from(2)
         }
     }

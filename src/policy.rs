@@ -54,6 +54,17 @@ pub fn mask(text: &str, secrets: &[zeroize::Zeroizing<String>]) -> String {
     text
 }
 
+/// A line for the terminal or the CI log: every secret value the launcher holds masked, then
+/// control bytes escaped. A policy that cannot be read still masks the launcher's own secrets
+/// (its defaults name them).
+pub fn printable(line: &str) -> String {
+    let secrets = match Policy::current() {
+        Ok(policy) => policy.secret_values(),
+        Err(_) => Policy::default().secret_values(),
+    };
+    crate::exit::escape_controls(&mask(line, &secrets))
+}
+
 /// A plugin setting that redirects the token or replaces the ladder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -97,9 +97,17 @@ fn a_value_holding_a_secret_is_refused_and_never_printed() {
             format!(r#"{{"X":"prefix-{TOKEN_CANARY}"}}"#),
         ),
         ("PLUGIN_LABELS", format!("leak={PASSWORD_CANARY}")),
+        ("PLUGIN_TAGS", format!("v1,{PASSWORD_CANARY}")),
+        // Woodpecker lets any setting take from_secret: `context: {from_secret: hcloud_token}`
+        // would put the token in the error that names a missing directory.
+        ("PLUGIN_CONTEXT", TOKEN_CANARY.to_owned()),
+        ("PLUGIN_PIPELINE", TOKEN_CANARY.to_owned()),
+        ("PLUGIN_USERNAME", PASSWORD_CANARY.to_owned()),
     ] {
         let out = step(&a, &pinned(&a, ""), &[(key, &value)]);
         let line = a.assert_refused_before_any_request(&out, key);
+        let setting = key.trim_start_matches("PLUGIN_").to_ascii_lowercase();
+        assert!(line.starts_with(&format!("error: {setting}: ")), "{line}");
         assert!(line.contains("holds a secret of the launcher"), "{line}");
         assert_no_canary(&out, key);
     }
@@ -189,7 +197,14 @@ fn golden_image_chooses_among_golden_snapshots_only() {
             &[("PLUGIN_GOLDEN_IMAGE", &value), ("PLUGIN_DRY_RUN", "true")],
         );
         let line = out.assert_one_line_error(2).to_owned();
-        assert!(line.contains("golden"), "{value}: {line}");
+        assert!(
+            line.contains(&format!(
+                "golden_image \"{value}\": no golden amd64 snapshot"
+            )) || line.contains(&format!(
+                "golden_image {value}: not one of the newest golden"
+            )),
+            "{value}: {line}"
+        );
         assert_eq!(
             a.sim.calls().get("POST /servers"),
             None,
@@ -197,6 +212,19 @@ fn golden_image_chooses_among_golden_snapshots_only() {
         );
         a.sim.assert_clean();
     }
+    // A selector the operator's policy names is the operator's choice: used as it is.
+    let out = plugin(
+        &a,
+        &pinned(&a, ", golden_images = [\"role=db\"]"),
+        &[
+            ("PLUGIN_GOLDEN_IMAGE", "role=db"),
+            ("PLUGIN_DRY_RUN", "true"),
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let create = a.sim.last_create_request().expect("a server was created");
+    assert_eq!(create["image"], production.to_string(), "{create}");
+    a.sim.assert_clean();
 }
 
 #[test]

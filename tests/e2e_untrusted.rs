@@ -175,7 +175,8 @@ fn pull_request_builds_get_no_secrets_unless_the_policy_says_so() {
         line.contains("pull-request build may not use secrets"),
         "{line}"
     );
-    assert!(line.contains("the secret npm"), "{line}");
+    assert!(line.starts_with("error: secrets: "), "{line}");
+    assert!(line.contains("the secret \"npm\""), "{line}");
 }
 
 #[test]

@@ -134,6 +134,56 @@ fn descendants(root: u32) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// /proc/PID/environ keeps the environment a process started with, whatever it unsets later:
+/// another process of the launcher's user (a rsync sent to `/proc/<launcher>/environ` through
+/// a swapped workspace symlink, a second step's process) must not read the token there. The
+/// launcher runs as an unprivileged user here, waiting on an API that never answers, and the
+/// same user tries to read its environment.
+#[test]
+fn another_process_of_the_launchers_user_cannot_read_its_environment() {
+    if !support::registry::require_root_and_tools(&["setpriv"]) {
+        return;
+    }
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}/v1", silent.local_addr().unwrap());
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        home.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let as_nobody = |program: &str| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", program]);
+        cmd
+    };
+    let mut launcher = as_nobody(BIN)
+        .args(["reap", "--provider", "hcloud"])
+        .env_clear()
+        .env("HOME", home.path())
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HCLOUD_TOKEN", HCLOUD_TOKEN)
+        .env("HCLOUD_ENDPOINT", &endpoint)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The launcher is waiting once the API's listener has its connection.
+    let (_held, _) = silent.accept().unwrap();
+    let pid = launcher.id();
+    let read = as_nobody("cat")
+        .arg(format!("/proc/{pid}/environ"))
+        .output()
+        .unwrap();
+    let _ = launcher.kill();
+    let _ = launcher.wait();
+    assert!(
+        !String::from_utf8_lossy(&read.stdout).contains(HCLOUD_TOKEN),
+        "the launcher's user read the token in /proc/{pid}/environ"
+    );
+    assert!(!read.status.success(), "{read:?}");
+}
+
 #[test]
 fn no_child_of_the_launcher_sees_a_secret_in_its_environment() {
     // Long enough to sample sshd, the ssh master, rsync and the build tool on the runner.

@@ -342,12 +342,20 @@ impl BuildArgs {
         if let Some(file) = &self.tags_file {
             let workspace = std::env::current_dir().map_err(|e| {
                 Error::Usage(format!(
-                    "--tags-file: the current directory is unreadable: {e}"
+                    "{}: the current directory is unreadable: {e}",
+                    crate::exit::option("--tags-file")
                 ))
             })?;
             let tags = super::pipeline::read_tags_file(&workspace, file).map_err(Error::Usage)?;
             return Ok((
-                checked(&format!("--tags-file {}", file.display()), tags)?,
+                checked(
+                    &format!(
+                        "{} {}",
+                        crate::exit::option("--tags-file"),
+                        crate::exit::quote(&file.display().to_string())
+                    ),
+                    tags,
+                )?,
                 None,
             ));
         }

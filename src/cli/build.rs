@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Args;
 use tokio_util::sync::CancellationToken;
@@ -93,8 +92,7 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
             if stale == 1 { "y" } else { "ies" }
         ));
     }
-    let log_arc: Arc<dyn Fn(&str) + Send + Sync> =
-        Arc::new(|line: &str| eprintln!("buildkit-launcher: {}", super::printable(line)));
+    let log_arc = super::logger();
     let log = log_arc.as_ref();
     let build_secrets = crate::policy::Policy::current()?.secret_values();
     let output = |line: &str| eprintln!("  │ {}", crate::policy::mask(line, &build_secrets));
@@ -112,9 +110,10 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     }
     if let Chosen::Hcloud(hcloud) = &chosen {
         if plan.several() && hcloud.golden_image_is_an_id() {
-            return Err(Error::Usage(
-                "--golden-image: a snapshot id is one architecture's; several platforms need a label selector (or none: the newest golden snapshot of each architecture)".into(),
-            ));
+            return Err(Error::Usage(format!(
+                "{}: a snapshot id is one architecture's; several platforms need a label selector (or none: the newest golden snapshot of each architecture)",
+                crate::exit::option("--golden-image")
+            )));
         }
         let reap_first = !args.no_reap;
         runtime.block_on(async {
@@ -442,13 +441,37 @@ fn enforce_policy(
     if !plan.history.records {
         // A pull-request build.
         if !policy.pull_requests.secrets && (has_credentials || !secrets.is_empty()) {
+            // Named as the user wrote them: `password`, `secrets`/`build_secrets` in a
+            // pipeline; REGISTRY_PASSWORD and `--secret` at a terminal.
+            let plugin = crate::exit::plugin_mode();
+            let mut settings: Vec<String> = Vec::new();
             let mut what: Vec<String> = Vec::new();
             if has_credentials {
+                settings.push(
+                    if plugin {
+                        "password"
+                    } else {
+                        "REGISTRY_PASSWORD"
+                    }
+                    .into(),
+                );
                 what.push("the registry password".into());
             }
-            what.extend(secrets.iter().map(|(id, _)| format!("the secret {id}")));
+            for (id, _) in secrets {
+                let setting = match plan.build.secrets.iter().find(|s| &s.id == id) {
+                    Some(s) if plugin && s.env.starts_with("BKL_BUILD_SECRET_") => {
+                        "build_secrets".to_owned()
+                    }
+                    _ => crate::exit::option("--secret"),
+                };
+                if !settings.contains(&setting) {
+                    settings.push(setting);
+                }
+                what.push(format!("the secret {}", crate::exit::quote(id)));
+            }
             return Err(Error::Usage(format!(
-                "CI_PIPELINE_EVENT: a pull-request build may not use secrets under the operator policy ({}), but it was given {}; remove them from the pull_request step or set pull_requests.secrets",
+                "{}: a pull-request build may not use secrets under the operator policy ({}), but it was given {}; remove them from the pull_request step or set pull_requests.secrets",
+                settings.join(", "),
                 policy.origin,
                 what.join(", ")
             )));

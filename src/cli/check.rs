@@ -1,7 +1,6 @@
 //! `buildkit-launcher check`: findings with severity and a fix each; non-zero on high or critical.
 
 use std::io::Write;
-use std::sync::Arc;
 
 use clap::Args;
 
@@ -43,8 +42,7 @@ pub struct CheckArgs {
 }
 
 pub fn run(args: CheckArgs, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
-    let log: Arc<dyn Fn(&str) + Send + Sync> =
-        Arc::new(|line: &str| eprintln!("buildkit-launcher: {line}"));
+    let log = super::logger();
     let Chosen::Hcloud(hcloud) = args.provider.choose(config, log)? else {
         return Err(Error::Usage(
             "check looks at Hetzner Cloud: use --provider hcloud (the default)".into(),

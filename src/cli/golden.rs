@@ -112,8 +112,7 @@ pub struct PruneArgs {
 }
 
 pub fn run(command: GoldenCommand, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
-    let log: Arc<dyn Fn(&str) + Send + Sync> =
-        Arc::new(|line: &str| eprintln!("buildkit-launcher: {line}"));
+    let log = super::logger();
     match command {
         GoldenCommand::Build(args) => build(args, config, log, out),
         GoldenCommand::Config(args) => {
@@ -212,7 +211,7 @@ fn build(
         config,
         log.clone(),
     )?);
-    let output = |line: &str| eprintln!("  │ {line}");
+    let output = |line: &str| eprintln!("  │ {}", super::printable(line));
     let settings = BakeSettings {
         arch,
         tier,
@@ -239,7 +238,7 @@ fn build(
     if let Some(error) = &report.error {
         eprintln!(
             "error: {}",
-            error.split_whitespace().collect::<Vec<_>>().join(" ")
+            super::printable(&error.split_whitespace().collect::<Vec<_>>().join(" "))
         );
     }
     Ok(report.exit)

@@ -244,9 +244,9 @@ pub fn warn(message: &str) {
 
 /// A line for the terminal or the CI log: control bytes escaped, every secret value the
 /// launcher holds masked.
-pub fn printable(line: &str) -> String {
-    let secrets = crate::policy::Policy::current()
-        .map(|p| p.secret_values())
-        .unwrap_or_default();
-    crate::exit::escape_controls(&crate::policy::mask(line, &secrets))
+pub use crate::policy::printable;
+
+/// The log of a command: each line prefixed `buildkit-launcher: ` and [`printable`].
+pub fn logger() -> std::sync::Arc<dyn Fn(&str) + Send + Sync> {
+    std::sync::Arc::new(|line: &str| eprintln!("buildkit-launcher: {}", printable(line)))
 }

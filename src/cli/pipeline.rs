@@ -186,7 +186,12 @@ const MAX_TAGS_FILE_BYTES: u64 = 64 * 1024;
 pub fn read_tags_file(root: &Path, rel: &Path) -> Result<Vec<String>, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let shown = rel.display();
+    // `tags_file "x"` in plugin mode, `--tags-file "x"` at a terminal; the name escaped.
+    let shown = format!(
+        "{} {}",
+        crate::exit::option("--tags-file"),
+        crate::exit::quote(&rel.display().to_string())
+    );
     if rel.is_absolute()
         || rel.components().any(|c| {
             !matches!(
@@ -196,32 +201,32 @@ pub fn read_tags_file(root: &Path, rel: &Path) -> Result<Vec<String>, String> {
         })
     {
         return Err(format!(
-            "--tags-file {shown}: must be a path inside the workspace, relative and without '..'"
+            "{shown}: must be a path inside the workspace, relative and without '..'"
         ));
     }
     match crate::transport::dockerignore::plain_file(root, rel) {
         Ok(Some(())) => {}
-        Ok(None) => return Err(format!("--tags-file {shown}: no such file")),
-        Err(e) => return Err(format!("--tags-file {e}")),
+        Ok(None) => return Err(format!("{shown}: no such file")),
+        Err(e) => return Err(format!("{} {e}", crate::exit::option("--tags-file"))),
     }
     let path = root.join(rel);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(&path)
-        .map_err(|e| format!("--tags-file {shown}: cannot read: {e}"))?;
+        .map_err(|e| format!("{shown}: cannot read: {e}"))?;
     let meta = file
         .metadata()
-        .map_err(|e| format!("--tags-file {shown}: cannot read: {e}"))?;
+        .map_err(|e| format!("{shown}: cannot read: {e}"))?;
     if !meta.is_file() {
-        return Err(format!("--tags-file {shown}: not a regular file"));
+        return Err(format!("{shown}: not a regular file"));
     }
     let mut text = String::new();
     file.take(MAX_TAGS_FILE_BYTES + 1)
         .read_to_string(&mut text)
-        .map_err(|e| format!("--tags-file {shown}: cannot read: {e}"))?;
+        .map_err(|e| format!("{shown}: cannot read: {e}"))?;
     if text.len() as u64 > MAX_TAGS_FILE_BYTES {
-        return Err(format!("--tags-file {shown}: larger than 64 KiB"));
+        return Err(format!("{shown}: larger than 64 KiB"));
     }
     let tags: Vec<String> = text
         .split(['\n', ','])
@@ -230,7 +235,7 @@ pub fn read_tags_file(root: &Path, rel: &Path) -> Result<Vec<String>, String> {
         .map(str::to_owned)
         .collect();
     if tags.is_empty() {
-        return Err(format!("--tags-file {shown}: holds no tag"));
+        return Err(format!("{shown}: holds no tag"));
     }
     Ok(tags)
 }

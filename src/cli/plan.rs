@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Args;
 
@@ -75,8 +74,7 @@ fn with_api_prices(
     endpoint: &str,
     token: String,
 ) -> Result<(), Error> {
-    let log: Arc<dyn Fn(&str) + Send + Sync> =
-        Arc::new(|line: &str| eprintln!("buildkit-launcher: {}", super::printable(line)));
+    let log = super::logger();
     let hcloud = super::provider::hcloud_provider(
         config,
         endpoint,

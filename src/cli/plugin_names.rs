@@ -3,7 +3,6 @@
 //! that settings became rewritten in the settings' own names.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 use clap::CommandFactory;
 
@@ -74,17 +73,16 @@ pub fn check_known(env: &BTreeMap<String, String>) -> Result<(), String> {
     }
 }
 
-static WRITTEN: OnceLock<BTreeMap<String, String>> = OnceLock::new();
-
-/// Remember which setting became which flag (`tag` ← `tags`), for [`in_settings_words`].
+/// Remember which setting became which flag (`tag` ← `tags`), for [`in_settings_words`] and
+/// every message that names an option ([`crate::exit::option`]).
 pub fn remember(flag_to_setting: BTreeMap<String, String>) {
-    let _ = WRITTEN.set(flag_to_setting);
+    crate::exit::remember_settings(flag_to_setting);
 }
 
 /// clap's message about the command line the settings became, in the settings' words:
 /// `'--tag <TAG>'` → `tags` (as the pipeline wrote it).
 pub fn in_settings_words(text: &str) -> String {
-    let Some(written) = WRITTEN.get() else {
+    let Some(written) = crate::exit::written_settings() else {
         return text.to_owned();
     };
     let cli = Cli::command();

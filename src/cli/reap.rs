@@ -1,7 +1,6 @@
 //! `buildkit-launcher reap`: delete runners whose lease has expired, and nothing else.
 
 use std::io::Write;
-use std::sync::Arc;
 
 use clap::Args;
 
@@ -26,8 +25,7 @@ pub struct ReapArgs {
 }
 
 pub fn run(args: ReapArgs, config: &Config, out: &mut dyn Write) -> Result<Exit, Error> {
-    let log: Arc<dyn Fn(&str) + Send + Sync> =
-        Arc::new(|line: &str| eprintln!("buildkit-launcher: {line}"));
+    let log = super::logger();
     let provider = args.provider.choose(config, log.clone())?.as_dyn();
     let runtime = super::runtime()?;
     let now = unix_now();

@@ -44,6 +44,7 @@ pub fn check(
     let pull_request = env
         .get("CI_PIPELINE_EVENT")
         .is_some_and(|e| crate::plan::PULL_REQUEST_EVENTS.contains(&e.as_str()));
+    refuse_secrets_in_settings(env, policy)?;
     for (key, value) in env {
         let Some(name) = key.strip_prefix("PLUGIN_") else {
             continue;
@@ -133,6 +134,46 @@ pub fn check(
         beneath("dockerfile", &context, dockerfile, Want::File)?;
     }
     Ok(out)
+}
+
+/// Settings whose values are secrets by design: the token, the registry password, the build
+/// secrets, and the proxies (whose URLs may carry the proxy's password).
+const SECRET_SETTINGS: &[&str] = &[
+    "PLUGIN_HCLOUD_TOKEN",
+    "PLUGIN_PASSWORD",
+    "PLUGIN_REGISTRY_PASSWORD",
+    "PLUGIN_BUILD_SECRETS",
+    "PLUGIN_HTTP_PROXY",
+    "PLUGIN_HTTPS_PROXY",
+];
+
+/// No other setting may hold a secret value the launcher holds. Woodpecker lets any setting
+/// take `from_secret`, so `context: {from_secret: hcloud_token}` would otherwise put the token
+/// in an error message, a server's name, a label or the report. Named, never shown.
+fn refuse_secrets_in_settings(
+    env: &BTreeMap<String, String>,
+    policy: &Policy,
+) -> Result<(), String> {
+    let secrets = policy.secret_values();
+    let holds = |value: &str| {
+        secrets.iter().any(|s| {
+            s.len() >= 4 && value.contains(s.as_str()) || !s.is_empty() && value == s.as_str()
+        })
+    };
+    let found: Vec<String> = env
+        .iter()
+        .filter(|(k, v)| {
+            k.starts_with("PLUGIN_") && !SECRET_SETTINGS.contains(&k.as_str()) && holds(v)
+        })
+        .map(|(k, _)| yaml_name(k))
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{}: the value holds a secret of the launcher (the token, the registry password, a build secret or a variable the policy marks secret); only hcloud_token, password and build_secrets carry secrets: never pass one through another setting",
+        found.join(", ")
+    ))
 }
 
 /// A build argument, label or tag may not carry a secret the launcher holds: it would be in

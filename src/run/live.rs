@@ -344,7 +344,12 @@ fn renew(
             wait = match provider.set_lease(&id, &labels, lease.as_secs()).await {
                 Ok(()) => lease / 3,
                 Err(e) => {
-                    eprintln!("buildkit-launcher: renewing the lease of runner {id} failed: {e}");
+                    eprintln!(
+                        "buildkit-launcher: {}",
+                        crate::policy::printable(&format!(
+                            "renewing the lease of runner {id} failed: {e}"
+                        ))
+                    );
                     lease / 10
                 }
             };
@@ -373,7 +378,10 @@ impl Drop for LiveRunners {
                 match rt.block_on(provider.destroy(&id)) {
                     Ok(()) => eprintln!("buildkit-launcher: runner {id} destroyed after a crash"),
                     Err(e) => eprintln!(
-                        "buildkit-launcher: runner {id} could not be destroyed after a crash: {e}; `reap` will find it"
+                        "buildkit-launcher: {}",
+                        crate::policy::printable(&format!(
+                            "runner {id} could not be destroyed after a crash: {e}; `reap` will find it"
+                        ))
                     ),
                 }
             }

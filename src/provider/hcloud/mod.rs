@@ -229,7 +229,8 @@ impl HcloudProvider {
                 return Err(ProviderError::Setup {
                     action: FIND_GOLDEN,
                     detail: format!(
-                        "golden_image (--golden-image) {id}: not one of the newest golden {arch} snapshots (labels {golden}); a runner boots only from those"
+                        "{} {id}: not one of the newest golden {arch} snapshots (labels {golden}); a runner boots only from those",
+                        crate::exit::option("--golden-image")
                     ),
                 });
             };
@@ -243,9 +244,17 @@ impl HcloudProvider {
             .map_err(|e| setup("look up the golden snapshot", e))?;
         let image = page.images.first().ok_or_else(|| ProviderError::Setup {
             action: FIND_GOLDEN,
-            detail: format!(
-                "no {arch} snapshot matches \"{selector}\"; bake one with `buildkit-launcher golden-image build --arch {arch}`"
-            ),
+            detail: match &self.golden_image {
+                Some(given) if selector != *given => format!(
+                    "{} {}: no golden {arch} snapshot matches it: a pipeline's selector only chooses among the launcher's golden snapshots ({golden}), unless the operator policy lists it in golden_images",
+                    crate::exit::option("--golden-image"),
+                    crate::exit::quote(given)
+                ),
+                _ => format!(
+                    "no {arch} snapshot matches {}; bake one with `buildkit-launcher golden-image build --arch {arch}`",
+                    crate::exit::quote(&selector)
+                ),
+            },
         })?;
         (self.log)(&format!(
             "golden snapshot {} ({}, created {})",
