@@ -134,6 +134,63 @@ fn descendants(root: u32) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// A process sharing the workspace (a detached step of the same pipeline) swaps a listed
+/// directory for a symlink to a directory outside it once the plan was made, while the runner
+/// boots: rsync would follow the symlink in the middle of each listed path. The launcher sees
+/// the swap before it sends anything and builds nothing.
+#[test]
+fn a_directory_swapped_for_a_symlink_after_the_plan_is_never_sent() {
+    let Some(f) = Fixture::new("COPY sub/ /sub/\nRUN cat /sub/notes") else {
+        return;
+    };
+    std::fs::create_dir(f.ctx.path().join("sub")).unwrap();
+    std::fs::write(f.ctx.path().join("sub/notes"), "committed").unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("notes"), "outside-canary-91fe").unwrap();
+    let (runners, ctx, target) = (
+        f.runners.path().to_owned(),
+        f.ctx.path().to_owned(),
+        outside.path().to_owned(),
+    );
+    let swapper = std::thread::spawn(move || {
+        // The plan is made (and the context listed) before the runner exists.
+        for _ in 0..6000 {
+            let booting = std::fs::read_dir(&runners)
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("local-"));
+            if booting {
+                std::fs::rename(ctx.join("sub"), ctx.join("sub.moved")).unwrap();
+                std::os::unix::fs::symlink(&target, ctx.join("sub")).unwrap();
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        false
+    });
+    let out = f.build("buildctl", &[]);
+    assert!(swapper.join().unwrap(), "the runner never appeared");
+    // Infrastructure (exit 4): the runner was fine, the workspace is not the launcher's to fix.
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    let error = f.report()["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        error.contains("the build context changed while it was being sent"),
+        "{error}"
+    );
+    assert!(
+        !out.stderr.contains("outside-canary-91fe"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stdout.contains("outside-canary-91fe"),
+        "{}",
+        out.stdout
+    );
+    assert!(f.report()["digest"].is_null(), "nothing was pushed");
+    f.assert_nothing_left();
+}
+
 /// /proc/PID/environ keeps the environment a process started with, whatever it unsets later:
 /// another process of the launcher's user (a rsync sent to `/proc/<launcher>/environ` through
 /// a swapped workspace symlink, a second step's process) must not read the token there. The

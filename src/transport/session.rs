@@ -353,6 +353,12 @@ impl Connection {
             list.extend_from_slice(entry.as_os_str().as_encoded_bytes());
             list.push(0);
         }
+        let guarded = super::context_guard::directories(entries);
+        let changed = |detail: String| TransportError::Command {
+            purpose: "send the build context".into(),
+            detail,
+        };
+        super::context_guard::check(context, &guarded).map_err(changed)?;
         let mut child = tokio::process::Command::new("rsync")
             .env_clear()
             .envs(crate::environment::for_child())
@@ -403,6 +409,7 @@ impl Connection {
                 ),
             });
         }
+        super::context_guard::check(context, &guarded).map_err(changed)?;
         Ok(SyncStats::parse(
             &String::from_utf8_lossy(&output.stdout),
             entries.len(),
