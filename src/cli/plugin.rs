@@ -418,12 +418,25 @@ mod tests {
 
     #[test]
     fn config_is_a_global_flag_when_the_policy_allows_it() {
-        let a: Vec<String> = argv(&env(&[("PLUGIN_CONFIG", "/etc/bkl.ncl")]), &allow_all())
+        // A file of the repository (the workspace: here the crate's directory).
+        let a: Vec<String> = argv(
+            &env(&[("PLUGIN_CONFIG", "schemas/launcher.ncl")]),
+            &allow_all(),
+        )
+        .unwrap()
+        .into_iter()
+        .map(|s| s.into_string().unwrap())
+        .collect();
+        let file = std::env::current_dir()
             .unwrap()
-            .into_iter()
-            .map(|s| s.into_string().unwrap())
-            .collect();
-        assert_eq!(a[1..4], ["--config", "/etc/bkl.ncl", "build"]);
+            .join("schemas/launcher.ncl");
+        assert_eq!(a[1..4], ["--config", &file.display().to_string(), "build"]);
+        // Never a file outside it.
+        let err = argv(&env(&[("PLUGIN_CONFIG", "/etc/passwd")]), &allow_all()).unwrap_err();
+        assert!(
+            err.starts_with("config: \"/etc/passwd\": must be a path inside"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -90,6 +90,12 @@ pub fn check(
                 let dir = beneath(&setting, workspace, value, Want::Dir)?;
                 out.insert(key.clone(), dir.display().to_string());
             }
+            // Only where the policy lets a pipeline choose its config at all (plugin.rs); the
+            // file is the repository's, read in the sandbox, so it stays in the workspace too.
+            "CONFIG" if policy.may_set(crate::policy::Redirecting::Config) => {
+                let file = beneath(&setting, workspace, value, Want::File)?;
+                out.insert(key.clone(), file.display().to_string());
+            }
             "REPORT" => {
                 let file = beneath(&setting, workspace, value, Want::NewFile)?;
                 out.insert(key.clone(), file.display().to_string());
