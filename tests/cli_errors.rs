@@ -397,6 +397,25 @@ fn cache_settings_that_cannot_work_are_exit_2() {
         "{}",
         out.stdout
     );
+    // A pull request's extra cache would land untagged where the default branch's does: with
+    // buildah it writes none, and says so (it was once refused for a tag the scope added).
+    let out = Launcher::new()
+        .env("CI_PIPELINE_EVENT", "pull_request")
+        .env("CI_COMMIT_PULL_REQUEST", "7")
+        .env("CI_COMMIT_REF", "refs/pull/7/head")
+        .args(["plan", "--history", "none", "--context"])
+        .args([ctx.path()])
+        .args(&buildah)
+        .args(["--cache", "off", "--cache-to", "127.0.0.1:9/c"])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stdout.contains("--cache-to"), "{}", out.stdout);
+    assert!(
+        (out.stdout.clone() + &out.stderr).contains("writes no cache_to export"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
 }
 
 #[test]

@@ -308,6 +308,14 @@ pub(super) fn scope_pull_request(
             }
             let build = &mut request.build;
             build.tags = vec![scope.clone()];
+            if build.backend == crate::backend::Backend::Buildah && !build.cache_to.is_empty() {
+                // buildah's cache is a repository without a tag: nothing would keep a pull
+                // request's writes apart from the default branch's, so it writes none.
+                request.notes.push(
+                    "a pull-request build with buildah writes no cache_to export: buildah's cache has no tag to keep it apart from the default branch's".into(),
+                );
+                build.cache_to.clear();
+            }
             for export in &mut build.cache_to {
                 // A tag has at most 128 characters: the base gives way to the scope.
                 let base = export.reference.tag_or_latest();
