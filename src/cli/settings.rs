@@ -160,10 +160,12 @@ fn refuse_secrets_in_settings(
     env: &BTreeMap<String, String>,
     policy: &Policy,
 ) -> Result<(), String> {
+    // A secret of 8 characters or more anywhere in the value; a shorter one (4 to 7) only as
+    // the whole value, so that a short secret does not refuse every setting that contains it.
     let secrets = policy.secret_values();
     let holds = |value: &str| {
         secrets.iter().any(|s| {
-            s.len() >= 4 && value.contains(s.as_str()) || !s.is_empty() && value == s.as_str()
+            s.len() >= 8 && value.contains(s.as_str()) || s.len() >= 4 && value.trim() == s.as_str()
         })
     };
     let found: Vec<String> = env
