@@ -176,19 +176,33 @@ async fn build_over(
         (p.log)("buildctl is not on the runner; building with buildah");
         request.backend = Backend::Buildah;
     }
-    if request.backend == Backend::Buildctl
-        && let Err(reason) = backend::buildctl::wait_ready(
+    if request.backend == Backend::Buildctl {
+        let ready = backend::buildctl::wait_ready(
             conn,
             plan.buildkitd_ready_timeout_s,
             &request.platform,
             p.log.as_ref(),
-        )
-        .await
-    {
-        return Ok(Done {
-            verdict: Verdict::Lost { reason },
-            digest: None,
-        });
+        );
+        // A daemon the provider sees end (the local runner's) fails the attempt now, not
+        // after the whole wait.
+        let watch = async {
+            match &record.runner {
+                Some(id) => match ex.provider.watch_daemon(id).await {
+                    Ok(()) => std::future::pending().await,
+                    Err(e) => e,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ready = ready => if let Err(reason) = ready {
+                return Ok(Done {
+                    verdict: Verdict::Lost { reason },
+                    digest: None,
+                });
+            },
+            ended = watch => return Err(ended.into()),
+        }
     }
     let script = backend::script(&request, &paths);
     let phase = Instant::now();

@@ -72,7 +72,7 @@ pub struct LocalProvider {
     base: PathBuf,
     cgroup_parent: PathBuf,
     memory_scale: u64,
-    /// Directories put first on the runner's PATH (the tests' `buildctl` double lives in one).
+    /// Directories put first on the runner's PATH (`--local-tools`).
     extra_path: Vec<PathBuf>,
     sshd: Mutex<HashMap<String, Child>>,
     /// Each runner's `bkl-runner-stats --sample` (outside its cgroup).
@@ -333,8 +333,22 @@ impl LocalProvider {
                 ))
             })?),
         };
-        let child =
-            buildkitd::start(dir, &root, &daemon, &config, platform, delay).map_err(fail)?;
+        let extra: Vec<String> = crate::environment::var(buildkitd::EXTRA_ARGS_ENV)
+            .map(|v| v.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        // The child joins the runner's memory cgroup before it execs (the only hierarchy the
+        // runner has a cgroup of its own in; runc makes the build containers' in the others).
+        let child = buildkitd::start(
+            dir,
+            &root,
+            &daemon,
+            &config,
+            platform,
+            delay,
+            &extra,
+            &cgroup.join("cgroup.procs"),
+        )
+        .map_err(fail)?;
         let pid = child.id();
         self.buildkitd
             .lock()
@@ -342,10 +356,25 @@ impl LocalProvider {
             .insert(id.to_owned(), child);
         fs::write(dir.join("buildkitd.pid.launcher"), pid.to_string())
             .map_err(|e| fail(format!("record its pid: {e}")))?;
-        // Its first allocations are charged outside; everything it starts later is inside.
-        fs::write(cgroup.join("cgroup.procs"), pid.to_string())
-            .map_err(|e| fail(format!("put it in {}: {e}", cgroup.display())))?;
         Ok(())
+    }
+
+    /// How runner `id`'s buildkitd ended, if it has (its status and the last meaningful line
+    /// of its log), as the error that fails the attempt.
+    fn buildkitd_exited(&self, id: &str) -> Option<ProviderError> {
+        let status = self
+            .buildkitd
+            .lock()
+            .expect("buildkitd table lock")
+            .get_mut(id)?
+            .try_wait()
+            .ok()??;
+        let log = fs::read(self.dir(id).join("buildkitd.log")).unwrap_or_default();
+        Some(ProviderError::Runner {
+            id: id.to_owned(),
+            action: "start its buildkitd",
+            detail: buildkitd::exited(status, &String::from_utf8_lossy(&log)),
+        })
     }
 
     /// `BKL_RUNNER_ARCH` is the architecture the runner was made for (a sandbox standing in
@@ -507,6 +536,26 @@ impl Provider for LocalProvider {
             workdir: dir.join("work").display().to_string(),
             home: dir.join("home").display().to_string(),
         })
+    }
+
+    /// The runner's buildkitd, watched while the launcher waits for it: one that exits (a bad
+    /// flag or config, a root it cannot use) fails the attempt at once, with its own words,
+    /// instead of after the whole readiness wait (and its log goes with the runner).
+    async fn watch_daemon(&self, id: &str) -> Result<(), ProviderError> {
+        if !self
+            .buildkitd
+            .lock()
+            .expect("buildkitd table lock")
+            .contains_key(id)
+        {
+            return Ok(());
+        }
+        loop {
+            if let Some(e) = self.buildkitd_exited(id) {
+                return Err(e);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn destroy(&self, id: &str) -> Result<(), ProviderError> {
