@@ -206,7 +206,15 @@ async fn build_over(
     }
     let script = backend::script(&request, &paths);
     let phase = Instant::now();
-    let build = conn.run(&script, None, p.output.as_ref());
+    // Cache-export steps are watched over the whole output, not only its last lines: a long
+    // mode=max export pushes its step line out of the tail.
+    let exports = std::sync::Mutex::new(backend::cache_exports::CacheExports::default());
+    let output = p.output.as_ref();
+    let sink = |line: &str| {
+        exports.lock().expect("cache exports lock").feed(line);
+        output(line)
+    };
+    let build = conn.run(&script, None, &sink);
     let (exit, tail) = match plan.timeout_minutes {
         Some(minutes) => match tokio::time::timeout(Duration::from_secs(minutes * 60), build).await
         {
@@ -233,7 +241,8 @@ async fn build_over(
     record.peak_memory_mib = peak;
     let verdict = backend::classify::classify_request(&exit, &tail, oom_kills, &request);
     if verdict == Verdict::Ok && request.backend == Backend::Buildctl {
-        for failure in backend::classify::cache_export_failures(&tail) {
+        let exports = exports.into_inner().expect("cache exports lock");
+        for failure in exports.failures() {
             let warning = format!("the build cache could not be written: {failure}");
             (p.log)(&format!("warning: {warning}"));
             record.warnings.push(warning);
