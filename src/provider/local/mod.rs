@@ -12,10 +12,12 @@
 //!
 //! Layout of `<base>/<id>/`: `sshd_config`, host key, `authorized_keys`, `labels.json`,
 //! `user-data`, `bin/` (on the runner's PATH: `bkl-runner-stats`), `home/`, `work/`, `tmp/`,
-//! `storage/` (buildah's graph and run roots, `storage.conf`), `root/` (the install prefix that
-//! provisioning scripts see as `BKL_ROOT`, so baking a golden image in a sandbox never touches
-//! the host's own system directories; the runner's buildkitd has its config, state and socket
-//! there), `golden/` (the golden image's files provisioning ran from), `buildkitd.log`,
+//! `storage/` (buildah's graph and run roots, `storage.conf`), `root/` (the install prefix the
+//! runner's own buildkitd was provisioned into: its config, state, socket and BuildKit links),
+//! `image/` (the install prefix the runner's sessions see as `BKL_ROOT`: a golden-image bake in
+//! a sandbox installs there, as on a fresh server with no BuildKit yet, and never touches the
+//! host's system directories or the runner's own buildkitd), `golden/` (the golden image's
+//! files provisioning ran from), `buildkitd.log`,
 //! `oom-events` (OOM events of the runner's memory limit, cgroup v1: see [`oom`]).
 
 pub mod buildkitd;
@@ -171,6 +173,7 @@ impl LocalProvider {
             "work",
             "tmp",
             "root",
+            "image",
             "storage/graph",
             "storage/run",
         ] {
@@ -398,7 +401,7 @@ impl LocalProvider {
              PrintMotd no\n\
              MaxSessions 64\n\
              MaxStartups 64\n\
-             SetEnv PATH={} HOME={d}/home TMPDIR={d}/tmp CONTAINERS_STORAGE_CONF={d}/storage/storage.conf BUILDAH_ISOLATION=chroot BKL_RUNNER_WORKDIR={d}/work BKL_ROOT={d}/root BKL_RUNNER_ARCH={arch} BUILDKIT_HOST={}\n",
+             SetEnv PATH={} HOME={d}/home TMPDIR={d}/tmp CONTAINERS_STORAGE_CONF={d}/storage/storage.conf BUILDAH_ISOLATION=chroot BKL_RUNNER_WORKDIR={d}/work BKL_ROOT={d}/image BKL_RUNNER_ARCH={arch} BUILDKIT_HOST={}\n",
             path.join(":"),
             buildkitd::buildkit_host(&dir.join("root"))
         )
