@@ -28,8 +28,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use super::{CGROUP_ROOT, LocalProvider, host_arch, runner_tool};
 use crate::config::BuildkitdSettings;
 use crate::config::buildkitd_toml::{self, Target};
+use crate::provider::ProviderError;
 
 /// The golden image's files, as `provision.sh` expects to find them beside itself.
 const GOLDEN_FILES: [(&str, &str, u32); 6] = [
@@ -293,6 +295,97 @@ pub fn start(
     // The child has its own copy (closed at exec: std opens files close-on-exec).
     drop(procs);
     child
+}
+
+impl LocalProvider {
+    /// The runner's own buildkitd: provisioned from the golden image's files, started, moved
+    /// into the runner's memory cgroup (its build containers go below it).
+    pub(super) fn start_buildkitd(
+        &self,
+        id: &str,
+        dir: &Path,
+        cgroup: &Path,
+        arch: crate::config::Arch,
+    ) -> Result<(), ProviderError> {
+        let fail = |detail: String| ProviderError::Runner {
+            id: id.to_owned(),
+            action: "start its buildkitd",
+            detail,
+        };
+        let (Some(buildctl), Some(daemon)) =
+            (runner_tool(&[], "buildctl"), runner_tool(&[], "buildkitd"))
+        else {
+            return Err(fail(
+                "buildctl or buildkitd is not installed (scripts/install-deps)".into(),
+            ));
+        };
+        let root = dir.join("root");
+        let parent = cgroup
+            .strip_prefix(Path::new(CGROUP_ROOT).join("memory"))
+            .map_err(|_| fail(format!("{} is not a memory cgroup", cgroup.display())))?;
+        let config = provision(
+            dir,
+            &root,
+            &buildctl,
+            &daemon,
+            &parent.display().to_string(),
+            &self.buildkitd_settings,
+        )
+        .map_err(fail)?;
+        let platform = (arch.as_str() != host_arch()).then(|| arch.platform());
+        // The launcher's environment as it started (it scrubs its own).
+        let delay = match crate::environment::var(START_AFTER_ENV) {
+            None => None,
+            Some(v) => Some(v.parse::<u32>().map_err(|_| {
+                fail(format!(
+                    "{}={v:?}: not a whole number of seconds",
+                    START_AFTER_ENV
+                ))
+            })?),
+        };
+        let extra: Vec<String> = crate::environment::var(EXTRA_ARGS_ENV)
+            .map(|v| v.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        // The child joins the runner's memory cgroup before it execs (the only hierarchy the
+        // runner has a cgroup of its own in; runc makes the build containers' in the others).
+        let child = start(
+            dir,
+            &root,
+            &daemon,
+            &config,
+            platform,
+            delay,
+            &extra,
+            &cgroup.join("cgroup.procs"),
+        )
+        .map_err(fail)?;
+        let pid = child.id();
+        self.buildkitd
+            .lock()
+            .expect("buildkitd table lock")
+            .insert(id.to_owned(), child);
+        fs::write(dir.join("buildkitd.pid.launcher"), pid.to_string())
+            .map_err(|e| fail(format!("record its pid: {e}")))?;
+        Ok(())
+    }
+
+    /// How runner `id`'s buildkitd ended, if it has (its status and the last meaningful line
+    /// of its log), as the error that fails the attempt.
+    pub(super) fn buildkitd_exited(&self, id: &str) -> Option<ProviderError> {
+        let status = self
+            .buildkitd
+            .lock()
+            .expect("buildkitd table lock")
+            .get_mut(id)?
+            .try_wait()
+            .ok()??;
+        let log = fs::read(self.dir(id).join("buildkitd.log")).unwrap_or_default();
+        Some(ProviderError::Runner {
+            id: id.to_owned(),
+            action: "start its buildkitd",
+            detail: exited(status, &String::from_utf8_lossy(&log)),
+        })
+    }
 }
 
 #[cfg(test)]
