@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two platforms at once against one after the other (issue 12), through the Hetzner API
 # simulator with real sandbox runners, sshd, rsync, buildah and a registry (needs root and what
-# TESTING.md lists). Prints the wall times and the two ratios for docs/PERFORMANCE.md.
+# README.md, "Two commands", lists). Prints the wall times and the two ratios for docs/PERFORMANCE.md.
 #
 #   sudo benches/platforms.sh
 #

@@ -38,7 +38,13 @@ fn the_default_file_is_printed_without_a_token_or_a_config() {
     ] {
         assert!(text.contains(line), "{line}\n---\n{text}");
     }
-    assert!(!text.contains("[registry."), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("[registry.")), "{text}");
+    // Without registries the file says what plain HTTP needs, and where.
+    assert!(
+        text.contains("# No [registry.\"HOST\"] sections")
+            && text.contains("# and the registry cache over plain HTTP need only buildctl's registry.insecure=true"),
+        "{text}"
+    );
     let digest = Launcher::new()
         .args(["golden-image", "config", "--digest"])
         .run();

@@ -514,3 +514,59 @@ fn plan_for_two_platforms_decides_each_on_its_own_ladder_and_key() {
         out.stdout
     );
 }
+
+#[test]
+fn plan_with_sbom_shows_the_configured_scanner_image_in_the_buildctl_command() {
+    let ctx = Context::new();
+    let plan = |config: Option<&str>, json: bool| {
+        let mut launcher = Launcher::new().args(["plan", "--history", "none", "--sbom"]);
+        if json {
+            launcher = launcher.args(["--json"]);
+        }
+        if let Some(text) = config {
+            let path = ctx.path().join("launcher.ncl");
+            std::fs::write(&path, text).unwrap();
+            launcher = launcher.args(["--config"]).args([&path]);
+        }
+        launcher
+            .args(["--context"])
+            .args([ctx.path()])
+            .args(["--registry", "zot.example:5000"])
+            .run()
+    };
+    // The default: Docker Hub's scanner, named in the command plan prints.
+    let out = plan(None, false);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(
+            "--opt attest:sbom=generator=docker.io/docker/buildkit-syft-scanner:stable-1"
+        ),
+        "{}",
+        out.stdout
+    );
+    // The operator's mirror, in the text and in the JSON commands alike.
+    let mirror = "zot.example:5000/mirror/buildkit-syft-scanner:stable-1";
+    let config = format!("{{ buildkitd.sbom_generator = \"{mirror}\" }}\n");
+    let out = plan(Some(&config), false);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains(&format!("--opt attest:sbom=generator={mirror}")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout
+            .contains("docker.io/docker/buildkit-syft-scanner"),
+        "{}",
+        out.stdout
+    );
+    let out = plan(Some(&config), true);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let commands = json["commands"].to_string();
+    assert!(
+        commands.contains(&format!("attest:sbom=generator={mirror}")),
+        "{commands}"
+    );
+}

@@ -1,6 +1,7 @@
 //! `build --provider local --backend buildctl` end to end against the real BuildKit on sandbox
 //! runners, made to misbehave for real: a daemon that starts late, one that does not start
-//! within the launcher's wait, one whose socket exists but that does not answer (stopped), and
+//! within the launcher's wait, one that exits at once (a bad flag), one whose socket exists but
+//! that does not answer (stopped), and
 //! `FROM` a plain-HTTP registry by a name buildkitd.toml does not list. Every test checks that
 //! nothing is left behind.
 
@@ -9,7 +10,7 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use buildkit_launcher::provider::local::buildkitd::START_AFTER_ENV;
+use buildkit_launcher::provider::local::buildkitd::{EXTRA_ARGS_ENV, START_AFTER_ENV};
 use support::local_build::{Fixture, TOOLS, assert_success, outcomes};
 use support::registry::{Registry, loopback_name, require_root_and_tools};
 use support::{BIN, Launcher};
@@ -85,6 +86,113 @@ fn a_daemon_that_does_not_start_within_the_wait_is_exit_4_naming_buildkitd() {
         "no build was started:\n{}",
         out.stderr
     );
+    f.assert_nothing_left();
+}
+
+/// The pids whose parent is `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                // pid (comm) state ppid …: comm may hold spaces, the last ')' ends it.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn what_the_late_daemon_starts_before_buildkitd_runs_in_the_runners_memory_cgroup() {
+    let Some(f) = Fixture::new("RUN echo built > /built.txt") else {
+        return;
+    };
+    let config = ready_timeout_config(&f, 2);
+    // The start-after hook's shell forks `sleep` at once: it joined the runner's cgroup before
+    // it was exec'd, so the sleep is in it from its first instruction.
+    let mut child = Command::new(BIN)
+        .args(f.args("buildctl"))
+        .arg(&config)
+        .env(START_AFTER_ENV, "600")
+        .env_remove("CI")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let seen = loop {
+        let runner = std::fs::read_dir(f.runners.path())
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("local-"));
+        if let Some(runner) = runner
+            && let Ok(pid) = std::fs::read_to_string(runner.path().join("buildkitd.pid.launcher"))
+            && let Some(sleep) = children(pid.trim().parse().unwrap()).first()
+        {
+            let id = runner.file_name().to_string_lossy().into_owned();
+            let cgroups = std::fs::read_to_string(format!("/proc/{sleep}/cgroup")).unwrap();
+            break Some((id, cgroups));
+        }
+        if started.elapsed() > Duration::from_secs(30) || child.try_wait().unwrap().is_some() {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let status = child.wait().unwrap();
+    let (id, cgroups) = seen.expect("the late daemon's sleep was seen");
+    let memory = cgroups
+        .lines()
+        .find(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|c| c == "memory"))
+        })
+        .unwrap_or_else(|| panic!("{cgroups}"));
+    assert!(
+        memory.ends_with(&format!(":/buildkit-launcher/{id}")),
+        "{memory}"
+    );
+    assert_eq!(status.code(), Some(4));
+    f.assert_nothing_left();
+}
+
+#[test]
+fn a_daemon_that_exits_at_once_is_exit_4_with_one_line_naming_buildkitd_and_its_error() {
+    let Some(f) = Fixture::new("RUN echo built > /built.txt") else {
+        return;
+    };
+    // A long wait: the launcher must not sit it out (the daemon is gone within a second).
+    let config = ready_timeout_config(&f, 600);
+    let out = Launcher::new()
+        .args(f.args("buildctl"))
+        .args([&config])
+        .env(EXTRA_ARGS_ENV, "--oci-worker-snapshotter=bogus")
+        .run();
+    assert_eq!(out.code, 4, "stderr:\n{}", out.stderr);
+    let report = f.report();
+    assert_eq!(report["outcome"], "infrastructure");
+    assert_eq!(outcomes(&report), [("cx33".into(), "lost".into())]);
+    let error = report["error"].as_str().unwrap();
+    assert!(!error.contains('\n'), "one line: {error}");
+    // Its exit status and its own fatal line, not the stack trace after it.
+    assert!(
+        error.contains("runner local-")
+            && error.contains("buildkitd exited (exit status: 1)")
+            && error.ends_with("buildkitd: unknown snapshotter name: \"bogus\""),
+        "{error}"
+    );
+    let said = format!("{}{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("unknown snapshotter"))
+        .collect();
+    assert_eq!(lines.len(), 1, "said:\n{said}");
+    assert!(lines[0].contains(error), "{}", lines[0]);
+    assert!(!out.stderr.contains("#1 "), "no build was started");
     f.assert_nothing_left();
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use buildkit_launcher::config::{Arch, Config};
 use serde_json::Value;
-use support::fake_release::{COMMIT, Release, VERSION};
+use support::fake_release::{COMMIT, Release};
 use support::hcloud_sim::HcloudSim;
 use support::registry::require_root_and_tools;
 use support::{Launcher, Outcome};
@@ -118,6 +118,11 @@ fn build_makes_one_labelled_snapshot_from_the_smallest_tier_and_deletes_its_serv
         "{}",
         out.stderr
     );
+    // The installed, real binaries were run and reported the pinned version.
+    for tool in ["buildctl", "buildkitd"] {
+        let line = format!("verify: ok: {tool} reports {}", release.version);
+        assert!(out.stderr.contains(&line), "{line}\n{}", out.stderr);
+    }
     assert_eq!(release.downloads.load(Ordering::Relaxed), 1);
 
     // Exactly one snapshot, labelled as the design says.
@@ -129,14 +134,15 @@ fn build_makes_one_labelled_snapshot_from_the_smallest_tier_and_deletes_its_serv
     let l = &image.labels;
     assert_eq!(l["buildkit-launcher/role"], "golden");
     assert_eq!(l["buildkit-launcher/arch"], "amd64");
-    assert_eq!(l["buildkit-launcher/buildkit"], VERSION);
+    assert_eq!(l["buildkit-launcher/buildkit"], release.version.as_str());
     assert_eq!(l["buildkit-launcher/source-commit"], COMMIT);
     assert_eq!(l["managed-by"], "buildkit-launcher");
     let created: u64 = l["buildkit-launcher/created"].parse().unwrap();
     assert!(created >= started && created <= started + 600, "{created}");
     assert!(
         image.description.starts_with(&format!(
-            "buildkit-launcher golden amd64 buildkit {VERSION} 20"
+            "buildkit-launcher golden amd64 buildkit {} 20",
+            release.version
         )),
         "{}",
         image.description
@@ -174,7 +180,7 @@ fn build_makes_one_labelled_snapshot_from_the_smallest_tier_and_deletes_its_serv
     assert_eq!(out.code, 0, "{}", out.stderr);
     let listed = json(&out);
     assert_eq!(listed[0]["id"], *id);
-    assert_eq!(listed[0]["buildkit"], VERSION);
+    assert_eq!(listed[0]["buildkit"], release.version.as_str());
     assert_eq!(listed[0]["age_days"], 0);
 }
 
@@ -399,10 +405,13 @@ fn bad_input_is_exit_2_before_any_server_exists() {
     assert!(line.contains("HCLOUD_TOKEN"), "{line}");
 }
 
+/// The BuildKit version the stocked snapshots (not baked here) carry.
+const STOCKED_VERSION: &str = "v0.16.0";
+
 const GOLDEN_AMD64: &[(&str, &str)] = &[
     ("buildkit-launcher/role", "golden"),
     ("buildkit-launcher/arch", "amd64"),
-    ("buildkit-launcher/buildkit", VERSION),
+    ("buildkit-launcher/buildkit", STOCKED_VERSION),
     ("managed-by", "buildkit-launcher"),
 ];
 

@@ -201,8 +201,8 @@ pub fn args(req: &BuildRequest, paths: &RemotePaths) -> Vec<String> {
         // A dry run reads the cache but writes nothing to the registry. A pull request writes
         // its own scope only, and reads the default branch's cache and then its own. A cache
         // export that fails would cancel the image push running beside it (BuildKit v0.32.2,
-        // measured): `ignore-error=true` keeps the image; the launcher warns (classify::
-        // cache_export_failures).
+        // measured): `ignore-error=true` keeps the image; the launcher warns (cache_exports::
+        // CacheExports).
         let scoped = req.scoped_cache_ref();
         if req.pushes() {
             a.extend([

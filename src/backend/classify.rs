@@ -171,46 +171,12 @@ pub fn classify_request(
 }
 
 /// At most [`MAX_REASON_CHARS`] of `line`, `…` marking a cut.
-fn cut(line: &str) -> String {
+pub(crate) fn cut(line: &str) -> String {
     let mut reason: String = line.chars().take(MAX_REASON_CHARS).collect();
     if reason.len() < line.len() {
         reason.push('…');
     }
     reason
-}
-
-/// Registry caches a successful buildctl build could not write: the default and extra cache
-/// exports carry `ignore-error=true` (a failed export would otherwise cancel the image push
-/// beside it: measured with BuildKit v0.32.2), so the build succeeds and the failure shows only
-/// in plain progress as the `exporting cache to registry` step's `#N ERROR: …` line. One
-/// warning per failed export, in the order printed; cut like a failure reason.
-///
-/// Only BuildKit's own step lines count: the step's name line (`#N exporting cache to
-/// registry`) and its error line (`#N ERROR: …`), never a RUN step's output, which plain
-/// progress prints as `#M <seconds> <text>` under that step's own number.
-pub fn cache_export_failures(output: &[String]) -> Vec<String> {
-    let mut steps: Vec<&str> = Vec::new();
-    let mut failures = Vec::new();
-    for line in output {
-        let line = line.trim_end();
-        let Some((step, rest)) = line.split_once(' ') else {
-            continue;
-        };
-        if !step.starts_with('#')
-            || step.len() < 2
-            || !step[1..].chars().all(|c| c.is_ascii_digit())
-        {
-            continue;
-        }
-        if rest == "exporting cache to registry" {
-            steps.push(step);
-        } else if let Some(error) = rest.strip_prefix("ERROR: ")
-            && steps.contains(&step)
-        {
-            failures.push(cut(error.trim()));
-        }
-    }
-    failures
 }
 
 fn backend_name(backend: Backend) -> &'static str {
@@ -477,25 +443,6 @@ mod tests {
             buildkits_own_words(r#"error: a "b\"c" d "e"#),
             r#"error: a "…" d "…"#
         );
-    }
-
-    #[test]
-    fn a_failed_cache_export_is_a_warning_from_buildkits_own_lines_only() {
-        // BuildKit v0.32.2's plain progress with ignore-error=true and an unreachable cache.
-        let t = lines(
-            "#6 [2/2] RUN echo '#7 ERROR: forged'\n#6 0.05 #7 ERROR: forged\n#6 DONE 0.1s\n\n#7 exporting to image\n#7 DONE 0.1s\n\n#8 exporting cache to registry\n#8 preparing build cache for export done\n#8 ERROR: error writing layer blob: failed to do request: dial tcp 127.0.0.1:1: connect: connection refused\n------\n > exporting cache to registry:\n------",
-        );
-        assert_eq!(
-            cache_export_failures(&t),
-            [
-                "error writing layer blob: failed to do request: dial tcp 127.0.0.1:1: connect: connection refused"
-            ]
-        );
-        assert!(
-            cache_export_failures(&lines("#8 exporting cache to registry\n#8 DONE 0.1s"))
-                .is_empty()
-        );
-        assert!(cache_export_failures(&lines("#5 ERROR: failed to build")).is_empty());
     }
 
     #[test]

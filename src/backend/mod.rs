@@ -7,6 +7,7 @@
 pub mod buildah;
 pub mod buildctl;
 pub mod cache;
+pub mod cache_exports;
 pub mod classify;
 
 use serde::Serialize;

@@ -72,6 +72,26 @@ const HEADER: &str = "\
 # that config and bake again (`golden-image build`) rather than editing this file.
 ";
 
+/// What the `[registry."HOST"]` sections do, and what they are not needed for (measured with
+/// BuildKit v0.32.2: a push and a registry cache export and import over plain HTTP succeed with
+/// no section at all, given `registry.insecure=true` on buildctl's side; `FROM` does not).
+const REGISTRIES: &str = "\
+Registry hosts (the launcher config's buildkitd.registries), for what buildkitd pulls by\n\
+itself: FROM base images and the SBOM scanner image. http = true: pull over plain HTTP;\n\
+insecure = true: HTTPS without certificate checks; ca = CA certificates to trust;\n\
+mirrors = hosts tried first for pulls from this one. The image push and the registry\n\
+cache need none of it: buildctl's own registry.insecure=true (the launcher's\n\
+--insecure-registry) is enough for them over plain HTTP.";
+
+/// The same said where no registry is configured.
+const NO_REGISTRIES: &str = "\
+No [registry.\"HOST\"] sections (the launcher config's buildkitd.registries is empty):\n\
+buildkitd pulls FROM base images and the SBOM scanner image over HTTPS with the system's\n\
+CAs (from localhost and loopback addresses it falls back to plain HTTP by itself). Pulls\n\
+from another plain-HTTP registry need http = true for its host there; the image push\n\
+and the registry cache over plain HTTP need only buildctl's registry.insecure=true (the\n\
+launcher's --insecure-registry).";
+
 /// Render `settings` for `target`, reading the CA files they name.
 pub fn render(
     settings: &BuildkitdSettings,
@@ -162,14 +182,11 @@ pub fn render(
         if let Some((_, first)) = registries.iter_mut().next()
             && let Some(t) = first.as_table_mut()
         {
-            comment_table(
-                t,
-                "Registry hosts (the launcher config's buildkitd.registries): http = plain HTTP,\n\
-                 insecure = HTTPS without certificate checks, ca = CA certificates to trust,\n\
-                 mirrors = hosts tried first for pulls from this one.",
-            );
+            comment_table(t, REGISTRIES);
         }
         doc["registry"] = Item::Table(registries);
+    } else {
+        doc.set_trailing(format!("\n{}", comment_lines(NO_REGISTRIES)));
     }
 
     let body = doc.to_string();
@@ -335,6 +352,15 @@ mod tests {
             2
         );
         assert_ne!(r.digest, golden_digest(&settings()).unwrap());
+        // What http = true is for (pulls), and that pushes and the cache do not need it; the
+        // note for a file without registries is not there.
+        assert!(
+            r.text.contains("# itself: FROM base images and the SBOM scanner image. http = true: pull over plain HTTP;")
+                && r.text.contains("# cache need none of it: buildctl's own registry.insecure=true"),
+            "{}",
+            r.text
+        );
+        assert!(!r.text.contains("No [registry."), "{}", r.text);
     }
 
     #[test]

@@ -149,6 +149,12 @@ pub trait Provider: Send + Sync {
     async fn watch_boot(&self, _id: &str) -> Result<(), ProviderError> {
         Ok(())
     }
+    /// Runs while the launcher waits for the runner's buildkitd to list a worker: an error as
+    /// soon as the provider knows the daemon ended (the local provider's own child); `Ok` when
+    /// it cannot tell.
+    async fn watch_daemon(&self, _id: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
     /// The id of the runner called `name`, if one exists: for a create whose answer was lost
     /// (or abandoned on cancellation).
     async fn find(&self, _name: &str) -> Result<Option<String>, ProviderError> {

@@ -176,23 +176,45 @@ async fn build_over(
         (p.log)("buildctl is not on the runner; building with buildah");
         request.backend = Backend::Buildah;
     }
-    if request.backend == Backend::Buildctl
-        && let Err(reason) = backend::buildctl::wait_ready(
+    if request.backend == Backend::Buildctl {
+        let ready = backend::buildctl::wait_ready(
             conn,
             plan.buildkitd_ready_timeout_s,
             &request.platform,
             p.log.as_ref(),
-        )
-        .await
-    {
-        return Ok(Done {
-            verdict: Verdict::Lost { reason },
-            digest: None,
-        });
+        );
+        // A daemon the provider sees end (the local runner's) fails the attempt now, not
+        // after the whole wait.
+        let watch = async {
+            match &record.runner {
+                Some(id) => match ex.provider.watch_daemon(id).await {
+                    Ok(()) => std::future::pending().await,
+                    Err(e) => e,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ready = ready => if let Err(reason) = ready {
+                return Ok(Done {
+                    verdict: Verdict::Lost { reason },
+                    digest: None,
+                });
+            },
+            ended = watch => return Err(ended.into()),
+        }
     }
     let script = backend::script(&request, &paths);
     let phase = Instant::now();
-    let build = conn.run(&script, None, p.output.as_ref());
+    // Cache-export steps are watched over the whole output, not only its last lines: a long
+    // mode=max export pushes its step line out of the tail.
+    let exports = std::sync::Mutex::new(backend::cache_exports::CacheExports::default());
+    let output = p.output.as_ref();
+    let sink = |line: &str| {
+        exports.lock().expect("cache exports lock").feed(line);
+        output(line)
+    };
+    let build = conn.run(&script, None, &sink);
     let (exit, tail) = match plan.timeout_minutes {
         Some(minutes) => match tokio::time::timeout(Duration::from_secs(minutes * 60), build).await
         {
@@ -219,7 +241,8 @@ async fn build_over(
     record.peak_memory_mib = peak;
     let verdict = backend::classify::classify_request(&exit, &tail, oom_kills, &request);
     if verdict == Verdict::Ok && request.backend == Backend::Buildctl {
-        for failure in backend::classify::cache_export_failures(&tail) {
+        let exports = exports.into_inner().expect("cache exports lock");
+        for failure in exports.failures() {
             let warning = format!("the build cache could not be written: {failure}");
             (p.log)(&format!("warning: {warning}"));
             record.warnings.push(warning);

@@ -70,7 +70,7 @@ pub struct AttemptReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipv4_cost_eur: Option<f64>,
     /// What went wrong without failing the attempt: a registry cache that could not be
-    /// written (backend::classify::cache_export_failures).
+    /// written (backend::cache_exports).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }

@@ -1,5 +1,6 @@
-//! A throwaway cgroup v1 memory cgroup for tests that need a real OOM kill (TESTING.md, "Real
-//! OOM"); removed on drop, after its processes are killed.
+//! A throwaway cgroup v1 memory cgroup for tests that need a real OOM kill (how the launcher
+//! reads one: docs/design/runner.md, "Peak memory (bkl-runner-stats)" and "OOM evidence on
+//! cgroup v1"); removed on drop, after its processes are killed.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU32;

@@ -1,23 +1,25 @@
-//! A fake BuildKit release for golden-image tests: a tarball of shell stubs (`bin/buildctl`,
-//! `bin/buildkitd`) that print BuildKit-style version lines, served from a loopback HTTP server,
-//! so a bake can download, checksum and install "BuildKit" without reaching GitHub.
+//! A BuildKit release for golden-image tests, served from a loopback HTTP server so a bake
+//! can download, checksum and install BuildKit without reaching GitHub: a tarball made at
+//! test time from this machine's installed, real `buildctl` and `buildkitd`
+//! ([`super::buildkit_tarball`]), with its sha256 and the version they report, so the bake's
+//! `verify.sh` checks the real binaries' `--version` against the pin.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub const VERSION: &str = "v0.16.0";
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-/// A fake BuildKit release and a loopback HTTP server handing it out.
+/// A BuildKit release and a loopback HTTP server handing it out.
 pub struct Release {
     pub dir: tempfile::TempDir,
     sha256: String,
+    /// The version the installed BuildKit reports (`v0.32.2`): the pin's.
+    pub version: String,
     pub port: u16,
     /// Requests for the tarball that arrived, and that were answered.
     pub asked: Arc<AtomicU32>,
@@ -34,40 +36,9 @@ impl Release {
     /// Answer each request only after `delay` (a download that hangs).
     pub fn serve_after(delay: Duration) -> Release {
         let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("tree/bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        for tool in ["buildctl", "buildkitd"] {
-            let stub = format!(
-                "#!/bin/sh\n# FAKE {tool} for tests: only prints a BuildKit-style version line.\necho \"{tool} github.com/moby/buildkit {VERSION} 0000000000000000000000000000000000000000\"\n"
-            );
-            let path = bin.join(tool);
-            std::fs::write(&path, stub).unwrap();
-            Command::new("chmod")
-                .arg("755")
-                .arg(&path)
-                .status()
-                .unwrap();
-        }
-        let name = format!("buildkit-{VERSION}.linux-amd64.tar.gz");
-        let status = Command::new("tar")
-            .arg("-czf")
-            .arg(dir.path().join(&name))
-            .arg("-C")
-            .arg(dir.path().join("tree"))
-            .arg("bin")
-            .status()
-            .unwrap();
-        assert!(status.success(), "tar failed");
-        let out = Command::new("sha256sum")
-            .arg(dir.path().join(&name))
-            .output()
-            .unwrap();
-        let sha256 = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned();
-        let body = std::fs::read(dir.path().join(&name)).unwrap();
+        let tarball = super::buildkit_tarball::from_installed(dir.path());
+        let (name, sha256, version) = (tarball.name, tarball.sha256, tarball.version);
+        let body = std::fs::read(&tarball.path).unwrap();
 
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -98,6 +69,7 @@ impl Release {
         Release {
             dir,
             sha256,
+            version,
             port,
             asked,
             downloads,
@@ -106,14 +78,18 @@ impl Release {
         }
     }
 
-    /// A pin for the fake release; `sha256` overrides the amd64 checksum.
+    /// A pin for the release; `sha256` overrides this machine's architecture's checksum.
     pub fn pin(&self, sha256: Option<&str>) -> PathBuf {
         let path = self.dir.path().join("test.pin");
+        let ours = sha256.unwrap_or(&self.sha256).to_owned();
+        let other = "0".repeat(64);
+        let (amd64, arm64) = match super::buildkit_tarball::release_arch() {
+            "arm64" => (&other, &ours),
+            _ => (&ours, &other),
+        };
         let text = format!(
-            "# test pin: a FAKE BuildKit served on loopback\nBUILDKIT_VERSION={VERSION}\nBUILDKIT_SHA256_AMD64={}\nBUILDKIT_SHA256_ARM64={}\nBUILDKIT_URL='http://127.0.0.1:{}/buildkit-${{BUILDKIT_VERSION}}.linux-${{ARCH}}.tar.gz'\n",
-            sha256.unwrap_or(&self.sha256),
-            "0".repeat(64),
-            self.port
+            "# test pin: this machine's BuildKit, served on loopback\nBUILDKIT_VERSION={}\nBUILDKIT_SHA256_AMD64={amd64}\nBUILDKIT_SHA256_ARM64={arm64}\nBUILDKIT_URL='http://127.0.0.1:{}/buildkit-${{BUILDKIT_VERSION}}.linux-${{ARCH}}.tar.gz'\n",
+            self.version, self.port
         );
         std::fs::write(&path, text).unwrap();
         path

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod attack;
+pub mod buildkit_tarball;
 pub mod cgroup;
 pub mod fake_release;
 pub mod hcloud_sim;

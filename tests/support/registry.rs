@@ -1,6 +1,6 @@
 //! A throwaway OCI registry for tests: Debian's `docker-registry` (distribution v2) on a free
 //! loopback port, with its own config and temporary storage, killed and removed on drop.
-//! See TESTING.md ("Registry").
+//! What the tests need and run: README.md, "Two commands".
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};

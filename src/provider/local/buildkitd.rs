@@ -22,13 +22,16 @@
 //! runner's sshd sets `BUILDKIT_HOST` to this socket), the readiness wait, the metadata file.
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use super::{CGROUP_ROOT, LocalProvider, host_arch, runner_tool};
 use crate::config::BuildkitdSettings;
 use crate::config::buildkitd_toml::{self, Target};
+use crate::provider::ProviderError;
 
 /// The golden image's files, as `provision.sh` expects to find them beside itself.
 const GOLDEN_FILES: [(&str, &str, u32); 6] = [
@@ -188,8 +191,41 @@ pub fn provision(
 /// the tests' daemon that is late, or never ready within the launcher's wait.
 pub const START_AFTER_ENV: &str = "BKL_LOCAL_BUILDKITD_START_AFTER_S";
 
-/// Start buildkitd (its own process group, outside any cgroup until the caller moves it),
-/// `delay_s` seconds late when set.
+/// The environment variable whose words (split at whitespace) are appended to every sandbox
+/// runner's buildkitd command line: the tests' daemon that will not start
+/// (`--oci-worker-snapshotter=bogus`).
+pub const EXTRA_ARGS_ENV: &str = "BKL_LOCAL_BUILDKITD_ARGS";
+
+/// How a runner's buildkitd that exited is worded: its exit status and the last meaningful
+/// line of its log, escaped and cut (the log goes with the runner's directory).
+pub fn exited(status: std::process::ExitStatus, log: &str) -> String {
+    let line = last_meaningful_line(log).unwrap_or("its log is empty");
+    let mut line = crate::text::escape_controls(line);
+    if line.chars().count() > 300 {
+        line = line.chars().take(300).collect::<String>() + "…";
+    }
+    format!("buildkitd exited ({status}) before it listed a worker: {line}")
+}
+
+/// The line of a buildkitd log that says why it ended: the last `buildkitd: …` line (its
+/// fatal error; a Go stack trace follows it), else the last `level=fatal`/`level=error`
+/// entry, else the last line that is not a stack frame (frames are a symbol without spaces,
+/// or an indented file position).
+fn last_meaningful_line(log: &str) -> Option<&str> {
+    let lines: Vec<&str> = log.lines().map(str::trim_end).collect();
+    let last = |f: &dyn Fn(&str) -> bool| lines.iter().rev().copied().find(|l| f(l));
+    last(&|l| l.starts_with("buildkitd: "))
+        .or_else(|| last(&|l| l.contains("level=fatal") || l.contains("level=error")))
+        .or_else(|| {
+            last(&|l| !l.is_empty() && !l.starts_with(char::is_whitespace) && l.contains(' '))
+        })
+}
+
+/// Start buildkitd in its own process group, `delay_s` seconds late when set, with `extra`
+/// arguments last. `cgroup_procs` is the runner's cgroup's `cgroup.procs`: the child joins it
+/// before it execs, so buildkitd's first allocation, and everything it or the delay's shell
+/// starts, is charged there.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     dir: &Path,
     root: &Path,
@@ -197,6 +233,8 @@ pub fn start(
     config: &Path,
     platform: Option<&str>,
     delay_s: Option<u32>,
+    extra: &[String],
+    cgroup_procs: &Path,
 ) -> Result<Child, String> {
     let log = fs::File::create(dir.join("buildkitd.log"))
         .map_err(|e| format!("open buildkitd.log: {e}"))?;
@@ -230,10 +268,165 @@ pub fn start(
     if let Some(platform) = platform {
         cmd.arg("--oci-worker-platform").arg(platform);
     }
-    cmd.stdin(Stdio::null())
+    cmd.args(extra);
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup_procs)
+        .map_err(|e| format!("open {}: {e}", cgroup_procs.display()))?;
+    let procs_fd = procs.as_raw_fd();
+    // SAFETY: between fork and exec the closure only calls write(2) on a descriptor opened
+    // before the fork, with a buffer it owns: async-signal-safe, no allocation, no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            // "0" is the writing process itself (cgroup v1 and v2 alike).
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| format!("buildkitd.log: {e}"))?)
         .stderr(log)
         .process_group(0)
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", buildkitd.display()))
+        .map_err(|e| format!("cannot start {}: {e}", buildkitd.display()));
+    // The child has its own copy (closed at exec: std opens files close-on-exec).
+    drop(procs);
+    child
+}
+
+impl LocalProvider {
+    /// The runner's own buildkitd: provisioned from the golden image's files, started, moved
+    /// into the runner's memory cgroup (its build containers go below it).
+    pub(super) fn start_buildkitd(
+        &self,
+        id: &str,
+        dir: &Path,
+        cgroup: &Path,
+        arch: crate::config::Arch,
+    ) -> Result<(), ProviderError> {
+        let fail = |detail: String| ProviderError::Runner {
+            id: id.to_owned(),
+            action: "start its buildkitd",
+            detail,
+        };
+        let (Some(buildctl), Some(daemon)) =
+            (runner_tool(&[], "buildctl"), runner_tool(&[], "buildkitd"))
+        else {
+            return Err(fail(
+                "buildctl or buildkitd is not installed (scripts/install-deps)".into(),
+            ));
+        };
+        let root = dir.join("root");
+        let parent = cgroup
+            .strip_prefix(Path::new(CGROUP_ROOT).join("memory"))
+            .map_err(|_| fail(format!("{} is not a memory cgroup", cgroup.display())))?;
+        let config = provision(
+            dir,
+            &root,
+            &buildctl,
+            &daemon,
+            &parent.display().to_string(),
+            &self.buildkitd_settings,
+        )
+        .map_err(fail)?;
+        let platform = (arch.as_str() != host_arch()).then(|| arch.platform());
+        // The launcher's environment as it started (it scrubs its own).
+        let delay = match crate::environment::var(START_AFTER_ENV) {
+            None => None,
+            Some(v) => Some(v.parse::<u32>().map_err(|_| {
+                fail(format!(
+                    "{}={v:?}: not a whole number of seconds",
+                    START_AFTER_ENV
+                ))
+            })?),
+        };
+        let extra: Vec<String> = crate::environment::var(EXTRA_ARGS_ENV)
+            .map(|v| v.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        // The child joins the runner's memory cgroup before it execs (the only hierarchy the
+        // runner has a cgroup of its own in; runc makes the build containers' in the others).
+        let child = start(
+            dir,
+            &root,
+            &daemon,
+            &config,
+            platform,
+            delay,
+            &extra,
+            &cgroup.join("cgroup.procs"),
+        )
+        .map_err(fail)?;
+        let pid = child.id();
+        self.buildkitd
+            .lock()
+            .expect("buildkitd table lock")
+            .insert(id.to_owned(), child);
+        fs::write(dir.join("buildkitd.pid.launcher"), pid.to_string())
+            .map_err(|e| fail(format!("record its pid: {e}")))?;
+        Ok(())
+    }
+
+    /// How runner `id`'s buildkitd ended, if it has (its status and the last meaningful line
+    /// of its log), as the error that fails the attempt.
+    pub(super) fn buildkitd_exited(&self, id: &str) -> Option<ProviderError> {
+        let status = self
+            .buildkitd
+            .lock()
+            .expect("buildkitd table lock")
+            .get_mut(id)?
+            .try_wait()
+            .ok()??;
+        let log = fs::read(self.dir(id).join("buildkitd.log")).unwrap_or_default();
+        Some(ProviderError::Runner {
+            id: id.to_owned(),
+            action: "start its buildkitd",
+            detail: exited(status, &String::from_utf8_lossy(&log)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn an_exit_names_the_status_and_the_fatal_line_not_the_stack_trace() {
+        let log = "time=\"t\" level=info msg=\"auto snapshotter: using overlayfs\"\n\
+                   buildkitd: unknown snapshotter name: \"bogus\"\n\
+                   main.snapshotterFactory\n\
+                   \t/tmp/bk/src/cmd/buildkitd/main_oci_worker.go:460\n\
+                   runtime.goexit\n\
+                   \t/go/src/runtime/asm_amd64.s:1264\n";
+        assert_eq!(
+            exited(std::process::ExitStatus::from_raw(1 << 8), log),
+            "buildkitd exited (exit status: 1) before it listed a worker: buildkitd: unknown snapshotter name: \"bogus\""
+        );
+    }
+
+    #[test]
+    fn without_a_fatal_line_the_last_error_or_sentence_is_named_escaped_and_cut() {
+        let log = "level=error msg=\"a\u{1b}[31m\"\nlevel=info msg=done\n";
+        assert_eq!(
+            last_meaningful_line(log),
+            Some("level=error msg=\"a\u{1b}[31m\"")
+        );
+        let words = format!("{}\nmain.main\n", "x y".repeat(200));
+        let text = exited(std::process::ExitStatus::from_raw(9), &words);
+        assert!(text.contains("signal: 9"), "{text}");
+        assert!(text.ends_with("…") && text.len() < 400, "{text}");
+        assert!(
+            exited(std::process::ExitStatus::from_raw(1 << 8), "").ends_with("its log is empty")
+        );
+        assert!(
+            exited(
+                std::process::ExitStatus::from_raw(1 << 8),
+                "level=error msg=\"\u{1b}x\""
+            )
+            .contains("\\u{1b}")
+        );
+    }
 }

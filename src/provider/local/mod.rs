@@ -12,10 +12,12 @@
 //!
 //! Layout of `<base>/<id>/`: `sshd_config`, host key, `authorized_keys`, `labels.json`,
 //! `user-data`, `bin/` (on the runner's PATH: `bkl-runner-stats`), `home/`, `work/`, `tmp/`,
-//! `storage/` (buildah's graph and run roots, `storage.conf`), `root/` (the install prefix that
-//! provisioning scripts see as `BKL_ROOT`, so baking a golden image in a sandbox never touches
-//! the host's own system directories; the runner's buildkitd has its config, state and socket
-//! there), `golden/` (the golden image's files provisioning ran from), `buildkitd.log`,
+//! `storage/` (buildah's graph and run roots, `storage.conf`), `root/` (the install prefix the
+//! runner's own buildkitd was provisioned into: its config, state, socket and BuildKit links),
+//! `image/` (the install prefix the runner's sessions see as `BKL_ROOT`: a golden-image bake in
+//! a sandbox installs there, as on a fresh server with no BuildKit yet, and never touches the
+//! host's system directories or the runner's own buildkitd), `golden/` (the golden image's
+//! files provisioning ran from), `buildkitd.log`,
 //! `oom-events` (OOM events of the runner's memory limit, cgroup v1: see [`oom`]).
 
 pub mod buildkitd;
@@ -72,7 +74,7 @@ pub struct LocalProvider {
     base: PathBuf,
     cgroup_parent: PathBuf,
     memory_scale: u64,
-    /// Directories put first on the runner's PATH (the tests' `buildctl` double lives in one).
+    /// Directories put first on the runner's PATH (`--local-tools`).
     extra_path: Vec<PathBuf>,
     sshd: Mutex<HashMap<String, Child>>,
     /// Each runner's `bkl-runner-stats --sample` (outside its cgroup).
@@ -171,6 +173,7 @@ impl LocalProvider {
             "work",
             "tmp",
             "root",
+            "image",
             "storage/graph",
             "storage/run",
         ] {
@@ -288,66 +291,6 @@ impl LocalProvider {
         Ok(())
     }
 
-    /// The runner's own buildkitd: provisioned from the golden image's files, started, moved
-    /// into the runner's memory cgroup (its build containers go below it).
-    fn start_buildkitd(
-        &self,
-        id: &str,
-        dir: &Path,
-        cgroup: &Path,
-        arch: crate::config::Arch,
-    ) -> Result<(), ProviderError> {
-        let fail = |detail: String| ProviderError::Runner {
-            id: id.to_owned(),
-            action: "start its buildkitd",
-            detail,
-        };
-        let (Some(buildctl), Some(daemon)) =
-            (runner_tool(&[], "buildctl"), runner_tool(&[], "buildkitd"))
-        else {
-            return Err(fail(
-                "buildctl or buildkitd is not installed (scripts/install-deps)".into(),
-            ));
-        };
-        let root = dir.join("root");
-        let parent = cgroup
-            .strip_prefix(Path::new(CGROUP_ROOT).join("memory"))
-            .map_err(|_| fail(format!("{} is not a memory cgroup", cgroup.display())))?;
-        let config = buildkitd::provision(
-            dir,
-            &root,
-            &buildctl,
-            &daemon,
-            &parent.display().to_string(),
-            &self.buildkitd_settings,
-        )
-        .map_err(fail)?;
-        let platform = (arch.as_str() != host_arch()).then(|| arch.platform());
-        // The launcher's environment as it started (it scrubs its own).
-        let delay = match crate::environment::var(buildkitd::START_AFTER_ENV) {
-            None => None,
-            Some(v) => Some(v.parse::<u32>().map_err(|_| {
-                fail(format!(
-                    "{}={v:?}: not a whole number of seconds",
-                    buildkitd::START_AFTER_ENV
-                ))
-            })?),
-        };
-        let child =
-            buildkitd::start(dir, &root, &daemon, &config, platform, delay).map_err(fail)?;
-        let pid = child.id();
-        self.buildkitd
-            .lock()
-            .expect("buildkitd table lock")
-            .insert(id.to_owned(), child);
-        fs::write(dir.join("buildkitd.pid.launcher"), pid.to_string())
-            .map_err(|e| fail(format!("record its pid: {e}")))?;
-        // Its first allocations are charged outside; everything it starts later is inside.
-        fs::write(cgroup.join("cgroup.procs"), pid.to_string())
-            .map_err(|e| fail(format!("put it in {}: {e}", cgroup.display())))?;
-        Ok(())
-    }
-
     /// `BKL_RUNNER_ARCH` is the architecture the runner was made for (a sandbox standing in
     /// for an ARM server says arm64; its tools run on this machine's CPU all the same).
     fn sshd_config(&self, dir: &Path, host: &str, port: u16, arch: crate::config::Arch) -> String {
@@ -369,7 +312,7 @@ impl LocalProvider {
              PrintMotd no\n\
              MaxSessions 64\n\
              MaxStartups 64\n\
-             SetEnv PATH={} HOME={d}/home TMPDIR={d}/tmp CONTAINERS_STORAGE_CONF={d}/storage/storage.conf BUILDAH_ISOLATION=chroot BKL_RUNNER_WORKDIR={d}/work BKL_ROOT={d}/root BKL_RUNNER_ARCH={arch} BUILDKIT_HOST={}\n",
+             SetEnv PATH={} HOME={d}/home TMPDIR={d}/tmp CONTAINERS_STORAGE_CONF={d}/storage/storage.conf BUILDAH_ISOLATION=chroot BKL_RUNNER_WORKDIR={d}/work BKL_ROOT={d}/image BKL_RUNNER_ARCH={arch} BUILDKIT_HOST={}\n",
             path.join(":"),
             buildkitd::buildkit_host(&dir.join("root"))
         )
@@ -507,6 +450,26 @@ impl Provider for LocalProvider {
             workdir: dir.join("work").display().to_string(),
             home: dir.join("home").display().to_string(),
         })
+    }
+
+    /// The runner's buildkitd, watched while the launcher waits for it: one that exits (a bad
+    /// flag or config, a root it cannot use) fails the attempt at once, with its own words,
+    /// instead of after the whole readiness wait (and its log goes with the runner).
+    async fn watch_daemon(&self, id: &str) -> Result<(), ProviderError> {
+        if !self
+            .buildkitd
+            .lock()
+            .expect("buildkitd table lock")
+            .contains_key(id)
+        {
+            return Ok(());
+        }
+        loop {
+            if let Some(e) = self.buildkitd_exited(id) {
+                return Err(e);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn destroy(&self, id: &str) -> Result<(), ProviderError> {

@@ -46,7 +46,7 @@ pub use faults::AfterCreate;
 pub use client::{Reply, encode};
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -57,9 +57,6 @@ use hcloud::models::{image, server};
 
 use state::{ImageRec, ServerRec, State};
 pub use state::{SimImage, SimServer};
-
-/// The memory cgroup parent `LocalProvider` puts runners under.
-const CGROUP_PARENT: &str = "/sys/fs/cgroup/memory/buildkit-launcher";
 
 pub struct HcloudSim {
     /// `http://127.0.0.1:PORT/v1`: what `HCLOUD_ENDPOINT` gets.
@@ -518,15 +515,17 @@ impl HcloudSim {
         self.assert_no_runner_left();
     }
 
-    /// No sandbox runner left (servers created by `add_server` may remain).
+    /// No sandbox runner left (servers created by `add_server` may remain): of every runner
+    /// ever realized no directory, no cgroup in any hierarchy, no sshd, sampler, buildkitd or
+    /// runc container, and nothing mounted under the runners' directory.
     pub fn assert_no_runner_left(&self) {
         let ever: Vec<String> = self.state().ever_realized.iter().cloned().collect();
         for runner in &ever {
             let dir = self.base.path().join(runner);
             assert!(!dir.exists(), "runner directory {} left", dir.display());
-            let cgroup = PathBuf::from(CGROUP_PARENT).join(runner);
-            assert!(!cgroup.exists(), "runner cgroup {} left", cgroup.display());
+            crate::support::runner::assert_no_cgroups(runner);
         }
+        crate::support::runner::assert_no_daemon_or_mount(self.base.path());
         let ps = std::process::Command::new("ps")
             .args(["-eo", "args"])
             .output()
@@ -536,6 +535,11 @@ impl HcloudSim {
         assert!(
             !ps.lines().any(|l| l.contains("sshd") && l.contains(&base)),
             "an sshd of the simulator's runners is still running"
+        );
+        assert!(
+            !ps.lines()
+                .any(|l| l.contains("bkl-runner-stats") && l.contains(&base)),
+            "a memory sampler of the simulator's runners is still running"
         );
     }
 }
