@@ -87,10 +87,32 @@ pub fn set_plugin_mode() {
     PLUGIN_MODE.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// How the user wrote the option `--repo`: `repo` in plugin mode, `--repo` at a terminal.
+/// Does this process run as a Woodpecker plugin?
+pub fn plugin_mode() -> bool {
+    PLUGIN_MODE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// In plugin mode, the setting each flag came from as the pipeline's YAML spelled it
+/// (`build-arg` ← `build_args`), set once the settings became a command line.
+static WRITTEN: std::sync::OnceLock<std::collections::BTreeMap<String, String>> =
+    std::sync::OnceLock::new();
+
+/// Remember which setting became which flag (long name without dashes → setting).
+pub fn remember_settings(flag_to_setting: std::collections::BTreeMap<String, String>) {
+    let _ = WRITTEN.set(flag_to_setting);
+}
+
+/// The setting the flag `long` (`tag`) came from, as the pipeline wrote it (`tags`).
+pub fn written_setting(long: &str) -> Option<&'static str> {
+    WRITTEN.get()?.get(long).map(String::as_str)
+}
+
+/// How the user wrote the option `--repo`: the setting as the pipeline's YAML spelled it in
+/// plugin mode (`tags` for `--tag` when the pipeline wrote `tags`), `--repo` at a terminal.
 pub fn option(flag: &str) -> String {
-    if PLUGIN_MODE.load(std::sync::atomic::Ordering::Relaxed) {
-        flag.trim_start_matches('-').replace('-', "_")
+    if plugin_mode() {
+        let long = flag.trim_start_matches('-');
+        written_setting(long).map_or_else(|| long.replace('-', "_"), str::to_owned)
     } else {
         flag.to_owned()
     }

@@ -442,13 +442,32 @@ fn enforce_policy(
     if !plan.history.records {
         // A pull-request build.
         if !policy.pull_requests.secrets && (has_credentials || !secrets.is_empty()) {
-            let mut what: Vec<String> = Vec::new();
+            // Each secret with the setting (plugin mode) or variable that gave it; the line
+            // starts with the first one's.
+            let mut given: Vec<(String, String)> = Vec::new();
             if has_credentials {
-                what.push("the registry password".into());
+                let setting = if crate::exit::plugin_mode() {
+                    "password"
+                } else {
+                    "REGISTRY_PASSWORD"
+                };
+                given.push((setting.into(), "the registry password".into()));
             }
-            what.extend(secrets.iter().map(|(id, _)| format!("the secret {id}")));
+            for (id, _) in secrets {
+                let env = plan.build.secrets.iter().find(|s| s.id == *id);
+                let setting = match env {
+                    Some(s) if s.env.starts_with("BKL_BUILD_SECRET_") => "build_secrets".into(),
+                    _ => crate::exit::option("--secret"),
+                };
+                given.push((setting, format!("the secret {id}")));
+            }
+            let what: Vec<String> = given
+                .iter()
+                .map(|(setting, what)| format!("{what} ({setting})"))
+                .collect();
             return Err(Error::Usage(format!(
-                "CI_PIPELINE_EVENT: a pull-request build may not use secrets under the operator policy ({}), but it was given {}; remove them from the pull_request step or set pull_requests.secrets",
+                "{}: a pull-request build may not use secrets under the operator policy ({}), but this one (CI_PIPELINE_EVENT) was given {}; remove them from the pull_request step or set pull_requests.secrets",
+                given[0].0,
                 policy.origin,
                 what.join(", ")
             )));

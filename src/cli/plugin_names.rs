@@ -3,7 +3,6 @@
 //! that settings became rewritten in the settings' own names.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 use clap::CommandFactory;
 
@@ -74,19 +73,18 @@ pub fn check_known(env: &BTreeMap<String, String>) -> Result<(), String> {
     }
 }
 
-static WRITTEN: OnceLock<BTreeMap<String, String>> = OnceLock::new();
-
-/// Remember which setting became which flag (`tag` ← `tags`), for [`in_settings_words`].
+/// Remember which setting became which flag (`tag` ← `tags`), for [`in_settings_words`] and
+/// every message that names a flag (`exit::option`).
 pub fn remember(flag_to_setting: BTreeMap<String, String>) {
-    let _ = WRITTEN.set(flag_to_setting);
+    crate::exit::remember_settings(flag_to_setting);
 }
 
 /// clap's message about the command line the settings became, in the settings' words:
 /// `'--tag <TAG>'` → `tags` (as the pipeline wrote it).
 pub fn in_settings_words(text: &str) -> String {
-    let Some(written) = WRITTEN.get() else {
+    if !crate::exit::plugin_mode() {
         return text.to_owned();
-    };
+    }
     let cli = Cli::command();
     let Some(build) = cli.find_subcommand("build") else {
         return text.to_owned();
@@ -94,10 +92,8 @@ pub fn in_settings_words(text: &str) -> String {
     let mut text = text.to_owned();
     for arg in build.get_arguments() {
         let Some(long) = arg.get_long() else { continue };
-        let setting = written
-            .get(long)
-            .cloned()
-            .unwrap_or_else(|| long.replace('-', "_"));
+        let setting = crate::exit::written_setting(long)
+            .map_or_else(|| long.replace('-', "_"), str::to_owned);
         let values = arg
             .get_value_names()
             .map(|v| v.iter().map(|s| format!("<{s}>")).collect::<Vec<_>>())

@@ -333,7 +333,7 @@ impl Plan {
             ipv4_price_from: REFERENCE_IPV4.to_owned(),
             server: sizing.tier.clone(),
             retry_server: sizing.retry_tier.clone(),
-            retry_note: None,
+            retry_note: ceiling_took_the_retry(&sizing, config),
             percentile_mib: sizing.percentile_mib,
             language: sizing.language,
             timeout_minutes: sizing.timeout_minutes,
@@ -357,6 +357,29 @@ impl Plan {
             context_entries: facts.context_entries.clone(),
         })
     }
+}
+
+/// Why a tier with no retry has none when the operator's ceiling took the next larger tier
+/// out of the ladder (it is not the ladder's largest: the ceiling stops the retry).
+fn ceiling_took_the_retry(sizing: &Sizing, config: &Config) -> Option<String> {
+    if sizing.retry_tier.is_some() {
+        return None;
+    }
+    let ceiling = config.ceiling.as_ref()?;
+    let next = config
+        .above_ceiling
+        .iter()
+        .filter(|(arch, t)| *arch == sizing.arch && t.memory_mib > sizing.tier.memory_mib)
+        .map(|(_, t)| t)
+        .min_by_key(|t| t.memory_mib)?;
+    let price = next
+        .price_eur_per_hour
+        .map_or_else(|| "no price".to_owned(), |p| format!("{p} EUR/h"));
+    Some(format!(
+        "the retry's server type {} ({} GB memory, {price} in the launcher config) is above the ceiling: {ceiling}",
+        next.name,
+        next.memory_mib / 1024
+    ))
 }
 
 impl Plan {
