@@ -229,6 +229,11 @@ pub struct Config {
     /// Set when the operator policy took tiers out of the ladders: the ceiling, in words.
     #[serde(skip)]
     pub ceiling: Option<String>,
+    /// The tiers the operator policy took out of the ladders (above its ceiling), with their
+    /// architecture: a retry would have used the smallest larger one, so the plan can say why
+    /// there is none.
+    #[serde(skip)]
+    pub above_ceiling: Vec<(Arch, Tier)>,
     /// The operator policy's ceiling in numbers (set with the policy; none by default), which
     /// the plan's candidates are held to.
     #[serde(skip)]

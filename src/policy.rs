@@ -264,6 +264,7 @@ impl Policy {
         };
         let mut capped = false;
         let mut emptied = Vec::new();
+        let mut removed = Vec::new();
         for arch in [Arch::Amd64, Arch::Arm64] {
             let max_mib = self.max_memory_mib(arch);
             let within = |t: &crate::config::Tier| {
@@ -279,6 +280,12 @@ impl Policy {
                 Arch::Arm64 => &mut config.tiers.arm64,
             };
             let before = ladder.len();
+            removed.extend(
+                ladder
+                    .iter()
+                    .filter(|t| !within(t))
+                    .map(|t| (arch, t.clone())),
+            );
             ladder.retain(within);
             capped |= ladder.len() != before;
             let Some(top) = ladder.last().map(|t| t.name.clone()) else {
@@ -303,6 +310,7 @@ impl Policy {
                 }
             }
         }
+        config.above_ceiling = removed;
         if emptied.len() == 2 {
             return Err(PolicyError::Invalid {
                 origin: self.origin.clone(),

@@ -160,14 +160,8 @@ fn refuse_secrets_in_settings(
     env: &BTreeMap<String, String>,
     policy: &Policy,
 ) -> Result<(), String> {
-    // A secret of 8 characters or more anywhere in the value; a shorter one (4 to 7) only as
-    // the whole value, so that a short secret does not refuse every setting that contains it.
     let secrets = policy.secret_values();
-    let holds = |value: &str| {
-        secrets.iter().any(|s| {
-            s.len() >= 8 && value.contains(s.as_str()) || s.len() >= 4 && value.trim() == s.as_str()
-        })
-    };
+    let holds = |value: &str| holds_secret(value, &secrets);
     let found: Vec<String> = env
         .iter()
         .filter(|(k, v)| {
@@ -184,6 +178,15 @@ fn refuse_secrets_in_settings(
     ))
 }
 
+/// Whether `value` carries one of `secrets`: one of 8 characters or more anywhere in it, a
+/// shorter one (4 to 7) only as the whole value, so that a short secret does not refuse every
+/// value that happens to contain it (and one under 4 characters is no secret worth the name).
+fn holds_secret(value: &str, secrets: &[zeroize::Zeroizing<String>]) -> bool {
+    secrets.iter().any(|s| {
+        s.len() >= 8 && value.contains(s.as_str()) || s.len() >= 4 && value.trim() == s.as_str()
+    })
+}
+
 /// A build argument, label or tag may not carry a secret the launcher holds: it would be in
 /// the report's commands, the image's history and the log.
 pub fn refuse_secret_values(
@@ -192,11 +195,7 @@ pub fn refuse_secret_values(
     tags: &[String],
     secrets: &[zeroize::Zeroizing<String>],
 ) -> Result<(), String> {
-    let holds = |value: &str| {
-        secrets.iter().any(|s| {
-            s.len() >= 4 && value.contains(s.as_str()) || !s.is_empty() && value == s.as_str()
-        })
-    };
+    let holds = |value: &str| holds_secret(value, secrets);
     // The message names the key, never the value (which holds the secret).
     let found = build_args
         .iter()
@@ -214,7 +213,7 @@ pub fn refuse_secret_values(
         .find(|(_, _, v)| holds(v));
     match found {
         Some((flag, key, _)) => Err(format!(
-            "{}: {key}: its value holds a secret of the launcher (the token, the registry password or a build secret); pass secrets with secrets/build_secrets, never as a value",
+            "{}: {key}: its value holds a secret of the launcher (the token, the registry password, a build secret or a variable the policy marks secret); pass secrets with secrets/build_secrets, never as a value",
             crate::exit::option(flag),
         )),
         None => Ok(()),

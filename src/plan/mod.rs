@@ -333,7 +333,12 @@ impl Plan {
             ipv4_price_from: REFERENCE_IPV4.to_owned(),
             server: sizing.tier.clone(),
             retry_server: sizing.retry_tier.clone(),
-            retry_note: None,
+            retry_note: rung::ceiling_took_the_retry(
+                sizing.arch,
+                &sizing.tier,
+                sizing.retry_tier.as_ref(),
+                config,
+            ),
             percentile_mib: sizing.percentile_mib,
             language: sizing.language,
             timeout_minutes: sizing.timeout_minutes,

@@ -140,6 +140,34 @@ fn configured(tier: &Tier, arch: Arch, locations: &[String]) -> api::ServerType 
     t
 }
 
+/// Why a tier with no retry has none when the operator's ceiling took the next larger tier
+/// out of the ladder (it is not the ladder's largest: the ceiling stops the retry).
+pub fn ceiling_took_the_retry(
+    arch: Arch,
+    tier: &Tier,
+    retry: Option<&Tier>,
+    config: &Config,
+) -> Option<String> {
+    if retry.is_some() {
+        return None;
+    }
+    let ceiling = config.ceiling.as_ref()?;
+    let next = config
+        .above_ceiling
+        .iter()
+        .filter(|(a, t)| *a == arch && t.memory_mib > tier.memory_mib)
+        .map(|(_, t)| t)
+        .min_by_key(|t| t.memory_mib)?;
+    let price = next
+        .price_eur_per_hour
+        .map_or_else(|| "no price".to_owned(), |p| format!("{p} EUR/h"));
+    Some(format!(
+        "the retry's server type {} ({} GB memory, {price} in the launcher config) is above the ceiling: {ceiling}",
+        next.name,
+        next.memory_mib / 1024
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,5 +263,45 @@ mod tests {
         assert_eq!(r.candidates[0].name, "zz9");
         assert_eq!(r.candidates[0].eur_per_hour, Some(0.5));
         assert_eq!(r.candidates[1].name, "cx53");
+    }
+
+    #[test]
+    fn a_missing_retry_is_explained_only_when_the_ceiling_took_it() {
+        let mut config = Config::defaults();
+        let ladder = config.tiers.amd64.clone();
+        // No ceiling: the top of the ladder simply has no larger type.
+        let top = ladder.last().unwrap();
+        assert_eq!(
+            ceiling_took_the_retry(Arch::Amd64, top, None, &config),
+            None
+        );
+        // A ceiling of 8 GB took every larger tier out: the 8 GB tier's retry is gone, and
+        // the note names the smallest of the removed ones, not the largest.
+        config.ceiling = Some("8 GB memory (operator policy)".into());
+        config.above_ceiling = ladder[2..]
+            .iter()
+            .map(|t| (Arch::Amd64, t.clone()))
+            .chain([(Arch::Arm64, config.tiers.arm64[3].clone())])
+            .collect();
+        let note = ceiling_took_the_retry(Arch::Amd64, &ladder[1], None, &config).unwrap();
+        assert!(
+            note.starts_with(&format!("the retry's server type {} (", ladder[2].name)),
+            "{note}"
+        );
+        assert!(
+            note.ends_with("is above the ceiling: 8 GB memory (operator policy)"),
+            "{note}"
+        );
+        // A tier that still has a retry needs no note; another architecture's removed tiers
+        // say nothing about this one.
+        assert_eq!(
+            ceiling_took_the_retry(Arch::Amd64, &ladder[0], Some(&ladder[1]), &config),
+            None
+        );
+        config.above_ceiling.retain(|(a, _)| *a == Arch::Arm64);
+        assert_eq!(
+            ceiling_took_the_retry(Arch::Amd64, &ladder[1], None, &config),
+            None
+        );
     }
 }

@@ -13,10 +13,21 @@ pub const FAST_CONFIG: &str = "{ hcloud.retry = { initial_delay_ms = 50, max_del
 /// Run the step in `ctx` (its workspace), with `settings` (settings and `CI_*` facts) added to
 /// the simulator's token and endpoint.
 pub fn run(sim: &HcloudSim, ctx: &Context, settings: &[(&str, &str)]) -> Outcome {
+    run_with_policy(sim, ctx, "", settings)
+}
+
+/// [`run`] under a policy with `fields` (`, secret_env = ["X"]`) added to the one that lets
+/// the step bring its config and the simulator's endpoint.
+pub fn run_with_policy(
+    sim: &HcloudSim,
+    ctx: &Context,
+    fields: &str,
+    settings: &[(&str, &str)],
+) -> Outcome {
     let policy = ctx.path().join("operator-policy.ncl");
     std::fs::write(
         &policy,
-        "{ repository_may_set = ['config, 'hcloud_endpoint] }",
+        format!("{{ repository_may_set = ['config, 'hcloud_endpoint]{fields} }}"),
     )
     .unwrap();
     std::fs::write(ctx.path().join("fast.ncl"), FAST_CONFIG).unwrap();

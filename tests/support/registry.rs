@@ -158,6 +158,13 @@ impl Registry {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// Where the registry keeps its blobs and manifests (distribution's filesystem driver):
+    /// every byte anything pushed, for a test that scans them.
+    #[allow(dead_code)]
+    pub fn storage(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// `GET /v2/REPO/tags/list` as raw JSON (`None` on 404).
     pub fn tags(&self, repo: &str) -> Option<String> {
         let (status, _, body) = self.get(&format!("/v2/{repo}/tags/list"), &[]).unwrap();
