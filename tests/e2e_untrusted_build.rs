@@ -140,55 +140,80 @@ fn descendants(root: u32) -> Vec<(u32, String)> {
 /// the swap before it sends anything and builds nothing.
 #[test]
 fn a_directory_swapped_for_a_symlink_after_the_plan_is_never_sent() {
-    let Some(f) = Fixture::new("COPY sub/ /sub/\nRUN cat /sub/notes") else {
-        return;
-    };
-    std::fs::create_dir(f.ctx.path().join("sub")).unwrap();
-    std::fs::write(f.ctx.path().join("sub/notes"), "committed").unwrap();
-    let outside = tempfile::tempdir().unwrap();
-    std::fs::write(outside.path().join("notes"), "outside-canary-91fe").unwrap();
-    let (runners, ctx, target) = (
-        f.runners.path().to_owned(),
-        f.ctx.path().to_owned(),
-        outside.path().to_owned(),
-    );
-    let swapper = std::thread::spawn(move || {
-        // The plan is made (and the context listed) before the runner exists.
-        for _ in 0..6000 {
-            let booting = std::fs::read_dir(&runners)
-                .unwrap()
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("local-"));
-            if booting {
-                std::fs::rename(ctx.join("sub"), ctx.join("sub.moved")).unwrap();
-                std::os::unix::fs::symlink(&target, ctx.join("sub")).unwrap();
-                return true;
+    // A directory inside the context, then the context itself (`ctx/` would follow the link).
+    for swap_the_context in [false, true] {
+        let Some(f) = Fixture::new("COPY sub/ /sub/\nRUN cat /sub/notes") else {
+            return;
+        };
+        std::fs::create_dir(f.ctx.path().join("sub")).unwrap();
+        std::fs::write(f.ctx.path().join("sub/notes"), "committed").unwrap();
+        // Outside the workspace: what a swapped path would lead rsync to.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("notes"), "outside-canary-91fe").unwrap();
+        std::fs::create_dir(outside.path().join("sub")).unwrap();
+        std::fs::write(outside.path().join("sub/notes"), "outside-canary-91fe").unwrap();
+        std::fs::copy(
+            f.ctx.path().join("Dockerfile"),
+            outside.path().join("Dockerfile"),
+        )
+        .unwrap();
+        let (runners, ctx, target) = (
+            f.runners.path().to_owned(),
+            f.ctx.path().to_owned(),
+            outside.path().to_owned(),
+        );
+        let swapped = if swap_the_context {
+            ctx.clone()
+        } else {
+            ctx.join("sub")
+        };
+        let moved = target.join("moved");
+        let (at, from) = (swapped.clone(), moved.clone());
+        let swapper = std::thread::spawn(move || {
+            // The plan is made (and the context listed) before the runner exists.
+            for _ in 0..6000 {
+                let booting = std::fs::read_dir(&runners)
+                    .unwrap()
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("local-"));
+                if booting {
+                    std::fs::rename(&at, &from).unwrap();
+                    let link = if swap_the_context {
+                        target.clone()
+                    } else {
+                        target.join("sub")
+                    };
+                    std::os::unix::fs::symlink(link, &at).unwrap();
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            false
+        });
+        let out = f.build("buildctl", &[]);
+        let case = if swap_the_context {
+            "the context"
+        } else {
+            "sub"
+        };
+        assert!(swapper.join().unwrap(), "{case}: the runner never appeared");
+        // Infrastructure (exit 4): the runner was fine, the workspace is not the launcher's
+        // to fix. (The report, in the context, went where the link leads.)
+        let report = f.report();
+        f.assert_nothing_left();
+        std::fs::remove_file(&swapped).unwrap();
+        std::fs::rename(&moved, &swapped).unwrap();
+        assert_eq!(out.code, 4, "{case}: {}\n{}", out.stdout, out.stderr);
+        let error = report["error"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            error.contains("the build context changed while it was being sent"),
+            "{case}: {error}"
+        );
+        for stream in [&out.stderr, &out.stdout] {
+            assert!(!stream.contains("outside-canary-91fe"), "{case}: {stream}");
         }
-        false
-    });
-    let out = f.build("buildctl", &[]);
-    assert!(swapper.join().unwrap(), "the runner never appeared");
-    // Infrastructure (exit 4): the runner was fine, the workspace is not the launcher's to fix.
-    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
-    let error = f.report()["error"].as_str().unwrap_or_default().to_owned();
-    assert!(
-        error.contains("the build context changed while it was being sent"),
-        "{error}"
-    );
-    assert!(
-        !out.stderr.contains("outside-canary-91fe"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        !out.stdout.contains("outside-canary-91fe"),
-        "{}",
-        out.stdout
-    );
-    assert!(f.report()["digest"].is_null(), "nothing was pushed");
-    f.assert_nothing_left();
+        assert!(report["digest"].is_null(), "{case}: nothing was pushed");
+    }
 }
 
 /// /proc/PID/environ keeps the environment a process started with, whatever it unsets later:

@@ -101,6 +101,8 @@ pub struct Facts {
     pub warnings: Vec<String>,
     /// The context's entries to send (relative paths), `.dockerignore` applied.
     pub context_entries: Vec<PathBuf>,
+    /// The context's real path (no symlink in it) when its entries were listed.
+    pub context_root: PathBuf,
     /// The history store could not be read; sizing went on without it.
     pub history_unreadable: bool,
 }
@@ -142,6 +144,13 @@ pub fn gather(
     }
     // What would be sent, decided now: a bad ignore file or a Dockerfile reached through a
     // symlink is refused before any server exists.
+    // Its real path, taken as it is listed: the sync reads that path, through no symlink a
+    // later swap could add (transport::context_guard). Listed by the name it was given, so
+    // that messages name files as the user wrote the context.
+    let context_root = req
+        .context
+        .canonicalize()
+        .map_err(|_| PlanError::MissingContext(req.context.clone()))?;
     let context_entries =
         crate::transport::dockerignore::context_entries(&req.context, &req.build.dockerfile)?;
     let spec_path = req.context.join(&config.spec.file);
@@ -181,6 +190,7 @@ pub fn gather(
         history_store: store.describe(),
         warnings: recent.warnings,
         context_entries,
+        context_root,
         history_unreadable,
     })
 }
@@ -238,6 +248,9 @@ pub struct Plan {
     /// What the sync sends, computed with the plan (before any runner exists).
     #[serde(skip)]
     pub context_entries: Vec<PathBuf>,
+    /// The context's real path when it was listed: what the sync reads.
+    #[serde(skip)]
+    pub context_root: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -360,6 +373,7 @@ impl Plan {
             buildkitd_ready_timeout_s: ready_timeout_s,
             build,
             context_entries: facts.context_entries.clone(),
+            context_root: facts.context_root.clone(),
         })
     }
 }
@@ -528,6 +542,7 @@ mod tests {
             history_store: "none".into(),
             warnings: Vec::new(),
             context_entries: Vec::new(),
+            context_root: req.context.clone(),
             history_unreadable: false,
         };
         Plan::new(&req, &config, &facts).unwrap()

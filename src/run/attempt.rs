@@ -130,7 +130,7 @@ async fn build_over(
     let bytes: u64 = plan
         .context_entries
         .iter()
-        .filter_map(|e| plan.context.join(e).symlink_metadata().ok())
+        .filter_map(|e| plan.context_root.join(e).symlink_metadata().ok())
         .filter(|m| m.is_file())
         .map(|m| m.len())
         .sum();
@@ -140,7 +140,7 @@ async fn build_over(
         bytes as f64 / 1e6
     ));
     let remote_context = paths.context();
-    let sync = conn.sync(&plan.context, &plan.context_entries, &remote_context);
+    let sync = conn.sync(&plan.context_root, &plan.context_entries, &remote_context);
     tokio::pin!(sync);
     // A large context takes a while: say so every 15 s, so the log never looks stuck.
     let mut tick = tokio::time::interval_at(

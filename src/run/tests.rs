@@ -104,6 +104,7 @@ fn plan(dir: &std::path::Path) -> BuildPlan {
         history_store: "none".into(),
         warnings: vec![],
         context_entries: vec![],
+        context_root: req.context.clone(),
         history_unreadable: false,
     };
     BuildPlan::one(Plan::new(&req, &config, &facts).unwrap())
