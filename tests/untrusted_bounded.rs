@@ -431,7 +431,7 @@ fn a_redirect_to_another_host_is_never_followed_for_a_token_or_the_handshake() {
         let line = out.assert_one_line_error(code);
         assert!(line.contains(registry.as_str()), "{line}");
         assert!(
-            line.contains("redirected to the host \"127.0.0.2\""),
+            line.contains("redirected to the host \"127.0.0.2:"),
             "{line}"
         );
         assert!(!line.contains("fake-registry-password"), "{line}");

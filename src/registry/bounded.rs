@@ -307,37 +307,70 @@ pub fn client_builder() -> reqwest::ClientBuilder {
 /// address one hop after [`check_realm`] allowed its own host, and have the answer sent back to
 /// it as a token.
 ///
-/// - A blob download may be redirected to storage on another host (distribution with S3 and
-///   Docker Hub do this), over https only; reqwest drops the credentials on the way.
-/// - Anything else (the handshake, a token, a manifest, a tag list, the catalogue) follows a
-///   redirect only on the same host: a new host is refused, naming it.
-/// - At most 5 hops.
+/// Every hop is judged against the request the chain started with (never the hop before it,
+/// which the registry chose): see [`may_follow`]. At most 5 hops.
 pub fn redirects() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         if attempt.previous().len() > 5 {
             return attempt.error("more than 5 redirects");
         }
-        let Some(from) = attempt.previous().last() else {
+        let Some(first) = attempt.previous().first() else {
             return attempt.follow();
         };
-        let to = attempt.url();
-        let same_host = from.host_str() == to.host_str();
-        let blob = from.path().contains("/blobs/");
-        if same_host || (blob && to.scheme() == "https") {
-            return attempt.follow();
+        match may_follow(first, attempt.url()) {
+            Ok(()) => attempt.follow(),
+            Err(why) => attempt.error(why),
         }
-        let why = format!(
-            "{} redirected to the host {:?}, which the launcher does not follow (a registry's \
-             redirects are followed on its own host, and for blob downloads to https storage)",
-            crate::text::escape_controls(&format!(
-                "{}{}",
-                from.host_str().unwrap_or_default(),
-                from.path()
-            )),
-            to.host_str().unwrap_or_default(),
-        );
-        attempt.error(why)
     })
+}
+
+/// Whether a chain that started at `first` may go on to `to`:
+///
+/// - a blob download (`first` is `/v2/<name>/blobs/sha256:<64 hex>`, exactly) may go to
+///   storage on another host (distribution with S3 and Docker Hub do this), over https only;
+///   reqwest drops the credentials on the way;
+/// - anything else (the handshake, a token, a manifest, a tag list, the catalogue) stays on
+///   `first`'s host and port, and never leaves https for http.
+pub fn may_follow(first: &reqwest::Url, to: &reqwest::Url) -> Result<(), String> {
+    let same_origin = first.host_str() == to.host_str()
+        && first.port_or_known_default() == to.port_or_known_default()
+        && (first.scheme() != "https" || to.scheme() == "https");
+    if same_origin || (is_blob_path(first.path()) && to.scheme() == "https") {
+        return Ok(());
+    }
+    let port = to.port().map(|p| format!(":{p}")).unwrap_or_default();
+    Err(format!(
+        "{} redirected to the host {:?}, which the launcher does not follow (a registry's \
+         redirects are followed on its own host and port, and for blob downloads to https storage)",
+        crate::text::escape_controls(&format!(
+            "{}{}",
+            first.host_str().unwrap_or_default(),
+            first.path()
+        )),
+        crate::text::escape_controls(&format!("{}{port}", to.host_str().unwrap_or_default())),
+    ))
+}
+
+/// `/v2/<name>/blobs/sha256:<64 lowercase hex>`: a blob by its digest, nothing else.
+fn is_blob_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return false;
+    };
+    let Some((name, digest)) = rest.rsplit_once("/blobs/sha256:") else {
+        return false;
+    };
+    let name_ok = !name.is_empty()
+        && name.split('/').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        });
+    name_ok
+        && digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// `Bearer realm="…",service="…",scope="…"` → (realm, service).
@@ -440,5 +473,47 @@ mod tests {
         assert_eq!(size(MAX_TOKEN_BYTES), "1 MiB");
         assert_eq!(size(MAX_TAG_LIST_BYTES), "16 MiB");
         assert_eq!(size(1536), "2 KiB");
+    }
+
+    #[test]
+    fn a_redirect_is_judged_against_where_the_chain_started() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let digest = "a".repeat(64);
+        let blob = url(&format!(
+            "https://reg.example/v2/org/app/blobs/sha256:{digest}"
+        ));
+        // A blob may go to https storage elsewhere, never to http.
+        assert!(may_follow(&blob, &url("https://s3.example/x?sig=1")).is_ok());
+        assert!(may_follow(&blob, &url("http://169.254.169.254/token")).is_err());
+        // Anything else stays on its host and port, and never leaves https.
+        let handshake = url("https://reg.example/v2/");
+        assert!(may_follow(&handshake, &url("https://reg.example/v2/other")).is_ok());
+        let err = may_follow(&handshake, &url("https://10.0.0.1:8443/token")).unwrap_err();
+        assert!(
+            err.starts_with("reg.example/v2/ redirected to the host \"10.0.0.1:8443\""),
+            "{err}"
+        );
+        assert!(may_follow(&handshake, &url("https://reg.example:444/v2/")).is_err());
+        assert!(may_follow(&handshake, &url("http://reg.example/v2/")).is_err());
+        // A hop the registry chose on its own host (a path that merely looks like a blob) does
+        // not make the chain a blob download: the first request decides.
+        assert!(may_follow(&handshake, &url("https://s3.example/x")).is_err());
+        // What counts as a blob path: exactly /v2/<name>/blobs/sha256:<64 hex>.
+        for (path, blob) in [
+            (format!("/v2/org/app/blobs/sha256:{digest}"), true),
+            (format!("/v2/a/blobs/sha256:{digest}"), true),
+            (format!("/v2//blobs/sha256:{digest}"), false),
+            (format!("/v2/org/app/blobs/sha256:{digest}0"), false),
+            (
+                format!("/v2/org/app/blobs/sha256:{}", "A".repeat(64)),
+                false,
+            ),
+            (format!("/token/blobs/sha256:{digest}"), false),
+            (format!("/v2/Org/blobs/sha256:{digest}"), false),
+            ("/v2/org/app/blobs/uploads/".to_owned(), false),
+            ("/v2/org/app/manifests/latest".to_owned(), false),
+        ] {
+            assert_eq!(is_blob_path(&path), blob, "{path}");
+        }
     }
 }
