@@ -153,12 +153,12 @@ pub fn classify_request(
         return verdict;
     };
     let own_words = buildkits_own_words(line);
-    let prefixes = names.iter().flat_map(|n| {
-        [
-            format!("error: failed to solve: failed to resolve source metadata for {n}:"),
-            format!("error: failed to solve: {n}: failed to resolve source metadata for {n}:"),
-        ]
-    });
+    // Only the scanner's own form: a Dockerfile stage naming the same image (`FROM`,
+    // `COPY --from=`) fails as `failed to solve: IMAGE: failed to resolve source metadata for
+    // IMAGE: …` (BuildKit v0.32.2, measured), which stays the build's failure.
+    let prefixes = names
+        .iter()
+        .map(|n| format!("error: failed to solve: failed to resolve source metadata for {n}:"));
     if !prefixes.into_iter().any(|p| own_words.starts_with(&p)) {
         return verdict;
     }
@@ -466,6 +466,16 @@ mod tests {
         // Another image that cannot be resolved is the build's own failure.
         let t = lines(
             "error: failed to solve: failed to resolve source metadata for 127.0.0.1:5000/app/base:1: not found",
+        );
+        assert!(matches!(
+            classify_request(&code(1), &t, Some(0), &req),
+            Verdict::Failed { .. }
+        ));
+        // A Dockerfile stage (`FROM` or `COPY --from=`) naming the scanner image itself fails
+        // in the stage's own form, image first (BuildKit v0.32.2, measured): the build's own
+        // failure, never blamed on the scanner.
+        let t = lines(
+            "error: failed to solve: docker.io/docker/buildkit-syft-scanner:stable-1: failed to resolve source metadata for docker.io/docker/buildkit-syft-scanner:stable-1: no match for platform in manifest",
         );
         assert!(matches!(
             classify_request(&code(1), &t, Some(0), &req),
