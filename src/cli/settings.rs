@@ -181,9 +181,17 @@ fn refuse_secrets_in_settings(
 /// Whether `value` carries one of `secrets`: one of 8 characters or more anywhere in it, a
 /// shorter one (4 to 7) only as the whole value, so that a short secret does not refuse every
 /// value that happens to contain it (and one under 4 characters is no secret worth the name).
+/// A map setting (`build_args: {X: ...}`) reaches the launcher as JSON, where a secret with a
+/// quote, a backslash or a control character is escaped: its escaped form counts too.
 fn holds_secret(value: &str, secrets: &[zeroize::Zeroizing<String>]) -> bool {
     secrets.iter().any(|s| {
-        s.len() >= 8 && value.contains(s.as_str()) || s.len() >= 4 && value.trim() == s.as_str()
+        let escaped =
+            zeroize::Zeroizing::new(serde_json::to_string(s.as_str()).unwrap_or_default());
+        let escaped = escaped
+            .get(1..escaped.len().saturating_sub(1))
+            .unwrap_or_default();
+        s.len() >= 8 && (value.contains(s.as_str()) || value.contains(escaped))
+            || s.len() >= 4 && value.trim() == s.as_str()
     })
 }
 
@@ -531,5 +539,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(!err.contains('\u{1b}'), "control bytes are escaped: {err}");
+    }
+
+    #[test]
+    fn a_secret_is_found_as_written_or_as_json_escapes_it_never_when_short_and_inside() {
+        let secrets = [
+            zeroize::Zeroizing::new("tok\"en-\\-7f3a".to_owned()),
+            zeroize::Zeroizing::new("abcd".to_owned()),
+        ];
+        // As written, and as a map setting's JSON carries it.
+        assert!(holds_secret("x tok\"en-\\-7f3a y", &secrets));
+        assert!(holds_secret(r#"{"X":"tok\"en-\\-7f3a"}"#, &secrets));
+        // A short secret only as the whole value.
+        assert!(holds_secret(" abcd ", &secrets));
+        assert!(!holds_secret("abcdef", &secrets));
+        assert!(!holds_secret("tok-en", &secrets));
     }
 }
