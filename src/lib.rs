@@ -5,6 +5,8 @@
 //! builds needed. [`simulate`] replays history through the sizing rule. [`cli`] parses and
 //! dispatches; [`exit`] maps every error to its documented exit code.
 
+// Printing goes through text::to_stderr/to_stdout: `eprintln!` panics when the log is closed.
+#![deny(clippy::print_stderr, clippy::print_stdout)]
 pub mod backend;
 pub mod check;
 pub mod cli;
@@ -33,7 +35,7 @@ pub fn warn_once(message: &str) {
     static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     if !seen.iter().any(|m| m == message) {
-        eprintln!("warning: {message}");
+        text::to_stderr(&format!("warning: {message}"));
         seen.push(message.to_owned());
     }
 }

@@ -1,3 +1,6 @@
+// Printing goes through text::to_stderr/to_stdout: `eprintln!` panics when the log is closed.
+#![deny(clippy::print_stderr, clippy::print_stdout)]
+
 use std::ffi::OsString;
 use std::process::ExitCode;
 
@@ -32,7 +35,7 @@ fn main() -> ExitCode {
         match plugin::build_secrets(&env) {
             Ok(secrets) => secrets,
             Err(message) => {
-                eprintln!("error: {}", cli::printable(&message));
+                buildkit_launcher::text::to_stderr(&format!("error: {}", cli::printable(&message)));
                 return ExitCode::from(2);
             }
         }
@@ -47,14 +50,17 @@ fn main() -> ExitCode {
         let policy = match buildkit_launcher::policy::Policy::current() {
             Ok(policy) => policy,
             Err(e) => {
-                eprintln!("error: {}", cli::printable(&e.to_string()));
+                buildkit_launcher::text::to_stderr(&format!(
+                    "error: {}",
+                    cli::printable(&e.to_string())
+                ));
                 return ExitCode::from(2);
             }
         };
         match plugin::argv(&env, policy) {
             Ok(argv) => argv,
             Err(message) => {
-                eprintln!("error: {}", cli::printable(&message));
+                buildkit_launcher::text::to_stderr(&format!("error: {}", cli::printable(&message)));
                 return ExitCode::from(2);
             }
         }
@@ -70,7 +76,10 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(error) => {
-            eprintln!("error: {}", cli::printable(&error.one_line()));
+            buildkit_launcher::text::to_stderr(&format!(
+                "error: {}",
+                cli::printable(&error.one_line())
+            ));
             ExitCode::from(error.exit() as u8)
         }
     }
@@ -95,7 +104,7 @@ fn usage_error(e: clap::Error, plugin: bool) -> ExitCode {
             // Masked: a setting's value (a secret passed through the wrong setting) may be
             // quoted by clap; every line's control bytes escaped.
             let text: Vec<String> = text.trim_end().lines().map(cli::printable).collect();
-            eprintln!("{}", text.join("\n"));
+            buildkit_launcher::text::to_stderr(&text.join("\n"));
             ExitCode::from(2)
         }
     }

@@ -22,3 +22,24 @@ pub fn escape_controls(text: &str) -> String {
         })
         .collect()
 }
+
+/// `line` and a newline on stderr. A log nobody reads any more (the agent that read the step's
+/// output went away, a closed pipe) is no reason to stop: `eprintln!` would panic on `EPIPE`,
+/// possibly in the middle of destroying a runner; the line is dropped instead.
+pub fn to_stderr(line: &str) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err
+        .write_all(line.as_bytes())
+        .and_then(|()| err.write_all(b"\n"));
+}
+
+/// [`to_stderr`] for stdout.
+pub fn to_stdout(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out
+        .write_all(line.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+}

@@ -457,3 +457,56 @@ fn sigterm_during_a_real_buildkit_build_is_exit_5_and_nothing_is_left() {
     // buildkitd, the runc container running `sleep 60`, its cgroups and mounts: all gone.
     f.assert_nothing_left();
 }
+
+/// The agent reading the step's log may go away (a crash, a restart) while the build runs: a
+/// closed stderr is no reason to stop, to panic or to keep a runner. The read end of the
+/// launcher's stderr is closed once the RUN step starts; the build goes on printing into it and
+/// still succeeds, and a SIGTERM that arrives after it (the launcher says so on the closed log)
+/// still cancels and destroys everything.
+#[test]
+fn a_closed_log_neither_fails_the_build_nor_keeps_a_runner() {
+    use std::io::BufRead;
+    for cancelled in [false, true] {
+        let body = if cancelled {
+            "RUN sleep 60"
+        } else {
+            "RUN sleep 2; for i in 1 2 3 4 5; do echo line-$i; done"
+        };
+        let Some(f) = Fixture::new(body) else {
+            return;
+        };
+        let mut child = Command::new(BIN)
+            .args(f.args("buildctl"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("[2/2] RUN sleep") {
+            line.clear();
+            if log.read_line(&mut line).unwrap() == 0 {
+                panic!("the launcher ended before the RUN step: {:?}", child.wait());
+            }
+        }
+        drop(log);
+        if cancelled {
+            std::thread::sleep(Duration::from_millis(500));
+            support::sigterm(&child);
+        }
+        let status = child.wait().unwrap();
+        let case = if cancelled { "SIGTERM" } else { "to the end" };
+        assert_eq!(
+            status.code(),
+            Some(if cancelled { 5 } else { 0 }),
+            "{case}: {status:?}"
+        );
+        let report = f.report();
+        assert_eq!(
+            report["outcome"],
+            if cancelled { "cancelled" } else { "success" },
+            "{case}: {report}"
+        );
+        f.assert_nothing_left();
+    }
+}

@@ -95,7 +95,12 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     let log_arc = super::logger();
     let log = log_arc.as_ref();
     let build_secrets = crate::policy::Policy::current()?.secret_values();
-    let output = |line: &str| eprintln!("  │ {}", crate::policy::mask(line, &build_secrets));
+    let output = |line: &str| {
+        crate::text::to_stderr(&format!(
+            "  │ {}",
+            crate::policy::mask(line, &build_secrets)
+        ))
+    };
     let started = std::time::Instant::now();
     let chosen = args.provider.choose(config, log_arc.clone())?;
     let runtime = super::runtime()?;

@@ -211,7 +211,7 @@ fn build(
         config,
         log.clone(),
     )?);
-    let output = |line: &str| eprintln!("  │ {}", super::printable(line));
+    let output = |line: &str| crate::text::to_stderr(&format!("  │ {}", super::printable(line)));
     let settings = BakeSettings {
         arch,
         tier,
@@ -236,10 +236,10 @@ fn build(
         write!(out, "{}", report.render_human()).map_err(Error::Output)?;
     }
     if let Some(error) = &report.error {
-        eprintln!(
+        crate::text::to_stderr(&format!(
             "error: {}",
             super::printable(&error.split_whitespace().collect::<Vec<_>>().join(" "))
-        );
+        ));
     }
     Ok(report.exit)
 }

@@ -138,13 +138,14 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
     // Made from the same definitions as the parser, before any config or policy is read.
     match &cli.command {
         Command::Completions { shell } => {
+            use clap_complete::Generator;
             let mut cmd = Cli::command();
-            clap_complete::generate(
-                *shell,
-                &mut cmd,
-                "buildkit-launcher",
-                &mut std::io::stdout(),
-            );
+            cmd.set_bin_name("buildkit-launcher");
+            cmd.build();
+            // try_generate: a closed stdout (`| head -1`) is an output error, not a panic.
+            shell
+                .try_generate(&cmd, &mut std::io::stdout())
+                .map_err(Error::Output)?;
             return Ok(Exit::Success);
         }
         Command::Man => {
@@ -231,7 +232,9 @@ fn watch_signals(cancel: tokio_util::sync::CancellationToken, stopping: &'static
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        eprintln!("buildkit-launcher: {name} received; stopping {stopping}");
+        crate::text::to_stderr(&format!(
+            "buildkit-launcher: {name} received; stopping {stopping}"
+        ));
         cancel.cancel();
     });
 }
@@ -239,7 +242,7 @@ fn watch_signals(cancel: tokio_util::sync::CancellationToken, stopping: &'static
 /// Warnings go to stderr, one line each (control bytes escaped, known secrets masked), and
 /// never stop the command.
 pub fn warn(message: &str) {
-    eprintln!("warning: {}", printable(message));
+    crate::text::to_stderr(&format!("warning: {}", printable(message)));
 }
 
 /// A line for the terminal or the CI log: control bytes escaped, every secret value the
@@ -248,5 +251,7 @@ pub use crate::policy::printable;
 
 /// The log of a command: each line prefixed `buildkit-launcher: ` and [`printable`].
 pub fn logger() -> std::sync::Arc<dyn Fn(&str) + Send + Sync> {
-    std::sync::Arc::new(|line: &str| eprintln!("buildkit-launcher: {}", printable(line)))
+    std::sync::Arc::new(|line: &str| {
+        crate::text::to_stderr(&format!("buildkit-launcher: {}", printable(line)))
+    })
 }

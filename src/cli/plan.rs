@@ -43,7 +43,7 @@ pub fn run(args: PlanArgs, config: &Config, out: &mut dyn Write) -> Result<Exit,
         return Ok(Exit::Success);
     }
     for note in &request.notes {
-        eprintln!("note: {}", super::printable(note));
+        crate::text::to_stderr(&format!("note: {}", super::printable(note)));
     }
     let note = resolve_backend(args.provider, &args.local_tools, &mut request.build);
     let store = args.build.open_store(config, args.build.credentials()?)?;

@@ -203,7 +203,7 @@ pub fn child_main(args: &[std::ffi::OsString], contracts: &[Contract]) -> i32 {
     };
     match serde_json::to_string(&answer) {
         Ok(line) => {
-            println!("{line}");
+            crate::text::to_stdout(&line);
             0
         }
         Err(_) => 3,

@@ -52,11 +52,11 @@ pub fn main(args: &[std::ffi::OsString]) -> i32 {
     match result {
         Ok(()) => 0,
         Err(Failure::Usage(message)) => {
-            eprintln!("error: {SUBCOMMAND}: {message}");
+            crate::text::to_stderr(&format!("error: {SUBCOMMAND}: {message}"));
             2
         }
         Err(Failure::Refused(message) | Failure::Unreachable(message)) if error_file.is_none() => {
-            eprintln!("error: {message}");
+            crate::text::to_stderr(&format!("error: {message}"));
             4
         }
         Err(failure) => {
@@ -65,7 +65,7 @@ pub fn main(args: &[std::ffi::OsString]) -> i32 {
                 Failure::Unreachable(m) => (UNREACHABLE, m),
                 Failure::Usage(_) => unreachable!("handled above"),
             };
-            eprintln!("error: {message}");
+            crate::text::to_stderr(&format!("error: {message}"));
             if let Some(path) = error_file {
                 let _ = std::fs::write(path, format!("{word} {message}\n"));
             }

@@ -344,12 +344,12 @@ fn renew(
             wait = match provider.set_lease(&id, &labels, lease.as_secs()).await {
                 Ok(()) => lease / 3,
                 Err(e) => {
-                    eprintln!(
+                    crate::text::to_stderr(&format!(
                         "buildkit-launcher: {}",
                         crate::policy::printable(&format!(
                             "renewing the lease of runner {id} failed: {e}"
                         ))
-                    );
+                    ));
                     lease / 10
                 }
             };
@@ -376,13 +376,15 @@ impl Drop for LiveRunners {
             };
             for id in ids {
                 match rt.block_on(provider.destroy(&id)) {
-                    Ok(()) => eprintln!("buildkit-launcher: runner {id} destroyed after a crash"),
-                    Err(e) => eprintln!(
+                    Ok(()) => crate::text::to_stderr(&format!(
+                        "buildkit-launcher: runner {id} destroyed after a crash"
+                    )),
+                    Err(e) => crate::text::to_stderr(&format!(
                         "buildkit-launcher: {}",
                         crate::policy::printable(&format!(
                             "runner {id} could not be destroyed after a crash: {e}; `reap` will find it"
                         ))
-                    ),
+                    )),
                 }
             }
         });
