@@ -440,6 +440,48 @@ fn a_redirect_to_another_host_is_never_followed_for_a_token_or_the_handshake() {
     assert_no_request(&sim, "a redirected token or handshake");
 }
 
+/// The access check starts an upload and cancels it with a DELETE to the upload's Location,
+/// credentials attached. A registry naming an upload URL on another host (an internal service)
+/// never gets that DELETE sent there: only an upload on the registry's own origin is cancelled.
+#[test]
+fn an_upload_location_on_another_host_is_never_sent_the_credentials() {
+    let internal = Hostile::start("127.0.0.2", |_| Answer::new("202 Accepted", ""));
+    let elsewhere = format!("http://{}/upload/1", internal.addr);
+    let registry = Hostile::start("127.0.0.1", move |path| {
+        if path.ends_with("/blobs/uploads/") {
+            let mut answer = Answer::new("202 Accepted", "");
+            answer.headers.push(format!("Location: {elsewhere}"));
+            return answer;
+        }
+        if path.ends_with("/tags/list") {
+            return Answer::new("200 OK", "{\"name\":\"x\",\"tags\":[]}");
+        }
+        Answer::new("200 OK", "{}")
+    });
+    let sim = simulator();
+    let home = Context::new();
+    let out = finishes_within(
+        launcher(&home)
+            .env("HCLOUD_TOKEN", &sim.token)
+            .env("HCLOUD_ENDPOINT", &sim.endpoint)
+            .env("REGISTRY_PASSWORD", "fake-registry-password")
+            .args(["check", "--json", "--registry", &registry.addr])
+            .args(["--insecure-registry", "--registry-user", "ci"])
+            .args(["--repo", "acme/app"]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        registry
+            .requests()
+            .iter()
+            .any(|p| p == "/v2/acme/app/blobs/uploads/"),
+        "the access check ran: {:?}\n{}",
+        registry.requests(),
+        out.stderr
+    );
+    assert_eq!(internal.requests(), Vec::<String>::new());
+}
+
 /// `token_realms` holds hosts only: a URL or a host with a port is a policy error.
 #[test]
 fn token_realms_in_the_policy_are_hosts() {

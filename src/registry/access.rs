@@ -345,7 +345,9 @@ impl Ctx<'_> {
                 .map_err(|e| self.unreachable(super::one_line_error(&e)))?;
             match response.status() {
                 StatusCode::ACCEPTED => {
-                    // Cancel the upload we started; a registry that keeps it expires it.
+                    // Cancel the upload we started; a registry that keeps it expires it. Only
+                    // on the registry's own origin: the credentials go with the request, and
+                    // an upload URL elsewhere (another host the registry names) is not theirs.
                     if let Some(location) = response
                         .headers()
                         .get(LOCATION)
@@ -356,10 +358,12 @@ impl Ctx<'_> {
                         } else {
                             location.to_owned()
                         };
-                        let _ = self
-                            .with_auth(self.http.delete(location), auth)
-                            .send()
-                            .await;
+                        if location.starts_with(&format!("{}/", self.base)) {
+                            let _ = self
+                                .with_auth(self.http.delete(location), auth)
+                                .send()
+                                .await;
+                        }
                     }
                 }
                 s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {

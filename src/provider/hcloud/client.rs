@@ -132,7 +132,10 @@ impl ApiClient {
         policy: RetryPolicy,
         log: Arc<dyn Fn(&str) + Send + Sync>,
     ) -> Result<ApiClient, ApiError> {
+        // Hetzner's API answers where it is asked: a redirect (a proxy or an endpoint playing
+        // the API) is an answer like any other, never a reason to send the token elsewhere.
         let http = crate::proxy::client(reqwest::Client::builder())
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("buildkit-launcher/", env!("CARGO_PKG_VERSION")))
