@@ -9,7 +9,7 @@
 
 mod support;
 
-use support::attack::{Attack, OUTSIDE, pinned, plugin};
+use support::attack::{Attack, OUTSIDE, pinned, plugin, plugin_in};
 use support::hcloud_sim::cloud::GOLDEN;
 
 /// The canaries: values the launcher holds that a build must never see.
@@ -162,6 +162,29 @@ fn paths_stay_inside_the_workspace() {
         assert!(line.contains(says), "{key}={value}: {line}");
     }
     assert!(!outside_report.exists(), "no report was written outside");
+}
+
+/// The workspace reached through a symlink (a directory above it swapped for one in the volume
+/// the steps share), and a context whose real path is not beneath the workspace (the step's
+/// directory elsewhere, as a symlink swapped in after the settings were checked would make
+/// it): refused in one line, nothing read from there, no API request.
+#[test]
+fn the_workspace_is_real_and_the_context_stays_beneath_it() {
+    let a = Attack::new();
+    let policy = pinned(&a, "");
+    let link = a.outside.path().join("workspace-link");
+    std::os::unix::fs::symlink(a.ctx.path(), &link).unwrap();
+    let link = link.display().to_string();
+    let out = plugin(&a, &policy, &[("CI_WORKSPACE", &link)]);
+    let line = a.assert_refused_before_any_request(&out, "a symlinked workspace");
+    assert!(
+        line.starts_with("error: CI_WORKSPACE: ") && line.contains("reached through a symlink"),
+        "{line}"
+    );
+    // The context left at its default (the step's directory), which is outside the workspace.
+    let out = plugin_in(&a, a.outside.path(), &policy, &[]);
+    let line = a.assert_refused_before_any_request(&out, "a context outside the workspace");
+    assert!(line.contains("outside the workspace"), "{line}");
 }
 
 #[test]

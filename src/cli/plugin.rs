@@ -106,6 +106,8 @@ pub fn argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsStr
             format!("CI_WORKSPACE is not set and the current directory is unreadable: {e}")
         })?,
     };
+    let workspace = super::settings::real_workspace(&workspace)?;
+    crate::transport::context_guard::confine_to(workspace.clone());
     let (env, warnings) = super::migrate::migrate(env, &workspace)?;
     super::plugin_names::check_known(&env)?;
     let env = super::settings::check(&env, policy, &workspace)?;

@@ -142,6 +142,26 @@ pub fn check(
     Ok(out)
 }
 
+/// The workspace's real path: it must be one already (absolute, no symlink, no `..` on it),
+/// as Woodpecker creates it. Every path setting is checked beneath it and the context is held
+/// to it; a directory above it swapped for a symlink (in the volume steps share) would move
+/// the whole workspace, and everything beneath it, elsewhere.
+pub fn real_workspace(workspace: &Path) -> Result<PathBuf, String> {
+    let shown = || quote(&workspace.display().to_string());
+    let real = workspace
+        .canonicalize()
+        .map_err(|e| format!("CI_WORKSPACE: {}: {e}", shown()))?;
+    let given = std::path::absolute(workspace).unwrap_or_else(|_| workspace.to_owned());
+    if !real.components().eq(given.components()) {
+        return Err(format!(
+            "CI_WORKSPACE: {}: reached through a symlink or '..' (its real path is {}); the workspace must be a real directory",
+            shown(),
+            quote(&real.display().to_string())
+        ));
+    }
+    Ok(real)
+}
+
 /// Settings whose values are secrets by design: the token, the registry password, the build
 /// secrets, and the proxies (whose URLs may carry the proxy's password).
 const SECRET_SETTINGS: &[&str] = &[
@@ -161,7 +181,7 @@ fn refuse_secrets_in_settings(
     policy: &Policy,
 ) -> Result<(), String> {
     let secrets = policy.secret_values();
-    let holds = |value: &str| holds_secret(value, &secrets);
+    let holds = |value: &str| holds_secret(value, &secrets, 8);
     let found: Vec<String> = env
         .iter()
         .filter(|(k, v)| {
@@ -178,21 +198,46 @@ fn refuse_secrets_in_settings(
     ))
 }
 
-/// Whether `value` carries one of `secrets`: one of 8 characters or more anywhere in it, a
-/// shorter one (4 to 7) only as the whole value, so that a short secret does not refuse every
-/// value that happens to contain it (and one under 4 characters is no secret worth the name).
-/// A map setting (`build_args: {X: ...}`) reaches the launcher as JSON, where a secret with a
-/// quote, a backslash or a control character is escaped: its escaped form counts too.
-fn holds_secret(value: &str, secrets: &[zeroize::Zeroizing<String>]) -> bool {
-    secrets.iter().any(|s| {
-        let escaped =
-            zeroize::Zeroizing::new(serde_json::to_string(s.as_str()).unwrap_or_default());
-        let escaped = escaped
-            .get(1..escaped.len().saturating_sub(1))
-            .unwrap_or_default();
-        s.len() >= 8 && (value.contains(s.as_str()) || value.contains(escaped))
-            || s.len() >= 4 && value.trim() == s.as_str()
-    })
+/// Whether `value` carries one of `secrets`: one of `anywhere` characters or more anywhere in
+/// it, a shorter one (4 or more) only as the whole value, so that a short secret does not
+/// refuse every value that happens to contain it (and one under 4 characters is no secret
+/// worth the name). A map or list setting (`build_args: {X: ...}`) reaches the launcher as
+/// JSON, where Woodpecker escapes quotes, backslashes, `<`, `>` and `&`: its strings, decoded,
+/// count too.
+fn holds_secret(value: &str, secrets: &[zeroize::Zeroizing<String>], anywhere: usize) -> bool {
+    let decoded = json_strings(value);
+    std::iter::once(value)
+        .chain(decoded.iter().map(|s| s.as_str()))
+        .any(|v| {
+            secrets.iter().any(|s| {
+                s.len() >= anywhere && v.contains(s.as_str())
+                    || s.len() >= 4 && v.trim() == s.as_str()
+            })
+        })
+}
+
+/// Every string (keys too) of `value` when it is a JSON object or array; nothing otherwise.
+fn json_strings(value: &str) -> Vec<zeroize::Zeroizing<String>> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<zeroize::Zeroizing<String>>) {
+        match v {
+            serde_json::Value::String(s) => out.push(zeroize::Zeroizing::new(s.clone())),
+            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    out.push(zeroize::Zeroizing::new(k.clone()));
+                    walk(v, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if value.trim_start().starts_with(['{', '['])
+        && let Ok(parsed) = serde_json::from_str::<serde_json::Value>(value)
+    {
+        walk(&parsed, &mut out);
+    }
+    out
 }
 
 /// A build argument, label or tag may not carry a secret the launcher holds: it would be in
@@ -203,7 +248,8 @@ pub fn refuse_secret_values(
     tags: &[String],
     secrets: &[zeroize::Zeroizing<String>],
 ) -> Result<(), String> {
-    let holds = |value: &str| holds_secret(value, secrets);
+    // Stricter than for settings: these values go into the image's history and the report.
+    let holds = |value: &str| holds_secret(value, secrets, 4);
     // The message names the key, never the value (which holds the secret).
     let found = build_args
         .iter()
@@ -544,15 +590,21 @@ mod tests {
     #[test]
     fn a_secret_is_found_as_written_or_as_json_escapes_it_never_when_short_and_inside() {
         let secrets = [
-            zeroize::Zeroizing::new("tok\"en-\\-7f3a".to_owned()),
-            zeroize::Zeroizing::new("abcd".to_owned()),
+            zeroize::Zeroizing::new("tok\"en-&-<7f3a>".to_owned()),
+            zeroize::Zeroizing::new("abcdef".to_owned()),
         ];
-        // As written, and as a map setting's JSON carries it.
-        assert!(holds_secret("x tok\"en-\\-7f3a y", &secrets));
-        assert!(holds_secret(r#"{"X":"tok\"en-\\-7f3a"}"#, &secrets));
-        // A short secret only as the whole value.
-        assert!(holds_secret(" abcd ", &secrets));
-        assert!(!holds_secret("abcdef", &secrets));
-        assert!(!holds_secret("tok-en", &secrets));
+        // As written, and as a map setting's JSON carries it (Go escapes &, < and >).
+        assert!(holds_secret("x tok\"en-&-<7f3a> y", &secrets, 8));
+        assert!(holds_secret(
+            r#"{"X":"tok\"en-\u0026-\u003c7f3a\u003e"}"#,
+            &secrets,
+            8
+        ));
+        assert!(holds_secret(r#"["v1", "tok\"en-&-<7f3a>"]"#, &secrets, 8));
+        // A short secret only as the whole value in a setting, anywhere in a build value.
+        assert!(holds_secret(" abcdef ", &secrets, 8));
+        assert!(!holds_secret("xabcdefx", &secrets, 8));
+        assert!(holds_secret("app:abcdef", &secrets, 4));
+        assert!(!holds_secret("tok-en", &secrets, 8));
     }
 }

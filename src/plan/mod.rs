@@ -111,6 +111,17 @@ pub struct Facts {
 pub enum PlanError {
     #[error("{}: the build context does not exist or is not a directory", .0.display())]
     MissingContext(PathBuf),
+    #[error(
+        "{}: the build context now resolves to {}, outside the workspace {} (a symlink appeared on its path after the settings were checked: another process writes into the workspace); nothing was built",
+        crate::text::quote(&context.display().to_string()),
+        crate::text::quote(&real.display().to_string()),
+        crate::text::quote(&workspace.display().to_string())
+    )]
+    ContextOutside {
+        context: PathBuf,
+        real: PathBuf,
+        workspace: PathBuf,
+    },
     #[error(transparent)]
     Context(#[from] crate::transport::dockerignore::DockerignoreError),
     #[error("{0}")]
@@ -151,6 +162,17 @@ pub fn gather(
         .context
         .canonicalize()
         .map_err(|_| PlanError::MissingContext(req.context.clone()))?;
+    // A plugin's context was checked beneath the workspace through no symlink; one swapped in
+    // since (by another step sharing the workspace) must not take the build elsewhere.
+    if let Some(workspace) = crate::transport::context_guard::confinement()
+        && !context_root.starts_with(workspace)
+    {
+        return Err(PlanError::ContextOutside {
+            context: req.context.clone(),
+            real: context_root,
+            workspace: workspace.to_owned(),
+        });
+    }
     let context_entries =
         crate::transport::dockerignore::context_entries(&req.context, &req.build.dockerfile)?;
     let spec_path = req.context.join(&config.spec.file);

@@ -15,6 +15,19 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+static WORKSPACE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Hold every context of this process to `workspace` (its real path): a plugin's context is
+/// the pipeline's, and must be the workspace or beneath it when its real path is taken.
+pub fn confine_to(workspace: PathBuf) {
+    let _ = WORKSPACE.set(workspace);
+}
+
+/// The workspace [`confine_to`] set, if any (plugin mode).
+pub fn confinement() -> Option<&'static Path> {
+    WORKSPACE.get().map(PathBuf::as_path)
+}
+
 /// Every directory `entries` (relative to `context`) pass through, the context itself included.
 pub fn directories(entries: &[PathBuf]) -> BTreeSet<PathBuf> {
     let mut dirs = BTreeSet::from([PathBuf::new()]);

@@ -76,6 +76,17 @@ impl Attack {
 
 /// A Woodpecker plugin step: no arguments, settings as `PLUGIN_*`, the operator's policy file.
 pub fn plugin(a: &Attack, policy: &str, settings: &[(&str, &str)]) -> super::Outcome {
+    plugin_in(a, a.ctx.path(), policy, settings)
+}
+
+/// [`plugin`] with the step's working directory at `dir` (the workspace, `CI_WORKSPACE`, is
+/// still the context's folder).
+pub fn plugin_in(
+    a: &Attack,
+    dir: &std::path::Path,
+    policy: &str,
+    settings: &[(&str, &str)],
+) -> super::Outcome {
     let policy_file = a.outside.path().join("policy.ncl");
     std::fs::write(&policy_file, policy).unwrap();
     let mut cmd = Command::new(BIN);
@@ -87,7 +98,7 @@ pub fn plugin(a: &Attack, policy: &str, settings: &[(&str, &str)]) -> super::Out
             cmd.env_remove(&key);
         }
     }
-    cmd.current_dir(a.ctx.path())
+    cmd.current_dir(dir)
         .env("HOME", a.outside.path())
         .env("BUILDKIT_LAUNCHER_POLICY", &policy_file)
         .env("CI_WORKSPACE", a.ctx.path())
