@@ -296,7 +296,15 @@ fn no_child_of_the_launcher_sees_a_secret_in_its_environment() {
             .unwrap();
         let launcher = child.id();
         let cmdline = |pid: u32| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let own = cmdline(launcher);
+        // Read once the launcher's exec is complete: spawn returns as exec closes the
+        // close-on-exec pipe, a moment before the kernel fills in the new command line (an
+        // empty one here made every fork look exec'd, seen in CI).
+        let mut own = cmdline(launcher);
+        while own.is_empty() && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            own = cmdline(launcher);
+        }
+        assert!(!own.is_empty(), "{backend}: the launcher's command line");
         let mut seen = BTreeSet::new();
         let mut leaks = Vec::new();
         while child.try_wait().unwrap().is_none() {
@@ -320,7 +328,11 @@ fn no_child_of_the_launcher_sees_a_secret_in_its_environment() {
                 let environ = String::from_utf8_lossy(&environ);
                 for secret in [HCLOUD_TOKEN, REGISTRY_PASSWORD, BUILD_SECRET] {
                     if environ.contains(secret) {
-                        leaks.push(format!("{comm} ({pid}) holds {secret}"));
+                        leaks.push(format!(
+                            "{comm} ({pid}, {:?}; the launcher is {:?}) holds {secret}",
+                            String::from_utf8_lossy(&before),
+                            String::from_utf8_lossy(&own)
+                        ));
                     }
                 }
                 seen.insert(comm);
