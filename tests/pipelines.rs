@@ -233,8 +233,10 @@ fn has_flag(argv: &[String], flag: &str, value: &str) -> bool {
 #[test]
 fn the_build_step_maps_every_setting_to_a_flag() {
     let doc = load("build-image.yaml");
+    // A real directory: the workspace must be one (no symlink on its path).
+    let workspace = tempfile::tempdir().unwrap();
     for step in steps(&doc) {
-        let argv = plugin_argv(step, std::path::Path::new("/woodpecker/src"));
+        let argv = plugin_argv(step, workspace.path());
         let joined = strings(&argv);
         assert!(
             joined.contains(&"--secret".into())
