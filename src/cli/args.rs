@@ -253,7 +253,7 @@ impl BuildArgs {
                 .filter_map(|s| crate::environment::var(&s.env))
                 .map(zeroize::Zeroizing::new),
         );
-        super::settings::refuse_secret_values(&build_args, &labels, &tags, &secret_values)
+        super::secret_values::refuse_secret_values(&build_args, &labels, &tags, &secret_values)
             .map_err(Error::Usage)?;
         let mut request = PlanRequest {
             context,

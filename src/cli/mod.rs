@@ -13,6 +13,7 @@ pub mod plugin;
 mod plugin_names;
 mod provider;
 mod reap;
+mod secret_values;
 mod settings;
 mod simulate;
 mod spec;

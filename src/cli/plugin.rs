@@ -110,6 +110,7 @@ pub fn argv(env: &BTreeMap<String, String>, policy: &Policy) -> Result<Vec<OsStr
     crate::transport::context_guard::confine_to(workspace.clone());
     let (env, warnings) = super::migrate::migrate(env, &workspace)?;
     super::plugin_names::check_known(&env)?;
+    super::secret_values::refuse_secrets_in_settings(&env, policy)?;
     let env = super::settings::check(&env, policy, &workspace)?;
     for warning in warnings {
         super::warn(&warning);

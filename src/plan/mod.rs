@@ -4,6 +4,7 @@
 //! pure and builds the value that `plan` prints and `build` executes, so the dry run and the
 //! real run cannot drift apart.
 
+mod cost;
 mod render;
 pub mod rung;
 mod several;
@@ -16,8 +17,9 @@ use crate::backend::{self, Backend, BuildRequest, REMOTE_WORKDIR, RemotePaths};
 use crate::config::{Arch, Config, Tier};
 use crate::history::{HistoryKey, HistoryStore, Sample};
 use crate::sizing::rules::{billed_hours, nearest_rank};
-use crate::sizing::{self, Language, LoadedSpec, Sizing, SizingError, SizingInput, Source};
+use crate::sizing::{self, Language, LoadedSpec, SizingError, SizingInput, Source};
 
+use cost::{REFERENCE_IPV4, REFERENCE_SERVER, cost, cost_of};
 pub use render::render_human;
 pub use rung::Rung;
 pub use several::BuildPlan;
@@ -466,64 +468,6 @@ impl Plan {
             Some(_) => basis,
             None => self.cost_basis.clone(),
         };
-    }
-}
-
-const REFERENCE_SERVER: &str = "the reference price in the launcher config";
-const REFERENCE_IPV4: &str = "the reference price (catalogue.rs)";
-
-fn cost(sizing: &Sizing, hours: f64, ipv4: Option<f64>) -> (Option<f64>, String) {
-    match cost_of(
-        hours,
-        sizing.tier.price_eur_per_hour,
-        REFERENCE_SERVER,
-        ipv4,
-        REFERENCE_IPV4,
-    ) {
-        (Some(eur), basis) => (Some(eur), basis),
-        (None, _) => (
-            None,
-            format!(
-                "unknown: the launcher config has no price for {} (tiers.{}[].price_eur_per_hour)",
-                sizing.tier.name, sizing.arch
-            ),
-        ),
-    }
-}
-
-/// "1 started hour × (0.0104 EUR/h server + 0.0008 EUR/h primary IPv4): reference prices …";
-/// IPv6 only: "1 started hour × 0.0104 EUR/h, …; IPv6 only, no primary IPv4".
-fn cost_of(
-    hours: f64,
-    server: Option<f64>,
-    server_from: &str,
-    ipv4: Option<f64>,
-    ipv4_from: &str,
-) -> (Option<f64>, String) {
-    let Some(server) = server else {
-        return (None, String::new());
-    };
-    let started = format!(
-        "{hours} started hour{}",
-        if hours == 1.0 { "" } else { "s" }
-    );
-    match ipv4 {
-        Some(ip) => {
-            let from = if server_from == REFERENCE_SERVER && ipv4_from == REFERENCE_IPV4 {
-                "reference prices (the server's from the launcher config, the IPv4's built in)"
-                    .to_owned()
-            } else {
-                format!("server: {server_from}; IPv4: {ipv4_from}")
-            };
-            (
-                Some(hours * (server + ip)),
-                format!("{started} × ({server} EUR/h server + {ip} EUR/h primary IPv4): {from}"),
-            )
-        }
-        None => (
-            Some(hours * server),
-            format!("{started} × {server} EUR/h, {server_from}; IPv6 only, no primary IPv4"),
-        ),
     }
 }
 
