@@ -104,6 +104,9 @@ fn a_create_made_but_answered_5xx_timeout_or_a_dropped_connection_is_found_by_na
         AfterCreate::Fail("unavailable"),
         AfterCreate::Fail("timeout"),
         AfterCreate::Drop,
+        // A gateway's redirect: never followed (the token would go with it), and the
+        // outcome is unknown like a 5xx's.
+        AfterCreate::Redirect,
     ] {
         c.sim.after_create(&[fault]);
         let creates = c.calls("POST /servers");

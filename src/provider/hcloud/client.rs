@@ -85,10 +85,16 @@ impl ApiError {
     /// `timeout`…) or a transport failure (connection dropped, no answer in time). hcloud-go
     /// retries bad gateway, gateway timeout and network timeouts; for a read or a delete that is
     /// harmless, for a create the caller must first look for what may have been made.
+    ///
+    /// A 3xx counts too: the API never redirects and the client follows no redirect, so one can
+    /// only come from something between (a proxy, a gateway) that may have passed the request
+    /// on before answering.
     pub fn is_ambiguous(&self) -> bool {
         match self {
             ApiError::Api { status, code, .. } => {
-                *status >= 500 || matches!(code.as_str(), "timeout" | "unavailable")
+                *status >= 500
+                    || (300..400).contains(status)
+                    || matches!(code.as_str(), "timeout" | "unavailable")
             }
             ApiError::Transport { .. } => true,
             ApiError::Decode { .. } => false,
@@ -434,7 +440,13 @@ mod tests {
     fn a_create_is_repeated_only_when_certainly_refused() {
         assert!(api(409, "conflict").is_refused_for_now());
         assert!(api(429, "rate_limit_exceeded").is_refused_for_now());
-        for (status, code) in [(502, "bad_gateway"), (503, "unavailable"), (504, "timeout")] {
+        for (status, code) in [
+            (502, "bad_gateway"),
+            (503, "unavailable"),
+            (504, "timeout"),
+            // Something between the launcher and the API answered a redirect.
+            (307, "temporary_redirect"),
+        ] {
             let e = api(status, code);
             assert!(!e.is_refused_for_now() && e.is_ambiguous(), "{code}");
         }

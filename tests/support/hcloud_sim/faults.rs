@@ -72,6 +72,11 @@ pub enum AfterCreate {
     Drop,
     /// Answer 201 with a body cut short (not JSON the client can decode).
     Garbled,
+    /// Answer `307 Temporary Redirect` to another address, as a gateway or proxy between the
+    /// launcher and the API might after passing the request on. Hetzner's API documents no
+    /// redirect ("Create a Server" answers 201 or an error code), so this is not the API's
+    /// own behaviour: it stands for whatever sits in between.
+    Redirect,
 }
 
 #[derive(Default)]

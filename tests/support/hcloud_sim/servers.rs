@@ -215,6 +215,11 @@ pub(super) async fn create(AxumState(sh): AxumState<Shared>, body: Bytes) -> Res
             ok(StatusCode::CREATED, body)
         }
         Some(AfterCreate::Drop) => dropped_connection(),
+        Some(AfterCreate::Redirect) => Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header("location", "http://127.0.0.2:9/v1/servers")
+            .body(axum::body::Body::empty())
+            .expect("a response"),
         Some(AfterCreate::Garbled) => Response::builder()
             .status(StatusCode::CREATED)
             .header("content-type", "application/json")
