@@ -460,9 +460,10 @@ fn sigterm_during_a_real_buildkit_build_is_exit_5_and_nothing_is_left() {
 
 /// The agent reading the step's log may go away (a crash, a restart) while the build runs: a
 /// closed stderr is no reason to stop, to panic or to keep a runner. The read end of the
-/// launcher's stderr is closed once the RUN step starts; the build goes on printing into it and
-/// still succeeds, and a SIGTERM that arrives after it (the launcher says so on the closed log)
-/// still cancels and destroys everything.
+/// launcher's stderr is closed once the RUN step starts (its stdout from the start); the build
+/// goes on printing into it and still succeeds, its summary going nowhere, and a SIGTERM that
+/// arrives after it (the launcher says so on the closed log) still cancels and destroys
+/// everything.
 #[test]
 fn a_closed_log_neither_fails_the_build_nor_keeps_a_runner() {
     use std::io::BufRead;
@@ -477,10 +478,12 @@ fn a_closed_log_neither_fails_the_build_nor_keeps_a_runner() {
         };
         let mut child = Command::new(BIN)
             .args(f.args("buildctl"))
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // The summary on stdout goes nowhere either.
+        drop(child.stdout.take());
         let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
         while !line.contains("[2/2] RUN sleep") {

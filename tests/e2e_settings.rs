@@ -319,6 +319,14 @@ fn names_and_quoted_values_are_safe() {
     let line = a.assert_refused_before_any_request(&out, "tags file");
     assert!(!out.stderr.contains('\u{1b}'), "{:?}", out.stderr);
     assert!(line.contains("\\u{1b}"), "{line}");
+    // From a step directory inside the workspace holding another `.tags`: the file checked
+    // (the workspace's) is the one read.
+    let sub = a.ctx.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join(".tags"), "v1\n").unwrap();
+    let out = plugin_in(&a, &sub, &pinned(&a, ""), &[("PLUGIN_TAGS_FILE", ".tags")]);
+    let line = a.assert_refused_before_any_request(&out, "tags file from a step directory");
+    assert!(line.contains("\\u{1b}"), "{line}");
 }
 
 #[test]

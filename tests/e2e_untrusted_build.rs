@@ -206,7 +206,7 @@ fn a_directory_swapped_for_a_symlink_after_the_plan_is_never_sent() {
         assert_eq!(out.code, 4, "{case}: {}\n{}", out.stdout, out.stderr);
         let error = report["error"].as_str().unwrap_or_default().to_owned();
         assert!(
-            error.contains("the build context changed while it was being sent"),
+            error.contains("the build context changed while it was being read or sent"),
             "{case}: {error}"
         );
         for stream in [&out.stderr, &out.stdout] {

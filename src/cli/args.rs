@@ -340,12 +340,17 @@ impl BuildArgs {
             Ok(out)
         };
         if let Some(file) = &self.tags_file {
-            let workspace = std::env::current_dir().map_err(|e| {
-                Error::Usage(format!(
-                    "{}: the current directory is unreadable: {e}",
-                    crate::exit::option("--tags-file")
-                ))
-            })?;
+            // A plugin's tags_file was checked beneath the workspace: read it from there
+            // (the step's directory may be another one); at a terminal, the current directory.
+            let workspace = match crate::transport::context_guard::confinement() {
+                Some(workspace) => workspace.to_owned(),
+                None => std::env::current_dir().map_err(|e| {
+                    Error::Usage(format!(
+                        "{}: the current directory is unreadable: {e}",
+                        crate::exit::option("--tags-file")
+                    ))
+                })?,
+            };
             let tags = super::pipeline::read_tags_file(&workspace, file).map_err(Error::Usage)?;
             return Ok((
                 checked(

@@ -177,15 +177,20 @@ pub fn run(args: BuildCommandArgs, config: &Config, out: &mut dyn Write) -> Resu
     if let Some(path) = &args.report {
         write_report(path, &json)?;
     }
-    if args.json {
-        writeln!(out, "{json}").map_err(Error::Output)?;
+    let written = if args.json {
+        writeln!(out, "{json}")
     } else {
         write!(
             out,
             "{}",
             crate::policy::mask(&report.render_human(), &secrets)
         )
-        .map_err(Error::Output)?;
+    };
+    // The build is over and its runners are gone: a summary nobody reads any more (a closed
+    // stdout) does not change how it ended.
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(Error::Output(e)),
+        _ => {}
     }
     Ok(report.exit)
 }

@@ -30,7 +30,7 @@ pub fn run(cmd: SpecCommand, config: &Config, out: &mut dyn Write) -> Result<Exi
         .ok()
         .and_then(|f| f.parent().map(|p| p.to_owned()))
         .unwrap_or_else(|| PathBuf::from("."));
-    let spec = LoadedSpec::load(&file, &repository_root(&dir), config.spec_timeout())?;
+    let spec = LoadedSpec::load(&file, &repository_root(&dir, None), config.spec_timeout())?;
     let arch = spec.spec.arch().unwrap_or(config.default_arch);
     let ladder = config.ladder(arch);
     let chosen = spec.choose(arch, ladder, config.ceiling.as_deref())?;

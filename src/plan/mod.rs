@@ -124,6 +124,8 @@ pub enum PlanError {
         real: PathBuf,
         workspace: PathBuf,
     },
+    #[error("{0}")]
+    ContextChanged(String),
     #[error(transparent)]
     Context(#[from] crate::transport::dockerignore::DockerignoreError),
     #[error("{0}")]
@@ -158,8 +160,7 @@ pub fn gather(
     // What would be sent, decided now: a bad ignore file or a Dockerfile reached through a
     // symlink is refused before any server exists.
     // Its real path, taken as it is listed: the sync reads that path, through no symlink a
-    // later swap could add (transport::context_guard). Listed by the name it was given, so
-    // that messages name files as the user wrote the context.
+    // later swap could add (transport::context_guard).
     let context_root = req
         .context
         .canonicalize()
@@ -175,16 +176,31 @@ pub fn gather(
             workspace: workspace.to_owned(),
         });
     }
+    // A plugin's context is read by its real path too (at a terminal, by the name it was
+    // given, so that messages name files as the user wrote them).
+    let confinement = crate::transport::context_guard::confinement();
+    let base = if confinement.is_some() {
+        context_root.as_path()
+    } else {
+        req.context.as_path()
+    };
     let context_entries =
-        crate::transport::dockerignore::context_entries(&req.context, &req.build.dockerfile)?;
-    let spec_path = req.context.join(&config.spec.file);
+        crate::transport::dockerignore::context_entries(base, &req.build.dockerfile)?;
+    let spec_path = base.join(&config.spec.file);
     let spec = if spec_path.exists() {
-        let root = sizing::spec::repository_root(&req.context);
+        let root = sizing::spec::repository_root(base, confinement);
         Some(LoadedSpec::load(&spec_path, &root, config.spec_timeout())?)
     } else {
         None
     };
-    let (language, language_marker) = Language::detect(&req.context);
+    let (language, language_marker) = Language::detect(base);
+    // Still the same directories once read: a swap while they were read is refused here, as
+    // one while rsync reads them is later.
+    crate::transport::context_guard::check(
+        &context_root,
+        &crate::transport::context_guard::directories(&context_entries),
+    )
+    .map_err(PlanError::ContextChanged)?;
     let key = HistoryKey {
         arch: sizing::choose_arch(req.arch, spec.as_ref(), config.default_arch)?,
         ..req.key.clone()

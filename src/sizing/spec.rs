@@ -288,14 +288,19 @@ fn fmt_gb(mib: u64) -> String {
 }
 
 /// The repository a context belongs to: the nearest ancestor holding `.git`, else the context.
-/// Spec imports are confined to it.
-pub fn repository_root(context: &Path) -> PathBuf {
+/// Spec imports are confined to it. With `within` (a plugin's workspace), the search never
+/// climbs above it: a workspace cloned without `.git` must not open imports up to a `.git`
+/// somewhere above it (the volume's root, an agent's home); the workspace is the root then.
+pub fn repository_root(context: &Path, within: Option<&Path>) -> PathBuf {
     let context = context
         .canonicalize()
         .unwrap_or_else(|_| context.to_owned());
+    let ceiling = within.filter(|w| context.starts_with(w));
     context
         .ancestors()
+        .take_while(|dir| ceiling.is_none_or(|w| dir.starts_with(w)))
         .find(|dir| dir.join(".git").exists())
+        .or(ceiling)
         .unwrap_or(&context)
         .to_owned()
 }
@@ -388,11 +393,23 @@ mod tests {
         let sub = dir.path().join("services/app");
         std::fs::create_dir_all(&sub).unwrap();
         std::fs::create_dir(dir.path().join(".git")).unwrap();
-        assert_eq!(repository_root(&sub), dir.path().canonicalize().unwrap());
+        assert_eq!(
+            repository_root(&sub, None),
+            dir.path().canonicalize().unwrap()
+        );
         let lone = tempfile::tempdir().unwrap();
         assert_eq!(
-            repository_root(lone.path()),
+            repository_root(lone.path(), None),
             lone.path().canonicalize().unwrap()
+        );
+        // Held to a workspace below the `.git`: the workspace is the root, never above it.
+        let workspace = dir.path().canonicalize().unwrap().join("services");
+        assert_eq!(repository_root(&sub, Some(&workspace)), workspace);
+        // A `.git` inside the workspace is still found.
+        std::fs::create_dir(sub.join(".git")).unwrap();
+        assert_eq!(
+            repository_root(&sub, Some(&workspace)),
+            sub.canonicalize().unwrap()
         );
     }
 }

@@ -56,7 +56,7 @@ pub fn check(context: &Path, dirs: &BTreeSet<PathBuf>) -> Result<(), String> {
         let real = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_dir());
         if !real {
             return Err(format!(
-                "the build context changed while it was being sent: {} is no longer a directory (a symlink or something else now); another process writes into the workspace, and nothing was built",
+                "the build context changed while it was being read or sent: {} is no longer a directory (a symlink or something else now); another process writes into the workspace, and nothing was built",
                 crate::text::quote(&path.display().to_string())
             ));
         }
