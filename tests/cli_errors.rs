@@ -385,12 +385,19 @@ fn cache_settings_that_cannot_work_are_exit_2() {
         &[&buildah[..], &["--cache-to", "127.0.0.1:9/c"]].concat(),
     );
     assert!(line.contains("one cache repository each way"), "{line}");
-    let out = Launcher::new()
-        .args(["plan", "--history", "none", "--context"])
-        .args([ctx.path()])
-        .args(&buildah)
-        .args(["--cache", "off", "--cache-to", "127.0.0.1:9/c"])
-        .run();
+    let plan_with_cache_to = |facts: &[(&str, &str)]| {
+        let mut launcher = Launcher::new();
+        for (k, v) in facts {
+            launcher = launcher.env(k, v);
+        }
+        launcher
+            .args(["plan", "--history", "none", "--context"])
+            .args([ctx.path()])
+            .args(&buildah)
+            .args(["--cache", "off", "--cache-to", "127.0.0.1:9/c"])
+            .run()
+    };
+    let out = plan_with_cache_to(&[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
         out.stdout.contains("--cache-to 127.0.0.1:9/c"),
@@ -399,15 +406,11 @@ fn cache_settings_that_cannot_work_are_exit_2() {
     );
     // A pull request's extra cache would land untagged where the default branch's does: with
     // buildah it writes none, and says so (it was once refused for a tag the scope added).
-    let out = Launcher::new()
-        .env("CI_PIPELINE_EVENT", "pull_request")
-        .env("CI_COMMIT_PULL_REQUEST", "7")
-        .env("CI_COMMIT_REF", "refs/pull/7/head")
-        .args(["plan", "--history", "none", "--context"])
-        .args([ctx.path()])
-        .args(&buildah)
-        .args(["--cache", "off", "--cache-to", "127.0.0.1:9/c"])
-        .run();
+    let out = plan_with_cache_to(&[
+        ("CI_PIPELINE_EVENT", "pull_request"),
+        ("CI_COMMIT_PULL_REQUEST", "7"),
+        ("CI_COMMIT_REF", "refs/pull/7/head"),
+    ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(!out.stdout.contains("--cache-to"), "{}", out.stdout);
     assert!(

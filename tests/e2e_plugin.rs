@@ -9,7 +9,6 @@ use std::process::Command;
 use buildkit_launcher::history::registry::RegistryStore;
 use buildkit_launcher::history::{HistoryStore, Outcome, Sample};
 use support::hcloud_sim::HcloudSim;
-use support::hcloud_sim::cloud::GOLDEN;
 use support::local_build::TOOLS;
 use support::registry::{Registry, require_root_and_tools};
 use support::{BIN, Context};
@@ -42,8 +41,7 @@ fn a_plugin_build_from_settings_alone_and_history_that_resizes_the_next_build() 
     if !require_root_and_tools(TOOLS) {
         return;
     }
-    let sim = HcloudSim::start();
-    sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
+    let sim = HcloudSim::with_golden_amd64();
     let registry = Registry::start().with_base_image();
     let dockerfile = format!(
         "FROM {}\nARG GREETING\nRUN echo \"$GREETING\" > /greeting.txt\n",

@@ -10,7 +10,6 @@
 mod support;
 
 use support::attack::{Attack, OUTSIDE, pinned, plugin, plugin_in};
-use support::hcloud_sim::cloud::GOLDEN;
 
 /// The canaries: values the launcher holds that a build must never see.
 const TOKEN_CANARY: &str = "hcloud-canary-token-5e1f";
@@ -333,7 +332,6 @@ fn names_and_quoted_values_are_safe() {
 fn an_upper_case_pipeline_becomes_a_valid_server_name() {
     let name = buildkit_launcher::provider::runner_name("Org/App", "ABC", "deadbeef");
     assert_eq!(name, "bkl-org-app-abc-deadbeef");
-    let _ = GOLDEN;
 }
 
 /// A pull request's plugin build pushes under `pr-<N>` only, writes the default cache under
@@ -346,8 +344,7 @@ fn a_pull_request_pushes_only_into_its_own_namespace() {
     if !require_root_and_tools(support::local_build::TOOLS) {
         return;
     }
-    let sim = HcloudSim::start();
-    sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
+    let sim = HcloudSim::with_golden_amd64();
     let registry = Registry::start().with_base_image();
     let ctx = support::Context::new().file(
         "Dockerfile",

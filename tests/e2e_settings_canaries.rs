@@ -11,7 +11,7 @@ use std::path::Path;
 
 use support::attack::{Attack, pinned, plugin};
 use support::hcloud_sim::HcloudSim;
-use support::hcloud_sim::cloud::{Cloud, GOLDEN};
+use support::hcloud_sim::cloud::Cloud;
 use support::local_build::outcomes;
 use support::registry::{Registry, require_root_and_tools};
 
@@ -299,8 +299,7 @@ fn no_canary_leaves_a_push_or_a_pull_request_build_and_the_pr_leaves_main_untouc
     if !require_root_and_tools(support::local_build::TOOLS) {
         return;
     }
-    let sim = HcloudSim::start();
-    sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
+    let sim = HcloudSim::with_golden_amd64();
     let token = sim.token.clone();
     let registry = Registry::start_with_auth("ci", PASSWORD).with_base_image();
     let ctx = support::Context::new().file(
@@ -519,8 +518,7 @@ fn no_canary_leaves_a_pull_request_build_without_secrets() {
     if !require_root_and_tools(support::local_build::TOOLS) {
         return;
     }
-    let sim = HcloudSim::start();
-    sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
+    let sim = HcloudSim::with_golden_amd64();
     let token = sim.token.clone();
     let registry = Registry::start().with_base_image();
     let ctx = support::Context::new().file(

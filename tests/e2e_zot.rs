@@ -8,7 +8,6 @@ mod support;
 use std::sync::Arc;
 
 use support::hcloud_sim::HcloudSim;
-use support::hcloud_sim::cloud::GOLDEN;
 use support::local_build::TOOLS;
 use support::registry::{Registry, require_root_and_tools};
 use support::token_auth::TokenService;
@@ -48,8 +47,7 @@ impl Zot {
         let registry =
             Registry::start_with_tokens(tokens.clone(), ("admin", "fake-admin-password"))
                 .with_base_image();
-        let sim = HcloudSim::start();
-        sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
+        let sim = HcloudSim::with_golden_amd64();
         let ctx = Context::new()
             .file(
                 "Dockerfile",

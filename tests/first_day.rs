@@ -4,7 +4,6 @@
 mod support;
 
 use support::hcloud_sim::HcloudSim;
-use support::hcloud_sim::cloud::GOLDEN;
 use support::{Context, Launcher};
 
 /// A bad command line: clap's message with its tips, no usage block, exit 2.
@@ -113,8 +112,7 @@ fn a_dry_run_step_without_a_registry_is_not_told_about_history() {
 
 #[test]
 fn a_refused_token_is_the_user_s_to_fix() {
-    let sim = HcloudSim::start();
-    sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
+    let sim = HcloudSim::with_golden_amd64();
     let ctx = Context::new().file("Dockerfile", "FROM scratch\n");
     let context = ctx.path().display().to_string();
     let build = [
@@ -151,8 +149,7 @@ fn a_plugin_docker_buildx_step_runs_with_warnings() {
     if !require_root_and_tools(support::local_build::TOOLS) {
         return;
     }
-    let sim = HcloudSim::start();
-    sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
+    let sim = HcloudSim::with_golden_amd64();
     let registry = Registry::start().with_base_image();
     let ctx = Context::new().file(
         "Dockerfile",
@@ -269,8 +266,7 @@ fn a_plain_http_registry_without_insecure_registry_says_what_to_set() {
     if !require_root_and_tools(&["docker-registry"]) {
         return;
     }
-    let sim = HcloudSim::start();
-    sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
+    let sim = HcloudSim::with_golden_amd64();
     let registry = Registry::start();
     let ctx = Context::new().file("Dockerfile", "FROM scratch\n");
     let out = Launcher::new()

@@ -17,7 +17,6 @@ use buildkit_launcher::history::registry::RegistryStore;
 use buildkit_launcher::history::{HistoryKey, HistoryStore};
 
 use support::hcloud_sim::HcloudSim;
-use support::hcloud_sim::cloud::GOLDEN;
 use support::{BIN, Context};
 
 /// Runs `cmd` to its end, or kills it after `limit` and fails: an attack must not hang the step.
@@ -72,12 +71,6 @@ fn build(sim: &HcloudSim, ctx: &Context, extra: &[&str]) -> support::Outcome {
     )
 }
 
-fn simulator() -> HcloudSim {
-    let sim = HcloudSim::start();
-    sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
-    sim
-}
-
 fn assert_no_request(sim: &HcloudSim, what: &str) {
     assert_eq!(sim.total_calls(), 0, "{what}: {:?}", sim.calls());
     sim.assert_clean();
@@ -88,7 +81,7 @@ fn assert_no_request(sim: &HcloudSim, what: &str) {
 /// and the cap, exit 2, no API request.
 #[test]
 fn ignore_files_beyond_the_caps_cost_no_server() {
-    let sim = simulator();
+    let sim = HcloudSim::with_golden_amd64();
     let ctx = Context::new().file("Dockerfile", "FROM scratch\n");
     let ignore = ctx.path().join(".dockerignore");
     let cases = [
@@ -118,7 +111,7 @@ fn ignore_files_beyond_the_caps_cost_no_server() {
 /// followed. Each is exit 2 with the file named, at once, and the build never starts.
 #[test]
 fn a_history_file_that_is_not_one_costs_no_server() {
-    let sim = simulator();
+    let sim = HcloudSim::with_golden_amd64();
     let ctx = Context::new().file("Dockerfile", "FROM scratch\n");
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("history.jsonl");
@@ -177,6 +170,18 @@ impl Answer {
             body: body.as_bytes().to_vec(),
             endless: None,
         }
+    }
+
+    /// `401` with a Bearer challenge naming `realm` (and `service`, when given).
+    fn bearer_challenge(realm: &str, service: Option<&str>) -> Answer {
+        let mut answer = Answer::new("401 Unauthorized", "{}");
+        let service = service
+            .map(|s| format!(",service=\"{s}\""))
+            .unwrap_or_default();
+        answer.headers.push(format!(
+            "WWW-Authenticate: Bearer realm=\"{realm}\"{service}"
+        ));
+        answer
     }
 }
 
@@ -325,13 +330,9 @@ fn a_token_realm_on_another_host_is_never_asked() {
     });
     let realm = format!("http://{}/latest/meta-data/token", internal.addr);
     let registry = Hostile::start("127.0.0.1", move |_| {
-        let mut answer = Answer::new("401 Unauthorized", "{}");
-        answer.headers.push(format!(
-            "WWW-Authenticate: Bearer realm=\"{realm}\",service=\"registry\""
-        ));
-        answer
+        Answer::bearer_challenge(&realm, Some("registry"))
     });
-    let sim = simulator();
+    let sim = HcloudSim::with_golden_amd64();
     let ctx = Context::new().file("Dockerfile", "FROM scratch\n");
     let out = finishes_within(
         launcher(&ctx)
@@ -396,12 +397,8 @@ fn a_redirect_to_another_host_is_never_followed_for_a_token_or_the_handshake() {
     let (host, to) = (own.clone(), target.clone());
     let registry = Hostile::start("127.0.0.1", move |path| {
         if path == "/v2/" {
-            let mut answer = Answer::new("401 Unauthorized", "{}");
-            answer.headers.push(format!(
-                "WWW-Authenticate: Bearer realm=\"http://{}/token\",service=\"registry\"",
-                host.lock().unwrap()
-            ));
-            return answer;
+            let realm = format!("http://{}/token", host.lock().unwrap());
+            return Answer::bearer_challenge(&realm, Some("registry"));
         }
         let mut answer = Answer::new("302 Found", "");
         answer.headers.push(format!("Location: {to}"));
@@ -414,7 +411,7 @@ fn a_redirect_to_another_host_is_never_followed_for_a_token_or_the_handshake() {
         answer.headers.push(format!("Location: {to}"));
         answer
     });
-    let sim = simulator();
+    let sim = HcloudSim::with_golden_amd64();
     let ctx = Context::new().file("Dockerfile", "FROM scratch\n");
     for (registry, code) in [(&registry.addr, 2), (&handshake.addr, 4)] {
         let out = finishes_within(
@@ -458,7 +455,7 @@ fn an_upload_location_on_another_host_is_never_sent_the_credentials() {
         }
         Answer::new("200 OK", "{}")
     });
-    let sim = simulator();
+    let sim = HcloudSim::with_golden_amd64();
     let home = Context::new();
     let out = finishes_within(
         launcher(&home)
@@ -515,19 +512,15 @@ fn an_endless_token_answer_is_read_no_further_than_its_cap() {
     let own = port.clone();
     let registry = Hostile::start("127.0.0.1", move |path| {
         if path == "/v2/" {
-            let mut answer = Answer::new("401 Unauthorized", "{}");
-            answer.headers.push(format!(
-                "WWW-Authenticate: Bearer realm=\"http://{}/token\"",
-                own.lock().unwrap()
-            ));
-            return answer;
+            let realm = format!("http://{}/token", own.lock().unwrap());
+            return Answer::bearer_challenge(&realm, None);
         }
         let mut answer = Answer::new("200 OK", "{\"token\":\"");
         answer.endless = Some(b"t".repeat(64 * 1024));
         answer
     });
     *port.lock().unwrap() = registry.addr.clone();
-    let sim = simulator();
+    let sim = HcloudSim::with_golden_amd64();
     let ctx = Context::new().file("Dockerfile", "FROM scratch\n");
     let out = finishes_within(
         launcher(&ctx)

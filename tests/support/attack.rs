@@ -6,7 +6,6 @@
 use std::process::Command;
 
 use super::hcloud_sim::HcloudSim;
-use super::hcloud_sim::cloud::GOLDEN;
 use super::{BIN, Context, Launcher};
 
 pub const OUTSIDE: &str = "OUTSIDE-MARKER-91be";
@@ -21,8 +20,7 @@ pub struct Attack {
 
 impl Attack {
     pub fn new() -> Attack {
-        let sim = HcloudSim::start();
-        sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
+        let sim = HcloudSim::with_golden_amd64();
         let ctx = Context::new().file(".build-spec.ncl", GREEDY_SPEC);
         std::fs::create_dir(ctx.path().join(".git")).unwrap();
         let outside = tempfile::tempdir().unwrap();

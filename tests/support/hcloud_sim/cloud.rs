@@ -27,8 +27,7 @@ impl Cloud {
         if !require_root_and_tools(TOOLS) {
             return None;
         }
-        let sim = HcloudSim::start();
-        sim.add_snapshot("amd64", GOLDEN, "2026-11-20T00:00:00+00:00");
+        let sim = HcloudSim::with_golden_amd64();
         // The project key an earlier build registered (the first build of a project registers
         // it: tests/e2e_hcloud_faults.rs).
         sim.add_ssh_key("buildkit-launcher");

@@ -71,6 +71,15 @@ pub struct HcloudSim {
 }
 
 impl HcloudSim {
+    /// [`HcloudSim::start`] with the one amd64 golden snapshot (created 2026-11-20) most
+    /// suites build from.
+    #[allow(dead_code)]
+    pub fn with_golden_amd64() -> HcloudSim {
+        let sim = HcloudSim::start();
+        sim.add_snapshot("amd64", cloud::GOLDEN, "2026-11-20T00:00:00+00:00");
+        sim
+    }
+
     pub fn start() -> HcloudSim {
         let base = tempfile::Builder::new()
             .prefix("bkl-hcloud-sim-")
