@@ -157,17 +157,16 @@ pub fn gather(
     {
         return Err(PlanError::DockerfileOutside(req.build.dockerfile.clone()));
     }
-    // What would be sent, decided now: a bad ignore file or a Dockerfile reached through a
-    // symlink is refused before any server exists.
-    // Its real path, taken as it is listed: the sync reads that path, through no symlink a
-    // later swap could add (transport::context_guard).
+    // The context's real path, taken as it is listed: the sync reads that path, through no
+    // symlink a later swap could add (transport::context_guard).
     let context_root = req
         .context
         .canonicalize()
         .map_err(|_| PlanError::MissingContext(req.context.clone()))?;
     // A plugin's context was checked beneath the workspace through no symlink; one swapped in
     // since (by another step sharing the workspace) must not take the build elsewhere.
-    if let Some(workspace) = crate::transport::context_guard::confinement()
+    let confinement = crate::transport::context_guard::confinement();
+    if let Some(workspace) = confinement
         && !context_root.starts_with(workspace)
     {
         return Err(PlanError::ContextOutside {
@@ -176,9 +175,10 @@ pub fn gather(
             workspace: workspace.to_owned(),
         });
     }
-    // A plugin's context is read by its real path too (at a terminal, by the name it was
-    // given, so that messages name files as the user wrote them).
-    let confinement = crate::transport::context_guard::confinement();
+    // What would be sent, decided now: a bad ignore file or a Dockerfile reached through a
+    // symlink is refused before any server exists. A plugin's context is read by its real
+    // path (at a terminal, by the name it was given, so that messages name files as the user
+    // wrote them).
     let base = if confinement.is_some() {
         context_root.as_path()
     } else {
