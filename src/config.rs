@@ -15,7 +15,7 @@ use crate::ncl::{self, Contract, NclError};
 mod buildkitd;
 pub mod buildkitd_toml;
 
-pub use buildkitd::{BuildkitdSettings, GcSettings, RegistryHost};
+pub use buildkitd::{BuildkitdSettings, GcSettings, RegistryHost, repository_path_ok};
 
 pub const LAUNCHER_CONTRACT: Contract = Contract {
     name: "schemas/launcher.ncl",

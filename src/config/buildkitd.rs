@@ -184,6 +184,15 @@ fn check_repository(text: &str) -> Result<(), String> {
     } else {
         text
     };
+    if !repository_path_ok(path) {
+        return Err(format!("\"{}\": {hint}", text.escape_debug()));
+    }
+    Ok(())
+}
+
+/// A repository's path (`org/app`, no host) as the distribution spec writes it: components of
+/// lowercase letters, digits, `.`, `_` and `-`, each starting and ending with a letter or digit.
+pub fn repository_path_ok(path: &str) -> bool {
     let component_ok = |c: &str| {
         !c.is_empty()
             && c.bytes().all(|b| {
@@ -192,10 +201,7 @@ fn check_repository(text: &str) -> Result<(), String> {
             && c.as_bytes()[0].is_ascii_alphanumeric()
             && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
     };
-    if path.is_empty() || !path.split('/').all(component_ok) {
-        return Err(format!("\"{}\": {hint}", text.escape_debug()));
-    }
-    Ok(())
+    !path.is_empty() && path.split('/').all(component_ok)
 }
 
 /// An image reference for the SBOM scanner: a repository name with an optional tag or digest.

@@ -359,14 +359,7 @@ fn is_blob_path(path: &str) -> bool {
     let Some((name, digest)) = rest.rsplit_once("/blobs/sha256:") else {
         return false;
     };
-    let name_ok = !name.is_empty()
-        && name.split('/').all(|part| {
-            !part.is_empty()
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        });
-    name_ok
+    crate::config::repository_path_ok(name)
         && digest.len() == 64
         && digest
             .bytes()
@@ -510,6 +503,7 @@ mod tests {
             ),
             (format!("/token/blobs/sha256:{digest}"), false),
             (format!("/v2/Org/blobs/sha256:{digest}"), false),
+            (format!("/v2/-org/blobs/sha256:{digest}"), false),
             ("/v2/org/app/blobs/uploads/".to_owned(), false),
             ("/v2/org/app/manifests/latest".to_owned(), false),
         ] {
