@@ -16,11 +16,19 @@
 //!   made a moment ago: the rare paths issue 17 names (a truncating proxy; a listing that lags
 //!   the create, which is also why a repeated create can answer `uniqueness_error` while the
 //!   lookup finds nothing).
+//! - a create answered with a redirect: not the API's own behaviour (it documents none), but
+//!   what a gateway or proxy between might answer after passing the request on.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::state::unix_now;
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Serialize;
+
+use super::api::{error, ok};
+use super::state::{self, ApiError, unix_now};
 
 /// Per-token bucket: `tokens` refill at `refill` per second up to `limit`.
 pub(super) struct Bucket {
@@ -96,4 +104,43 @@ pub(super) struct Faults {
     /// The next `create_image` actions: the snapshot is made, then answered with this error
     /// code (one entry per request).
     pub after_create_image: Vec<&'static str>,
+}
+
+/// The answer to a create the simulator has made: `body` (201) unless `after` scripts another.
+pub(super) async fn answer_create(after: Option<AfterCreate>, body: impl Serialize) -> Response {
+    match after {
+        None => ok(StatusCode::CREATED, body),
+        Some(AfterCreate::Fail(code)) => error(ApiError::new(code, state::message_for(code))),
+        Some(AfterCreate::Slow(delay)) => {
+            tokio::time::sleep(delay).await;
+            ok(StatusCode::CREATED, body)
+        }
+        Some(AfterCreate::Drop) => dropped_connection(),
+        Some(AfterCreate::Redirect) => Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header("location", "http://127.0.0.2:9/v1/servers")
+            .body(axum::body::Body::empty())
+            .expect("a response"),
+        Some(AfterCreate::Garbled) => Response::builder()
+            .status(StatusCode::CREATED)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from("{\"server\": {\"id\": "))
+            .expect("a response"),
+    }
+}
+
+/// Headers, then the connection breaks before the body: the client cannot tell whether the
+/// server was made.
+pub(super) fn dropped_connection() -> Response {
+    let stream = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "simulated connection drop",
+        ))
+    });
+    Response::builder()
+        .status(StatusCode::CREATED)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from_stream(stream))
+        .expect("a response")
 }

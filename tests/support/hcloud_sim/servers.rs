@@ -19,7 +19,7 @@ use hcloud::models::{self, Architecture, image, server};
 use serde_json::{Value, json};
 
 use super::api::{Q, Shared, error, id_of, ok, paginate, param, selector_filter, sort_by};
-use super::faults::AfterCreate;
+use super::faults;
 use super::labels::{labels_field, selects};
 use super::state::{self, ApiError, CreatePlan, ImageRec, ServerRec, action_model};
 use super::state::{image_model, now_rfc3339, take};
@@ -207,45 +207,11 @@ pub(super) async fn create(AxumState(sh): AxumState<Shared>, body: Bytes) -> Res
         }
         st.finish_action(start_action, outcome);
     });
-    match after {
-        None => ok(StatusCode::CREATED, body),
-        Some(AfterCreate::Fail(code)) => error(ApiError::new(code, state::message_for(code))),
-        Some(AfterCreate::Slow(delay)) => {
-            tokio::time::sleep(delay).await;
-            ok(StatusCode::CREATED, body)
-        }
-        Some(AfterCreate::Drop) => dropped_connection(),
-        Some(AfterCreate::Redirect) => Response::builder()
-            .status(StatusCode::TEMPORARY_REDIRECT)
-            .header("location", "http://127.0.0.2:9/v1/servers")
-            .body(axum::body::Body::empty())
-            .expect("a response"),
-        Some(AfterCreate::Garbled) => Response::builder()
-            .status(StatusCode::CREATED)
-            .header("content-type", "application/json")
-            .body(axum::body::Body::from("{\"server\": {\"id\": "))
-            .expect("a response"),
-    }
+    faults::answer_create(after, body).await
 }
 
 /// An address where nothing listens: the server of a failed create.
 const NEVER_BOOTS: &str = "127.255.0.1";
-
-/// Headers, then the connection breaks before the body: the client cannot tell whether the
-/// server was made.
-pub(super) fn dropped_connection() -> Response {
-    let stream = futures_util::stream::once(async {
-        Err::<Bytes, std::io::Error>(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "simulated connection drop",
-        ))
-    });
-    Response::builder()
-        .status(StatusCode::CREATED)
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from_stream(stream))
-        .expect("a response")
-}
 
 /// The user data as a server without `ssh_keys` behaves: the root password is expired
 /// (`chpasswd: {expire: true}`), so the sandbox's sshd refuses sessions as PAM does.
